@@ -1,0 +1,138 @@
+# exchange-service build. Every C file is picked up by directory:
+#   common/*.c            -> $(BUILD)/libcommon.a
+#   workers/ingest/*.c    -> exchange-ingest (main.c) + libingest.a (the rest)
+#   workers/fanout/*.c    -> exchange-fanout (main.c) + libfanout.a (the rest)
+#   supervisor/*.c        -> exchange-service (main.c) + libsupervisor.a
+#   test/unit/test_*.c    -> one cmocka binary each, linked with every lib
+#   test/kafka/*.c        -> test-kafka-broker
+SHELL := /bin/bash
+BUILD ?= build
+PREFIX ?= /usr/local
+DESTDIR ?=
+CC ?= cc
+SAN ?=
+
+PKGS := libuv rdkafka jansson inih openssl
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lwslay -lzookeeper_mt -lhttp_parser -lm -lpthread
+CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null)
+
+CFLAGS ?= -O2 -g
+CFLAGS += -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -Icommon $(PKG_CFLAGS) $(SAN)
+LDFLAGS += $(SAN)
+
+COMMON_SRC := $(wildcard common/*.c)
+INGEST_SRC := $(filter-out workers/ingest/main.c,$(wildcard workers/ingest/*.c))
+FANOUT_SRC := $(filter-out workers/fanout/main.c,$(wildcard workers/fanout/*.c))
+SUPER_SRC := $(filter-out supervisor/main.c,$(wildcard supervisor/*.c))
+UNIT_SRC := $(wildcard test/unit/test_*.c)
+UNIT_BIN := $(patsubst test/unit/%.c,$(BUILD)/test/%,$(UNIT_SRC))
+
+obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
+
+LIBCOMMON := $(BUILD)/libcommon.a
+LIBINGEST := $(BUILD)/libingest.a
+LIBFANOUT := $(BUILD)/libfanout.a
+LIBSUPER := $(BUILD)/libsupervisor.a
+ALL_LIBS := $(LIBSUPER) $(LIBINGEST) $(LIBFANOUT) $(LIBCOMMON)
+
+BINS := $(BUILD)/exchange-service $(BUILD)/exchange-ingest $(BUILD)/exchange-fanout $(BUILD)/test-kafka-broker
+FUZZ_SRC := $(wildcard test/fuzz/fuzz_*.c)
+TOOL_SRC := $(wildcard test/tools/*.c)
+TOOL_BIN := $(patsubst test/tools/%.c,$(BUILD)/tools/%,$(TOOL_SRC))
+
+.PHONY: all deps run test unit integration lint install clean asan fuzz bench check-conf
+all: $(BINS) $(UNIT_BIN) $(TOOL_BIN)
+
+# ---- dependencies (Debian 12) ------------------------------------------
+DEB_PKGS := build-essential pkg-config libuv1-dev librdkafka-dev libzookeeper-mt-dev \
+  libwslay-dev libjansson-dev libinih-dev libssl-dev libhttp-parser-dev libcmocka-dev \
+  zookeeper default-jre-headless python3 python3-pytest python3-websockets python3-kazoo \
+  python3-confluent-kafka nginx-light libnginx-mod-nchan prometheus clang libclang-rt-14-dev \
+  openssl yamllint procps iproute2 ca-certificates clang-format cppcheck strace
+deps:
+	@missing=$$(dpkg-query -W -f='$${Package} $${Status}\n' $(DEB_PKGS) 2>/dev/null | awk '$$4!="installed"{print $$1}'); \
+	for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
+	missing=$$(echo $$missing | tr ' ' '\n' | sort -u | tr '\n' ' '); \
+	if [ -n "$${missing// /}" ]; then \
+	  echo "deps: installing $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "deps: all Debian packages present"; fi
+
+# ---- build --------------------------------------------------------------
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(LIBCOMMON): $(call obj,$(COMMON_SRC))
+$(LIBINGEST): $(call obj,$(INGEST_SRC))
+$(LIBFANOUT): $(call obj,$(FANOUT_SRC))
+$(LIBSUPER): $(call obj,$(SUPER_SRC))
+$(ALL_LIBS):
+	@mkdir -p $(dir $@)
+	@rm -f $@
+	ar rcs $@ $^ $(if $^,,$(BUILD)/empty.o)
+
+$(BUILD)/empty.o:
+	@mkdir -p $(BUILD)
+	echo 'typedef int empty_t;' | $(CC) -x c -c - -o $@
+$(ALL_LIBS): | $(BUILD)/empty.o
+
+$(BUILD)/exchange-service: $(call obj,supervisor/main.c) $(LIBSUPER) $(LIBCOMMON)
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+$(BUILD)/exchange-ingest: $(call obj,workers/ingest/main.c) $(LIBINGEST) $(LIBCOMMON)
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+$(BUILD)/exchange-fanout: $(call obj,workers/fanout/main.c) $(LIBFANOUT) $(LIBCOMMON)
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+$(BUILD)/test-kafka-broker: $(call obj,$(wildcard test/kafka/*.c)) $(LIBCOMMON)
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+$(BUILD)/test/%: $(BUILD)/obj/test/unit/%.o $(ALL_LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< -Wl,--start-group $(ALL_LIBS) -Wl,--end-group $(PKG_LIBS) $(CMOCKA_LIBS)
+
+$(BUILD)/tools/%: $(BUILD)/obj/test/tools/%.o $(ALL_LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< -Wl,--start-group $(ALL_LIBS) -Wl,--end-group $(PKG_LIBS)
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+
+# ---- run / test ---------------------------------------------------------
+run: deps all
+	test/sim/run-local.sh $(BUILD)
+
+unit: all
+	@fail=0; for t in $(UNIT_BIN); do echo "== $$t"; $$t || fail=1; done; exit $$fail
+
+PYTEST := /usr/bin/python3 -m pytest -p no:cacheprovider
+integration: all
+	EXCHANGE_BUILD=$(abspath $(BUILD)) $(PYTEST) -q test/integration $(PYTEST_ARGS)
+
+# The sanitizer pass: a separate build dir, unit + integration on that build.
+asan:
+	$(MAKE) BUILD=build-asan CC=clang SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" CFLAGS="-O1 -g" all
+	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined" unit
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 $(MAKE) BUILD=build-asan integration
+
+test: deps all
+	$(MAKE) unit
+	$(MAKE) integration
+	$(MAKE) check-conf
+
+# conf/exchange.ini is generated from the key table; fail if it drifted.
+check-conf: all
+	@$(BUILD)/exchange-service --print-ini > $(BUILD)/exchange.ini.gen
+	@diff -u conf/exchange.ini $(BUILD)/exchange.ini.gen && echo "conf/exchange.ini matches the key table"
+
+lint:
+	clang-format --dry-run --Werror $$(git ls-files '*.c' '*.h')
+	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability --inline-suppr \
+	  --suppress=missingIncludeSystem -Icommon common supervisor workers test/kafka
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/etc/exchange-service $(DESTDIR)/lib/systemd/system
+	install -m 755 $(BUILD)/exchange-service $(BUILD)/exchange-ingest $(BUILD)/exchange-fanout $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 conf/*.ini $(DESTDIR)$(PREFIX)/etc/exchange-service/
+	sed 's#@PREFIX@#$(PREFIX)#g' conf/exchange-service.service > $(DESTDIR)/lib/systemd/system/exchange-service.service
+
+clean:
+	rm -rf build build-asan build-fuzz

@@ -1,0 +1,158 @@
+/* Configuration: one declarative key table (config.c) drives INI parsing
+ * (inih), validation, environment overrides, --check-config output and the
+ * generated conf/exchange.ini. Load into a fresh cfg_t; swap only on success. */
+#ifndef CONFIG_H
+#define CONFIG_H
+#include <stddef.h>
+#include "buf.h"
+
+enum { EX_UPBIT = 0, EX_BITHUMB, EX_BINANCE, EX_COINBASE, EX_COUNT };
+extern const char *const cfg_exchange_names[EX_COUNT]; /* "upbit", ... */
+
+#define CFG_MAX_LIST 256
+
+typedef struct {
+    int enabled;
+    char *url;
+    char *markets;        /* comma-separated, exchange's own spelling */
+    char *channels;       /* comma-separated subset of ticker,trade,orderbook */
+    int depth;            /* orderbook levels published */
+    int book_interval_ms; /* coinbase: min interval between book publishes */
+    int stale_after_ms;   /* reconnect a feed silent this long */
+    int reconnect_min_ms; /* never reconnect faster than this (exchange limit) */
+    int reconnect_max_ms;
+    int max_message_bytes;
+    char *ca_file;
+    int insecure_skip_verify;
+    char *format;         /* upbit/bithumb: DEFAULT or SIMPLE */
+} cfg_exchange_t;
+
+typedef struct {
+    struct {
+        char *cluster;
+        char *instance;
+    } service;
+    struct {
+        char *connect;
+        int session_timeout_ms;
+        char *root;
+    } zookeeper;
+    struct {
+        char *brokers;
+        char *topic;
+        int partitions;
+        int replication;
+        int fallback_after_ms;
+        int recover_after_ms;
+        int linger_ms;
+        int fetch_wait_max_ms;
+        int start_tail;
+        int buffer_messages;
+        char *security_protocol;
+        char *sasl_mechanism;
+        char *sasl_username;
+        char *sasl_password;
+        char *ssl_ca;
+    } kafka;
+    cfg_exchange_t exchange[EX_COUNT];
+    struct {
+        char *listen;
+        char *path;
+        int workers;          /* 0 = auto */
+        int drain_ms;
+        int history;
+        int client_queue_bytes;
+        char *allowed_origins;
+        int max_clients;
+        int max_message_bytes;
+        int max_subscriptions;
+        int max_requests_per_sec;
+        int idle_timeout_ms;
+        int pong_timeout_ms;
+        int max_header_bytes;
+    } fanout;
+    struct {
+        char *listen;
+        char *advertise;
+        char *token;
+        int history;
+    } relay;
+    struct {
+        char *listen;
+        char *token;
+    } admin;
+    struct {
+        char *level;
+        char *format;
+    } log;
+    struct {
+        char *cert;
+        char *key;
+        char *ca;
+    } tls;
+    struct {
+        int restart_min_ms;
+        int restart_max_ms;
+        int crash_window_ms;
+        int crash_limit;
+        int stats_interval_ms;
+    } supervisor;
+
+    /* Where each key's value came from, parallel to the key table:
+     * "default", "conf/prod.ini:12", "env EXCHANGE_KAFKA_BROKERS". */
+    char **source;
+    char *profile;
+    char *files;          /* the files read, comma-separated, for /status */
+} cfg_t;
+
+typedef struct {
+    const char *profile;     /* NULL: $EXCHANGE_PROFILE, else "local" */
+    const char *conf_dir;    /* NULL: $EXCHANGE_CONF_DIR, else "conf" */
+    const char *extra_file;  /* --config FILE, or NULL */
+    int use_env;             /* apply EXCHANGE_* and LOG_LEVEL overrides */
+} cfg_opts_t;
+
+/* Load conf_dir/exchange.ini, conf_dir/PROFILE.ini, extra_file, then env.
+ * On error returns NULL and writes one line per problem into err
+ * ("conf/prod.ini:12: [fanout] workers: must be 1..256, got 0"). */
+cfg_t *cfg_load(const cfg_opts_t *opts, buf_t *err);
+/* Parse INI text (name is used in messages) over the defaults, no env. */
+cfg_t *cfg_load_string(const char *text, const char *name, buf_t *err);
+void cfg_free(cfg_t *c);
+
+/* The effective configuration as INI, every key. with_sources: for people
+ * (--check-config): each line ends "  ; from: SOURCE" and secrets show as ***.
+ * Without: the exact values (secrets included) for cfg_load_string, e.g.
+ * over IPC to the workers. */
+int cfg_dump(const cfg_t *c, buf_t *out, int with_sources);
+/* The commented default file (conf/exchange.ini), generated from the table. */
+int cfg_print_defaults(buf_t *out);
+/* True if any non-reloadable key differs (a SIGHUP then warns and keeps the
+ * old value for that key). Names the keys in out. */
+int cfg_diff_restart_keys(const cfg_t *old_c, const cfg_t *new_c, buf_t *out);
+/* True if any key in sections that matter to the ingest worker differs. */
+int cfg_ingest_changed(const cfg_t *a, const cfg_t *b);
+/* Resolved fanout worker count ([fanout] workers, 0 = CPUs of the cgroup). */
+int cfg_fanout_workers(const cfg_t *c);
+/* Split a comma list into trimmed items (malloc'd array of malloc'd strings). */
+int cfg_split_list(const char *s, char ***items, int *n);
+void cfg_free_list(char **items, int n);
+/* Parse "host:port" (host may be empty or "*" for 0.0.0.0) into parts. */
+int cfg_parse_addr(const char *s, char *host, size_t hostsz, int *port);
+
+/* Added by the config module (not in the first draft of this header): */
+/* For SIGHUP: copy the old value (and source) of every non-reloadable key
+ * that differs into new_c. Returns how many keys were kept. */
+int cfg_keep_restart_keys(cfg_t *new_c, const cfg_t *old_c);
+/* Where a key's value came from ("default", "conf/x.ini:3", "env NAME"),
+ * NULL for an unknown key. */
+const char *cfg_source(const cfg_t *c, const char *section, const char *key);
+/* Append a key's value as INI text to out (0, or -ENOENT for unknown keys). */
+int cfg_get_text(const cfg_t *c, const char *section, const char *key, buf_t *out);
+/* Number of (section, key) slots, the length of cfg_t.source. */
+int cfg_key_count(void);
+/* CPUs allowed by a cgroup v2 cpu.max text ("max 100000", "200000 100000":
+ * ceil(quota/period)), capped at ncpu, at least 1. */
+int cfg_cpus_from_cpu_max(const char *text, int ncpu);
+
+#endif

@@ -1,0 +1,390 @@
+/* Normalized message helpers: the builder used once per message by the ingest
+ * worker, the routing-field reader used by the fanout worker, channel name
+ * rules, and exact decimal-text arithmetic (never through a double). */
+#include "msg.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int msg_parse_meta(const char *json, size_t len, msg_meta_t *m)
+{
+    json_error_t err;
+    json_t *root = json_loadb(json, len, 0, &err);
+    int r = -EINVAL;
+    if (!root || !json_is_object(root))
+        goto out;
+    json_t *ch = json_object_get(root, "channel");
+    json_t *ty = json_object_get(root, "type");
+    json_t *seq = json_object_get(root, "seq");
+    json_t *ep = json_object_get(root, "epoch");
+    json_t *ts = json_object_get(root, "ts");
+    json_t *rts = json_object_get(root, "recv_ts");
+    if (!json_is_string(ch) || !json_is_string(ty) || !json_is_integer(seq) ||
+        !json_is_integer(ep))
+        goto out;
+    if (json_string_length(ch) >= sizeof(m->channel) || json_string_length(ty) >= sizeof(m->type))
+        goto out;
+    if ((ts && !json_is_integer(ts)) || (rts && !json_is_integer(rts)))
+        goto out;
+    memset(m, 0, sizeof(*m));
+    memcpy(m->channel, json_string_value(ch), json_string_length(ch) + 1);
+    memcpy(m->type, json_string_value(ty), json_string_length(ty) + 1);
+    m->seq = json_integer_value(seq);
+    m->epoch = json_integer_value(ep);
+    m->ts = ts ? json_integer_value(ts) : 0;
+    m->recv_ts = rts ? json_integer_value(rts) : 0;
+    r = 0;
+out:
+    json_decref(root);
+    return r;
+}
+
+void msg_begin(buf_t *b, const char *type, const char *exchange, const char *symbol,
+               int64_t seq, int64_t epoch, int64_t ts, int64_t recv_ts)
+{
+    char ch[MSG_CHANNEL_MAX];
+    if (symbol && *symbol)
+        snprintf(ch, sizeof(ch), "%s.%s.%s", type, exchange, symbol);
+    else
+        snprintf(ch, sizeof(ch), "%s.%s", type, exchange);
+    buf_puts(b, "{\"channel\":");
+    buf_json_str(b, ch);
+    buf_puts(b, ",\"type\":");
+    buf_json_str(b, type);
+    buf_puts(b, ",\"exchange\":");
+    buf_json_str(b, exchange);
+    if (symbol && *symbol) {
+        buf_puts(b, ",\"symbol\":");
+        buf_json_str(b, symbol);
+    }
+    buf_printf(b, ",\"seq\":%" PRId64 ",\"epoch\":%" PRId64 ",\"ts\":%" PRId64 ",\"recv_ts\":%" PRId64,
+               seq, epoch, ts, recv_ts);
+}
+
+void msg_str(buf_t *b, const char *key, const char *val)
+{
+    buf_puts(b, ",");
+    buf_json_str(b, key);
+    buf_puts(b, ":");
+    buf_json_str(b, val);
+}
+
+void msg_int(buf_t *b, const char *key, int64_t val)
+{
+    buf_puts(b, ",");
+    buf_json_str(b, key);
+    buf_printf(b, ":%" PRId64, val);
+}
+
+void msg_raw(buf_t *b, const char *key, const char *json)
+{
+    buf_puts(b, ",");
+    buf_json_str(b, key);
+    buf_puts(b, ":");
+    buf_puts(b, json);
+}
+
+void msg_end(buf_t *b)
+{
+    buf_puts(b, "}");
+}
+
+/* Render %.Ng output ("6.747e+06", "-1e-08", "0.5") without an exponent. */
+static int plain_from_g(const char *g, char *out, size_t outsz)
+{
+    char digits[40];
+    size_t nd = 0;
+    int neg = 0, point = -1, exp10 = 0;
+    const char *p = g;
+    if (*p == '-') {
+        neg = 1;
+        p++;
+    }
+    for (; *p && *p != 'e' && *p != 'E'; p++) {
+        if (*p == '.')
+            point = (int)nd;
+        else if (*p >= '0' && *p <= '9' && nd < sizeof(digits) - 1)
+            digits[nd++] = *p;
+        else
+            return -EINVAL;
+    }
+    if (*p)
+        exp10 = atoi(p + 1);
+    if (point < 0)
+        point = (int)nd;
+    /* value = 0.digits * 10^(point) after shifting by the exponent */
+    int ipos = point + exp10; /* digits before the decimal point */
+    /* strip leading zeros of the digit string, adjusting ipos */
+    size_t lead = 0;
+    while (lead + 1 < nd && digits[lead] == '0') {
+        lead++;
+        ipos--;
+    }
+    memmove(digits, digits + lead, nd - lead);
+    nd -= lead;
+    while (nd > 0 && digits[nd - 1] == '0' && (int)nd > ipos)
+        nd--; /* trailing zeros after the point carry no value in %g */
+    if (nd == 0 || (nd == 1 && digits[0] == '0')) {
+        if (outsz < 2)
+            return -ERANGE;
+        strcpy(out, "0");
+        return 0;
+    }
+    char tmp[400];
+    size_t o = 0;
+    if (ipos > 350 || ipos < -350)
+        return -ERANGE;
+    if (neg)
+        tmp[o++] = '-';
+    if (ipos <= 0) {
+        tmp[o++] = '0';
+        tmp[o++] = '.';
+        for (int i = 0; i < -ipos; i++)
+            tmp[o++] = '0';
+        for (size_t i = 0; i < nd; i++)
+            tmp[o++] = digits[i];
+    } else {
+        for (int i = 0; i < ipos; i++)
+            tmp[o++] = i < (int)nd ? digits[i] : '0';
+        if ((int)nd > ipos) {
+            tmp[o++] = '.';
+            for (size_t i = (size_t)ipos; i < nd; i++)
+                tmp[o++] = digits[i];
+        }
+    }
+    tmp[o] = 0;
+    if (o + 1 > outsz)
+        return -ERANGE;
+    memcpy(out, tmp, o + 1);
+    return 0;
+}
+
+int msg_fmt_double(double v, char *out, size_t outsz)
+{
+    char g[64];
+    if (!isfinite(v) || !out || outsz == 0)
+        return -EINVAL;
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(g, sizeof(g), "%.*g", prec, v);
+        if (strtod(g, NULL) == v)
+            break;
+    }
+    return plain_from_g(g, out, outsz);
+}
+
+/* ---- channels ---------------------------------------------------------- */
+
+static int seg_ok(const char *s, size_t n, int allow_wildcard)
+{
+    if (n == 0)
+        return 0;
+    if (n == 1 && s[0] == '*')
+        return allow_wildcard;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_'))
+            return 0;
+    }
+    return 1;
+}
+
+int msg_channel_valid(const char *ch, int allow_wildcard)
+{
+    if (!ch)
+        return 0;
+    size_t len = strlen(ch);
+    if (len == 0 || len >= MSG_CHANNEL_MAX)
+        return 0;
+    const char *segs[4];
+    size_t lens[4];
+    int n = 0;
+    const char *p = ch;
+    for (;;) {
+        const char *dot = strchr(p, '.');
+        size_t l = dot ? (size_t)(dot - p) : strlen(p);
+        if (n == 3)
+            return 0;
+        segs[n] = p;
+        lens[n] = l;
+        n++;
+        if (!seg_ok(p, l, allow_wildcard))
+            return 0;
+        if (!dot)
+            break;
+        p = dot + 1;
+    }
+    if (n == 3)
+        return 1;
+    /* status.EXCHANGE has two segments */
+    if (n == 2 && lens[0] == 6 && memcmp(segs[0], "status", 6) == 0)
+        return 1;
+    if (n == 2 && allow_wildcard && lens[0] == 1 && segs[0][0] == '*')
+        return 1;
+    return 0;
+}
+
+int msg_channel_match(const char *pattern, const char *channel)
+{
+    const char *p = pattern, *c = channel;
+    if (!p || !c)
+        return 0;
+    for (;;) {
+        const char *pe = strchr(p, '.');
+        const char *ce = strchr(c, '.');
+        size_t pl = pe ? (size_t)(pe - p) : strlen(p);
+        size_t cl = ce ? (size_t)(ce - c) : strlen(c);
+        if (!(pl == 1 && p[0] == '*' && cl > 0) && (pl != cl || memcmp(p, c, pl) != 0))
+            return 0;
+        if (!pe || !ce)
+            return !pe && !ce;
+        p = pe + 1;
+        c = ce + 1;
+    }
+}
+
+/* ---- decimal text ------------------------------------------------------ */
+
+int msg_decimal_valid(const char *s, size_t n)
+{
+    size_t i = 0, id = 0, fd = 0;
+    if (i < n && s[i] == '-')
+        i++;
+    while (i < n && s[i] >= '0' && s[i] <= '9') {
+        i++;
+        id++;
+    }
+    if (i < n && s[i] == '.') {
+        i++;
+        while (i < n && s[i] >= '0' && s[i] <= '9') {
+            i++;
+            fd++;
+        }
+        if (fd == 0)
+            return 0;
+    }
+    return i == n && id > 0 && n < MSG_DECIMAL_MAX;
+}
+
+int msg_decimal_shift(const char *in, int places, char *out, size_t outsz)
+{
+    size_t n = strlen(in);
+    if (!msg_decimal_valid(in, n) || places < 0 || places > 20)
+        return -EINVAL;
+    const char *p = in;
+    int neg = 0;
+    if (*p == '-') {
+        neg = 1;
+        p++;
+    }
+    const char *dot = strchr(p, '.');
+    size_t il = dot ? (size_t)(dot - p) : strlen(p);
+    const char *frac = dot ? dot + 1 : "";
+    size_t fl = strlen(frac);
+    /* all digits in order, the point moves `places` to the left */
+    char digits[MSG_DECIMAL_MAX + 32];
+    size_t nd = 0;
+    for (int i = 0; i < places - (int)il; i++)
+        digits[nd++] = '0'; /* pad so the integer part keeps at least one digit */
+    memcpy(digits + nd, p, il);
+    nd += il;
+    memcpy(digits + nd, frac, fl);
+    nd += fl;
+    size_t nint = nd - fl - (size_t)places; /* digits before the new point */
+    if (nint == 0) {
+        memmove(digits + 1, digits, nd);
+        digits[0] = '0';
+        nd++;
+        nint = 1;
+    }
+    /* strip redundant leading zeros in the integer part */
+    size_t lead = 0;
+    while (lead + 1 < nint && digits[lead] == '0')
+        lead++;
+    char tmp[MSG_DECIMAL_MAX + 40];
+    size_t o = 0;
+    if (neg)
+        tmp[o++] = '-';
+    memcpy(tmp + o, digits + lead, nint - lead);
+    o += nint - lead;
+    if (nd > nint) {
+        tmp[o++] = '.';
+        memcpy(tmp + o, digits + nint, nd - nint);
+        o += nd - nint;
+    }
+    tmp[o] = 0;
+    if (o + 1 > outsz)
+        return -ERANGE;
+    memcpy(out, tmp, o + 1);
+    return 0;
+}
+
+/* Split a valid decimal into sign, integer digits without leading zeros and
+ * fraction digits without trailing zeros. */
+static void dec_parts(const char *s, int *neg, const char **ip, size_t *il, const char **fp,
+                      size_t *fl)
+{
+    *neg = 0;
+    if (*s == '-') {
+        *neg = 1;
+        s++;
+    } else if (*s == '+') {
+        s++;
+    }
+    while (*s == '0')
+        s++;
+    *ip = s;
+    while (*s >= '0' && *s <= '9')
+        s++;
+    *il = (size_t)(s - *ip);
+    *fp = "";
+    *fl = 0;
+    if (*s == '.') {
+        *fp = ++s;
+        while (*s >= '0' && *s <= '9')
+            s++;
+        size_t l = (size_t)(s - *fp);
+        while (l > 0 && (*fp)[l - 1] == '0')
+            l--;
+        *fl = l;
+    }
+    if (*il == 0 && *fl == 0)
+        *neg = 0; /* -0 == 0 */
+}
+
+int msg_decimal_cmp(const char *a, const char *b)
+{
+    int na, nb;
+    const char *ia, *fa, *ib, *fb;
+    size_t ila, fla, ilb, flb;
+    dec_parts(a, &na, &ia, &ila, &fa, &fla);
+    dec_parts(b, &nb, &ib, &ilb, &fb, &flb);
+    if (na != nb)
+        return na ? -1 : 1;
+    int mag;
+    if (ila != ilb) {
+        mag = ila < ilb ? -1 : 1;
+    } else {
+        int c = memcmp(ia, ib, ila);
+        if (c == 0) {
+            size_t m = fla > flb ? fla : flb;
+            for (size_t i = 0; i < m && c == 0; i++) {
+                char x = i < fla ? fa[i] : '0';
+                char y = i < flb ? fb[i] : '0';
+                c = (x > y) - (x < y);
+            }
+        }
+        mag = (c > 0) - (c < 0);
+    }
+    return na ? -mag : mag;
+}
+
+int msg_decimal_is_zero(const char *s)
+{
+    return msg_decimal_cmp(s, "0") == 0;
+}

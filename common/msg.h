@@ -1,0 +1,55 @@
+/* Normalized message helpers (DESIGN.md "Normalized messages"): building the
+ * JSON text once in the ingest worker, and reading the routing fields
+ * (channel, type, seq, epoch, ts) in the fanout worker. */
+#ifndef MSG_H
+#define MSG_H
+#include <stdint.h>
+#include <stddef.h>
+#include "buf.h"
+
+#define MSG_CHANNEL_MAX 128
+
+typedef struct {
+    char channel[MSG_CHANNEL_MAX];
+    char type[16];
+    int64_t seq;
+    int64_t epoch;
+    int64_t ts;
+    int64_t recv_ts;
+} msg_meta_t;
+
+/* Reads the routing fields of one normalized message; -EINVAL if it is not a
+ * JSON object with a string channel/type and integer seq/epoch. */
+int msg_parse_meta(const char *json, size_t len, msg_meta_t *m);
+
+/* Builder: msg_begin writes `{"channel":"T.E.S","type":T,"exchange":E,
+ * "symbol":S,"seq":N,"epoch":N,"ts":N,"recv_ts":N` then fields follow and
+ * msg_end closes the object. */
+void msg_begin(buf_t *b, const char *type, const char *exchange, const char *symbol,
+               int64_t seq, int64_t epoch, int64_t ts, int64_t recv_ts);
+void msg_str(buf_t *b, const char *key, const char *val);     /* ,"key":"val" */
+void msg_int(buf_t *b, const char *key, int64_t val);
+void msg_raw(buf_t *b, const char *key, const char *json);    /* ,"key":<json> */
+void msg_end(buf_t *b);
+/* Shortest decimal text that reads back to the same double ("6747000",
+ * "0.06499468"); never exponent notation. out must hold 64 bytes. */
+int msg_fmt_double(double v, char *out, size_t outsz);
+/* Validate a channel name TYPE.EXCHANGE.SYMBOL or status.EXCHANGE (or a
+ * pattern when allow_wildcard: any segment may be "*"). Segments are
+ * [A-Za-z0-9_-]+. Returns 1 if valid, 0 if not. */
+int msg_channel_valid(const char *ch, int allow_wildcard);
+/* Pattern match with '*' standing for one whole segment; 1 on a match. */
+int msg_channel_match(const char *pattern, const char *channel);
+
+/* Exact decimal text ("-12.3400"): no exponent, no '+', at least one integer
+ * digit, shorter than MSG_DECIMAL_MAX. */
+#define MSG_DECIMAL_MAX 64
+int msg_decimal_valid(const char *s, size_t n); /* 1 if valid */
+/* in / 10^places as text, keeping every given digit ("-1.234", 2 ->
+ * "-0.01234"; "5", 2 -> "0.05"). -EINVAL on bad input, -ERANGE if too long. */
+int msg_decimal_shift(const char *in, int places, char *out, size_t outsz);
+/* Numeric comparison of two valid decimals (<0, 0, >0); "1.50" == "1.5". */
+int msg_decimal_cmp(const char *a, const char *b);
+int msg_decimal_is_zero(const char *s);
+
+#endif

@@ -1,0 +1,863 @@
+/* Server-side WebSocket connections over libuv: HTTP upgrade, wslay for the
+ * inbound direction and control frames, and a write queue of pre-framed
+ * refcounted buffers flushed once per loop iteration as one uv_write. */
+#include "wsserver.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <openssl/evp.h>
+#include <wslay/wslay.h>
+
+#define WSS_MAX_IOV 256
+#define WSS_READ_BUF (64 * 1024)
+#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+typedef struct {
+    rbuf_t *b;
+    const void *tag;
+} qent_t;
+
+enum { ST_HTTP, ST_OPEN, ST_CLOSING };
+
+struct wss_ctx_s {
+    uv_loop_t *loop;
+    wss_limits_t lim;
+    wss_callbacks_t cbs;
+    uv_check_t check;
+    int nconns;
+    int freeing;
+    wss_conn_t *dirty;       /* connections with frames to write */
+    char *rdbuf;             /* one read buffer: every read is consumed at once */
+    int rdbuf_busy;
+    wss_stats_t stats;
+};
+
+struct wss_conn_s {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    uv_write_t wr;
+    uv_shutdown_t sd;
+    wss_ctx_t *ctx;
+    void *data;
+    int state;
+    int handles;             /* open libuv handles; free at 0 */
+    int tcp_closing;
+    int writing;
+    int shutdown_started;
+    int fin_after_flush;     /* close frame (or HTTP refusal) queued: FIN after it */
+    int opened;              /* on_open ran */
+    int no_report;           /* uv_accept failed: no on_close */
+    int shutdown_done;
+    http_req_t req;
+    int have_req;
+    wslay_event_context_ptr ws;
+    const char *rx;
+    size_t rxlen;
+    buf_t ctl;               /* control frames produced by wslay */
+    buf_t msg;               /* NUL-terminated copy of an inbound message */
+    qent_t *q;
+    size_t qcap, qhead, qlen, qinflight, qbytes;
+    uv_buf_t *iov;
+    wss_conn_t *dnext, *dprev;
+    int in_dirty;
+    uint64_t last_rx, ping_at;
+    int ping_out;
+    wss_end_t why;
+    int close_code;
+    char peer[64];
+};
+
+/* ---- handshake ----------------------------------------------------------- */
+
+static int b64char(int ch)
+{
+    return (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+           ch == '+' || ch == '/';
+}
+
+int wss_accept_key(const char *key, char out[29])
+{
+    unsigned char sha[EVP_MAX_MD_SIZE];
+    unsigned int shalen = 0;
+    char in[128];
+    int n = snprintf(in, sizeof in, "%s%s", key, WS_GUID);
+    if (n < 0 || (size_t)n >= sizeof in)
+        return -EINVAL;
+    if (!EVP_Digest(in, (size_t)n, sha, &shalen, EVP_sha1(), NULL) || shalen != 20)
+        return -EIO;
+    EVP_EncodeBlock((unsigned char *)out, sha, 20);
+    out[28] = '\0';
+    return 0;
+}
+
+int wss_check_upgrade(const http_req_t *req, char accept[29])
+{
+    const char *up = http_req_header(req, "upgrade");
+    const char *conn = http_req_header(req, "connection");
+    if (up == NULL || !http_header_has_token(up, "websocket") || conn == NULL ||
+        !http_header_has_token(conn, "upgrade"))
+        return 426;
+    if (strcmp(req->method, "GET") != 0)
+        return 400;
+    const char *ver = http_req_header(req, "sec-websocket-version");
+    if (ver == NULL || strcmp(ver, "13") != 0)
+        return 400;
+    /* The key is 16 random bytes in base64: 22 characters and "==". */
+    const char *key = http_req_header(req, "sec-websocket-key");
+    if (key == NULL || strlen(key) != 24 || key[22] != '=' || key[23] != '=')
+        return 400;
+    for (int i = 0; i < 22; i++)
+        if (!b64char((unsigned char)key[i]))
+            return 400;
+    return wss_accept_key(key, accept);
+}
+
+size_t wss_frame_header_len(size_t len)
+{
+    return len < 126 ? 2 : len <= 0xffff ? 4 : 10;
+}
+
+rbuf_t *wss_frame(int opcode, const void *data, size_t len)
+{
+    size_t h = wss_frame_header_len(len);
+    rbuf_t *b = rbuf_alloc(h + len);
+    if (b == NULL)
+        return NULL;
+    unsigned char *p = (unsigned char *)b->data;
+    p[0] = (unsigned char)(0x80 | (opcode & 0x0f));
+    if (len < 126) {
+        p[1] = (unsigned char)len;
+    } else if (len <= 0xffff) {
+        p[1] = 126;
+        p[2] = (unsigned char)(len >> 8);
+        p[3] = (unsigned char)len;
+    } else {
+        p[1] = 127;
+        for (int i = 0; i < 8; i++)
+            p[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
+    }
+    if (len)
+        memcpy(p + h, data, len);
+    return b;
+}
+
+/* ---- context --------------------------------------------------------------- */
+
+static void conn_flush(wss_conn_t *c);
+
+static void dirty_del(wss_conn_t *c)
+{
+    if (!c->in_dirty)
+        return;
+    if (c->dprev)
+        c->dprev->dnext = c->dnext;
+    else
+        c->ctx->dirty = c->dnext;
+    if (c->dnext)
+        c->dnext->dprev = c->dprev;
+    c->dnext = c->dprev = NULL;
+    c->in_dirty = 0;
+}
+
+static void dirty_add(wss_conn_t *c)
+{
+    if (c->in_dirty || c->writing || c->tcp_closing)
+        return;
+    c->in_dirty = 1;
+    c->dprev = NULL;
+    c->dnext = c->ctx->dirty;
+    if (c->dnext)
+        c->dnext->dprev = c;
+    c->ctx->dirty = c;
+}
+
+/* Runs once per loop iteration after I/O: every frame queued during this
+ * iteration goes out in one write per connection. */
+static void on_check(uv_check_t *h)
+{
+    wss_ctx_t *ctx = h->data;
+    while (ctx->dirty) {
+        wss_conn_t *c = ctx->dirty;
+        dirty_del(c);
+        conn_flush(c);
+    }
+}
+
+int wss_ctx_new(uv_loop_t *loop, const wss_limits_t *lim, const wss_callbacks_t *cbs, wss_ctx_t **out)
+{
+    wss_ctx_t *ctx = calloc(1, sizeof(*ctx));
+    if (ctx == NULL)
+        return -ENOMEM;
+    ctx->rdbuf = malloc(WSS_READ_BUF);
+    if (ctx->rdbuf == NULL) {
+        free(ctx);
+        return -ENOMEM;
+    }
+    ctx->loop = loop;
+    ctx->lim = *lim;
+    if (ctx->lim.close_timeout_ms == 0)
+        ctx->lim.close_timeout_ms = 5000;
+    if (ctx->lim.handshake_timeout_ms == 0)
+        ctx->lim.handshake_timeout_ms = 10000;
+    if (ctx->lim.max_header_bytes == 0)
+        ctx->lim.max_header_bytes = 8192;
+    ctx->cbs = *cbs;
+    uv_check_init(loop, &ctx->check);
+    ctx->check.data = ctx;
+    uv_check_start(&ctx->check, on_check);
+    uv_unref((uv_handle_t *)&ctx->check);
+    *out = ctx;
+    return 0;
+}
+
+static void ctx_on_check_closed(uv_handle_t *h)
+{
+    wss_ctx_t *ctx = h->data;
+    free(ctx->rdbuf);
+    free(ctx);
+}
+
+static void ctx_maybe_free(wss_ctx_t *ctx)
+{
+    if (ctx->freeing && ctx->nconns == 0 && !uv_is_closing((uv_handle_t *)&ctx->check))
+        uv_close((uv_handle_t *)&ctx->check, ctx_on_check_closed);
+}
+
+void wss_ctx_free(wss_ctx_t *ctx)
+{
+    if (ctx == NULL)
+        return;
+    ctx->freeing = 1;
+    ctx_maybe_free(ctx);
+}
+
+const wss_stats_t *wss_ctx_stats(const wss_ctx_t *ctx)
+{
+    return &ctx->stats;
+}
+
+/* ---- queue ----------------------------------------------------------------- */
+
+static qent_t *q_at(wss_conn_t *c, size_t i)
+{
+    return &c->q[(c->qhead + i) & (c->qcap - 1)];
+}
+
+static int q_grow(wss_conn_t *c)
+{
+    size_t ncap = c->qcap ? c->qcap * 2 : 16;
+    qent_t *nq = malloc(ncap * sizeof(*nq));
+    if (nq == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < c->qlen; i++)
+        nq[i] = *q_at(c, i);
+    free(c->q);
+    c->q = nq;
+    c->qcap = ncap;
+    c->qhead = 0;
+    return 0;
+}
+
+/* Takes ownership of one reference. */
+static int q_push(wss_conn_t *c, rbuf_t *b, const void *tag)
+{
+    if (c->qlen == c->qcap && q_grow(c) < 0) {
+        rbuf_unref(b);
+        return -ENOMEM;
+    }
+    qent_t *e = q_at(c, c->qlen);
+    e->b = b;
+    e->tag = tag;
+    c->qlen++;
+    c->qbytes += b->len;
+    c->ctx->stats.queued_bytes += b->len;
+    dirty_add(c);
+    return 0;
+}
+
+static void q_pop(wss_conn_t *c)
+{
+    qent_t *e = q_at(c, 0);
+    c->qbytes -= e->b->len;
+    c->ctx->stats.queued_bytes -= e->b->len;
+    rbuf_unref(e->b);
+    e->b = NULL;
+    c->qhead = (c->qhead + 1) & (c->qcap - 1);
+    c->qlen--;
+}
+
+/* Drop the frames whose write has not started. */
+static void q_drop_unstarted(wss_conn_t *c)
+{
+    while (c->qlen > c->qinflight) {
+        qent_t *e = q_at(c, c->qlen - 1);
+        c->qbytes -= e->b->len;
+        c->ctx->stats.queued_bytes -= e->b->len;
+        rbuf_unref(e->b);
+        e->b = NULL;
+        c->qlen--;
+    }
+}
+
+/* ---- closing --------------------------------------------------------------- */
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    wss_conn_t *c = h->data;
+    if (--c->handles > 0)
+        return;
+    wss_ctx_t *ctx = c->ctx;
+    if (ctx->cbs.on_close && !c->no_report)
+        ctx->cbs.on_close(c, c->why, c->close_code);
+    c->qinflight = 0;
+    while (c->qlen)
+        q_pop(c);
+    free(c->q);
+    free(c->iov);
+    if (c->ws)
+        wslay_event_context_free(c->ws);
+    if (c->have_req)
+        http_req_free(&c->req);
+    buf_free(&c->ctl);
+    buf_free(&c->msg);
+    free(c);
+    ctx->nconns--;
+    ctx_maybe_free(ctx);
+}
+
+static void conn_close_now(wss_conn_t *c, wss_end_t why)
+{
+    if (c->tcp_closing)
+        return;
+    if (c->why == WSS_END_NONE)
+        c->why = why;
+    c->tcp_closing = 1;
+    dirty_del(c);
+    uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+    uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+}
+
+void wss_abort(wss_conn_t *c)
+{
+    conn_close_now(c, WSS_END_LOCAL);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    wss_conn_t *c = req->data;
+    c->shutdown_done = 1;
+    if (c->tcp_closing)
+        return;
+    /* After our FIN: close at once if the peer has said all it will
+     * (close frame received or an HTTP refusal), else wait for its EOF
+     * until the close timer fires. */
+    if (status < 0 || c->state == ST_HTTP || (c->ws && wslay_event_get_close_received(c->ws)))
+        conn_close_now(c, WSS_END_LOCAL);
+}
+
+static void on_timer(uv_timer_t *t);
+
+static void enter_closing(wss_conn_t *c)
+{
+    if (c->state == ST_CLOSING)
+        return;
+    c->state = ST_CLOSING;
+    c->fin_after_flush = 1;
+    uv_timer_start(&c->timer, on_timer, c->ctx->lim.close_timeout_ms, 0);
+}
+
+/* Everything queued is written: send FIN if the close is under way. */
+static void maybe_finish(wss_conn_t *c)
+{
+    if (c->tcp_closing || !c->fin_after_flush || c->qlen > 0 || c->writing || c->shutdown_started)
+        return;
+    c->shutdown_started = 1;
+    c->sd.data = c;
+    if (uv_shutdown(&c->sd, (uv_stream_t *)&c->tcp, on_shutdown) < 0)
+        conn_close_now(c, WSS_END_ERROR);
+}
+
+/* ---- writing --------------------------------------------------------------- */
+
+static void on_write(uv_write_t *req, int status)
+{
+    wss_conn_t *c = req->data;
+    size_t n = c->qinflight;
+    c->writing = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (status == 0 && c->state != ST_HTTP) {
+            c->ctx->stats.frames_sent++;
+            c->ctx->stats.bytes_sent += q_at(c, 0)->b->len;
+        }
+        q_pop(c);
+    }
+    c->qinflight = 0;
+    if (c->tcp_closing)
+        return;
+    if (status < 0) {
+        conn_close_now(c, WSS_END_ERROR);
+        return;
+    }
+    if (c->qlen > 0)
+        conn_flush(c);
+    else
+        maybe_finish(c);
+}
+
+static void conn_flush(wss_conn_t *c)
+{
+    if (c->writing || c->tcp_closing)
+        return;
+    if (c->qlen == 0) {
+        maybe_finish(c);
+        return;
+    }
+    size_t n = c->qlen < WSS_MAX_IOV ? c->qlen : WSS_MAX_IOV;
+    if (c->iov == NULL && (c->iov = malloc(WSS_MAX_IOV * sizeof(uv_buf_t))) == NULL) {
+        conn_close_now(c, WSS_END_ERROR);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        qent_t *e = q_at(c, i);
+        c->iov[i] = uv_buf_init(e->b->data, (unsigned)e->b->len);
+    }
+    c->qinflight = n;
+    c->writing = 1;
+    c->wr.data = c;
+    int r = uv_write(&c->wr, (uv_stream_t *)&c->tcp, c->iov, (unsigned)n, on_write);
+    if (r < 0) {
+        c->writing = 0;
+        c->qinflight = 0;
+        conn_close_now(c, WSS_END_ERROR);
+    }
+}
+
+/* Move control frames wslay produced into the write queue. */
+static void ws_pump(wss_conn_t *c)
+{
+    if (c->ws == NULL || c->tcp_closing)
+        return;
+    if (wslay_event_want_write(c->ws))
+        (void)wslay_event_send(c->ws);
+    if (c->ctl.len > 0) {
+        rbuf_t *b = rbuf_new(c->ctl.data, c->ctl.len);
+        buf_reset(&c->ctl);
+        if (b == NULL || q_push(c, b, NULL) < 0) {
+            conn_close_now(c, WSS_END_ERROR);
+            return;
+        }
+    }
+    if (wslay_event_get_close_sent(c->ws) && c->state == ST_OPEN) {
+        /* wslay answered a protocol problem or the peer's close. */
+        if (wslay_event_get_close_received(c->ws)) {
+            c->why = WSS_END_PEER;
+            c->close_code = wslay_event_get_status_code_received(c->ws);
+        } else {
+            int code = wslay_event_get_status_code_sent(c->ws);
+            c->why = WSS_END_PROTOCOL;
+            c->close_code = code;
+            if (code == WSLAY_CODE_MESSAGE_TOO_BIG)
+                c->ctx->stats.too_big++;
+            else if (code == WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA)
+                c->ctx->stats.bad_utf8++;
+            else
+                c->ctx->stats.protocol_errors++;
+        }
+        enter_closing(c);
+    }
+}
+
+int wss_send(wss_conn_t *c, rbuf_t *frame, const void *tag)
+{
+    if (c->state != ST_OPEN || c->tcp_closing)
+        return -EPIPE;
+    size_t lim = c->ctx->lim.queue_bytes;
+    if (tag != NULL) {
+        for (size_t i = c->qlen; i > c->qinflight; i--) {
+            qent_t *e = q_at(c, i - 1);
+            if (e->tag != tag)
+                continue;
+            size_t nb = c->qbytes - e->b->len + frame->len;
+            if (lim && nb > lim)
+                return -ENOBUFS;
+            c->ctx->stats.queued_bytes = c->ctx->stats.queued_bytes - c->qbytes + nb;
+            c->qbytes = nb;
+            rbuf_unref(e->b);
+            e->b = rbuf_ref(frame);
+            c->ctx->stats.conflated++;
+            return 1;
+        }
+    }
+    if (lim && c->qbytes + frame->len > lim)
+        return -ENOBUFS;
+    return q_push(c, rbuf_ref(frame), tag);
+}
+
+int wss_send_text(wss_conn_t *c, const char *data, size_t len)
+{
+    if (c->state != ST_OPEN || c->tcp_closing)
+        return -EPIPE;
+    rbuf_t *b = wss_frame(WSS_OP_TEXT, data, len);
+    if (b == NULL)
+        return -ENOMEM;
+    return q_push(c, b, NULL);
+}
+
+void wss_close(wss_conn_t *c, int code, const char *reason, int drop_queued)
+{
+    if (c->tcp_closing)
+        return;
+    if (c->state != ST_OPEN) {
+        if (c->state == ST_HTTP)
+            conn_close_now(c, WSS_END_LOCAL);
+        return;
+    }
+    if (drop_queued)
+        q_drop_unstarted(c);
+    c->why = WSS_END_LOCAL;
+    c->close_code = code;
+    size_t rl = reason ? strlen(reason) : 0;
+    if (rl > 123)
+        rl = 123;
+    (void)wslay_event_queue_close(c->ws, (uint16_t)code, (const uint8_t *)reason, rl);
+    enter_closing(c);
+    ws_pump(c);
+}
+
+/* ---- wslay callbacks (loop thread, from wslay_event_recv/send) ------------- */
+
+static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags, void *user)
+{
+    wss_conn_t *c = user;
+    (void)flags;
+    if (c->rxlen == 0) {
+        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+        return -1;
+    }
+    size_t n = len < c->rxlen ? len : c->rxlen;
+    memcpy(buf, c->rx, n);
+    c->rx += n;
+    c->rxlen -= n;
+    return (ssize_t)n;
+}
+
+static ssize_t ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
+                          void *user)
+{
+    wss_conn_t *c = user;
+    (void)flags;
+    if (buf_append(&c->ctl, data, len) < 0) {
+        wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+        return -1;
+    }
+    return (ssize_t)len;
+}
+
+static void ws_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
+                      void *user)
+{
+    wss_conn_t *c = user;
+    (void)ctx;
+    if (arg->opcode != WSLAY_TEXT_FRAME && arg->opcode != WSLAY_BINARY_FRAME)
+        return;
+    if (c->state != ST_OPEN || c->ctx->cbs.on_message == NULL)
+        return;
+    buf_reset(&c->msg);
+    if (buf_append(&c->msg, arg->msg, arg->msg_length) < 0)
+        return;
+    c->ctx->cbs.on_message(c, arg->opcode, c->msg.data ? c->msg.data : "", arg->msg_length);
+}
+
+/* ---- reading --------------------------------------------------------------- */
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    wss_conn_t *c = h->data;
+    (void)suggested;
+    if (c->ctx->rdbuf_busy) {
+        buf->base = NULL;
+        buf->len = 0;
+        return;
+    }
+    c->ctx->rdbuf_busy = 1;
+    buf->base = c->ctx->rdbuf;
+    buf->len = WSS_READ_BUF;
+}
+
+static void conn_reject(wss_conn_t *c, int status, const char *extra, const char *body)
+{
+    buf_t out;
+    buf_init(&out);
+    if (body == NULL || *body == '\0')
+        body = http_status_text(status);
+    char tmp[256];
+    snprintf(tmp, sizeof tmp, "%s\n", body);
+    http_response(&out, status, "text/plain", tmp, strlen(tmp), extra ? extra : "");
+    rbuf_t *b = rbuf_new(out.data, out.len);
+    buf_free(&out);
+    c->why = WSS_END_REJECTED;
+    c->close_code = status;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    if (b == NULL || q_push(c, b, NULL) < 0) {
+        conn_close_now(c, WSS_END_REJECTED);
+        return;
+    }
+    c->fin_after_flush = 1;
+    uv_timer_start(&c->timer, on_timer, c->ctx->lim.close_timeout_ms, 0);
+}
+
+static void ws_feed(wss_conn_t *c, const char *data, size_t n)
+{
+    c->rx = data;
+    c->rxlen = n;
+    if (wslay_event_want_read(c->ws) && wslay_event_recv(c->ws) != 0) {
+        c->rxlen = 0;
+        c->ctx->stats.protocol_errors++;
+        conn_close_now(c, WSS_END_ERROR);
+        return;
+    }
+    c->rxlen = 0;
+    if (c->tcp_closing)
+        return;
+    ws_pump(c);
+}
+
+static void timer_schedule_idle(wss_conn_t *c)
+{
+    if (c->ctx->lim.idle_timeout_ms > 0)
+        uv_timer_start(&c->timer, on_timer, c->ctx->lim.idle_timeout_ms, 0);
+    else
+        uv_timer_stop(&c->timer);
+}
+
+static int conn_upgrade(wss_conn_t *c, const char *rest, size_t restn)
+{
+    wss_ctx_t *ctx = c->ctx;
+    buf_t extra, body;
+    buf_init(&extra);
+    buf_init(&body);
+    char accept[29];
+    int status = ctx->cbs.on_request ? ctx->cbs.on_request(c, &c->req, &extra, &body) : 0;
+    if (status == 0) {
+        status = wss_check_upgrade(&c->req, accept);
+        if (status == 426)
+            buf_puts(&extra, "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n");
+        else if (status == 400)
+            buf_puts(&extra, "Sec-WebSocket-Version: 13\r\n");
+    }
+    if (status != 0) {
+        conn_reject(c, status, extra.data ? extra.data : "", body.data);
+        buf_free(&extra);
+        buf_free(&body);
+        return -1;
+    }
+    buf_free(&body);
+    struct wslay_event_callbacks cbs = {.recv_callback = ws_recv_cb,
+                                        .send_callback = ws_send_cb,
+                                        .on_msg_recv_callback = ws_msg_cb};
+    if (wslay_event_context_server_init(&c->ws, &cbs, c) != 0) {
+        buf_free(&extra);
+        conn_close_now(c, WSS_END_ERROR);
+        return -1;
+    }
+    if (ctx->lim.max_message_bytes)
+        wslay_event_config_set_max_recv_msg_length(c->ws, ctx->lim.max_message_bytes);
+    buf_t resp;
+    buf_init(&resp);
+    buf_printf(&resp,
+               "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               "Sec-WebSocket-Accept: %s\r\n%s\r\n",
+               accept, extra.data ? extra.data : "");
+    buf_free(&extra);
+    rbuf_t *b = rbuf_new(resp.data, resp.len);
+    buf_free(&resp);
+    if (b == NULL || q_push(c, b, NULL) < 0) {
+        conn_close_now(c, WSS_END_ERROR);
+        return -1;
+    }
+    http_req_free(&c->req);
+    c->have_req = 0;
+    c->state = ST_OPEN;
+    c->last_rx = uv_now(ctx->loop);
+    timer_schedule_idle(c);
+    c->opened = 1;
+    if (ctx->cbs.on_open)
+        ctx->cbs.on_open(c);
+    if (!c->tcp_closing && c->state == ST_OPEN && restn > 0)
+        ws_feed(c, rest, restn);
+    return 0;
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    wss_conn_t *c = s->data;
+    wss_ctx_t *ctx = c->ctx;
+    if (buf->base == ctx->rdbuf)
+        ctx->rdbuf_busy = 0;
+    if (nread == 0 || c->tcp_closing)
+        return;
+    if (nread < 0) {
+        if (nread == UV_ENOBUFS)
+            return;
+        conn_close_now(c, nread == UV_EOF ? WSS_END_PEER : WSS_END_ERROR);
+        return;
+    }
+    c->last_rx = uv_now(ctx->loop);
+    c->ping_out = 0;
+    if (c->state == ST_HTTP) {
+        long used = http_req_feed(&c->req, buf->base, (size_t)nread);
+        if (used < 0) {
+            conn_reject(c, c->req.error ? c->req.error : 400, "", NULL);
+            return;
+        }
+        if (!c->req.complete)
+            return;
+        conn_upgrade(c, buf->base + used, (size_t)nread - (size_t)used);
+        return;
+    }
+    if (c->ws && wslay_event_want_read(c->ws)) {
+        ws_feed(c, buf->base, (size_t)nread);
+        if (!c->tcp_closing && c->ws && wslay_event_get_close_received(c->ws) &&
+            wslay_event_get_close_sent(c->ws)) {
+            if (c->shutdown_done)
+                conn_close_now(c, c->why);
+            else
+                maybe_finish(c);
+        }
+    }
+    /* else: closing and wslay is done reading; wait for EOF. */
+}
+
+/* ---- timers ---------------------------------------------------------------- */
+
+static void on_timer(uv_timer_t *t)
+{
+    wss_conn_t *c = t->data;
+    wss_ctx_t *ctx = c->ctx;
+    if (c->tcp_closing)
+        return;
+    if (c->state == ST_HTTP) {
+        /* handshake too slow, or an HTTP refusal the peer never read */
+        if (c->why == WSS_END_NONE)
+            c->why = WSS_END_TIMEOUT;
+        conn_close_now(c, WSS_END_TIMEOUT);
+        return;
+    }
+    if (c->state == ST_CLOSING) {
+        conn_close_now(c, c->why);
+        return;
+    }
+    uint64_t now = uv_now(ctx->loop);
+    if (c->ping_out) {
+        uint64_t waited = now - c->ping_at;
+        if (waited >= ctx->lim.pong_timeout_ms) {
+            ctx->stats.pong_timeouts++;
+            c->why = WSS_END_TIMEOUT;
+            c->close_code = 1006;
+            conn_close_now(c, WSS_END_TIMEOUT);
+            return;
+        }
+        uv_timer_start(t, on_timer, ctx->lim.pong_timeout_ms - waited, 0);
+        return;
+    }
+    uint64_t idle = now - c->last_rx;
+    if (idle >= ctx->lim.idle_timeout_ms) {
+        struct wslay_event_msg m = {.opcode = WSLAY_PING, .msg = (const uint8_t *)"", .msg_length = 0};
+        if (wslay_event_queue_msg(c->ws, &m) == 0) {
+            ctx->stats.pings_sent++;
+            ws_pump(c);
+        }
+        c->ping_out = 1;
+        c->ping_at = now;
+        uv_timer_start(t, on_timer, ctx->lim.pong_timeout_ms ? ctx->lim.pong_timeout_ms : 1, 0);
+        return;
+    }
+    uv_timer_start(t, on_timer, ctx->lim.idle_timeout_ms - idle, 0);
+}
+
+/* ---- accept ---------------------------------------------------------------- */
+
+int wss_accept(wss_ctx_t *ctx, uv_stream_t *server, void *data, wss_conn_t **out)
+{
+    wss_conn_t *c = calloc(1, sizeof(*c));
+    int r;
+    if (c == NULL)
+        return -ENOMEM;
+    c->ctx = ctx;
+    c->data = data;
+    buf_init(&c->ctl);
+    buf_init(&c->msg);
+    if ((r = uv_tcp_init(ctx->loop, &c->tcp)) < 0) {
+        free(c);
+        return r;
+    }
+    c->tcp.data = c;
+    c->handles = 1;
+    uv_timer_init(ctx->loop, &c->timer);
+    c->timer.data = c;
+    c->handles = 2;
+    ctx->nconns++;
+    if ((r = uv_accept(server, (uv_stream_t *)&c->tcp)) < 0) {
+        c->why = WSS_END_ERROR;
+        c->tcp_closing = 1;
+        c->no_report = 1; /* never accepted: nothing to report */
+        uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+        uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+        return r;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
+        char ip[INET6_ADDRSTRLEN] = "?";
+        int port = 0;
+        if (ss.ss_family == AF_INET) {
+            uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof ip);
+            port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof ip);
+            port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+        }
+        snprintf(c->peer, sizeof c->peer, "%s:%d", ip, port);
+    }
+    http_req_init(&c->req, ctx->lim.max_header_bytes);
+    c->have_req = 1;
+    c->state = ST_HTTP;
+    uv_timer_start(&c->timer, on_timer, ctx->lim.handshake_timeout_ms, 0);
+    if ((r = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read)) < 0) {
+        conn_close_now(c, WSS_END_ERROR);
+        return r;
+    }
+    if (out)
+        *out = c;
+    return 0;
+}
+
+void *wss_conn_data(const wss_conn_t *c)
+{
+    return c->data;
+}
+
+void wss_conn_set_data(wss_conn_t *c, void *data)
+{
+    c->data = data;
+}
+
+int wss_conn_is_open(const wss_conn_t *c)
+{
+    return c->state == ST_OPEN && !c->tcp_closing;
+}
+
+size_t wss_queued_bytes(const wss_conn_t *c)
+{
+    return c->qbytes;
+}
+
+const char *wss_peer(const wss_conn_t *c)
+{
+    return c->peer;
+}

@@ -1,0 +1,10 @@
+/* Leader election over ZooKeeper (DESIGN.md "Leadership"). With
+ * [zookeeper] connect empty the instance is standalone: always leader. */
+#ifndef ELECTION_H
+#define ELECTION_H
+
+int election_start(void);
+void election_resign(void);   /* SIGTERM: delete our node first */
+void election_stop(void);
+
+#endif

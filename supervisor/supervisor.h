@@ -1,0 +1,102 @@
+/* Supervisor state shared by its modules: the process table (procs.c), the
+ * admin HTTP server (admin.c), leadership (election.c), reload and shutdown
+ * (main.c / supervisor.c). Everything runs on one libuv loop. */
+#ifndef SUPERVISOR_H
+#define SUPERVISOR_H
+#include <jansson.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <uv.h>
+
+#include "config.h"
+#include "ipc.h"
+#include "metrics.h"
+
+typedef enum { PROC_FANOUT = 0, PROC_INGEST } proc_kind_t;
+typedef enum { PS_STARTING = 0, PS_RUNNING, PS_DRAINING, PS_EXITED, PS_BACKOFF } proc_state_t;
+
+typedef struct proc_s {
+    struct proc_s *next;
+    proc_kind_t kind;
+    int slot;              /* fanout slot index; 0 for ingest */
+    int generation;        /* config generation it runs */
+    pid_t pid;
+    proc_state_t state;
+    ipc_t *ipc;
+    uint64_t started_ms;
+    int restarts;          /* restarts of this slot */
+    int crashes_in_window;
+    uint64_t window_start_ms;
+    int crashloop;
+    unsigned backoff_attempt;
+    int want_restart;      /* exit is unexpected: restart the slot */
+    json_t *metrics;       /* last snapshot */
+    json_t *status;        /* last status */
+    uv_timer_t *restart_timer;
+} proc_t;
+
+typedef enum { ROLE_FOLLOWER = 0, ROLE_LEADER } role_t;
+
+typedef struct {
+    uv_loop_t *loop;
+    cfg_t *cfg;
+    cfg_opts_t cfg_opts;
+    int generation;
+    proc_t *procs;
+    char exe_dir[4096];
+    int ready_reported;
+    int draining;
+    int stopping_hard;
+    uint64_t started_ms;
+
+    /* leadership */
+    role_t role;
+    int64_t zk_seq;         /* our leadership's sequence (fencing base) */
+    int ingest_gen;         /* ingest starts within this leadership */
+    char leader_id[256];
+    char leader_relay[256];
+    char session_state[32];
+    int64_t transitions;
+    uint64_t last_transition_ms;
+
+    uv_signal_t sig_term, sig_int, sig_hup, sig_chld;
+    uv_timer_t drain_timer;
+    uv_timer_t reload_timer;
+    metrics_registry_t *reg;  /* the supervisor's own metrics */
+} sup_t;
+
+extern sup_t sup;
+
+/* procs.c */
+int procs_spawn(proc_kind_t kind, int slot);
+void procs_reap(void);
+void procs_send_all(proc_kind_t kind, json_t *msg);
+void procs_drain(proc_t *p, int ms);
+int procs_count(proc_kind_t kind, int only_live);
+proc_t *procs_ingest(void);
+void procs_kill_all(int sig);
+int procs_any_alive(void);
+json_t *procs_leader_msg(void);
+void procs_on_leader_change(void);
+const char *proc_state_name(proc_state_t s);
+const char *proc_kind_name(proc_kind_t k);
+
+/* admin.c */
+int admin_start(const char *listen_addr);
+void admin_stop(void);
+int sup_is_ready(void);
+json_t *sup_status_json(void);
+int sup_render_metrics(buf_t *out);
+
+/* sdnotify.c */
+void sd_notify_msg(const char *msg);
+
+/* supervisor.c */
+void sup_start_ingest_if_leader(void);
+void sup_stop_ingest(void);
+int64_t sup_epoch(void);
+void sup_become_leader(int64_t zk_seq);
+void sup_become_follower(const char *leader_id, const char *relay);
+void sup_check_drained(void);
+
+#endif

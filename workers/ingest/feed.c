@@ -1,0 +1,515 @@
+/* Exchange feeds and the channel table of the ingest worker. A feed is one
+ * exchange connection: its connector (pure protocol) on a wsclient, the
+ * status.EXCHANGE messages, and the per-feed counters. The channel table
+ * gives each channel its seq within the epoch and keeps a bounded ring of
+ * recent messages that the relay replays from.
+ *
+ * status.EXCHANGE messages are built with msg_begin(type "status", symbol
+ * ""), so they have channel "status.EXCHANGE", no "symbol" field, ts =
+ * recv_ts = the local time of the event, and the fields "state"
+ * (connected|subscribed|stale|disconnected|error) and "detail" (a short
+ * cause, "" when none). They take seqs on their own channel like any other. */
+#include "ingest.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "buf.h"
+#include "connector.h"
+#include "log.h"
+#include "metrics.h"
+#include "msg.h"
+#include "producer.h"
+#include "worker.h"
+#include "wsclient.h"
+
+/* ---- channel table ------------------------------------------------------ */
+
+typedef struct {
+    int64_t seq;
+    rbuf_t *msg;
+} hist_ent_t;
+
+struct ingest_chan_s {
+    ingest_chan_t *next;
+    uint64_t hash;
+    int64_t next_seq;     /* last seq handed out by ingest_next_seq */
+    int64_t last_pub;     /* seq of the last published message */
+    hist_ent_t *ring;     /* cap entries; oldest at head */
+    int cap, head, count;
+    char name[];
+};
+
+static uint64_t hash_str(const char *s)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+int ingest_init(ingest_t *in, uv_loop_t *loop, const cfg_t *cfg, int64_t epoch)
+{
+    memset(in, 0, sizeof(*in));
+    in->loop = loop;
+    in->cfg = cfg;
+    in->epoch = epoch;
+    /* At least the latest message per channel is always kept: the relay
+     * needs it for snapshots even with history = 0. */
+    in->history = cfg->relay.history > 0 ? cfg->relay.history : 1;
+    in->nbuckets = 256;
+    in->buckets = calloc(in->nbuckets, sizeof(*in->buckets));
+    return in->buckets != NULL ? 0 : -ENOMEM;
+}
+
+static void ring_clear(ingest_chan_t *c)
+{
+    for (int i = 0; i < c->count; i++)
+        rbuf_unref(c->ring[(c->head + i) % c->cap].msg);
+    c->head = c->count = 0;
+}
+
+void ingest_free(ingest_t *in)
+{
+    for (size_t i = 0; i < in->nbuckets; i++) {
+        ingest_chan_t *c = in->buckets[i], *next;
+        for (; c != NULL; c = next) {
+            next = c->next;
+            ring_clear(c);
+            free(c->ring);
+            free(c);
+        }
+    }
+    free(in->buckets);
+    in->buckets = NULL;
+    in->nbuckets = in->nchans = 0;
+}
+
+static void grow(ingest_t *in)
+{
+    size_t n = in->nbuckets * 2;
+    ingest_chan_t **b = calloc(n, sizeof(*b));
+    if (b == NULL)
+        return; /* keep the longer chains */
+    for (size_t i = 0; i < in->nbuckets; i++) {
+        ingest_chan_t *c = in->buckets[i], *next;
+        for (; c != NULL; c = next) {
+            next = c->next;
+            c->next = b[c->hash & (n - 1)];
+            b[c->hash & (n - 1)] = c;
+        }
+    }
+    free(in->buckets);
+    in->buckets = b;
+    in->nbuckets = n;
+}
+
+static ingest_chan_t *chan_find(ingest_t *in, const char *name, int create)
+{
+    uint64_t h = hash_str(name);
+    for (ingest_chan_t *c = in->buckets[h & (in->nbuckets - 1)]; c != NULL; c = c->next)
+        if (c->hash == h && strcmp(c->name, name) == 0)
+            return c;
+    if (!create)
+        return NULL;
+    size_t n = strlen(name);
+    ingest_chan_t *c = calloc(1, sizeof(*c) + n + 1);
+    if (c == NULL)
+        return NULL;
+    c->ring = calloc((size_t)in->history, sizeof(*c->ring));
+    if (c->ring == NULL) {
+        free(c);
+        return NULL;
+    }
+    c->cap = in->history;
+    c->hash = h;
+    memcpy(c->name, name, n + 1);
+    if (in->nchans >= in->nbuckets)
+        grow(in);
+    c->next = in->buckets[h & (in->nbuckets - 1)];
+    in->buckets[h & (in->nbuckets - 1)] = c;
+    in->nchans++;
+    return c;
+}
+
+int64_t ingest_next_seq(ingest_t *in, const char *channel)
+{
+    ingest_chan_t *c = chan_find(in, channel, 1);
+    if (c == NULL)
+        return -ENOMEM;
+    return ++c->next_seq;
+}
+
+void ingest_set_relay(ingest_t *in, const ingest_relay_t *relay)
+{
+    in->relay = relay;
+}
+
+void ingest_set_epoch(ingest_t *in, int64_t epoch)
+{
+    if (epoch == in->epoch)
+        return;
+    log_info("new epoch, channel seqs restart at 1", "old=%" PRId64 " new=%" PRId64 " channels=%zu",
+             in->epoch, epoch, in->nchans);
+    in->epoch = epoch;
+    for (size_t i = 0; i < in->nbuckets; i++)
+        for (ingest_chan_t *c = in->buckets[i]; c != NULL; c = c->next) {
+            c->next_seq = c->last_pub = 0;
+            ring_clear(c);
+        }
+    for (int ex = 0; ex < EX_COUNT; ex++)
+        if (in->feeds[ex] != NULL)
+            feed_set_epoch(in->feeds[ex], epoch);
+    if (in->relay != NULL && in->relay->epoch_changed != NULL)
+        in->relay->epoch_changed(in->relay->arg, epoch);
+}
+
+int64_t ingest_msg_seq(const char *json, size_t len)
+{
+    /* Inside a JSON string a quote is always escaped, so the first `,"seq":`
+     * in the text is the top-level key msg_begin wrote. */
+    static const char key[] = ",\"seq\":";
+    const char *p = memmem(json, len, key, sizeof(key) - 1);
+    if (p == NULL)
+        return -1;
+    p += sizeof(key) - 1;
+    const char *end = json + len;
+    int64_t v = 0;
+    if (p >= end || *p < '0' || *p > '9')
+        return -1;
+    for (; p < end && *p >= '0' && *p <= '9'; p++)
+        v = v * 10 + (*p - '0');
+    return v;
+}
+
+void ingest_publish(ingest_t *in, const char *channel, int64_t seq, const char *json, size_t len)
+{
+    ingest_chan_t *c = chan_find(in, channel, 1);
+    if (c != NULL) {
+        if (seq <= c->last_pub)
+            log_warn("seq not increasing on channel", "channel=%s seq=%" PRId64 " last=%" PRId64,
+                     log_q(channel), seq, c->last_pub);
+        c->last_pub = seq;
+    }
+    if (in->producer != NULL)
+        (void)producer_send(in->producer, channel, json, len, in->epoch);
+    rbuf_t *m = rbuf_new(json, len);
+    if (m == NULL)
+        return;
+    if (c != NULL) {
+        if (c->count == c->cap) {
+            rbuf_unref(c->ring[c->head].msg);
+            c->head = (c->head + 1) % c->cap;
+            c->count--;
+        }
+        hist_ent_t *e = &c->ring[(c->head + c->count) % c->cap];
+        e->seq = seq;
+        e->msg = rbuf_ref(m);
+        c->count++;
+    }
+    if (in->relay != NULL && in->relay->publish != NULL)
+        in->relay->publish(in->relay->arg, channel, seq, m);
+    rbuf_unref(m);
+}
+
+int ingest_history(ingest_t *in, const char *channel, int64_t since, ingest_hist_cb cb, void *arg)
+{
+    ingest_chan_t *c = chan_find(in, channel, 0);
+    if (c == NULL)
+        return -ENOENT;
+    int r = 0;
+    if (since < c->last_pub) {
+        int64_t oldest = c->count > 0 ? c->ring[c->head].seq : c->last_pub + 1;
+        if (oldest > since + 1)
+            r = -ERANGE;
+    }
+    for (int i = 0; i < c->count; i++) {
+        hist_ent_t *e = &c->ring[(c->head + i) % c->cap];
+        if (e->seq <= since)
+            continue;
+        if (cb(arg, e->seq, e->msg) != 0)
+            break;
+    }
+    return r;
+}
+
+void ingest_channels(ingest_t *in, ingest_chan_cb cb, void *arg)
+{
+    for (size_t i = 0; i < in->nbuckets; i++)
+        for (ingest_chan_t *c = in->buckets[i]; c != NULL; c = c->next) {
+            rbuf_t *latest = c->count > 0 ? c->ring[(c->head + c->count - 1) % c->cap].msg : NULL;
+            if (c->last_pub > 0 && cb(arg, c->name, c->last_pub, latest) != 0)
+                return;
+        }
+}
+
+/* ---- feeds -------------------------------------------------------------- */
+
+enum { T_TRADE, T_TICKER, T_ORDERBOOK, T_STATUS, T_OTHER, T_COUNT };
+static const char *const type_names[T_COUNT] = {"trade", "ticker", "orderbook", "status", "other"};
+
+struct feed_s {
+    ingest_t *in;
+    int ex;
+    const char *name;
+    const cfg_exchange_t *xcfg;
+    const connector_ops_t *ops;
+    connector_t *conn;
+    wsc_t *wsc;
+    norm_sink_t sink;
+    buf_t url;
+    buf_t scratch;           /* status message builder */
+    char state[16];
+    int64_t last_msg_ms;     /* 0: none yet */
+    uint64_t messages, opens;
+    int stopping;
+    metric_t *m_msgs[T_COUNT], *m_malformed, *m_connected, *m_age, *m_reconnects;
+};
+
+static int type_index(const char *channel)
+{
+    const char *dot = strchr(channel, '.');
+    size_t n = dot ? (size_t)(dot - channel) : strlen(channel);
+    for (int i = 0; i < T_OTHER; i++)
+        if (strlen(type_names[i]) == n && memcmp(type_names[i], channel, n) == 0)
+            return i;
+    return T_OTHER;
+}
+
+static void publish_counted(feed_t *f, const char *channel, const char *json, size_t len)
+{
+    int t = type_index(channel);
+    metric_inc(f->m_msgs[t]);
+    if (t != T_STATUS) {
+        f->messages++;
+        f->last_msg_ms = (int64_t)worker_now_ms();
+    }
+    ingest_publish(f->in, channel, ingest_msg_seq(json, len), json, len);
+}
+
+/* norm_sink_t callbacks: run on the loop thread, from the connector. */
+static void sink_emit(void *arg, const char *channel, const char *json, size_t len)
+{
+    feed_t *f = arg;
+    publish_counted(f, channel, json, len);
+}
+
+static int64_t sink_next_seq(void *arg, const char *channel)
+{
+    feed_t *f = arg;
+    return ingest_next_seq(f->in, channel);
+}
+
+static void sink_malformed(void *arg, const char *exchange, const char *reason)
+{
+    feed_t *f = arg;
+    metric_inc(metric_labels(f->m_malformed, "exchange=\"%s\",reason=\"%s\"",
+                             exchange ? exchange : f->name, reason));
+    log_debug("malformed message skipped", "exchange=%s reason=%s", f->name, log_q(reason));
+}
+
+static int sink_send_text(void *arg, const char *data, size_t len)
+{
+    feed_t *f = arg;
+    if (f->wsc == NULL)
+        return -ENOTCONN;
+    return wsc_send_text(f->wsc, data, len);
+}
+
+static void sink_reconnect(void *arg, const char *cause)
+{
+    feed_t *f = arg;
+    log_info("connector asked to reconnect", "exchange=%s cause=%s", f->name, log_q(cause));
+    if (f->wsc != NULL && !f->stopping)
+        wsc_reconnect(f->wsc, cause);
+}
+
+static void sink_status(void *arg, const char *exchange, const char *state, const char *detail)
+{
+    feed_t *f = arg;
+    (void)exchange;
+    snprintf(f->state, sizeof(f->state), "%s", state);
+    int64_t now = (int64_t)worker_now_ms();
+    char channel[MSG_CHANNEL_MAX];
+    snprintf(channel, sizeof(channel), "status.%s", f->name);
+    buf_reset(&f->scratch);
+    msg_begin(&f->scratch, "status", f->name, "", ingest_next_seq(f->in, channel), f->in->epoch, now, now);
+    msg_str(&f->scratch, "state", state);
+    msg_str(&f->scratch, "detail", detail ? detail : "");
+    msg_end(&f->scratch);
+    log_info("exchange status", "exchange=%s state=%s detail=%s", f->name, state, log_q(detail ? detail : ""));
+    publish_counted(f, channel, f->scratch.data, f->scratch.len);
+}
+
+/* wsclient callbacks: run on the loop thread. */
+static void ws_on_open(wsc_t *wsc, void *arg)
+{
+    feed_t *f = arg;
+    (void)wsc;
+    f->opens++;
+    if (f->opens > 1)
+        metric_inc(f->m_reconnects);
+    metric_set(f->m_connected, 1);
+    sink_status(f, f->name, "connected", "");
+    int r = f->ops->on_open(f->conn);
+    if (r < 0) {
+        log_warn("subscribe failed", "exchange=%s err=%d", f->name, r);
+        wsc_reconnect(f->wsc, "subscribe_failed");
+    }
+}
+
+static void ws_on_message(wsc_t *wsc, int binary, const char *data, size_t len, void *arg)
+{
+    feed_t *f = arg;
+    (void)wsc;
+    f->ops->on_frame(f->conn, binary, data, len, (int64_t)worker_now_ms());
+}
+
+static void ws_on_close(wsc_t *wsc, const char *cause, void *arg)
+{
+    feed_t *f = arg;
+    (void)wsc;
+    metric_set(f->m_connected, 0);
+    f->ops->on_close(f->conn);
+    sink_status(f, f->name, "disconnected", cause ? cause : "");
+}
+
+static void ws_on_stopped(wsc_t *wsc, void *arg)
+{
+    feed_t *f = arg;
+    (void)wsc;
+    if (f->in->feeds[f->ex] == f)
+        f->in->feeds[f->ex] = NULL;
+    f->ops->destroy(f->conn);
+    buf_free(&f->url);
+    buf_free(&f->scratch);
+    free(f);
+}
+
+int feed_start(ingest_t *in, int ex, feed_t **out)
+{
+    int r;
+    feed_t *f = calloc(1, sizeof(*f));
+    if (f == NULL)
+        return -ENOMEM;
+    f->in = in;
+    f->ex = ex;
+    f->name = cfg_exchange_names[ex];
+    f->xcfg = &in->cfg->exchange[ex];
+    f->ops = connectors[ex];
+    buf_init(&f->url);
+    buf_init(&f->scratch);
+    snprintf(f->state, sizeof(f->state), "connecting");
+
+    metric_t *msgs = metric_counter("exchange_ingest_messages_total",
+                                    "Normalized messages published, by exchange and type");
+    for (int t = 0; t < T_COUNT; t++)
+        f->m_msgs[t] = metric_labels(msgs, "exchange=\"%s\",type=\"%s\"", f->name, type_names[t]);
+    f->m_malformed = metric_counter("exchange_ingest_malformed_total",
+                                    "Exchange frames skipped as malformed, by exchange and reason");
+    f->m_connected = metric_labels(metric_gauge("exchange_ingest_connected",
+                                                "1 while the exchange WebSocket is open"),
+                                   "exchange=\"%s\"", f->name);
+    f->m_age = metric_labels(metric_gauge("exchange_ingest_last_message_age_seconds",
+                                          "Seconds since the exchange's last data message"),
+                             "exchange=\"%s\"", f->name);
+    f->m_reconnects = metric_labels(metric_counter("exchange_ingest_reconnects_total",
+                                                   "Exchange connections re-established"),
+                                    "exchange=\"%s\"", f->name);
+    metric_set(f->m_connected, 0);
+
+    f->sink.arg = f;
+    f->sink.emit = sink_emit;
+    f->sink.next_seq = sink_next_seq;
+    f->sink.epoch = in->epoch;
+    f->sink.malformed = sink_malformed;
+    f->sink.send_text = sink_send_text;
+    f->sink.reconnect = sink_reconnect;
+    f->sink.status = sink_status;
+
+    if (f->ops == NULL || (r = f->ops->url(f->xcfg, &f->url)) < 0) {
+        log_error("cannot build exchange url", "exchange=%s", f->name);
+        r = -EINVAL;
+        goto fail;
+    }
+    f->conn = f->ops->create(f->xcfg, &f->sink);
+    if (f->conn == NULL) {
+        log_error("cannot create connector", "exchange=%s", f->name);
+        r = -ENOMEM;
+        goto fail;
+    }
+    wsc_opts_t o;
+    memset(&o, 0, sizeof(o));
+    o.name = f->name;
+    o.url = f->url.data;
+    o.ca_file = f->xcfg->ca_file;
+    o.insecure_skip_verify = f->xcfg->insecure_skip_verify;
+    o.max_message_bytes = (size_t)f->xcfg->max_message_bytes;
+    o.reconnect_min_ms = f->xcfg->reconnect_min_ms;
+    o.reconnect_max_ms = f->xcfg->reconnect_max_ms;
+    o.stale_after_ms = f->xcfg->stale_after_ms;
+    wsc_callbacks_t cbs = {
+        .on_open = ws_on_open,
+        .on_message = ws_on_message,
+        .on_close = ws_on_close,
+        .on_stopped = ws_on_stopped,
+    };
+    if ((r = wsc_start(in->loop, &o, &cbs, f, &f->wsc)) < 0) {
+        log_error("cannot start websocket client", "exchange=%s url=%s err=%s", f->name,
+                  log_q(f->url.data), log_q(uv_strerror(r)));
+        goto fail;
+    }
+    log_info("exchange feed started", "exchange=%s url=%s", f->name, log_q(f->url.data));
+    *out = f;
+    return 0;
+fail:
+    if (f->conn != NULL)
+        f->ops->destroy(f->conn);
+    buf_free(&f->url);
+    buf_free(&f->scratch);
+    free(f);
+    return r;
+}
+
+void feed_stop(feed_t *f)
+{
+    if (f == NULL || f->stopping)
+        return;
+    f->stopping = 1;
+    /* wsclient does not call on_close for a stop: say it here. */
+    if (wsc_is_open(f->wsc)) {
+        metric_set(f->m_connected, 0);
+        f->ops->on_close(f->conn);
+    }
+    sink_status(f, f->name, "disconnected", "shutdown");
+    wsc_stop(f->wsc);
+}
+
+void feed_tick(feed_t *f, int64_t now_ms)
+{
+    if (!f->stopping)
+        f->ops->on_tick(f->conn, now_ms);
+}
+
+void feed_set_epoch(feed_t *f, int64_t epoch)
+{
+    f->sink.epoch = epoch;
+}
+
+json_t *feed_status(feed_t *f, int64_t now_ms)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "state", json_string(f->state));
+    if (f->last_msg_ms > 0) {
+        int64_t age = now_ms > f->last_msg_ms ? now_ms - f->last_msg_ms : 0;
+        json_object_set_new(o, "last_message_age_ms", json_integer(age));
+        metric_set(f->m_age, (double)age / 1000.0);
+    } else {
+        json_object_set_new(o, "last_message_age_ms", json_null());
+    }
+    json_object_set_new(o, "messages", json_integer((json_int_t)f->messages));
+    json_object_set_new(o, "reconnects", json_integer(f->opens > 1 ? (json_int_t)(f->opens - 1) : 0));
+    return o;
+}

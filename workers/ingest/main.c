@@ -1,0 +1,228 @@
+/* exchange-ingest: the leader's ingest worker. Wires the worker runtime
+ * (common/worker.h) to the exchange feeds, the channel table and the Kafka
+ * producer: epoch from the supervisor, status for /status, drain = close the
+ * feeds then flush Kafka (bounded) then exit. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ingest.h"
+#include "log.h"
+#include "producer.h"
+#include "worker.h"
+
+#define TICK_MS 100
+/* Under a supervisor the feeds start with the first leader message (it
+ * carries the epoch to stamp); if none came by then, start anyway. */
+#define LEADER_WAIT_MS 2000
+/* Bound on the Kafka flush when draining or stopping. */
+#define FLUSH_MS 5000
+
+static ingest_t ing;
+static worker_t *wk;
+static uv_timer_t leader_wait;
+/* Feeds get this long to close before Kafka is flushed anyway. */
+#define FEED_CLOSE_MS 2000
+static int feeds_started, flush_started, producer_drained;
+static uint64_t drain_started_at;
+
+static int64_t env_epoch(void)
+{
+    const char *s = getenv("EXCHANGE_EPOCH");
+    if (s != NULL && *s != '\0') {
+        char *end;
+        long long v = strtoll(s, &end, 10);
+        if (*end == '\0' && v > 0)
+            return (int64_t)v;
+        log_warn("EXCHANGE_EPOCH ignored: not a positive integer", "value=%s", log_q(s));
+    }
+    return 1;
+}
+
+static int feeds_alive(void)
+{
+    for (int ex = 0; ex < EX_COUNT; ex++)
+        if (ing.feeds[ex] != NULL)
+            return 1;
+    return 0;
+}
+
+static void on_producer_drained(void *arg, int remaining);
+
+/* Drain order: feeds closed (their last status messages published), then
+ * Kafka flushed, then exit. Checked on every tick. */
+static void maybe_finish_drain(void)
+{
+    if (!ing.draining)
+        return;
+    if (!flush_started &&
+        (!feeds_alive() || uv_now(ing.loop) - drain_started_at >= FEED_CLOSE_MS)) {
+        flush_started = 1;
+        if (ing.producer != NULL)
+            producer_drain(ing.producer, FLUSH_MS, on_producer_drained, NULL);
+        else
+            producer_drained = 1;
+    }
+    if (producer_drained) {
+        log_info("ingest drained", "epoch=%" PRId64, ing.epoch);
+        worker_exit(wk, 0);
+    }
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    (void)t;
+    int64_t now = (int64_t)worker_now_ms();
+    for (int ex = 0; ex < EX_COUNT; ex++)
+        if (ing.feeds[ex] != NULL)
+            feed_tick(ing.feeds[ex], now);
+    maybe_finish_drain();
+}
+
+static int start_feeds(void)
+{
+    int r;
+    if (feeds_started)
+        return 0;
+    feeds_started = 1;
+    uv_timer_stop(&leader_wait);
+    int n = 0;
+    for (int ex = 0; ex < EX_COUNT; ex++) {
+        if (!ing.cfg->exchange[ex].enabled)
+            continue;
+        if ((r = feed_start(&ing, ex, &ing.feeds[ex])) < 0)
+            return r;
+        n++;
+    }
+    if (n == 0)
+        log_warn("no exchange enabled", "epoch=%" PRId64, ing.epoch);
+    log_info("ingest running", "exchanges=%d epoch=%" PRId64 " kafka=%d", n, ing.epoch,
+             ing.producer != NULL);
+    return 0;
+}
+
+static void on_leader_wait(uv_timer_t *t)
+{
+    (void)t;
+    log_warn("no leader message from the supervisor, starting with the default epoch",
+             "epoch=%" PRId64, ing.epoch);
+    if (start_feeds() < 0)
+        worker_exit(wk, 1);
+}
+
+static int on_start(worker_t *w)
+{
+    int r;
+    wk = w;
+    if ((r = ingest_init(&ing, w->loop, w->cfg, env_epoch())) < 0)
+        return r;
+    if (w->cfg->kafka.brokers != NULL && w->cfg->kafka.brokers[0] != '\0') {
+        if ((r = producer_create(w->loop, w->cfg, &ing.producer)) < 0)
+            return r;
+    } else {
+        log_info("no kafka brokers configured: relay only", "epoch=%" PRId64, ing.epoch);
+    }
+    uv_timer_init(w->loop, &ing.tick);
+    uv_timer_start(&ing.tick, on_tick, TICK_MS, TICK_MS);
+    uv_timer_init(w->loop, &leader_wait);
+    if (w->ipc != NULL) {
+        uv_timer_start(&leader_wait, on_leader_wait, LEADER_WAIT_MS, 0);
+        return 0;
+    }
+    return start_feeds();
+}
+
+static void on_msg(worker_t *w, const char *t, json_t *msg)
+{
+    if (strcmp(t, "leader") != 0) {
+        log_debug("ipc message ignored", "t=%s", log_q(t));
+        return;
+    }
+    json_t *ep = json_object_get(msg, "epoch");
+    json_t *self = json_object_get(msg, "is_self");
+    if (!json_is_integer(ep) || json_integer_value(ep) <= 0) {
+        log_warn("leader message without a valid epoch ignored", "t=%s", t);
+        return;
+    }
+    if (json_is_false(self))
+        log_warn("leader message names another instance; stamping its epoch until stopped",
+                 "epoch=%" PRId64, (int64_t)json_integer_value(ep));
+    ingest_set_epoch(&ing, (int64_t)json_integer_value(ep));
+    if (!w->draining && start_feeds() < 0)
+        worker_exit(w, 1);
+}
+
+static void on_producer_drained(void *arg, int remaining)
+{
+    (void)arg;
+    (void)remaining; /* logged by the producer */
+    producer_drained = 1;
+    maybe_finish_drain();
+}
+
+static void on_drain(worker_t *w, int drain_ms)
+{
+    (void)w;
+    (void)drain_ms; /* nothing to hand over: close feeds now, flush bounded by FLUSH_MS */
+    ing.draining = 1;
+    drain_started_at = uv_now(ing.loop);
+    uv_timer_stop(&leader_wait);
+    for (int ex = 0; ex < EX_COUNT; ex++)
+        if (ing.feeds[ex] != NULL)
+            feed_stop(ing.feeds[ex]);
+    maybe_finish_drain(); /* the tick timer checks again until the feeds are closed */
+}
+
+static void on_status(worker_t *w, json_t *status)
+{
+    (void)w;
+    int64_t now = (int64_t)worker_now_ms();
+    json_t *ex = json_object();
+    for (int i = 0; i < EX_COUNT; i++)
+        if (ing.feeds[i] != NULL)
+            json_object_set_new(ex, cfg_exchange_names[i], feed_status(ing.feeds[i], now));
+    json_object_set_new(status, "exchanges", ex);
+    json_object_set_new(status, "epoch", json_integer(ing.epoch));
+    json_object_set_new(status, "kafka",
+                        json_pack("{s:b, s:i}", "enabled", ing.producer != NULL, "queue",
+                                  ing.producer ? producer_queue_len(ing.producer) : 0));
+}
+
+static void on_stop(worker_t *w)
+{
+    (void)w;
+    /* Parent gone: no time for an orderly close, but keep what Kafka accepted. */
+    if (ing.producer != NULL)
+        (void)producer_flush(ing.producer, FLUSH_MS);
+}
+
+static void close_handle(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+int main(int argc, char **argv)
+{
+    static const worker_ops_t ops = {
+        .role = "ingest",
+        .on_start = on_start,
+        .on_msg = on_msg,
+        .on_drain = on_drain,
+        .on_status = on_status,
+        .on_stop = on_stop,
+    };
+    int code = worker_main(argc, argv, &ops, &ing);
+    if (wk != NULL) {
+        /* Release what is left so leak checkers see a clean exit. */
+        producer_destroy(ing.producer);
+        ing.producer = NULL;
+        uv_walk(wk->loop, close_handle, NULL);
+        uv_run(wk->loop, UV_RUN_DEFAULT);
+        (void)uv_loop_close(wk->loop);
+        ingest_free(&ing);
+    }
+    return code;
+}
