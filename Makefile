@@ -40,9 +40,11 @@ BINS := $(BUILD)/exchange-service $(BUILD)/exchange-ingest $(BUILD)/exchange-fan
 FUZZ_SRC := $(wildcard test/fuzz/fuzz_*.c)
 TOOL_SRC := $(wildcard test/tools/*.c)
 TOOL_BIN := $(patsubst test/tools/%.c,$(BUILD)/tools/%,$(TOOL_SRC))
+BENCH_SRC := $(wildcard test/bench/*.c)
+BENCH_BIN := $(patsubst test/bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
 .PHONY: all deps run test unit integration lint install clean asan fuzz bench check-conf
-all: $(BINS) $(UNIT_BIN) $(TOOL_BIN)
+all: $(BINS) $(UNIT_BIN) $(TOOL_BIN) $(BENCH_BIN)
 
 # ---- dependencies (Debian 12) ------------------------------------------
 DEB_PKGS := build-essential pkg-config libuv1-dev librdkafka-dev libzookeeper-mt-dev \
@@ -94,6 +96,10 @@ $(BUILD)/tools/%: $(BUILD)/obj/test/tools/%.o $(ALL_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< -Wl,--start-group $(ALL_LIBS) -Wl,--end-group $(PKG_LIBS)
 
+$(BUILD)/bench/%: $(BUILD)/obj/test/bench/%.o $(ALL_LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< -Wl,--start-group $(ALL_LIBS) -Wl,--end-group $(PKG_LIBS)
+
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 
 # ---- run / test ---------------------------------------------------------
@@ -133,6 +139,9 @@ install: all
 	install -m 755 $(BUILD)/exchange-service $(BUILD)/exchange-ingest $(BUILD)/exchange-fanout $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 conf/*.ini $(DESTDIR)$(PREFIX)/etc/exchange-service/
 	sed 's#@PREFIX@#$(PREFIX)#g' conf/exchange-service.service > $(DESTDIR)/lib/systemd/system/exchange-service.service
+
+bench: deps all
+	test/bench/run.sh $(BUILD)
 
 clean:
 	rm -rf build build-asan build-fuzz

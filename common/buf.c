@@ -128,13 +128,41 @@ int buf_json_str(buf_t *b, const char *s)
         char esc[7];
         size_t elen = 0;
         switch (*p) {
-        case '"': esc[0] = '\\'; esc[1] = '"'; elen = 2; break;
-        case '\\': esc[0] = '\\'; esc[1] = '\\'; elen = 2; break;
-        case '\n': esc[0] = '\\'; esc[1] = 'n'; elen = 2; break;
-        case '\r': esc[0] = '\\'; esc[1] = 'r'; elen = 2; break;
-        case '\t': esc[0] = '\\'; esc[1] = 't'; elen = 2; break;
-        case '\b': esc[0] = '\\'; esc[1] = 'b'; elen = 2; break;
-        case '\f': esc[0] = '\\'; esc[1] = 'f'; elen = 2; break;
+        case '"':
+            esc[0] = '\\';
+            esc[1] = '"';
+            elen = 2;
+            break;
+        case '\\':
+            esc[0] = '\\';
+            esc[1] = '\\';
+            elen = 2;
+            break;
+        case '\n':
+            esc[0] = '\\';
+            esc[1] = 'n';
+            elen = 2;
+            break;
+        case '\r':
+            esc[0] = '\\';
+            esc[1] = 'r';
+            elen = 2;
+            break;
+        case '\t':
+            esc[0] = '\\';
+            esc[1] = 't';
+            elen = 2;
+            break;
+        case '\b':
+            esc[0] = '\\';
+            esc[1] = 'b';
+            elen = 2;
+            break;
+        case '\f':
+            esc[0] = '\\';
+            esc[1] = 'f';
+            elen = 2;
+            break;
         default:
             if (*p < 0x20) {
                 memcpy(esc, "\\u00", 4);

@@ -57,12 +57,16 @@ typedef struct {
     size_t off; /* into cfg_t, or into cfg_exchange_t for the sub-table */
 } cfg_key_t;
 
-#define K(sec_, name_, type_, flags_, min_, max_, allowed_, def_, help_)                                \
-    {.section = #sec_, .name = #name_, .type = type_, .flags = flags_, .min = min_, .max = max_,        \
-     .allowed = allowed_, .def = def_, .help = help_, .off = offsetof(cfg_t, sec_.name_)}
-#define X(name_, type_, flags_, min_, max_, allowed_, def_, up_, bt_, bn_, cb_, help_)                  \
-    {.name = #name_, .type = type_, .flags = flags_, .min = min_, .max = max_, .allowed = allowed_,    \
-     .def = def_, .exdef = {up_, bt_, bn_, cb_}, .help = help_, .off = offsetof(cfg_exchange_t, name_)}
+#define K(sec_, name_, type_, flags_, min_, max_, allowed_, def_, help_)                                     \
+    {                                                                                                        \
+        .section = #sec_, .name = #name_, .type = type_, .flags = flags_, .min = min_, .max = max_,          \
+        .allowed = allowed_, .def = def_, .help = help_, .off = offsetof(cfg_t, sec_.name_)                  \
+    }
+#define X(name_, type_, flags_, min_, max_, allowed_, def_, up_, bt_, bn_, cb_, help_)                       \
+    {                                                                                                        \
+        .name = #name_, .type = type_, .flags = flags_, .min = min_, .max = max_, .allowed = allowed_,       \
+        .def = def_, .exdef = {up_, bt_, bn_, cb_}, .help = help_, .off = offsetof(cfg_exchange_t, name_)    \
+    }
 
 #define R CF_RELOAD
 
@@ -90,9 +94,10 @@ static const cfg_key_t main_keys[] = {
     K(kafka, recover_after_ms, T_INT, R, 0, 600000, NULL, "5000",
       "Kafka must be healthy this long before a fanout worker switches back from the relay"),
     K(kafka, linger_ms, T_INT, R, 0, 1000, NULL, "5", "Producer batching delay"),
-    K(kafka, fetch_wait_max_ms, T_INT, R, 1, 10000, NULL, "100", "Consumer fetch wait"),
-    K(kafka, start_tail, T_BOOL, R, 0, 0, NULL, "true",
-      "Fanout workers start at the end of each partition (false: from the oldest retained record)"),
+    K(kafka, fetch_wait_max_ms, T_INT, R, 1, 10000, NULL, "10",
+      "Consumer fetch.wait.max.ms: how long a broker may hold a fetch with no data (latency bound)"),
+    K(kafka, start_tail, T_INT, R, 0, 1000000, NULL, "500",
+      "Fanout workers start this many records before the end of each partition (warm snapshots)"),
     K(kafka, buffer_messages, T_INT, R, 1000, 10000000, NULL, "100000",
       "Producer queue size in messages; when full a message is dropped and counted"),
     K(kafka, security_protocol, T_ENUM, R, 0, 0, "PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL", "PLAINTEXT",
@@ -117,11 +122,9 @@ static const cfg_key_t main_keys[] = {
       "Messages kept per channel for replay (subscribe with since)"),
     K(fanout, client_queue_bytes, T_INT, R, 4096, 1073741824, NULL, "4194304",
       "Unsent bytes queued for one client before it is disconnected as too slow"),
-    K(fanout, allowed_origins, T_LIST, R, 0, 0, NULL, "",
-      "Origins allowed to connect; empty: any"),
+    K(fanout, allowed_origins, T_LIST, R, 0, 0, NULL, "", "Origins allowed to connect; empty: any"),
     K(fanout, max_clients, T_INT, R, 1, 1000000, NULL, "10000", "Clients per worker"),
-    K(fanout, max_message_bytes, T_INT, R, 256, 1048576, NULL, "65536",
-      "Largest client-to-server message"),
+    K(fanout, max_message_bytes, T_INT, R, 256, 1048576, NULL, "65536", "Largest client-to-server message"),
     K(fanout, max_subscriptions, T_INT, R, 1, 100000, NULL, "1000", "Channels one client may subscribe to"),
     K(fanout, max_requests_per_sec, T_INT, R, 1, 10000, NULL, "50",
       "Requests one client may send per second before it is treated as flooding"),
@@ -133,7 +136,8 @@ static const cfg_key_t main_keys[] = {
     K(relay, listen, T_ADDR, CF_LISTEN, 0, 0, NULL, "0.0.0.0:8091",
       "Relay WebSocket address served by the ingest worker"),
     K(relay, advertise, T_ADDR, CF_EMPTY_OK, 0, 0, NULL, "",
-      "Relay address other instances use (written to the election node); empty: host name and listen port"),
+      "Relay address other instances use (written to the election node); empty: the listen address, with the "
+      "host name when it listens on all interfaces"),
     K(relay, token, T_STR, R | CF_SECRET, 0, 0, NULL, "",
       "Shared secret fanout workers present to the relay; empty: no check"),
     K(relay, history, T_INT, R, 0, 1000000, NULL, "10000",
@@ -141,8 +145,7 @@ static const cfg_key_t main_keys[] = {
 
     K(admin, listen, T_ADDR, CF_LISTEN, 0, 0, NULL, "0.0.0.0:8090",
       "Admin HTTP address: /metrics, /healthz, /readyz, /status, /"),
-    K(admin, token, T_STR, R | CF_SECRET, 0, 0, NULL, "",
-      "Bearer token required by /status; empty: open"),
+    K(admin, token, T_STR, R | CF_SECRET, 0, 0, NULL, "", "Bearer token required by /status; empty: open"),
 
     K(log, level, T_ENUM, R, 0, 0, "debug|info|warn|error", "info", "Least severe level logged"),
     K(log, format, T_ENUM, R, 0, 0, "logfmt|json", "logfmt", "Log line format"),
@@ -171,8 +174,8 @@ static const cfg_key_t exchange_keys[] = {
       "wss://advanced-trade-ws.coinbase.com", "Public market-data WebSocket URL"),
     X(markets, T_LIST, R, 0, 0, NULL, NULL, "KRW-BTC,KRW-ETH", "KRW-BTC,KRW-ETH", "BTCUSDT,ETHUSDT",
       "BTC-USD,ETH-USD", "Markets in the exchange's own spelling"),
-    X(channels, T_LIST, R | CF_NONEMPTY, 0, 0, "ticker|trade|orderbook", "ticker,trade,orderbook", NULL,
-      NULL, NULL, NULL, "Message types to subscribe"),
+    X(channels, T_LIST, R | CF_NONEMPTY, 0, 0, "ticker|trade|orderbook", "ticker,trade,orderbook", NULL, NULL,
+      NULL, NULL, "Message types to subscribe"),
     X(depth, T_INT, R, 1, 100, NULL, NULL, "15", "15", "20", "20", "Orderbook levels published"),
     X(book_interval_ms, T_INT, R, 0, 60000, NULL, "0", NULL, NULL, NULL, "100",
       "Least interval between orderbook publishes of a locally kept book; 0: every update"),
@@ -200,7 +203,8 @@ static const struct {
 } section_help[] = {
     {"service", "Identity of this instance within its cluster."},
     {"zookeeper", "Leader election over ZooKeeper. Empty connect: standalone, this instance always leads."},
-    {"kafka", "Kafka between the ingest worker (leader only) and the fanout workers. Empty brokers: relay only."},
+    {"kafka",
+     "Kafka between the ingest worker (leader only) and the fanout workers. Empty brokers: relay only."},
     {"exchange.upbit", "Upbit public feed (limit: 5 connections per second per IP)."},
     {"exchange.bithumb", "Bithumb public feed (limit: 10 connections per second per IP)."},
     {"exchange.binance", "Binance Spot public feed (limit: 300 connection attempts per 5 minutes per IP)."},
@@ -266,7 +270,8 @@ static void build_slots(void)
             snprintf(sec, sizeof(sec), "exchange.%s", cfg_exchange_names[ex]);
             for (size_t j = 0; j < sizeof(exchange_keys) / sizeof(exchange_keys[0]); j++)
                 add_slot(&exchange_keys[j], sec,
-                         offsetof(cfg_t, exchange) + (size_t)ex * sizeof(cfg_exchange_t) + exchange_keys[j].off,
+                         offsetof(cfg_t, exchange) + (size_t)ex * sizeof(cfg_exchange_t) +
+                             exchange_keys[j].off,
                          ex);
         }
     }
@@ -616,9 +621,7 @@ static void add_err(errs_t *e, const char *fmt, ...)
 static void describe_allowed(const cfg_key_t *k, char *out, size_t n)
 {
     switch (k->type) {
-    case T_INT:
-        snprintf(out, n, "%s%ld..%ld", (k->flags & CF_AUTO) ? "auto or " : "", k->min, k->max);
-        break;
+    case T_INT: snprintf(out, n, "%s%ld..%ld", (k->flags & CF_AUTO) ? "auto or " : "", k->min, k->max); break;
     case T_BOOL: snprintf(out, n, "true or false"); break;
     case T_ENUM: snprintf(out, n, "one of %s", k->allowed); break;
     case T_LIST:
@@ -978,8 +981,8 @@ static int next_line(parse_t *ps)
             } else if (find_section(name) < 0) {
                 const char *near = nearest_section(name);
                 if (near)
-                    add_err(ps->e, "%s:%d: [%s]: unknown section (did you mean %s?)", ps->name, ps->lineno, name,
-                            near);
+                    add_err(ps->e, "%s:%d: [%s]: unknown section (did you mean %s?)", ps->name, ps->lineno,
+                            name, near);
                 else
                     add_err(ps->e, "%s:%d: [%s]: unknown section", ps->name, ps->lineno, name);
                 ps->sec_ok = 0;
@@ -1116,9 +1119,25 @@ static void finalize(cfg_t *c, errs_t *e)
         int i = find_slot("service", "instance");
         free(c->service.instance);
         c->service.instance = xstrdup(host);
-        if (strcmp(c->source[i], "default") == 0) {
+        /* Also when a file restates the empty default (conf/exchange.ini does). */
+        free(c->source[i]);
+        c->source[i] = xstrdup("default (hostname)");
+    }
+    if (c->relay.advertise[0] == '\0') {
+        char host[256];
+        int port = 0, i = find_slot("relay", "advertise");
+        if (cfg_parse_addr(c->relay.listen, host, sizeof(host), &port) == 0) {
+            if (strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0)
+                snprintf(host, sizeof(host), "%s", c->service.instance);
+            size_t n = strlen(host) + 16;
+            char *adv = malloc(n);
+            if (adv == NULL)
+                abort();
+            snprintf(adv, n, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
+            free(c->relay.advertise);
+            c->relay.advertise = adv;
             free(c->source[i]);
-            c->source[i] = xstrdup("default (hostname)");
+            c->source[i] = xstrdup("default (relay listen)");
         }
     }
     int cert = find_slot("tls", "cert"), key = find_slot("tls", "key");
@@ -1133,8 +1152,8 @@ static void finalize(cfg_t *c, errs_t *e)
             char sec[32];
             snprintf(sec, sizeof(sec), "exchange.%s", cfg_exchange_names[ex]);
             int i = find_slot(sec, "reconnect_max_ms");
-            add_err(e, "%s: [%s] reconnect_max_ms: must be >= reconnect_min_ms (%d), got %d", c->source[i], sec,
-                    x->reconnect_min_ms, x->reconnect_max_ms);
+            add_err(e, "%s: [%s] reconnect_max_ms: must be >= reconnect_min_ms (%d), got %d", c->source[i],
+                    sec, x->reconnect_min_ms, x->reconnect_max_ms);
         }
     }
     if (c->supervisor.restart_min_ms > c->supervisor.restart_max_ms) {
@@ -1286,13 +1305,10 @@ int cfg_dump(const cfg_t *c, buf_t *out, int with_sources)
     init_table();
     char tmp[32];
     const char *cur = NULL;
-    if (with_sources)
-        buf_printf(out, "; profile: %s\n; files: %s\n", c->profile ? c->profile : "",
-                   c->files ? c->files : "");
     for (int i = 0; i < g_nslots; i++) {
         const slot_t *s = &g_slots[i];
         if (cur == NULL || strcmp(cur, s->section) != 0) {
-            buf_printf(out, "%s[%s]\n", cur ? "\n" : (with_sources ? "\n" : ""), s->section);
+            buf_printf(out, "%s[%s]\n", cur || with_sources ? "\n" : "", s->section);
             cur = s->section;
         }
         const char *v = slot_text(c, i, tmp);
@@ -1345,8 +1361,8 @@ int cfg_print_defaults(buf_t *out)
         }
         char allowed[160];
         describe_allowed(s->k, allowed, sizeof(allowed));
-        buf_printf(out, "\n; %s (%s; %s)\n", s->k->help, (s->k->flags & CF_RELOAD) ? "reloadable" : "restart required",
-                   allowed);
+        buf_printf(out, "\n; %s (%s; %s)\n", s->k->help,
+                   (s->k->flags & CF_RELOAD) ? "reloadable" : "restart required", allowed);
         const char *d = slot_default(i);
         buf_printf(out, "%s =%s%s\n", s->k->name, *d ? " " : "", d);
     }

@@ -24,7 +24,7 @@ typedef struct {
     int max_message_bytes;
     char *ca_file;
     int insecure_skip_verify;
-    char *format;         /* upbit/bithumb: DEFAULT or SIMPLE */
+    char *format; /* upbit/bithumb: DEFAULT or SIMPLE */
 } cfg_exchange_t;
 
 typedef struct {
@@ -58,7 +58,7 @@ typedef struct {
     struct {
         char *listen;
         char *path;
-        int workers;          /* 0 = auto */
+        int workers; /* 0 = auto */
         int drain_ms;
         int history;
         int client_queue_bytes;
@@ -102,14 +102,14 @@ typedef struct {
      * "default", "conf/prod.ini:12", "env EXCHANGE_KAFKA_BROKERS". */
     char **source;
     char *profile;
-    char *files;          /* the files read, comma-separated, for /status */
+    char *files; /* the files read, comma-separated, for /status */
 } cfg_t;
 
 typedef struct {
-    const char *profile;     /* NULL: $EXCHANGE_PROFILE, else "local" */
-    const char *conf_dir;    /* NULL: $EXCHANGE_CONF_DIR, else "conf" */
-    const char *extra_file;  /* --config FILE, or NULL */
-    int use_env;             /* apply EXCHANGE_* and LOG_LEVEL overrides */
+    const char *profile;    /* NULL: $EXCHANGE_PROFILE, else "local" */
+    const char *conf_dir;   /* NULL: $EXCHANGE_CONF_DIR, else "conf" */
+    const char *extra_file; /* --config FILE, or NULL */
+    int use_env;            /* apply EXCHANGE_* and LOG_LEVEL overrides */
 } cfg_opts_t;
 
 /* Load conf_dir/exchange.ini, conf_dir/PROFILE.ini, extra_file, then env.

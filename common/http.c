@@ -260,8 +260,7 @@ static int url_decode(const char *s, size_t n, int plus_space, char *out, size_t
 }
 
 /* The path and query of the URL, origin-form or absolute-form. */
-static void url_split(const http_req_t *r, const char **path, size_t *plen, const char **query,
-                      size_t *qlen)
+static void url_split(const http_req_t *r, const char **path, size_t *plen, const char **query, size_t *qlen)
 {
     const char *u = r->url.data ? r->url.data : "";
     *path = u;
@@ -321,8 +320,7 @@ int http_req_query(const http_req_t *r, const char *key, char *out, size_t outsz
         size_t eq = s;
         while (eq < i && q[eq] != '=')
             eq++;
-        if (i > s && url_decode(q + s, eq - s, 1, kbuf, sizeof kbuf) == 0 &&
-            strcmp(kbuf, key) == 0) {
+        if (i > s && url_decode(q + s, eq - s, 1, kbuf, sizeof kbuf) == 0 && strcmp(kbuf, key) == 0) {
             if (eq < i)
                 return url_decode(q + eq + 1, i - eq - 1, 1, out, outsz);
             return url_decode("", 0, 1, out, outsz);
@@ -388,8 +386,7 @@ int http_response(buf_t *out, int status, const char *content_type, const char *
     if ((r = buf_printf(out, "HTTP/1.1 %d %s\r\n", status, http_status_text(status))) < 0)
         return r;
     if (!nobody) {
-        if (content_type && *content_type &&
-            (r = buf_printf(out, "Content-Type: %s\r\n", content_type)) < 0)
+        if (content_type && *content_type && (r = buf_printf(out, "Content-Type: %s\r\n", content_type)) < 0)
             return r;
         if ((r = buf_printf(out, "Content-Length: %zu\r\n", n)) < 0)
             return r;

@@ -18,7 +18,7 @@ struct ipc_s {
     ipc_close_cb on_close;
     void *arg;
     buf_t in;
-    size_t queued;  /* bytes handed to uv_write and not yet completed */
+    size_t queued; /* bytes handed to uv_write and not yet completed */
     int closing;
     char rbuf[IPC_READ_CHUNK];
 };
@@ -37,8 +37,8 @@ int ipc_encode(buf_t *out, const char *payload, size_t n)
     int r;
     if (n > IPC_MAX_FRAME)
         return -EMSGSIZE;
-    unsigned char h[4] = {(unsigned char)(n >> 24), (unsigned char)(n >> 16),
-                          (unsigned char)(n >> 8), (unsigned char)n};
+    unsigned char h[4] = {(unsigned char)(n >> 24), (unsigned char)(n >> 16), (unsigned char)(n >> 8),
+                          (unsigned char)n};
     if ((r = buf_reserve(out, 4 + n)) < 0)
         return r;
     buf_append(out, h, 4);
@@ -156,8 +156,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
         ipc_fail(ipc, rc);
 }
 
-int ipc_open(uv_loop_t *loop, int fd, ipc_msg_cb on_msg, ipc_close_cb on_close, void *arg,
-             ipc_t **out)
+int ipc_open(uv_loop_t *loop, int fd, ipc_msg_cb on_msg, ipc_close_cb on_close, void *arg, ipc_t **out)
 {
     int r;
     ipc_t *ipc = calloc(1, sizeof *ipc);

@@ -99,11 +99,31 @@ static void quote_into(char *out, size_t outsz, const char *s)
         char esc[4];
         size_t elen = 0;
         switch (*p) {
-        case '"': esc[0] = '\\'; esc[1] = '"'; elen = 2; break;
-        case '\\': esc[0] = '\\'; esc[1] = '\\'; elen = 2; break;
-        case '\n': esc[0] = '\\'; esc[1] = 'n'; elen = 2; break;
-        case '\r': esc[0] = '\\'; esc[1] = 'r'; elen = 2; break;
-        case '\t': esc[0] = '\\'; esc[1] = 't'; elen = 2; break;
+        case '"':
+            esc[0] = '\\';
+            esc[1] = '"';
+            elen = 2;
+            break;
+        case '\\':
+            esc[0] = '\\';
+            esc[1] = '\\';
+            elen = 2;
+            break;
+        case '\n':
+            esc[0] = '\\';
+            esc[1] = 'n';
+            elen = 2;
+            break;
+        case '\r':
+            esc[0] = '\\';
+            esc[1] = 'r';
+            elen = 2;
+            break;
+        case '\t':
+            esc[0] = '\\';
+            esc[1] = 't';
+            elen = 2;
+            break;
         default:
             if (*p < 0x20 || *p == 0x7f) {
                 esc[0] = '\\';
@@ -143,8 +163,8 @@ static void fmt_time(char *out, size_t n)
     struct tm tm;
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
-    snprintf(out, n, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ts.tv_nsec / 1000000));
+    snprintf(out, n, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+             tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ts.tv_nsec / 1000000));
 }
 
 /* Append s to b as a logfmt quoted value (no length limit). */

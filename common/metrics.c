@@ -16,12 +16,12 @@ typedef struct family_s family_t;
 
 struct metric_s {
     family_t *fam;
-    char *labels;       /* normalized `k="v",...`; "" for the unlabelled series */
-    int touched;        /* the unlabelled series is rendered once used */
-    double value;       /* counter, gauge */
-    double sum;         /* histogram */
+    char *labels; /* normalized `k="v",...`; "" for the unlabelled series */
+    int touched;  /* the unlabelled series is rendered once used */
+    double value; /* counter, gauge */
+    double sum;   /* histogram */
     uint64_t count;
-    uint64_t *counts;   /* histogram: nb + 1 (last is +Inf), not cumulative */
+    uint64_t *counts; /* histogram: nb + 1 (last is +Inf), not cumulative */
 };
 
 struct family_s {
@@ -31,9 +31,9 @@ struct family_s {
     double *buckets;
     int nb;
     metric_t base;
-    metric_t **series;  /* labelled children, creation order */
+    metric_t **series; /* labelled children, creation order */
     size_t nseries, capseries;
-    metric_t **ht;      /* open addressing on labels */
+    metric_t **ht; /* open addressing on labels */
     size_t htcap;
 };
 
@@ -43,7 +43,7 @@ struct metrics_registry_s {
 };
 
 static const double default_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                         0.1,    0.25,  0.5,    1,     2.5,   5,    10};
+                                         0.1,    0.25,  0.5,    1,     2.5,  5,     10};
 
 static const char *type_name(metric_type_t t)
 {
@@ -302,8 +302,8 @@ static family_t *family_find(metrics_registry_t *r, const char *name)
     return NULL;
 }
 
-static family_t *family_get(metrics_registry_t *r, metric_type_t t, const char *name,
-                            const char *help, const double *buckets, int n)
+static family_t *family_get(metrics_registry_t *r, metric_type_t t, const char *name, const char *help,
+                            const double *buckets, int n)
 {
     if (!r || !name)
         return NULL;
@@ -334,8 +334,7 @@ static family_t *family_get(metrics_registry_t *r, metric_type_t t, const char *
             memcpy(f->buckets, buckets, (size_t)n * sizeof *f->buckets);
         f->nb = n;
     }
-    if (!f->name || !f->help || (t == METRIC_HISTOGRAM && !f->buckets) ||
-        series_init(&f->base, f, "") < 0) {
+    if (!f->name || !f->help || (t == METRIC_HISTOGRAM && !f->buckets) || series_init(&f->base, f, "") < 0) {
         free(f->name);
         free(f->help);
         free(f->buckets);
@@ -346,8 +345,8 @@ static family_t *family_get(metrics_registry_t *r, metric_type_t t, const char *
     return f;
 }
 
-metric_t *metrics_reg_family(metrics_registry_t *r, metric_type_t t, const char *name,
-                             const char *help, const double *buckets, int n)
+metric_t *metrics_reg_family(metrics_registry_t *r, metric_type_t t, const char *name, const char *help,
+                             const double *buckets, int n)
 {
     family_t *f = family_get(r, t, name, help, buckets, n);
     return f ? &f->base : NULL;
@@ -682,7 +681,8 @@ int metrics_merge(metrics_registry_t *r, json_t *snapshot, const char *extra_lab
         labels_normalize(extra_labels, &extra);
     size_t i;
     json_t *jf;
-    json_array_foreach(fams, i, jf) {
+    json_array_foreach(fams, i, jf)
+    {
         const char *name = json_string_value(json_object_get(jf, "name"));
         const char *help = json_string_value(json_object_get(jf, "help"));
         metric_type_t t;
@@ -696,7 +696,8 @@ int metrics_merge(metrics_registry_t *r, json_t *snapshot, const char *extra_lab
             json_t *jb = json_object_get(jf, "buckets");
             size_t k;
             json_t *v;
-            json_array_foreach(jb, k, v) {
+            json_array_foreach(jb, k, v)
+            {
                 if (nb < 64)
                     bk[nb++] = json_number_value(v);
             }
@@ -721,7 +722,8 @@ int metrics_merge(metrics_registry_t *r, json_t *snapshot, const char *extra_lab
         }
         size_t j;
         json_t *js;
-        json_array_foreach(json_object_get(jf, "series"), j, js) {
+        json_array_foreach(json_object_get(jf, "series"), j, js)
+        {
             int e = merge_series(f, js, extra.len ? extra.data : NULL);
             if (e < 0)
                 rc = e;

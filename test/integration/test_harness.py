@@ -212,6 +212,18 @@ def test_proc_group_teardown_kills_tree(tmp_path):
     for pid in kids + [p.pid]:
         assert not util.pid_alive(pid)
     assert util.pids_in_session(p.pid) == []
+    assert p.stragglers == []
+
+
+def test_proc_stop_reports_and_kills_orphans(tmp_path):
+    # The leader exits on SIGTERM but its child ignores it: an orphan.
+    p = util.Proc(["sh", "-c", "(trap '' TERM; exec sleep 60) & echo started; trap 'exit 0' TERM; "
+                   "while :; do sleep 0.05; done"], tmp_path, name="leaky")
+    p.start()
+    util.wait_until(lambda: "started" in open(p.stdout_path).read(), timeout=5, what="output")
+    assert p.stop(timeout=1) == 0
+    assert len(p.stragglers) == 1
+    assert not util.pid_alive(p.stragglers[0])
 
 
 def test_proc_sigkill_after_deadline(tmp_path):

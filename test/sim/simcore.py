@@ -113,7 +113,8 @@ class Recorder:
         if not self.fh:
             return
         rec = {"exchange": exchange, "conn": conn_id, "kind": kind, "t": now_ms(),
-               "binary": binary, "len": len(payload)}
+               "binary": binary,
+               "len": len(payload.encode("utf-8")) if isinstance(payload, str) else len(payload)}
         if meta:
             rec.update(meta)
         if len(payload) <= self.MAX_FRAME:

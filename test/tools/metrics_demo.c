@@ -13,15 +13,15 @@ static metrics_registry_t *fake_worker(int id)
                                         "Messages received from exchanges.", NULL, 0);
     metric_add(metric_labels(msgs, "exchange=\"upbit\",type=\"%s\"", "ticker"), 100.0 * id);
     metric_add(metric_labels(msgs, "exchange=\"binance\",type=\"%s\"", "trade"), 7.0 * id);
-    metric_t *clients = metrics_reg_family(r, METRIC_GAUGE, "exchange_clients",
-                                           "Connected WebSocket clients.", NULL, 0);
+    metric_t *clients =
+        metrics_reg_family(r, METRIC_GAUGE, "exchange_clients", "Connected WebSocket clients.", NULL, 0);
     metric_set(clients, 10 + id);
     metric_t *lat = metrics_reg_family(r, METRIC_HISTOGRAM, "exchange_fanout_latency_seconds",
                                        "Kafka to client write latency.", NULL, 0);
     for (int i = 0; i < 50; i++)
         metric_observe(metric_labels(lat, "source=\"kafka\""), 0.0004 * (i + id));
-    metrics_reg_family(r, METRIC_COUNTER, "exchange_client_drops_total",
-                       "Clients dropped for a full queue.", NULL, 0);
+    metrics_reg_family(r, METRIC_COUNTER, "exchange_client_drops_total", "Clients dropped for a full queue.",
+                       NULL, 0);
     return r;
 }
 

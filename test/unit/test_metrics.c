@@ -20,15 +20,13 @@ static void test_render_exact(void **state)
 {
     (void)state;
     metrics_registry_t *r = metrics_registry_new();
-    metric_t *c = metrics_reg_family(r, METRIC_COUNTER, "exchange_messages_total",
-                                     "Messages received.", NULL, 0);
-    metric_t *g = metrics_reg_family(r, METRIC_GAUGE, "exchange_clients", "Connected clients.",
-                                     NULL, 0);
-    metric_t *idle = metrics_reg_family(r, METRIC_GAUGE, "exchange_a_idle",
-                                        "Never touched\\ with\nnewline.", NULL, 0);
+    metric_t *c =
+        metrics_reg_family(r, METRIC_COUNTER, "exchange_messages_total", "Messages received.", NULL, 0);
+    metric_t *g = metrics_reg_family(r, METRIC_GAUGE, "exchange_clients", "Connected clients.", NULL, 0);
+    metric_t *idle =
+        metrics_reg_family(r, METRIC_GAUGE, "exchange_a_idle", "Never touched\\ with\nnewline.", NULL, 0);
     const double bk[] = {0.1, 1, 2.5};
-    metric_t *h = metrics_reg_family(r, METRIC_HISTOGRAM, "exchange_latency_seconds",
-                                     "Latency.", bk, 3);
+    metric_t *h = metrics_reg_family(r, METRIC_HISTOGRAM, "exchange_latency_seconds", "Latency.", bk, 3);
     (void)idle;
     metric_t *up = metric_labels(c, "exchange=\"upbit\"");
     metric_t *bn = metric_labels(c, "exchange=\"%s\"", "binance");
@@ -47,25 +45,24 @@ static void test_render_exact(void **state)
     buf_t out;
     buf_init(&out);
     assert_int_equal(metrics_render(r, &out), 0);
-    const char *expect =
-        "# HELP exchange_a_idle Never touched\\\\ with\\nnewline.\n"
-        "# TYPE exchange_a_idle gauge\n"
-        "exchange_a_idle 0\n"
-        "# HELP exchange_clients Connected clients.\n"
-        "# TYPE exchange_clients gauge\n"
-        "exchange_clients 7\n"
-        "# HELP exchange_latency_seconds Latency.\n"
-        "# TYPE exchange_latency_seconds histogram\n"
-        "exchange_latency_seconds_bucket{le=\"0.1\"} 2\n"
-        "exchange_latency_seconds_bucket{le=\"1\"} 2\n"
-        "exchange_latency_seconds_bucket{le=\"2.5\"} 3\n"
-        "exchange_latency_seconds_bucket{le=\"+Inf\"} 4\n"
-        "exchange_latency_seconds_sum 102.15\n"
-        "exchange_latency_seconds_count 4\n"
-        "# HELP exchange_messages_total Messages received.\n"
-        "# TYPE exchange_messages_total counter\n"
-        "exchange_messages_total{exchange=\"binance\"} 0.5\n"
-        "exchange_messages_total{exchange=\"upbit\"} 3\n";
+    const char *expect = "# HELP exchange_a_idle Never touched\\\\ with\\nnewline.\n"
+                         "# TYPE exchange_a_idle gauge\n"
+                         "exchange_a_idle 0\n"
+                         "# HELP exchange_clients Connected clients.\n"
+                         "# TYPE exchange_clients gauge\n"
+                         "exchange_clients 7\n"
+                         "# HELP exchange_latency_seconds Latency.\n"
+                         "# TYPE exchange_latency_seconds histogram\n"
+                         "exchange_latency_seconds_bucket{le=\"0.1\"} 2\n"
+                         "exchange_latency_seconds_bucket{le=\"1\"} 2\n"
+                         "exchange_latency_seconds_bucket{le=\"2.5\"} 3\n"
+                         "exchange_latency_seconds_bucket{le=\"+Inf\"} 4\n"
+                         "exchange_latency_seconds_sum 102.15\n"
+                         "exchange_latency_seconds_count 4\n"
+                         "# HELP exchange_messages_total Messages received.\n"
+                         "# TYPE exchange_messages_total counter\n"
+                         "exchange_messages_total{exchange=\"binance\"} 0.5\n"
+                         "exchange_messages_total{exchange=\"upbit\"} 3\n";
     assert_string_equal(out.data, expect);
     buf_free(&out);
     metrics_registry_free(r);
@@ -80,24 +77,22 @@ static void test_labels_escaping_and_histogram_labels(void **state)
     metric_inc(s);
     /* same raw text finds the same series through normalization */
     assert_ptr_equal(metric_labels(c, "reason=\"%s\",code=%d", "bad \"quote\" \\ and\nnl", 7), s);
-    assert_ptr_equal(metrics_find(r, "x_total", "reason=\"bad \\\"quote\\\" \\\\ and\\nnl\",code=\"7\""),
-                     s);
+    assert_ptr_equal(metrics_find(r, "x_total", "reason=\"bad \\\"quote\\\" \\\\ and\\nnl\",code=\"7\""), s);
     const double bk[] = {1};
     metric_t *h = metrics_reg_family(r, METRIC_HISTOGRAM, "y_seconds", "Y.", bk, 1);
     metric_observe(metric_labels(h, "op=\"a\""), 0.5);
     buf_t out;
     buf_init(&out);
     assert_int_equal(metrics_render(r, &out), 0);
-    assert_string_equal(out.data,
-                        "# HELP x_total X.\n"
-                        "# TYPE x_total counter\n"
-                        "x_total{reason=\"bad \\\"quote\\\" \\\\ and\\nnl\",code=\"7\"} 1\n"
-                        "# HELP y_seconds Y.\n"
-                        "# TYPE y_seconds histogram\n"
-                        "y_seconds_bucket{op=\"a\",le=\"1\"} 1\n"
-                        "y_seconds_bucket{op=\"a\",le=\"+Inf\"} 1\n"
-                        "y_seconds_sum{op=\"a\"} 0.5\n"
-                        "y_seconds_count{op=\"a\"} 1\n");
+    assert_string_equal(out.data, "# HELP x_total X.\n"
+                                  "# TYPE x_total counter\n"
+                                  "x_total{reason=\"bad \\\"quote\\\" \\\\ and\\nnl\",code=\"7\"} 1\n"
+                                  "# HELP y_seconds Y.\n"
+                                  "# TYPE y_seconds histogram\n"
+                                  "y_seconds_bucket{op=\"a\",le=\"1\"} 1\n"
+                                  "y_seconds_bucket{op=\"a\",le=\"+Inf\"} 1\n"
+                                  "y_seconds_sum{op=\"a\"} 0.5\n"
+                                  "y_seconds_count{op=\"a\"} 1\n");
     buf_free(&out);
     metrics_registry_free(r);
 }
@@ -126,10 +121,8 @@ static metrics_registry_t *worker_registry(double msgs, double clients, int nobs
     metrics_registry_t *r = metrics_registry_new();
     metric_t *c = metrics_reg_family(r, METRIC_COUNTER, "exchange_messages_total", "Msgs.", NULL, 0);
     metric_add(metric_labels(c, "exchange=\"upbit\""), msgs);
-    metric_set(metrics_reg_family(r, METRIC_GAUGE, "exchange_clients", "Clients.", NULL, 0),
-               clients);
-    metric_t *h = metrics_reg_family(r, METRIC_HISTOGRAM, "exchange_latency_seconds", "Lat.",
-                                     NULL, 0);
+    metric_set(metrics_reg_family(r, METRIC_GAUGE, "exchange_clients", "Clients.", NULL, 0), clients);
+    metric_t *h = metrics_reg_family(r, METRIC_HISTOGRAM, "exchange_latency_seconds", "Lat.", NULL, 0);
     for (int i = 0; i < nobs; i++)
         metric_observe(h, 0.003);
     metrics_reg_family(r, METRIC_COUNTER, "exchange_errors_total", "Errors.", NULL, 0);
@@ -159,8 +152,8 @@ static void test_snapshot_merge(void **state)
     assert_int_equal(metrics_merge(sum, s2, "worker=\"2\""), 0);
 
     assert_true(metric_value(metrics_find(sum, "exchange_messages_total", "exchange=\"upbit\"")) == 15);
-    assert_true(metric_value(metrics_find(sum, "exchange_messages_total",
-                                          "exchange=\"upbit\",worker=\"2\"")) == 5);
+    assert_true(
+        metric_value(metrics_find(sum, "exchange_messages_total", "exchange=\"upbit\",worker=\"2\"")) == 5);
     assert_true(metric_value(metrics_find(sum, "exchange_clients", NULL)) == 7);
     assert_true(metric_value(metrics_find(sum, "exchange_clients", "worker=\"1\"")) == 3);
     assert_true(metric_value(metrics_find(sum, "exchange_latency_seconds", NULL)) == 3);
@@ -182,11 +175,13 @@ static void test_snapshot_merge(void **state)
     buf_free(&out);
 
     /* malformed input and type conflicts are reported */
-    json_t *bad = json_pack("{s:[{s:s,s:s,s:s,s:[]}]}", "families", "name", "exchange_clients",
-                            "help", "", "type", "counter", "series");
+    json_t *bad = json_pack("{s:[{s:s,s:s,s:s,s:[]}]}", "families", "name", "exchange_clients", "help", "",
+                            "type", "counter", "series");
     assert_int_equal(metrics_merge(sum, bad, NULL), -EINVAL);
     json_decref(bad);
-    assert_int_equal(metrics_merge(sum, json_object(), NULL), -EINVAL);
+    json_t *empty = json_object();
+    assert_int_equal(metrics_merge(sum, empty, NULL), -EINVAL);
+    json_decref(empty);
 
     json_decref(s1);
     json_decref(s2);

@@ -45,6 +45,7 @@ void hub_free(hub_t *h);   /* clients must be freed first */
 const hub_stats_t *hub_stats(const hub_t *h);
 int64_t hub_max_epoch(const hub_t *h);
 int hub_channel_count(const hub_t *h);   /* known channels (with data) */
+int hub_max_subscriptions(const hub_t *h);
 
 /* One normalized message from the source. Parses the routing fields, fences,
  * frames it once, stores snapshot/history, sends to subscribers.
@@ -74,7 +75,9 @@ int hub_subscribe(hub_client_t *c, const char *pattern, int has_since, int64_t s
 /* 0, or -ENOENT when not subscribed. */
 int hub_unsubscribe(hub_client_t *c, const char *pattern);
 
-/* Known channels (with data), in order of first appearance. */
-int hub_channel_iter(const hub_t *h, int i, const char **name);
+/* Channel slots 0..hub_channel_slots()-1; hub_channel_known() gives the name
+ * of a slot's channel when it has data, else NULL (subscribed, no data yet). */
+int hub_channel_slots(const hub_t *h);
+const char *hub_channel_known(const hub_t *h, int i);
 
 #endif

@@ -262,6 +262,7 @@ struct feed_s {
     buf_t url;
     buf_t scratch;           /* status message builder */
     char state[16];
+    char detail[64];         /* of the last status message */
     int64_t last_msg_ms;     /* 0: none yet */
     uint64_t messages, opens;
     int stopping;
@@ -330,16 +331,23 @@ static void sink_status(void *arg, const char *exchange, const char *state, cons
 {
     feed_t *f = arg;
     (void)exchange;
+    if (detail == NULL)
+        detail = "";
+    /* A feed that keeps failing to connect repeats the same status on every
+     * attempt: publish changes only. */
+    if (strcmp(f->state, state) == 0 && strncmp(f->detail, detail, sizeof(f->detail) - 1) == 0)
+        return;
     snprintf(f->state, sizeof(f->state), "%s", state);
+    snprintf(f->detail, sizeof(f->detail), "%s", detail);
     int64_t now = (int64_t)worker_now_ms();
     char channel[MSG_CHANNEL_MAX];
     snprintf(channel, sizeof(channel), "status.%s", f->name);
     buf_reset(&f->scratch);
     msg_begin(&f->scratch, "status", f->name, "", ingest_next_seq(f->in, channel), f->in->epoch, now, now);
     msg_str(&f->scratch, "state", state);
-    msg_str(&f->scratch, "detail", detail ? detail : "");
+    msg_str(&f->scratch, "detail", detail);
     msg_end(&f->scratch);
-    log_info("exchange status", "exchange=%s state=%s detail=%s", f->name, state, log_q(detail ? detail : ""));
+    log_info("exchange status", "exchange=%s state=%s detail=%s", f->name, state, log_q(detail));
     publish_counted(f, channel, f->scratch.data, f->scratch.len);
 }
 

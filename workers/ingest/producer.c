@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <librdkafka/rdkafka.h>
 
 #include "log.h"
@@ -114,12 +115,15 @@ static rd_kafka_t *make_client(producer_t *p)
     set_prop(conf, "socket.keepalive.enable", "true", &bad);
     if (nonempty(c->kafka.security_protocol))
         set_prop(conf, "security.protocol", c->kafka.security_protocol, &bad);
-    if (nonempty(c->kafka.sasl_mechanism))
-        set_prop(conf, "sasl.mechanism", c->kafka.sasl_mechanism, &bad);
-    if (nonempty(c->kafka.sasl_username))
-        set_prop(conf, "sasl.username", c->kafka.sasl_username, &bad);
-    if (nonempty(c->kafka.sasl_password))
-        set_prop(conf, "sasl.password", c->kafka.sasl_password, &bad);
+    /* SASL keys have defaults; they only mean something with a SASL_* protocol. */
+    if (nonempty(c->kafka.security_protocol) && strncasecmp(c->kafka.security_protocol, "SASL", 4) == 0) {
+        if (nonempty(c->kafka.sasl_mechanism))
+            set_prop(conf, "sasl.mechanism", c->kafka.sasl_mechanism, &bad);
+        if (nonempty(c->kafka.sasl_username))
+            set_prop(conf, "sasl.username", c->kafka.sasl_username, &bad);
+        if (nonempty(c->kafka.sasl_password))
+            set_prop(conf, "sasl.password", c->kafka.sasl_password, &bad);
+    }
     if (nonempty(c->kafka.ssl_ca))
         set_prop(conf, "ssl.ca.location", c->kafka.ssl_ca, &bad);
     if (bad) {

@@ -178,10 +178,16 @@ def service_factory(tmp_path):
         return s
 
     yield make
+    problems = []
     for s in made:
         pids = s.tree() if s.running() else []
-        s.stop()
-        # No orphan may survive the supervisor.
+        # SIGTERM the supervisor alone: it must take its workers down itself.
+        s.proc.stop(timeout=15.0, group=False)
+        deadline = time.monotonic() + 10
+        while [p for p in pids if util.pid_alive(p)] and time.monotonic() < deadline:
+            time.sleep(0.05)
         left = [p for p in pids if util.pid_alive(p)]
-        util.wait_until(lambda: not [p for p in left if util.pid_alive(p)], timeout=10,
-                        what="no orphan workers of %s" % s.name)
+        if left:
+            problems.append("%s left orphans %s" % (s.name, left))
+        s.proc.stop(timeout=1.0)  # anything left in the session is killed
+    assert not problems, problems

@@ -239,6 +239,10 @@ class Proc:
                 except ProcessLookupError:
                     pass
                 rc = self.popen.wait(timeout=10)
+        # Children that got the signal too may need a moment to exit.
+        grace = time.monotonic() + min(timeout, 2.0)
+        while pids_in_session(pgid) and time.monotonic() < grace:
+            time.sleep(0.02)
         self.stragglers = pids_in_session(pgid)
         self._reap_group(pgid)
         for f in (self.popen.stdin, self.popen.stdout):

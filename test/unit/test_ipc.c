@@ -1,0 +1,359 @@
+/* Unit tests for IPC framing (split across arbitrary chunk boundaries,
+ * oversized and empty frames) and for the uv channel over a real socketpair:
+ * messages both ways, large frames, EOF, bad frames, close from a callback,
+ * and the bounded write queue. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "ipc.h"
+
+/* ---- pure framing ------------------------------------------------------ */
+
+typedef struct {
+    int nframes;
+    buf_t all;   /* payloads joined with '|' */
+    int fail_at; /* return -EPROTO on this frame index (1-based), 0 = never */
+} collect_t;
+
+static int collect(void *arg, const char *p, size_t n)
+{
+    collect_t *c = arg;
+    c->nframes++;
+    buf_append(&c->all, p, n);
+    buf_append(&c->all, "|", 1);
+    if (c->fail_at && c->nframes == c->fail_at)
+        return -EPROTO;
+    return 0;
+}
+
+static void make_stream(buf_t *s, buf_t *expect, int nframes)
+{
+    buf_init(s);
+    buf_init(expect);
+    for (int i = 0; i < nframes; i++) {
+        char p[600];
+        int n = (i * 37) % 500; /* includes empty payloads */
+        for (int k = 0; k < n; k++)
+            p[k] = (char)('a' + (i + k) % 26);
+        assert_int_equal(ipc_encode(s, p, (size_t)n), 0);
+        buf_append(expect, p, (size_t)n);
+        buf_append(expect, "|", 1);
+    }
+}
+
+static void test_encode_header(void **state)
+{
+    (void)state;
+    buf_t b;
+    buf_init(&b);
+    assert_int_equal(ipc_encode(&b, "{}", 2), 0);
+    assert_int_equal(b.len, 6);
+    assert_memory_equal(b.data, "\0\0\0\2{}", 6);
+    buf_reset(&b);
+    char *big = calloc(1, 0x01020304);
+    assert_int_equal(ipc_encode(&b, big, 0x01020304), -EMSGSIZE); /* > 16 MiB */
+    assert_int_equal(ipc_encode(&b, big, 0x00010203), 0);
+    assert_memory_equal(b.data, "\x00\x01\x02\x03", 4);
+    assert_int_equal(b.len, 4 + 0x10203);
+    free(big);
+    buf_free(&b);
+}
+
+static void test_decode_whole_and_bytewise(void **state)
+{
+    (void)state;
+    buf_t s, expect;
+    make_stream(&s, &expect, 60);
+
+    collect_t c = {0};
+    buf_init(&c.all);
+    buf_t in;
+    buf_init(&in);
+    assert_int_equal(ipc_decode(&in, s.data, s.len, collect, &c), 0);
+    assert_int_equal(c.nframes, 60);
+    assert_int_equal(in.len, 0);
+    assert_string_equal(c.all.data, expect.data);
+
+    /* byte by byte */
+    buf_reset(&c.all);
+    c.nframes = 0;
+    for (size_t i = 0; i < s.len; i++)
+        assert_int_equal(ipc_decode(&in, s.data + i, 1, collect, &c), 0);
+    assert_int_equal(c.nframes, 60);
+    assert_int_equal(in.len, 0);
+    assert_string_equal(c.all.data, expect.data);
+
+    buf_free(&in);
+    buf_free(&c.all);
+    buf_free(&s);
+    buf_free(&expect);
+}
+
+static void test_decode_random_splits(void **state)
+{
+    (void)state;
+    buf_t s, expect;
+    make_stream(&s, &expect, 200);
+    srand(12345);
+    for (int round = 0; round < 200; round++) {
+        collect_t c = {0};
+        buf_init(&c.all);
+        buf_t in;
+        buf_init(&in);
+        size_t off = 0;
+        while (off < s.len) {
+            size_t n = (size_t)(rand() % (round % 3 == 0 ? 8 : 1500)) + 1;
+            if (n > s.len - off)
+                n = s.len - off;
+            assert_int_equal(ipc_decode(&in, s.data + off, n, collect, &c), 0);
+            off += n;
+        }
+        assert_int_equal(c.nframes, 200);
+        assert_int_equal(in.len, 0);
+        assert_string_equal(c.all.data, expect.data);
+        buf_free(&in);
+        buf_free(&c.all);
+    }
+    buf_free(&s);
+    buf_free(&expect);
+}
+
+static void test_decode_errors(void **state)
+{
+    (void)state;
+    collect_t c = {0};
+    buf_init(&c.all);
+    buf_t in;
+    buf_init(&in);
+    /* oversized length: error as soon as the header is complete */
+    assert_int_equal(ipc_decode(&in, "\x01\x00", 2, collect, &c), 0);
+    assert_int_equal(ipc_decode(&in, "\x00\x01", 2, collect, &c), -EMSGSIZE);
+    assert_int_equal(c.nframes, 0);
+    buf_reset(&in);
+    /* exactly the maximum is allowed (header alone is fine) */
+    assert_int_equal(ipc_decode(&in, "\x01\x00\x00\x00", 4, collect, &c), 0);
+    buf_reset(&in);
+    /* callback error stops decoding and is returned */
+    buf_t s, expect;
+    make_stream(&s, &expect, 5);
+    c.fail_at = 3;
+    assert_int_equal(ipc_decode(&in, s.data, s.len, collect, &c), -EPROTO);
+    assert_int_equal(c.nframes, 3);
+    /* a valid frame before an oversized one is delivered */
+    buf_reset(&in);
+    c.nframes = 0;
+    c.fail_at = 0;
+    assert_int_equal(ipc_decode(&in, "\0\0\0\1x\xff\xff\xff\xff", 9, collect, &c), -EMSGSIZE);
+    assert_int_equal(c.nframes, 1);
+    buf_free(&s);
+    buf_free(&expect);
+    buf_free(&in);
+    buf_free(&c.all);
+}
+
+/* ---- channel over a socketpair --------------------------------------------- */
+
+typedef struct {
+    int msgs;
+    int closes;
+    int close_err;
+    int close_after; /* ipc_close from on_msg after this many, 0 = never */
+    long last_n;
+    size_t last_len;
+    ipc_t *self;
+} peer_t;
+
+static void on_msg(ipc_t *ipc, json_t *msg, void *arg)
+{
+    peer_t *p = arg;
+    p->msgs++;
+    p->last_n = (long)json_integer_value(json_object_get(msg, "n"));
+    const char *s = json_string_value(json_object_get(msg, "blob"));
+    p->last_len = s ? strlen(s) : 0;
+    if (p->close_after && p->msgs == p->close_after) {
+        ipc_close(ipc);
+        p->self = NULL;
+    }
+}
+
+static void on_close(ipc_t *ipc, int err, void *arg)
+{
+    (void)ipc;
+    peer_t *p = arg;
+    p->closes++;
+    p->close_err = err;
+    p->self = NULL;
+}
+
+static void run_until(uv_loop_t *loop, int *flag, int value)
+{
+    for (int i = 0; i < 100000 && *flag < value; i++)
+        uv_run(loop, UV_RUN_ONCE);
+}
+
+static void test_channel_roundtrip(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    peer_t a = {0}, b = {0};
+    ipc_t *ia, *ib;
+    assert_int_equal(ipc_open(&loop, sv[0], on_msg, on_close, &a, &ia), 0);
+    assert_int_equal(ipc_open(&loop, sv[1], on_msg, on_close, &b, &ib), 0);
+    a.self = ia;
+    b.self = ib;
+
+    for (int i = 1; i <= 100; i++) {
+        json_t *m = json_pack("{s:s,s:i}", "t", "ping", "n", i);
+        assert_int_equal(ipc_send(ia, m), 0);
+        json_decref(m);
+    }
+    /* a 4 MiB message crosses many reads */
+    char *blob = malloc(4u << 20);
+    memset(blob, 'q', (4u << 20) - 1);
+    blob[(4u << 20) - 1] = '\0';
+    json_t *big = json_pack("{s:s,s:i,s:s}", "t", "big", "n", 101, "blob", blob);
+    assert_int_equal(ipc_send(ia, big), 0);
+    json_decref(big);
+    free(blob);
+    run_until(&loop, &b.msgs, 101);
+    assert_int_equal(b.msgs, 101);
+    assert_int_equal(b.last_n, 101);
+    assert_int_equal(b.last_len, (4u << 20) - 1);
+
+    json_t *m = json_pack("{s:s,s:i}", "t", "pong", "n", 7);
+    assert_int_equal(ipc_send(ib, m), 0);
+    json_decref(m);
+    run_until(&loop, &a.msgs, 1);
+    assert_int_equal(a.last_n, 7);
+    assert_int_equal(ipc_queued(ia), 0);
+
+    /* b goes away: a sees EOF once, with err 0; b's on_close not called */
+    ipc_close(ib);
+    run_until(&loop, &a.closes, 1);
+    assert_int_equal(a.closes, 1);
+    assert_int_equal(a.close_err, 0);
+    assert_int_equal(b.closes, 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(a.closes, 1);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void test_channel_bad_frame_and_close_in_cb(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    peer_t a = {0};
+    ipc_t *ia;
+    assert_int_equal(ipc_open(&loop, sv[0], on_msg, on_close, &a, &ia), 0);
+    /* one good frame, one empty (ignored), then garbage JSON */
+    buf_t s;
+    buf_init(&s);
+    ipc_encode(&s, "{\"n\":1}", 7);
+    ipc_encode(&s, "", 0);
+    ipc_encode(&s, "{nope", 5);
+    ipc_encode(&s, "{\"n\":2}", 7);
+    assert_int_equal(write(sv[1], s.data, s.len), (ssize_t)s.len);
+    run_until(&loop, &a.closes, 1);
+    assert_int_equal(a.msgs, 1);
+    assert_int_equal(a.closes, 1);
+    assert_int_equal(a.close_err, -EINVAL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+
+    /* oversized length header closes with -EMSGSIZE */
+    peer_t c = {0};
+    ipc_t *ic;
+    int sv2[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv2), 0);
+    assert_int_equal(ipc_open(&loop, sv2[0], on_msg, on_close, &c, &ic), 0);
+    assert_int_equal(write(sv2[1], "\x7f\0\0\0", 4), 4);
+    run_until(&loop, &c.closes, 1);
+    assert_int_equal(c.close_err, -EMSGSIZE);
+    uv_run(&loop, UV_RUN_DEFAULT);
+
+    /* ipc_close inside on_msg: later frames in the same read not delivered */
+    peer_t d = {0};
+    d.close_after = 2;
+    ipc_t *id;
+    int sv3[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv3), 0);
+    assert_int_equal(ipc_open(&loop, sv3[0], on_msg, on_close, &d, &id), 0);
+    buf_reset(&s);
+    for (int i = 0; i < 5; i++)
+        ipc_encode(&s, "{\"n\":3}", 7);
+    assert_int_equal(write(sv3[1], s.data, s.len), (ssize_t)s.len);
+    run_until(&loop, &d.msgs, 2);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(d.msgs, 2);
+    assert_int_equal(d.closes, 0);
+
+    close(sv[1]);
+    close(sv2[1]);
+    close(sv3[1]);
+    buf_free(&s);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void test_channel_write_bound(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    peer_t a = {0};
+    ipc_t *ia;
+    assert_int_equal(ipc_open(&loop, sv[0], on_msg, on_close, &a, &ia), 0);
+    char *blob = malloc(1u << 20);
+    memset(blob, 'z', (1u << 20) - 1);
+    blob[(1u << 20) - 1] = '\0';
+    json_t *m = json_pack("{s:s}", "blob", blob);
+    free(blob);
+    int ok = 0, r = 0;
+    /* the peer never reads: the queue fills up to the 64 MiB bound */
+    for (int i = 0; i < 100; i++) {
+        r = ipc_send(ia, m);
+        if (r < 0)
+            break;
+        ok++;
+    }
+    assert_int_equal(r, -ENOBUFS);
+    assert_true(ok >= 60 && ok <= 64);
+    assert_true(ipc_queued(ia) <= (64u << 20));
+    json_decref(m);
+    /* peer gone: a write error or EOF closes the channel once */
+    close(sv[1]);
+    run_until(&loop, &a.closes, 1);
+    assert_int_equal(a.closes, 1);
+    assert_int_equal(ipc_send(NULL, NULL), -EPIPE);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_encode_header),        cmocka_unit_test(test_decode_whole_and_bytewise),
+        cmocka_unit_test(test_decode_random_splits), cmocka_unit_test(test_decode_errors),
+        cmocka_unit_test(test_channel_roundtrip),    cmocka_unit_test(test_channel_bad_frame_and_close_in_cb),
+        cmocka_unit_test(test_channel_write_bound),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,189 @@
+/* Unit tests for common/msg.c: the message builder and msg_parse_meta,
+ * shortest round-trip number text, exact decimal arithmetic, channel names. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "buf.h"
+#include "msg.h"
+
+static void test_fmt_double(void **state)
+{
+    (void)state;
+    static const struct {
+        double v;
+        const char *want;
+    } t[] = {
+        {6747000, "6747000"},
+        {6.747e6, "6747000"},
+        {0.06499468, "0.06499468"},
+        {0.1 + 0.2, "0.30000000000000004"},
+        {1e-8, "0.00000001"},
+        {123456789.12345679, "123456789.12345679"},
+        {-0.0012, "-0.0012"},
+        {-31373000, "-31373000"},
+        {0, "0"},
+        {0.5, "0.5"},
+        {100, "100"},
+        {1e21, "1000000000000000000000"},
+        {65651848085.94966, "65651848085.94966"},
+        {2.5e-7, "0.00000025"},
+        {1234.5, "1234.5"},
+    };
+    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+        char out[64];
+        assert_int_equal(msg_fmt_double(t[i].v, out, sizeof(out)), 0);
+        assert_string_equal(out, t[i].want);
+        assert_true(strtod(out, NULL) == t[i].v);
+    }
+    char out[64];
+    assert_int_equal(msg_fmt_double(1.0 / 0.0, out, sizeof(out)), -EINVAL);
+    assert_int_equal(msg_fmt_double(1e300, out, sizeof(out)), -ERANGE); /* 301 digits */
+    assert_int_equal(msg_fmt_double(123456.0, out, 4), -ERANGE);
+}
+
+static void test_decimal_shift(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in;
+        const char *want;
+    } t[] = {
+        {"-1.234", "-0.01234"}, {"1.234", "0.01234"}, {"5", "0.05"},    {"150", "1.50"},
+        {"12345.6", "123.456"}, {"0", "0.00"},        {"0.000", "0.00000"}, {"-94.99", "-0.9499"},
+        {"-4.15775596190603", "-0.0415775596190603"}, {"100", "1.00"}, {"007.5", "0.075"},
+    };
+    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+        char out[80];
+        assert_int_equal(msg_decimal_shift(t[i].in, 2, out, sizeof(out)), 0);
+        assert_string_equal(out, t[i].want);
+    }
+    char out[80];
+    assert_int_equal(msg_decimal_shift("1e5", 2, out, sizeof(out)), -EINVAL);
+    assert_int_equal(msg_decimal_shift("abc", 2, out, sizeof(out)), -EINVAL);
+    assert_int_equal(msg_decimal_shift("1.", 2, out, sizeof(out)), -EINVAL);
+    assert_int_equal(msg_decimal_shift("", 2, out, sizeof(out)), -EINVAL);
+    assert_int_equal(msg_decimal_shift("12345", 2, out, 4), -ERANGE);
+}
+
+static void test_decimal_valid_cmp(void **state)
+{
+    (void)state;
+    assert_true(msg_decimal_valid("0.001", 5));
+    assert_true(msg_decimal_valid("-12", 3));
+    assert_false(msg_decimal_valid(".5", 2));
+    assert_false(msg_decimal_valid("1e-8", 4));
+    assert_false(msg_decimal_valid("+1", 2));
+    assert_false(msg_decimal_valid("1.2.3", 5));
+    assert_false(msg_decimal_valid("NaN", 3));
+    assert_false(msg_decimal_valid("", 0));
+    assert_true(msg_decimal_cmp("1.50", "1.5") == 0);
+    assert_true(msg_decimal_cmp("10.1", "9.99") > 0);
+    assert_true(msg_decimal_cmp("100000.01", "99999.5") > 0);
+    assert_true(msg_decimal_cmp("0.0001", "0.001") < 0);
+    assert_true(msg_decimal_cmp("-1", "0") < 0);
+    assert_true(msg_decimal_cmp("-2", "-1") < 0);
+    assert_true(msg_decimal_cmp("-0.0", "0") == 0);
+    assert_true(msg_decimal_cmp("007", "7.000") == 0);
+    assert_true(msg_decimal_cmp("21921.73", "21921.8") < 0);
+    assert_true(msg_decimal_is_zero("0.000"));
+    assert_false(msg_decimal_is_zero("0.0001"));
+}
+
+static void test_channels(void **state)
+{
+    (void)state;
+    assert_true(msg_channel_valid("ticker.upbit.BTC-KRW", 0));
+    assert_true(msg_channel_valid("status.binance", 0));
+    assert_false(msg_channel_valid("ticker.upbit", 0));
+    assert_false(msg_channel_valid("ticker.upbit.BTC-KRW.x", 0));
+    assert_false(msg_channel_valid("ticker..BTC-KRW", 0));
+    assert_false(msg_channel_valid("", 0));
+    assert_false(msg_channel_valid("ticker.up bit.BTC-KRW", 0));
+    assert_false(msg_channel_valid("ticker.*.BTC-KRW", 0));
+    assert_true(msg_channel_valid("ticker.*.BTC-KRW", 1));
+    assert_true(msg_channel_valid("*.*.*", 1));
+    assert_true(msg_channel_valid("status.*", 1));
+    assert_false(msg_channel_valid("tick*.upbit.BTC-KRW", 1));
+    char longch[200];
+    memset(longch, 'a', sizeof(longch) - 1);
+    longch[sizeof(longch) - 1] = 0;
+    longch[3] = '.';
+    longch[7] = '.';
+    assert_false(msg_channel_valid(longch, 0));
+
+    assert_true(msg_channel_match("ticker.*.BTC-KRW", "ticker.upbit.BTC-KRW"));
+    assert_true(msg_channel_match("ticker.*.BTC-KRW", "ticker.bithumb.BTC-KRW"));
+    assert_false(msg_channel_match("ticker.*.BTC-KRW", "trade.upbit.BTC-KRW"));
+    assert_false(msg_channel_match("ticker.*.BTC-KRW", "ticker.upbit.ETH-KRW"));
+    assert_true(msg_channel_match("*.*.*", "orderbook.binance.BTC-USDT"));
+    assert_true(msg_channel_match("trade.binance.BTC-USDT", "trade.binance.BTC-USDT"));
+    assert_false(msg_channel_match("trade.binance.BTC", "trade.binance.BTC-USDT"));
+    assert_false(msg_channel_match("*.*", "trade.binance.BTC-USDT"));
+    assert_false(msg_channel_match("*.*.*", "status.binance"));
+    assert_true(msg_channel_match("status.*", "status.binance"));
+    assert_false(msg_channel_match("ticker.*.BTC-KRW", "ticker..BTC-KRW"));
+}
+
+static void test_build_and_meta(void **state)
+{
+    (void)state;
+    buf_t b;
+    buf_init(&b);
+    msg_begin(&b, "trade", "upbit", "BTC-KRW", 42, 7, 1676965262139, 1676965262200);
+    msg_str(&b, "price", "31373000");
+    msg_str(&b, "side", "buy");
+    msg_int(&b, "n", -3);
+    msg_raw(&b, "bids", "[[\"1\",\"2\"]]");
+    msg_end(&b);
+    assert_string_equal(b.data,
+                        "{\"channel\":\"trade.upbit.BTC-KRW\",\"type\":\"trade\",\"exchange\":"
+                        "\"upbit\",\"symbol\":\"BTC-KRW\",\"seq\":42,\"epoch\":7,\"ts\":"
+                        "1676965262139,\"recv_ts\":1676965262200,\"price\":\"31373000\","
+                        "\"side\":\"buy\",\"n\":-3,\"bids\":[[\"1\",\"2\"]]}");
+    msg_meta_t m;
+    assert_int_equal(msg_parse_meta(b.data, b.len, &m), 0);
+    assert_string_equal(m.channel, "trade.upbit.BTC-KRW");
+    assert_string_equal(m.type, "trade");
+    assert_int_equal(m.seq, 42);
+    assert_int_equal(m.epoch, 7);
+    assert_int_equal(m.ts, 1676965262139);
+    assert_int_equal(m.recv_ts, 1676965262200);
+
+    buf_reset(&b);
+    msg_begin(&b, "status", "binance", NULL, 3, 7, 10, 11);
+    msg_str(&b, "state", "connected");
+    msg_end(&b);
+    assert_string_equal(b.data, "{\"channel\":\"status.binance\",\"type\":\"status\",\"exchange\":"
+                                "\"binance\",\"seq\":3,\"epoch\":7,\"ts\":10,\"recv_ts\":11,"
+                                "\"state\":\"connected\"}");
+    assert_int_equal(msg_parse_meta(b.data, b.len, &m), 0);
+    assert_string_equal(m.channel, "status.binance");
+
+    static const char *bad[] = {
+        "[1]", "{\"channel\":1,\"type\":\"t\",\"seq\":1,\"epoch\":1}",
+        "{\"channel\":\"a.b.c\",\"type\":\"t\",\"seq\":\"1\",\"epoch\":1}",
+        "{\"channel\":\"a.b.c\",\"type\":\"t\",\"seq\":1}", "{\"channel\":", "",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(msg_parse_meta(bad[i], strlen(bad[i]), &m), -EINVAL);
+    buf_free(&b);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_fmt_double),
+        cmocka_unit_test(test_decimal_shift),
+        cmocka_unit_test(test_decimal_valid_cmp),
+        cmocka_unit_test(test_channels),
+        cmocka_unit_test(test_build_and_meta),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

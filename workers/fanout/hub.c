@@ -1,0 +1,585 @@
+/* Channels, subscriptions and broadcast. A client-channel pair is one edge
+ * kept in both the channel's subscriber array and the client's edge array
+ * (each edge knows its index in both, so removal is O(1)); its count is how
+ * many of the client's subscriptions cover the channel, so a message reaches
+ * a client once however many patterns match. */
+#include "hub.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "msg.h"
+#include "wsserver.h"
+
+typedef struct edge_s {
+    hub_client_t *c;
+    hub_channel_t *ch;
+    int count;
+    int ci;  /* index in ch->subs */
+    int ki;  /* index in c->edges */
+} edge_t;
+
+typedef struct {
+    rbuf_t *b;
+    int64_t seq;
+} hist_t;
+
+struct hub_channel_s {
+    char *name;
+    int snap;           /* keeps a snapshot and conflates (everything but trades) */
+    int known;          /* has data */
+    int has_seq;
+    int64_t epoch, last_seq;
+    rbuf_t *snapshot;
+    hist_t *hist;       /* ring of h->opts.history entries */
+    int hstart, hlen;
+    edge_t **subs;
+    int nsubs, capsubs;
+    hub_channel_t *hnext;
+    int index;          /* in h->chans */
+};
+
+typedef struct {
+    char *pattern;
+    int wildcard;
+    int pi;             /* index in h->pats when wildcard */
+} sub_t;
+
+struct hub_client_s {
+    hub_t *h;
+    void *user;
+    sub_t *subs;
+    int nsubs, capsubs;
+    edge_t **edges;
+    int nedges, capedges;
+};
+
+typedef struct {
+    hub_client_t *c;
+    int si;             /* index in c->subs */
+} pat_t;
+
+struct hub_s {
+    hub_opts_t opts;
+    hub_ops_t ops;
+    hub_stats_t stats;
+    hub_channel_t **buckets;
+    size_t nbuckets;
+    hub_channel_t **chans;
+    int nchans, capchans;
+    int nknown;
+    pat_t *pats;
+    int npats, cappats;
+    int64_t max_epoch;
+    int has_epoch;
+};
+
+/* ---- small helpers -------------------------------------------------------- */
+
+static int grow(void **arr, int *cap, int need, size_t elem)
+{
+    if (need <= *cap)
+        return 0;
+    int ncap = *cap ? *cap * 2 : 8;
+    while (ncap < need)
+        ncap *= 2;
+    void *n = realloc(*arr, (size_t)ncap * elem);
+    if (n == NULL)
+        return -ENOMEM;
+    *arr = n;
+    *cap = ncap;
+    return 0;
+}
+
+static size_t hash_str(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ull;
+    }
+    return (size_t)h;
+}
+
+/* ---- channels ------------------------------------------------------------- */
+
+static hub_channel_t *chan_find(const hub_t *h, const char *name)
+{
+    if (h->nbuckets == 0)
+        return NULL;
+    for (hub_channel_t *ch = h->buckets[hash_str(name) & (h->nbuckets - 1)]; ch; ch = ch->hnext)
+        if (strcmp(ch->name, name) == 0)
+            return ch;
+    return NULL;
+}
+
+static int rehash(hub_t *h, size_t nb)
+{
+    hub_channel_t **b = calloc(nb, sizeof(*b));
+    if (b == NULL)
+        return -ENOMEM;
+    for (int i = 0; i < h->nchans; i++) {
+        hub_channel_t *ch = h->chans[i];
+        size_t k = hash_str(ch->name) & (nb - 1);
+        ch->hnext = b[k];
+        b[k] = ch;
+    }
+    free(h->buckets);
+    h->buckets = b;
+    h->nbuckets = nb;
+    return 0;
+}
+
+static void hist_clear(hub_channel_t *ch, int cap)
+{
+    for (int i = 0; i < ch->hlen; i++)
+        rbuf_unref(ch->hist[(ch->hstart + i) % cap].b);
+    ch->hstart = ch->hlen = 0;
+}
+
+static void chan_destroy(hub_t *h, hub_channel_t *ch)
+{
+    hist_clear(ch, h->opts.history);
+    free(ch->hist);
+    rbuf_unref(ch->snapshot);
+    free(ch->subs);
+    free(ch->name);
+    free(ch);
+}
+
+static int edge_attach(hub_client_t *c, hub_channel_t *ch, edge_t **out);
+
+static hub_channel_t *chan_create(hub_t *h, const char *name)
+{
+    if ((size_t)h->nchans + 1 > h->nbuckets && rehash(h, h->nbuckets ? h->nbuckets * 2 : 64) < 0)
+        return NULL;
+    if (grow((void **)&h->chans, &h->capchans, h->nchans + 1, sizeof(*h->chans)) < 0)
+        return NULL;
+    hub_channel_t *ch = calloc(1, sizeof(*ch));
+    if (ch == NULL)
+        return NULL;
+    if ((ch->name = strdup(name)) == NULL ||
+        (h->opts.history > 0 && (ch->hist = calloc((size_t)h->opts.history, sizeof(hist_t))) == NULL)) {
+        free(ch->name);
+        free(ch);
+        return NULL;
+    }
+    ch->snap = strncmp(name, "trade.", 6) != 0;
+    size_t k = hash_str(name) & (h->nbuckets - 1);
+    ch->hnext = h->buckets[k];
+    h->buckets[k] = ch;
+    ch->index = h->nchans;
+    h->chans[h->nchans++] = ch;
+    /* Pattern subscribers cover channels that appear later. */
+    for (int i = 0; i < h->npats; i++) {
+        pat_t *p = &h->pats[i];
+        if (msg_channel_match(p->c->subs[p->si].pattern, name))
+            (void)edge_attach(p->c, ch, NULL);
+    }
+    return ch;
+}
+
+/* Free a channel nobody needs: no data and no subscriber. */
+static void chan_maybe_gc(hub_t *h, hub_channel_t *ch)
+{
+    if (ch->known || ch->nsubs > 0)
+        return;
+    hub_channel_t **pp = &h->buckets[hash_str(ch->name) & (h->nbuckets - 1)];
+    while (*pp != ch)
+        pp = &(*pp)->hnext;
+    *pp = ch->hnext;
+    int i = ch->index;
+    h->chans[i] = h->chans[--h->nchans];
+    h->chans[i]->index = i;
+    chan_destroy(h, ch);
+}
+
+/* ---- edges ---------------------------------------------------------------- */
+
+static edge_t *edge_find(const hub_client_t *c, const hub_channel_t *ch)
+{
+    if (c->nedges <= ch->nsubs) {
+        for (int i = 0; i < c->nedges; i++)
+            if (c->edges[i]->ch == ch)
+                return c->edges[i];
+    } else {
+        for (int i = 0; i < ch->nsubs; i++)
+            if (ch->subs[i]->c == c)
+                return ch->subs[i];
+    }
+    return NULL;
+}
+
+/* Adds one cover of ch by c. *out (optional) is the edge when it is new
+ * (first cover), else NULL. */
+static int edge_attach(hub_client_t *c, hub_channel_t *ch, edge_t **out)
+{
+    if (out)
+        *out = NULL;
+    edge_t *e = edge_find(c, ch);
+    if (e != NULL) {
+        e->count++;
+        return 0;
+    }
+    if (grow((void **)&ch->subs, &ch->capsubs, ch->nsubs + 1, sizeof(*ch->subs)) < 0 ||
+        grow((void **)&c->edges, &c->capedges, c->nedges + 1, sizeof(*c->edges)) < 0)
+        return -ENOMEM;
+    if ((e = calloc(1, sizeof(*e))) == NULL)
+        return -ENOMEM;
+    e->c = c;
+    e->ch = ch;
+    e->count = 1;
+    e->ci = ch->nsubs;
+    ch->subs[ch->nsubs++] = e;
+    e->ki = c->nedges;
+    c->edges[c->nedges++] = e;
+    if (out)
+        *out = e;
+    return 0;
+}
+
+/* Removes one cover (all of them with all=1). */
+static void edge_detach(hub_t *h, edge_t *e, int all)
+{
+    if (!all && --e->count > 0)
+        return;
+    hub_channel_t *ch = e->ch;
+    hub_client_t *c = e->c;
+    ch->subs[e->ci] = ch->subs[--ch->nsubs];
+    ch->subs[e->ci]->ci = e->ci;
+    c->edges[e->ki] = c->edges[--c->nedges];
+    c->edges[e->ki]->ki = e->ki;
+    free(e);
+    chan_maybe_gc(h, ch);
+}
+
+/* ---- hub ------------------------------------------------------------------ */
+
+hub_t *hub_new(const hub_opts_t *opts, const hub_ops_t *ops)
+{
+    hub_t *h = calloc(1, sizeof(*h));
+    if (h == NULL)
+        return NULL;
+    h->opts = *opts;
+    if (h->opts.history < 0)
+        h->opts.history = 0;
+    h->ops = *ops;
+    return h;
+}
+
+void hub_free(hub_t *h)
+{
+    if (h == NULL)
+        return;
+    for (int i = 0; i < h->nchans; i++) {
+        hub_channel_t *ch = h->chans[i];
+        for (int k = 0; k < ch->nsubs; k++)
+            ch->subs[k]->ch = NULL;
+        chan_destroy(h, ch);
+    }
+    free(h->chans);
+    free(h->buckets);
+    free(h->pats);
+    free(h);
+}
+
+const hub_stats_t *hub_stats(const hub_t *h)
+{
+    return &h->stats;
+}
+
+int64_t hub_max_epoch(const hub_t *h)
+{
+    return h->max_epoch;
+}
+
+int hub_channel_count(const hub_t *h)
+{
+    return h->nknown;
+}
+
+int hub_max_subscriptions(const hub_t *h)
+{
+    return h->opts.max_subscriptions;
+}
+
+int hub_channel_slots(const hub_t *h)
+{
+    return h->nchans;
+}
+
+const char *hub_channel_known(const hub_t *h, int i)
+{
+    if (i < 0 || i >= h->nchans || !h->chans[i]->known)
+        return NULL;
+    return h->chans[i]->name;
+}
+
+static void deliver(hub_t *h, edge_t *e, rbuf_t *frame, const void *tag)
+{
+    int r = h->ops.send(e->c->user, frame, tag);
+    if (r < 0) {
+        h->stats.send_failures++;
+        return;
+    }
+    h->stats.deliveries++;
+    if (r == 1)
+        h->stats.conflated++;
+}
+
+int hub_publish(hub_t *h, const char *json, size_t len, int64_t *ts_out, int64_t *recv_ts_out)
+{
+    msg_meta_t m;
+    if (msg_parse_meta(json, len, &m) < 0 || !msg_channel_valid(m.channel, 0)) {
+        h->stats.invalid++;
+        return -EINVAL;
+    }
+    if (ts_out)
+        *ts_out = m.ts;
+    if (recv_ts_out)
+        *recv_ts_out = m.recv_ts;
+    /* Fencing: a zombie leader's messages (older epoch) never reach clients. */
+    if (h->has_epoch && m.epoch < h->max_epoch) {
+        h->stats.fenced++;
+        return HUB_FENCED;
+    }
+    h->max_epoch = m.epoch;
+    h->has_epoch = 1;
+    hub_channel_t *ch = chan_find(h, m.channel);
+    if (ch == NULL && (ch = chan_create(h, m.channel)) == NULL)
+        return -ENOMEM;
+    if (ch->has_seq && ch->epoch == m.epoch && m.seq <= ch->last_seq) {
+        h->stats.duplicate++;
+        return HUB_DUPLICATE;
+    }
+    if (ch->has_seq && m.epoch != ch->epoch)
+        hist_clear(ch, h->opts.history); /* history holds the current epoch only */
+    rbuf_t *frame = wss_frame(WSS_OP_TEXT, json, len);
+    if (frame == NULL)
+        return -ENOMEM;
+    ch->epoch = m.epoch;
+    ch->last_seq = m.seq;
+    ch->has_seq = 1;
+    if (!ch->known) {
+        ch->known = 1;
+        h->nknown++;
+    }
+    if (ch->snap) {
+        rbuf_unref(ch->snapshot);
+        ch->snapshot = rbuf_ref(frame);
+    }
+    if (h->opts.history > 0) {
+        int cap = h->opts.history;
+        if (ch->hlen == cap) {
+            rbuf_unref(ch->hist[ch->hstart].b);
+            ch->hstart = (ch->hstart + 1) % cap;
+            ch->hlen--;
+        }
+        hist_t *e = &ch->hist[(ch->hstart + ch->hlen) % cap];
+        e->b = rbuf_ref(frame);
+        e->seq = m.seq;
+        ch->hlen++;
+    }
+    h->stats.accepted++;
+    const void *tag = ch->snap ? ch : NULL;
+    for (int i = 0; i < ch->nsubs; i++)
+        deliver(h, ch->subs[i], frame, tag);
+    rbuf_unref(frame);
+    return HUB_ACCEPTED;
+}
+
+/* ---- clients -------------------------------------------------------------- */
+
+hub_client_t *hub_client_new(hub_t *h, void *user)
+{
+    hub_client_t *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->h = h;
+    c->user = user;
+    return c;
+}
+
+static void pat_remove(hub_t *h, int pi)
+{
+    h->pats[pi] = h->pats[--h->npats];
+    if (pi < h->npats) {
+        pat_t *p = &h->pats[pi];
+        p->c->subs[p->si].pi = pi;
+    }
+}
+
+void hub_client_free(hub_client_t *c)
+{
+    if (c == NULL)
+        return;
+    hub_t *h = c->h;
+    while (c->nedges > 0)
+        edge_detach(h, c->edges[c->nedges - 1], 1);
+    for (int i = 0; i < c->nsubs; i++) {
+        if (c->subs[i].wildcard)
+            pat_remove(h, c->subs[i].pi);
+        free(c->subs[i].pattern);
+    }
+    free(c->subs);
+    free(c->edges);
+    free(c);
+}
+
+void *hub_client_user(const hub_client_t *c)
+{
+    return c->user;
+}
+
+hub_t *hub_client_hub(const hub_client_t *c)
+{
+    return c->h;
+}
+
+int hub_client_sub_count(const hub_client_t *c)
+{
+    return c->nsubs;
+}
+
+const char *hub_client_sub(const hub_client_t *c, int i)
+{
+    return i >= 0 && i < c->nsubs ? c->subs[i].pattern : NULL;
+}
+
+static int sub_index(const hub_client_t *c, const char *pattern)
+{
+    for (int i = 0; i < c->nsubs; i++)
+        if (strcmp(c->subs[i].pattern, pattern) == 0)
+            return i;
+    return -1;
+}
+
+int hub_client_has_sub(const hub_client_t *c, const char *pattern)
+{
+    return sub_index(c, pattern) >= 0;
+}
+
+int hub_client_send_text(hub_client_t *c, const char *text, size_t len)
+{
+    rbuf_t *b = wss_frame(WSS_OP_TEXT, text, len);
+    if (b == NULL)
+        return -ENOMEM;
+    int r = c->h->ops.send(c->user, b, NULL);
+    rbuf_unref(b);
+    return r;
+}
+
+static int chan_can_recover(const hub_channel_t *ch, int cap, int64_t since)
+{
+    if (!ch->known)
+        return 0;
+    if (since == ch->last_seq)
+        return 1;
+    if (since > ch->last_seq || ch->hlen == 0)
+        return 0;
+    /* Everything after the oldest entry we hold is in the history. */
+    return ch->hist[ch->hstart % cap].seq <= since + 1;
+}
+
+int hub_can_recover(hub_t *h, const char *channel, int64_t since)
+{
+    const hub_channel_t *ch = chan_find(h, channel);
+    return ch != NULL && chan_can_recover(ch, h->opts.history, since);
+}
+
+/* What a client gets when it starts covering a channel: the history after
+ * since when that fills the gap, else the latest snapshot. */
+static void send_initial(hub_t *h, edge_t *e, int has_since, int64_t since)
+{
+    hub_channel_t *ch = e->ch;
+    if (!ch->known)
+        return;
+    if (has_since && chan_can_recover(ch, h->opts.history, since)) {
+        for (int i = 0; i < ch->hlen; i++) {
+            hist_t *x = &ch->hist[(ch->hstart + i) % h->opts.history];
+            if (x->seq > since)
+                deliver(h, e, x->b, NULL);
+        }
+        return;
+    }
+    if (ch->snap && ch->snapshot)
+        deliver(h, e, ch->snapshot, ch);
+}
+
+int hub_subscribe(hub_client_t *c, const char *pattern, int has_since, int64_t since)
+{
+    hub_t *h = c->h;
+    if (sub_index(c, pattern) >= 0)
+        return 1;
+    if (h->opts.max_subscriptions > 0 && c->nsubs >= h->opts.max_subscriptions)
+        return -E2BIG;
+    int wildcard = strchr(pattern, '*') != NULL;
+    if (grow((void **)&c->subs, &c->capsubs, c->nsubs + 1, sizeof(*c->subs)) < 0)
+        return -ENOMEM;
+    if (wildcard && grow((void **)&h->pats, &h->cappats, h->npats + 1, sizeof(*h->pats)) < 0)
+        return -ENOMEM;
+    char *dup = strdup(pattern);
+    if (dup == NULL)
+        return -ENOMEM;
+    if (!wildcard) {
+        hub_channel_t *ch = chan_find(h, pattern);
+        if (ch == NULL && (ch = chan_create(h, pattern)) == NULL) {
+            free(dup);
+            return -ENOMEM;
+        }
+        edge_t *e;
+        if (edge_attach(c, ch, &e) < 0) {
+            free(dup);
+            chan_maybe_gc(h, ch);
+            return -ENOMEM;
+        }
+        c->subs[c->nsubs++] = (sub_t){.pattern = dup, .wildcard = 0, .pi = -1};
+        if (e != NULL)
+            send_initial(h, e, has_since, since);
+        return 0;
+    }
+    int si = c->nsubs++;
+    c->subs[si] = (sub_t){.pattern = dup, .wildcard = 1, .pi = h->npats};
+    h->pats[h->npats++] = (pat_t){.c = c, .si = si};
+    /* Channel slots may be appended by nothing here; iterate a stable count. */
+    int n = h->nchans;
+    for (int i = 0; i < n; i++) {
+        hub_channel_t *ch = h->chans[i];
+        if (!msg_channel_match(pattern, ch->name))
+            continue;
+        edge_t *e;
+        if (edge_attach(c, ch, &e) == 0 && e != NULL)
+            send_initial(h, e, 0, 0);
+    }
+    return 0;
+}
+
+int hub_unsubscribe(hub_client_t *c, const char *pattern)
+{
+    hub_t *h = c->h;
+    int si = sub_index(c, pattern);
+    if (si < 0)
+        return -ENOENT;
+    sub_t s = c->subs[si];
+    if (s.wildcard) {
+        for (int i = c->nedges - 1; i >= 0; i--) {
+            if (i >= c->nedges)
+                continue;
+            edge_t *e = c->edges[i];
+            if (msg_channel_match(pattern, e->ch->name))
+                edge_detach(h, e, 0);
+        }
+        pat_remove(h, s.pi);
+    } else {
+        hub_channel_t *ch = chan_find(h, pattern);
+        edge_t *e = ch ? edge_find(c, ch) : NULL;
+        if (e != NULL)
+            edge_detach(h, e, 0);
+    }
+    free(s.pattern);
+    c->subs[si] = c->subs[--c->nsubs];
+    if (si < c->nsubs && c->subs[si].wildcard)
+        h->pats[c->subs[si].pi].si = si;
+    return 0;
+}

@@ -1,0 +1,41 @@
+/* Where the fanout worker's messages come from. A source delivers normalized
+ * messages (one JSON object each) on the loop thread through source_sink_t and
+ * reports its health. source_kafka.c is one; a relay source (the leader's
+ * WebSocket relay) can be added beside it with the same interface. */
+#ifndef FANOUT_SOURCE_H
+#define FANOUT_SOURCE_H
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+#include "config.h"
+
+typedef struct {
+    /* One message; called on the loop thread. data is valid during the call. */
+    void (*on_message)(void *arg, const char *data, size_t len);
+    void *arg;
+} source_sink_t;
+
+typedef struct source_s source_t;
+
+typedef struct {
+    const char *name;                                  /* "kafka", "relay" */
+    int (*healthy)(const source_t *s);                 /* can deliver now */
+    int64_t (*last_message_age_ms)(const source_t *s); /* -1: none yet */
+    void (*status)(const source_t *s, json_t *out);    /* extra fields */
+    /* Stop delivering and release everything; on_closed (may be NULL) runs
+     * once the last libuv handle is closed. */
+    void (*close)(source_t *s, void (*on_closed)(void *arg), void *arg);
+} source_vtbl_t;
+
+struct source_s {
+    const source_vtbl_t *vt;
+};
+
+/* Kafka: every partition of [kafka] topic, no consumer group. */
+int source_kafka_new(uv_loop_t *loop, const cfg_t *cfg, const source_sink_t *sink, source_t **out);
+
+static inline const char *source_name(const source_t *s) { return s ? s->vt->name : "none"; }
+static inline int source_healthy(const source_t *s) { return s ? s->vt->healthy(s) : 0; }
+
+#endif
