@@ -18,8 +18,8 @@ PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lwslay -lzookeeper_m
 CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null)
 
 CFLAGS ?= -O2 -g
-CFLAGS += -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -Icommon $(PKG_CFLAGS) $(SAN)
-LDFLAGS += $(SAN)
+ALL_CFLAGS = $(CFLAGS) -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -Icommon $(PKG_CFLAGS) $(SAN)
+ALL_LDFLAGS = $(LDFLAGS) $(SAN)
 
 COMMON_SRC := $(wildcard common/*.c)
 INGEST_SRC := $(filter-out workers/ingest/main.c,$(wildcard workers/ingest/*.c))
@@ -64,7 +64,7 @@ deps:
 # ---- build --------------------------------------------------------------
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
 
 $(LIBCOMMON): $(call obj,$(COMMON_SRC))
 $(LIBINGEST): $(call obj,$(INGEST_SRC))
@@ -81,24 +81,24 @@ $(BUILD)/empty.o:
 $(ALL_LIBS): | $(BUILD)/empty.o
 
 $(BUILD)/exchange-service: $(call obj,supervisor/main.c) $(LIBSUPER) $(LIBCOMMON)
-	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
 $(BUILD)/exchange-ingest: $(call obj,workers/ingest/main.c) $(LIBINGEST) $(LIBCOMMON)
-	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
 $(BUILD)/exchange-fanout: $(call obj,workers/fanout/main.c) $(LIBFANOUT) $(LIBCOMMON)
-	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
 $(BUILD)/test-kafka-broker: $(call obj,$(wildcard test/kafka/*.c)) $(LIBCOMMON)
-	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
 $(BUILD)/test/%: $(BUILD)/obj/test/unit/%.o $(ALL_LIBS)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $< -Wl,--start-group $(ALL_LIBS) -Wl,--end-group $(PKG_LIBS) $(CMOCKA_LIBS)
+	$(CC) $(ALL_LDFLAGS) -o $@ $< -Wl,--start-group $(ALL_LIBS) -Wl,--end-group $(PKG_LIBS) $(CMOCKA_LIBS)
 
 $(BUILD)/tools/%: $(BUILD)/obj/test/tools/%.o $(ALL_LIBS)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $< -Wl,--start-group $(ALL_LIBS) -Wl,--end-group $(PKG_LIBS)
+	$(CC) $(ALL_LDFLAGS) -o $@ $< -Wl,--start-group $(ALL_LIBS) -Wl,--end-group $(PKG_LIBS)
 
 $(BUILD)/bench/%: $(BUILD)/obj/test/bench/%.o $(ALL_LIBS)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $< -Wl,--start-group $(ALL_LIBS) -Wl,--end-group $(PKG_LIBS)
+	$(CC) $(ALL_LDFLAGS) -o $@ $< -Wl,--start-group $(ALL_LIBS) -Wl,--end-group $(PKG_LIBS)
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 
@@ -114,10 +114,12 @@ integration: all
 	EXCHANGE_BUILD=$(abspath $(BUILD)) $(PYTEST) -q test/integration $(PYTEST_ARGS)
 
 # The sanitizer pass: a separate build dir, unit + integration on that build.
+ASAN_VARS := BUILD=build-asan CC=clang CFLAGS="-O1 -g" \
+  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
 asan:
-	$(MAKE) BUILD=build-asan CC=clang SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" CFLAGS="-O1 -g" all
-	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined" unit
-	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 $(MAKE) BUILD=build-asan integration
+	$(MAKE) $(ASAN_VARS) all
+	ASAN_OPTIONS=detect_leaks=1 $(MAKE) $(ASAN_VARS) unit
+	ASAN_OPTIONS=detect_leaks=1 $(MAKE) $(ASAN_VARS) integration
 
 test: deps all
 	$(MAKE) unit

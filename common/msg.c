@@ -24,8 +24,7 @@ int msg_parse_meta(const char *json, size_t len, msg_meta_t *m)
     json_t *ep = json_object_get(root, "epoch");
     json_t *ts = json_object_get(root, "ts");
     json_t *rts = json_object_get(root, "recv_ts");
-    if (!json_is_string(ch) || !json_is_string(ty) || !json_is_integer(seq) ||
-        !json_is_integer(ep))
+    if (!json_is_string(ch) || !json_is_string(ty) || !json_is_integer(seq) || !json_is_integer(ep))
         goto out;
     if (json_string_length(ch) >= sizeof(m->channel) || json_string_length(ty) >= sizeof(m->type))
         goto out;
@@ -44,8 +43,8 @@ out:
     return r;
 }
 
-void msg_begin(buf_t *b, const char *type, const char *exchange, const char *symbol,
-               int64_t seq, int64_t epoch, int64_t ts, int64_t recv_ts)
+void msg_begin(buf_t *b, const char *type, const char *exchange, const char *symbol, int64_t seq,
+               int64_t epoch, int64_t ts, int64_t recv_ts)
 {
     char ch[MSG_CHANNEL_MAX];
     if (symbol && *symbol)
@@ -62,8 +61,8 @@ void msg_begin(buf_t *b, const char *type, const char *exchange, const char *sym
         buf_puts(b, ",\"symbol\":");
         buf_json_str(b, symbol);
     }
-    buf_printf(b, ",\"seq\":%" PRId64 ",\"epoch\":%" PRId64 ",\"ts\":%" PRId64 ",\"recv_ts\":%" PRId64,
-               seq, epoch, ts, recv_ts);
+    buf_printf(b, ",\"seq\":%" PRId64 ",\"epoch\":%" PRId64 ",\"ts\":%" PRId64 ",\"recv_ts\":%" PRId64, seq,
+               epoch, ts, recv_ts);
 }
 
 void msg_str(buf_t *b, const char *key, const char *val)
@@ -97,7 +96,7 @@ void msg_end(buf_t *b)
 /* Render %.Ng output ("6.747e+06", "-1e-08", "0.5") without an exponent. */
 static int plain_from_g(const char *g, char *out, size_t outsz)
 {
-    char digits[40];
+    char digits[40] = {0};
     size_t nd = 0;
     int neg = 0, point = -1, exp10 = 0;
     const char *p = g;
@@ -187,8 +186,8 @@ static int seg_ok(const char *s, size_t n, int allow_wildcard)
         return allow_wildcard;
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '-' || c == '_'))
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+              c == '_'))
             return 0;
     }
     return 1;
@@ -326,8 +325,7 @@ int msg_decimal_shift(const char *in, int places, char *out, size_t outsz)
 
 /* Split a valid decimal into sign, integer digits without leading zeros and
  * fraction digits without trailing zeros. */
-static void dec_parts(const char *s, int *neg, const char **ip, size_t *il, const char **fp,
-                      size_t *fl)
+static void dec_parts(const char *s, int *neg, const char **ip, size_t *il, const char **fp, size_t *fl)
 {
     *neg = 0;
     if (*s == '-') {

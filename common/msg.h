@@ -25,11 +25,11 @@ int msg_parse_meta(const char *json, size_t len, msg_meta_t *m);
 /* Builder: msg_begin writes `{"channel":"T.E.S","type":T,"exchange":E,
  * "symbol":S,"seq":N,"epoch":N,"ts":N,"recv_ts":N` then fields follow and
  * msg_end closes the object. */
-void msg_begin(buf_t *b, const char *type, const char *exchange, const char *symbol,
-               int64_t seq, int64_t epoch, int64_t ts, int64_t recv_ts);
-void msg_str(buf_t *b, const char *key, const char *val);     /* ,"key":"val" */
+void msg_begin(buf_t *b, const char *type, const char *exchange, const char *symbol, int64_t seq,
+               int64_t epoch, int64_t ts, int64_t recv_ts);
+void msg_str(buf_t *b, const char *key, const char *val); /* ,"key":"val" */
 void msg_int(buf_t *b, const char *key, int64_t val);
-void msg_raw(buf_t *b, const char *key, const char *json);    /* ,"key":<json> */
+void msg_raw(buf_t *b, const char *key, const char *json); /* ,"key":<json> */
 void msg_end(buf_t *b);
 /* Shortest decimal text that reads back to the same double ("6747000",
  * "0.06499468"); never exponent notation. out must hold 64 bytes. */

@@ -76,8 +76,7 @@ fail:
     return -EINVAL;
 }
 
-int tls_server_ctx_new(const char *cert_file, const char *key_file, tls_ctx_t **out, char *err,
-                       size_t errsz)
+int tls_server_ctx_new(const char *cert_file, const char *key_file, tls_ctx_t **out, char *err, size_t errsz)
 {
     tls_ctx_t *t = calloc(1, sizeof *t);
     if (!t)

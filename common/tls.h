@@ -17,8 +17,7 @@ typedef struct tls_conn_s tls_conn_t; /* one connection (an SSL + two memory BIO
 int tls_client_ctx_new(const char *ca_file, int insecure_skip_verify, tls_ctx_t **out, char *err,
                        size_t errsz);
 /* Server context from PEM files (optional wss:// serving). */
-int tls_server_ctx_new(const char *cert_file, const char *key_file, tls_ctx_t **out, char *err,
-                       size_t errsz);
+int tls_server_ctx_new(const char *cert_file, const char *key_file, tls_ctx_t **out, char *err, size_t errsz);
 void tls_ctx_free(tls_ctx_t *ctx);
 
 /* A client connection to host (a name or an IP literal): sets SNI for names

@@ -82,8 +82,8 @@ struct wsc_s {
     metric_t *m_connected, *m_messages, *m_bytes, *m_reconnects, *m_http;
 };
 
-static const char *const known_causes[] = {"closed", "error", "stale", "http_status", "tls",
-                                           "too_big", "dns", "connect_timeout", "user", NULL};
+static const char *const known_causes[] = {"closed",  "error", "stale",           "http_status", "tls",
+                                           "too_big", "dns",   "connect_timeout", "user",        NULL};
 
 /* ------------------------------------------------------------------ URL */
 
@@ -187,10 +187,9 @@ void wsc_accept_key(const char *key, char out[29])
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
     EVP_MD_CTX *mc = EVP_MD_CTX_new();
-    if (!mc || EVP_DigestInit_ex(mc, EVP_sha1(), NULL) != 1 ||
-        EVP_DigestUpdate(mc, key, strlen(key)) != 1 ||
-        EVP_DigestUpdate(mc, WS_GUID, sizeof WS_GUID - 1) != 1 ||
-        EVP_DigestFinal_ex(mc, md, &mdlen) != 1 || mdlen != 20) {
+    if (!mc || EVP_DigestInit_ex(mc, EVP_sha1(), NULL) != 1 || EVP_DigestUpdate(mc, key, strlen(key)) != 1 ||
+        EVP_DigestUpdate(mc, WS_GUID, sizeof WS_GUID - 1) != 1 || EVP_DigestFinal_ex(mc, md, &mdlen) != 1 ||
+        mdlen != 20) {
         out[0] = '\0'; /* matches no server answer */
     } else {
         EVP_EncodeBlock((unsigned char *)out, md, 20);
@@ -344,8 +343,7 @@ int wsc_upgrade_verify(const wsc_upgrade_t *u, const char *key)
         return -EPROTO;
     if (u->status != 101)
         return u->status > 0 ? u->status : -EPROTO;
-    if (!has_token(u->upgrade, "websocket") ||
-        !has_token(u->connection, "upgrade") || u->has_extensions)
+    if (!has_token(u->upgrade, "websocket") || !has_token(u->connection, "upgrade") || u->has_extensions)
         return -EPROTO;
     char want[29];
     wsc_accept_key(key, want);
@@ -373,8 +371,7 @@ uint64_t wsc_retry_delay(backoff_t *b, uint64_t now_ms, uint64_t last_attempt_ms
 
 /* --------------------------------------------------------- connection */
 
-static void conn_end(wsc_t *w, const char *cause, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+static void conn_end(wsc_t *w, const char *cause, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void maybe_finish(wsc_t *w);
 static void schedule_retry(wsc_t *w);
 static void on_deadline(uv_timer_t *t);
@@ -497,12 +494,12 @@ static void conn_end(wsc_t *w, const char *cause, const char *fmt, ...)
 
     if (c->was_open) {
         metric_set(w->m_connected, 0);
-        log_info("ws disconnected", "conn=%s cause=%s detail=%s uptime_ms=%llu messages=%llu",
-                 w->name, label, log_q(w->last_error),
-                 (unsigned long long)(uv_now(w->loop) - c->open_ms), (unsigned long long)c->msgs);
+        log_info("ws disconnected", "conn=%s cause=%s detail=%s uptime_ms=%llu messages=%llu", w->name, label,
+                 log_q(w->last_error), (unsigned long long)(uv_now(w->loop) - c->open_ms),
+                 (unsigned long long)c->msgs);
     } else if (!w->stopping) {
-        log_warn("ws connect failed", "conn=%s url=%s cause=%s detail=%s", w->name, log_q(w->url),
-                 label, log_q(w->last_error));
+        log_warn("ws connect failed", "conn=%s url=%s cause=%s detail=%s", w->name, log_q(w->url), label,
+                 log_q(w->last_error));
     }
     conn_close_transport(c);
     conn_unref(c); /* the owner's reference */
@@ -513,7 +510,7 @@ static void conn_end(wsc_t *w, const char *cause, const char *fmt, ...)
     }
     metric_inc(metric_labels(w->m_reconnects, "conn=\"%s\",cause=\"%s\"", w->name, label));
     if (w->cb.on_close)
-        w->cb.on_close(w, label, w->arg);
+        w->cb.on_close(w, cause, w->arg); /* the caller's own cause, not the label */
     if (w->stopping)
         maybe_finish(w);
     else
@@ -537,8 +534,7 @@ static void conn_drop(wsc_t *w, const char *cause, const char *detail)
 
 /* ------------------------------------------------------------ wslay glue */
 
-static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
-                          void *ud)
+static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags, void *ud)
 {
     (void)flags;
     wsc_conn_t *c = ud;
@@ -553,8 +549,7 @@ static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
     return (ssize_t)n;
 }
 
-static ssize_t ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
-                          void *ud)
+static ssize_t ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags, void *ud)
 {
     (void)flags;
     wsc_conn_t *c = ud;
@@ -575,8 +570,7 @@ static int ws_genmask_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, 
     return 0;
 }
 
-static void ws_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *a,
-                      void *ud)
+static void ws_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *a, void *ud)
 {
     (void)ctx;
     wsc_conn_t *c = ud;
@@ -595,8 +589,7 @@ static void ws_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_m
         backoff_reset(&w->bo);
     }
     if (w->cb.on_message)
-        w->cb.on_message(w, a->opcode == WSLAY_BINARY_FRAME, (const char *)a->msg, a->msg_length,
-                         w->arg);
+        w->cb.on_message(w, a->opcode == WSLAY_BINARY_FRAME, (const char *)a->msg, a->msg_length, w->arg);
 }
 
 /* After wslay consumed input or we queued something: send, then see
@@ -1007,8 +1000,8 @@ static void schedule_retry(wsc_t *w)
 {
     uv_update_time(w->loop);
     uint64_t d = wsc_retry_delay(&w->bo, uv_now(w->loop), w->last_attempt_ms, (uint64_t)w->min_ms);
-    log_info("ws reconnect scheduled", "conn=%s delay_ms=%llu attempt=%u", w->name,
-             (unsigned long long)d, w->bo.attempt);
+    log_info("ws reconnect scheduled", "conn=%s delay_ms=%llu attempt=%u", w->name, (unsigned long long)d,
+             w->bo.attempt);
     uv_timer_start(&w->retry_timer, on_retry, d, 0);
 }
 
@@ -1088,8 +1081,7 @@ static char *dup_or_null(const char *s)
     return s && *s ? strdup(s) : NULL;
 }
 
-int wsc_start(uv_loop_t *loop, const wsc_opts_t *o, const wsc_callbacks_t *cb, void *arg,
-              wsc_t **out)
+int wsc_start(uv_loop_t *loop, const wsc_opts_t *o, const wsc_callbacks_t *cb, void *arg, wsc_t **out)
 {
     wsc_url_t u;
     if (!loop || !o || !cb || !out || !valid_name(o->name) || wsc_url_parse(o->url, &u) < 0 ||
@@ -1129,17 +1121,17 @@ int wsc_start(uv_loop_t *loop, const wsc_opts_t *o, const wsc_callbacks_t *cb, v
             return -EINVAL;
         }
     }
-    w->m_connected = metric_labels(metric_gauge("exchange_ws_connected",
-                                                "1 while the upstream WebSocket is open"),
-                                   "conn=\"%s\"", w->name);
-    w->m_messages = metric_labels(metric_counter("exchange_ws_messages_total",
-                                                 "Data messages received from the upstream"),
-                                  "conn=\"%s\"", w->name);
-    w->m_bytes = metric_labels(metric_counter("exchange_ws_bytes_total",
-                                              "Payload bytes received from the upstream"),
-                               "conn=\"%s\"", w->name);
-    w->m_reconnects = metric_counter("exchange_ws_reconnects_total",
-                                     "Upstream connection attempts that ended, by cause");
+    w->m_connected =
+        metric_labels(metric_gauge("exchange_ws_connected", "1 while the upstream WebSocket is open"),
+                      "conn=\"%s\"", w->name);
+    w->m_messages = metric_labels(
+        metric_counter("exchange_ws_messages_total", "Data messages received from the upstream"),
+        "conn=\"%s\"", w->name);
+    w->m_bytes =
+        metric_labels(metric_counter("exchange_ws_bytes_total", "Payload bytes received from the upstream"),
+                      "conn=\"%s\"", w->name);
+    w->m_reconnects =
+        metric_counter("exchange_ws_reconnects_total", "Upstream connection attempts that ended, by cause");
     w->m_http = metric_counter("exchange_ws_http_status_total",
                                "Non-101 answers to the upstream WebSocket upgrade, by status");
     metric_set(w->m_connected, 0);

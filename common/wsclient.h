@@ -47,8 +47,10 @@ typedef struct {
      * the call; for text, data[len] is not guaranteed to be 0. */
     void (*on_message)(wsc_t *w, int binary, const char *data, size_t len, void *arg);
     /* An attempt ended (a lost connection or a failed connect/upgrade; see
-     * cause and wsc_last_error/wsc_last_http_status). A reconnect is already
-     * scheduled unless wsc_stop() is called. Not called for wsc_stop. */
+     * cause and wsc_last_error/wsc_last_http_status). cause is one of the
+     * metric causes, or the string given to wsc_reconnect. A reconnect is
+     * already scheduled unless wsc_stop() is called (allowed here). Not
+     * called for wsc_stop itself. */
     void (*on_close)(wsc_t *w, const char *cause, void *arg);
     /* wsc_stop() finished: no handle or callback remains; w is freed right
      * after this returns. */
@@ -58,8 +60,7 @@ typedef struct {
 /* Copies opts (strings included) and callbacks; the first attempt starts on
  * the next loop iteration. Returns 0, -EINVAL (bad URL, name, headers or
  * numbers; ca_file unreadable) or -ENOMEM; on error no callback is made. */
-int wsc_start(uv_loop_t *loop, const wsc_opts_t *opts, const wsc_callbacks_t *cb, void *arg,
-              wsc_t **out);
+int wsc_start(uv_loop_t *loop, const wsc_opts_t *opts, const wsc_callbacks_t *cb, void *arg, wsc_t **out);
 /* Queue a text/binary message. 0, -ENOTCONN when not open, -ENOBUFS when
  * the socket is backed up (over 16 MiB unsent), -ENOMEM. */
 int wsc_send_text(wsc_t *w, const char *data, size_t len);
@@ -87,9 +88,9 @@ uint64_t wsc_last_message_ms(const wsc_t *w);
 
 typedef struct {
     int tls;
-    char host[256];  /* without brackets for IPv6 */
+    char host[256]; /* without brackets for IPv6 */
     int port;
-    char path[2048]; /* path + "?query", at least "/" */
+    char path[2048];   /* path + "?query", at least "/" */
     char hosthdr[270]; /* Host header value: host[:port], brackets for IPv6 */
 } wsc_url_t;
 

@@ -476,7 +476,9 @@ int wss_send(wss_conn_t *c, rbuf_t *frame, const void *tag)
     if (c->state != ST_OPEN || c->tcp_closing)
         return -EPIPE;
     size_t lim = c->ctx->lim.queue_bytes;
-    if (tag != NULL) {
+    /* Conflate only behind a write still in progress: a client that keeps
+     * up gets every message, a slow one only the newest per tag. */
+    if (tag != NULL && c->writing) {
         for (size_t i = c->qlen; i > c->qinflight; i--) {
             qent_t *e = q_at(c, i - 1);
             if (e->tag != tag)
@@ -829,6 +831,7 @@ int wss_accept(wss_ctx_t *ctx, uv_stream_t *server, void *data, wss_conn_t **out
     c->state = ST_HTTP;
     uv_timer_start(&c->timer, on_timer, ctx->lim.handshake_timeout_ms, 0);
     if ((r = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read)) < 0) {
+        c->no_report = 1;
         conn_close_now(c, WSS_END_ERROR);
         return r;
     }

@@ -63,7 +63,8 @@ int wss_ctx_new(uv_loop_t *loop, const wss_limits_t *lim, const wss_callbacks_t 
 /* Frees once every connection is gone (call after closing them). */
 void wss_ctx_free(wss_ctx_t *ctx);
 
-/* Accept one pending connection from a listening stream. */
+/* Accept one pending connection from a listening stream. On failure nothing
+ * is reported later (no on_close). */
 int wss_accept(wss_ctx_t *ctx, uv_stream_t *server, void *data, wss_conn_t **out);
 
 void *wss_conn_data(const wss_conn_t *c);
@@ -73,7 +74,8 @@ size_t wss_queued_bytes(const wss_conn_t *c);
 const char *wss_peer(const wss_conn_t *c);   /* "ip:port" */
 
 /* Queue a pre-framed frame (wss_frame()); takes its own reference.
- * tag != NULL makes it conflatable: a queued frame with the same tag whose
+ * tag != NULL makes it conflatable: while a write to this peer is still in
+ * progress (it is not keeping up), a queued frame with the same tag whose
  * write has not started is replaced in place.
  * Returns 0 queued, 1 replaced an older frame, -ENOBUFS when it would exceed
  * limits.queue_bytes (nothing queued; the caller decides, usually close 1013),

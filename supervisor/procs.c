@@ -43,7 +43,7 @@ static void init_metrics(void)
 
 json_t *procs_leader_msg(void)
 {
-    return json_pack("{s:s, s:I, s:s, s:s, s:b}", "t", "leader", (json_int_t)sup_epoch(),
+    return json_pack("{s:s, s:I, s:s, s:s, s:b}", "t", "leader", "epoch", (json_int_t)sup_epoch(),
                      "leader", sup.leader_id, "relay", sup.leader_relay, "is_self",
                      sup.role == ROLE_LEADER);
 }

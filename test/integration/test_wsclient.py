@@ -243,9 +243,11 @@ def test_http_429_is_retried_with_spacing(servers, probes):
     srv = servers(idle, process_request=refuse)
     min_ms = 300
     p = probes("ws://127.0.0.1:%d/" % srv.port, "--min-ms", str(min_ms), "--max-ms", "600",
-               "--closes", "4", "--timeout-ms", "10000")
+               "--closes", "4", "--timeout-ms", "10000", "--metrics")
     assert p.wait_exit(10) == 3, p.out()
     assert len(p.matching("http_status 429")) == 4
+    assert 'metric exchange_ws_reconnects_total{conn="probe",cause="http_status"} 4' in p.out()
+    assert 'metric exchange_ws_http_status_total{conn="probe",status="429"} 4' in p.out()
     assert len(p.matching("close http_status")) == 4
     times = [t for t, _, _ in srv.kinds("request")]
     assert len(times) == 4
@@ -293,6 +295,37 @@ def test_oversized_message_closes_1009_and_reconnects(servers, probes):
     closed = wait_for(lambda: len(srv.kinds("closed")) >= 2 and srv.kinds("closed"), 3,
                       "server-side close")
     assert closed[0][2] == 1009, closed
+
+
+def test_user_reconnect_and_metrics(servers, probes):
+    async def handler(srv, ws):
+        for i in range(100):
+            await ws.send("m%d" % i)
+            await asyncio.sleep(0.02)
+        await ws.wait_closed()
+
+    srv = servers(handler)
+    p = probes("ws://127.0.0.1:%d/" % srv.port, "--reconnect-after", "2", "--count", "5",
+               "--min-ms", "100", "--timeout-ms", "6000", "--metrics")
+    assert p.wait_exit(7) == 0, p.out()
+    assert len(p.matching("close user")) == 2
+    assert len(p.matching("open")) == 3
+    assert p.matching("text ") == ["text 2 m0", "text 2 m1"] * 2 + ["text 2 m0"]
+    out = p.out()
+    assert 'metric exchange_ws_reconnects_total{conn="probe",cause="user"} 2' in out
+    assert 'metric exchange_ws_messages_total{conn="probe"} 5' in out
+    assert 'metric exchange_ws_bytes_total{conn="probe"} 10' in out
+    assert 'metric exchange_ws_connected{conn="probe"} 0' in out
+    closed = wait_for(lambda: len(srv.kinds("closed")) >= 3 and srv.kinds("closed"), 3,
+                      "server-side closes")
+    assert [c[2] for c in closed] == [1000, 1000, 1000], closed
+
+
+def test_unresolvable_host_is_dns_cause(probes):
+    p = probes("ws://no-such-host.invalid:1/", "--connect-timeout-ms", "1500", "--closes", "1",
+               "--timeout-ms", "5000")
+    assert p.wait_exit(6) == 3
+    assert p.matching("close dns"), p.out()
 
 
 def test_refused_connection_backs_off(probes):

@@ -277,7 +277,7 @@ class Binance(Exchange):
         return n
 
     def _stream_for(self, conn):
-        for name, (sym, kind, _) in (conn.subs or {}).items():
+        for name, (sym, kind, _) in ((conn.subs if conn else None) or {}).items():
             return name, sym, kind
         sym = next(iter(self.markets))
         return f"{sym.lower()}@trade", sym, "trade"
@@ -289,7 +289,8 @@ class Binance(Exchange):
 
         def wrap(data):
             d = data if isinstance(data, str) else dumps(data)
-            return '{"stream":' + json.dumps(name) + ',"data":' + d + '}' if conn.combined else d
+            return '{"stream":' + json.dumps(name) + ',"data":' + d + '}' if combined else d
+        combined = conn.combined if conn else True
         specific = []
 
         def variant(label, **changes):
@@ -308,7 +309,7 @@ class Binance(Exchange):
         variant("null_values", p=None, q=None, T=None)
         variant("unknown_symbol", s="NOPEUSDT")
         variant("unknown_event", e="kline")
-        if conn.combined:
+        if combined:
             specific.append(("missing_data", '{"stream":' + json.dumps(name) + '}', False, False))
             specific.append(("unknown_stream", '{"stream":"nope@trade","data":' + dumps(ev) + '}', False, False))
         frames = specific + generic_malformed(wrap(ev), False)

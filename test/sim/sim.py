@@ -111,7 +111,9 @@ def make_cert(tmpdir):
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
          "-nodes", "-keyout", key, "-out", cert, "-days", "7", "-subj", "/CN=localhost",
          "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1",
-         "-addext", "basicConstraints=critical,CA:TRUE"],
+         "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,digitalSignature,keyCertSign",
+         "-addext", "extendedKeyUsage=serverAuth"],
         check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return cert, key
 

@@ -11,6 +11,7 @@
 
 import asyncio
 import collections
+import http
 import json
 import logging
 import math
@@ -367,6 +368,13 @@ class Exchange:
         return self.port
 
     async def _process_request(self, path, headers):
+        r = self._early_response(path, headers)
+        if r is None:
+            return None
+        status, hdrs, body = r
+        return http.HTTPStatus(status), hdrs, body
+
+    def _early_response(self, path, headers):
         self.stats["upgrades"] += 1
         if self.refuse > 0:
             self.refuse -= 1
@@ -461,6 +469,7 @@ class Exchange:
         return n
 
     def send_malformed(self, count, kind=None):
+        self.malformed_frames(None, 1, kind)     # validates kind (ValueError)
         n = 0
         for c in list(self.conns):
             frames = self.malformed_frames(c, count, kind)

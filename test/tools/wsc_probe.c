@@ -2,6 +2,7 @@
  * line per event on stdout, for integration tests and by hand:
  *   open | text LEN DATA | binary LEN HEX | http_status N | close CAUSE DETAIL
  * DATA escapes \ \n \r; HEX is lower case. Logs go to stderr.
+ * (--metrics adds "metric SERIES VALUE" lines after "stopped".)
  * Exit: 0 after --count messages (or SIGINT/SIGTERM), 2 on --timeout-ms,
  * 3 after --closes events, 64 on bad usage. */
 #include <errno.h>
@@ -13,6 +14,7 @@
 
 #include "buf.h"
 #include "log.h"
+#include "metrics.h"
 #include "wsclient.h"
 
 typedef struct {
@@ -21,8 +23,9 @@ typedef struct {
     uv_timer_t timeout;
     uv_signal_t sigint, sigterm;
     const char *send;
-    long count, closes;
+    long count, closes, reconnect_after;
     long got, closed;
+    int metrics;
     int exit_code;
     int stopping;
 } probe_t;
@@ -75,8 +78,11 @@ static void on_message(wsc_t *w, int binary, const char *data, size_t len, void 
     buf_puts(&b, "\n");
     fwrite(b.data, 1, b.len, stdout);
     buf_free(&b);
-    if (p->count > 0 && ++p->got >= p->count)
+    ++p->got;
+    if (p->count > 0 && p->got >= p->count)
         probe_finish(p, 0);
+    else if (p->reconnect_after > 0 && p->got % p->reconnect_after == 0)
+        wsc_reconnect(w, "user");
 }
 
 static void on_close(wsc_t *w, const char *cause, void *arg)
@@ -94,6 +100,15 @@ static void on_stopped(wsc_t *w, void *arg)
     (void)w;
     probe_t *p = arg;
     printf("stopped\n");
+    if (p->metrics) {
+        buf_t b;
+        buf_init(&b);
+        metrics_render(metrics_default(), &b);
+        for (char *line = strtok(b.data, "\n"); line; line = strtok(NULL, "\n"))
+            if (line[0] != '#')
+                printf("metric %s\n", line);
+        buf_free(&b);
+    }
     uv_close((uv_handle_t *)&p->timeout, handle_closed);
     uv_close((uv_handle_t *)&p->sigint, handle_closed);
     uv_close((uv_handle_t *)&p->sigterm, handle_closed);
@@ -114,20 +129,21 @@ static void on_signal(uv_signal_t *s, int signum)
 
 static void usage(void)
 {
-    fprintf(stderr,
-            "usage: wsc_probe [options] URL\n"
-            "  --ca-file FILE        trust only this CA bundle (wss)\n"
-            "  --insecure            skip certificate verification (wss)\n"
-            "  --max-message BYTES   max message size (close 1009 above)\n"
-            "  --send TEXT           send TEXT after each open\n"
-            "  --count N             exit 0 after N messages\n"
-            "  --closes N            exit 3 after N close events\n"
-            "  --stale-ms MS         reconnect when no data for MS\n"
-            "  --ping-ms MS          send pings every MS\n"
-            "  --min-ms MS --max-ms MS   reconnect backoff bounds\n"
-            "  --connect-timeout-ms MS   per-phase connect timeout\n"
-            "  --header 'K: V'       extra upgrade header (repeatable)\n"
-            "  --timeout-ms MS       exit 2 after MS\n");
+    fprintf(stderr, "usage: wsc_probe [options] URL\n"
+                    "  --ca-file FILE        trust only this CA bundle (wss)\n"
+                    "  --insecure            skip certificate verification (wss)\n"
+                    "  --max-message BYTES   max message size (close 1009 above)\n"
+                    "  --send TEXT           send TEXT after each open\n"
+                    "  --count N             exit 0 after N messages\n"
+                    "  --closes N            exit 3 after N close events\n"
+                    "  --reconnect-after N   call wsc_reconnect every N messages\n"
+                    "  --metrics             print the metrics (\"metric ...\") when stopped\n"
+                    "  --stale-ms MS         reconnect when no data for MS\n"
+                    "  --ping-ms MS          send pings every MS\n"
+                    "  --min-ms MS --max-ms MS   reconnect backoff bounds\n"
+                    "  --connect-timeout-ms MS   per-phase connect timeout\n"
+                    "  --header 'K: V'       extra upgrade header (repeatable)\n"
+                    "  --timeout-ms MS       exit 2 after MS\n");
 }
 
 int main(int argc, char **argv)
@@ -145,13 +161,13 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-#define NEED_ARG                                                                                   \
-    do {                                                                                           \
-        if (!v) {                                                                                  \
-            usage();                                                                               \
-            return 64;                                                                             \
-        }                                                                                          \
-        i++;                                                                                       \
+#define NEED_ARG                                                                                             \
+    do {                                                                                                     \
+        if (!v) {                                                                                            \
+            usage();                                                                                         \
+            return 64;                                                                                       \
+        }                                                                                                    \
+        i++;                                                                                                 \
     } while (0)
         if (strcmp(a, "--insecure") == 0) {
             o.insecure_skip_verify = 1;
@@ -170,6 +186,11 @@ int main(int argc, char **argv)
         } else if (strcmp(a, "--closes") == 0) {
             NEED_ARG;
             p.closes = atol(v);
+        } else if (strcmp(a, "--reconnect-after") == 0) {
+            NEED_ARG;
+            p.reconnect_after = atol(v);
+        } else if (strcmp(a, "--metrics") == 0) {
+            p.metrics = 1;
         } else if (strcmp(a, "--stale-ms") == 0) {
             NEED_ARG;
             o.stale_after_ms = atoi(v);

@@ -12,10 +12,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "book.h"
+#include "../../workers/ingest/book.h"
 #include "buf.h"
 #include "config.h"
-#include "connector.h"
+#include "../../workers/ingest/connector.h"
 #include "log.h"
 #include "msg.h"
 
@@ -110,8 +110,8 @@ static void rec_clear(rec_t *r)
     r->n_emitted = r->n_sent = r->n_status = r->n_malformed = r->n_reconnect = 0;
 }
 
-static fx_t *fx_new(const connector_ops_t *ops, const char *markets, const char *channels,
-                    int depth, const char *format)
+static fx_t *fx_new(const connector_ops_t *ops, const char *markets, const char *channels, int depth,
+                    const char *format)
 {
     fx_t *f = calloc(1, sizeof(*f));
     f->ops = ops;
@@ -168,10 +168,9 @@ static void expect_malformed(fx_t *f, const char *json, const char *reason)
     assert_int_equal(f->rec.n_emitted, 0);
 }
 
-#define HDR(type, ex, sym, seq, ts)                                                                \
-    "{\"channel\":\"" type "." ex "." sym "\",\"type\":\"" type "\",\"exchange\":\"" ex            \
-    "\",\"symbol\":\"" sym "\",\"seq\":" #seq ",\"epoch\":7,\"ts\":" #ts                           \
-    ",\"recv_ts\":1700000000999"
+#define HDR(type, ex, sym, seq, ts)                                                                          \
+    "{\"channel\":\"" type "." ex "." sym "\",\"type\":\"" type "\",\"exchange\":\"" ex                      \
+    "\",\"symbol\":\"" sym "\",\"seq\":" #seq ",\"epoch\":7,\"ts\":" #ts ",\"recv_ts\":1700000000999"
 
 /* ---- Upbit ------------------------------------------------------------- */
 
@@ -191,9 +190,9 @@ static void test_upbit_trade(void **state)
     feed(f, 1, UPBIT_TRADE);
     assert_int_equal(f->rec.n_emitted, 1);
     assert_string_equal(f->rec.emitted[0],
-                        HDR("trade", "upbit", "BTC-KRW", 1, 1676965262139)
-                        ",\"price\":\"31373000\",\"qty\":\"0.00016039\",\"side\":\"buy\","
-                        "\"trade_id\":\"1676965262139000\"}");
+                        HDR("trade", "upbit", "BTC-KRW", 1,
+                            1676965262139) ",\"price\":\"31373000\",\"qty\":\"0.00016039\",\"side\":\"buy\","
+                                           "\"trade_id\":\"1676965262139000\"}");
     /* the first data frame of a connection says "subscribed", once */
     assert_int_equal(f->rec.n_status, 1);
     assert_string_equal(f->rec.status[0], "subscribed|");
@@ -207,14 +206,14 @@ static void test_upbit_trade(void **state)
     assert_int_equal(f->rec.n_emitted, 1);
     assert_int_equal(f->rec.n_status, 0);
     assert_string_equal(f->rec.emitted[0],
-                        HDR("trade", "upbit", "ETH-KRW", 1, 1676965262140)
-                        ",\"price\":\"2235000\",\"qty\":\"0.06499468\",\"side\":\"sell\","
-                        "\"trade_id\":\"1676965262140001\"}");
+                        HDR("trade", "upbit", "ETH-KRW", 1,
+                            1676965262140) ",\"price\":\"2235000\",\"qty\":\"0.06499468\",\"side\":\"sell\","
+                                           "\"trade_id\":\"1676965262140001\"}");
     /* per-channel seq */
     expect_one(f, 1, UPBIT_TRADE,
-               HDR("trade", "upbit", "BTC-KRW", 2, 1676965262139)
-               ",\"price\":\"31373000\",\"qty\":\"0.00016039\",\"side\":\"buy\","
-               "\"trade_id\":\"1676965262139000\"}");
+               HDR("trade", "upbit", "BTC-KRW", 2,
+                   1676965262139) ",\"price\":\"31373000\",\"qty\":\"0.00016039\",\"side\":\"buy\","
+                                  "\"trade_id\":\"1676965262139000\"}");
     fx_free(f);
 }
 
@@ -222,34 +221,36 @@ static void test_upbit_ticker(void **state)
 {
     (void)state;
     fx_t *f = fx_new(&upbit_connector, "KRW-BTC", "ticker", 0, "DEFAULT");
-    expect_one(f, 1,
-               "{\"type\":\"ticker\",\"code\":\"KRW-BTC\",\"opening_price\":31883000,"
-               "\"high_price\":32310000,\"low_price\":31855000,\"trade_price\":32287000,"
-               "\"prev_closing_price\":31883000.00000000,\"change\":\"RISE\",\"change_price\":"
-               "404000.00000000,\"signed_change_price\":404000.00000000,\"change_rate\":"
-               "0.0126713295,\"signed_change_rate\":0.0126713295,\"trade_volume\":0.03103806,"
-               "\"acc_trade_volume\":1236.23815799,\"acc_trade_volume_24h\":2046.10729479,"
-               "\"acc_trade_price\":39728416853.1374,\"acc_trade_price_24h\":65651848085.94966,"
-               "\"trade_date\":\"20230221\",\"trade_time\":\"074102\",\"trade_timestamp\":"
-               "1676965262139,\"ask_bid\":\"BID\",\"acc_ask_volume\":641.42,\"acc_bid_volume\":"
-               "594.8,\"highest_52_week_price\":57678000.00000000,\"highest_52_week_date\":"
-               "\"2022-03-28\",\"lowest_52_week_price\":20700000.00000000,\"lowest_52_week_date\":"
-               "\"2022-12-30\",\"market_state\":\"ACTIVE\",\"is_trading_suspended\":false,"
-               "\"delisting_date\":null,\"market_warning\":\"NONE\",\"timestamp\":1676965262177,"
-               "\"stream_type\":\"REALTIME\"}",
-               HDR("ticker", "upbit", "BTC-KRW", 1, 1676965262177)
-               ",\"last\":\"32287000\",\"open\":\"31883000\",\"high\":\"32310000\",\"low\":"
-               "\"31855000\",\"volume\":\"2046.10729479\",\"quote_volume\":\"65651848085.94966\","
-               "\"change_rate\":\"0.0126713295\"}");
-    expect_one(f, 1,
-               "{\"ty\":\"ticker\",\"cd\":\"KRW-BTC\",\"op\":31883000,\"hp\":32310000,\"lp\":"
-               "31855000,\"tp\":31845000,\"pcp\":31883000,\"c\":\"FALL\",\"scr\":-0.0011918577,"
-               "\"atv24h\":2046.1,\"atp24h\":6.5e10,\"ttms\":1676965262139,\"tms\":1676965262178,"
-               "\"st\":\"SNAPSHOT\"}",
-               HDR("ticker", "upbit", "BTC-KRW", 2, 1676965262178)
-               ",\"last\":\"31845000\",\"open\":\"31883000\",\"high\":\"32310000\",\"low\":"
-               "\"31855000\",\"volume\":\"2046.1\",\"quote_volume\":\"65000000000\","
-               "\"change_rate\":\"-0.0011918577\"}");
+    expect_one(
+        f, 1,
+        "{\"type\":\"ticker\",\"code\":\"KRW-BTC\",\"opening_price\":31883000,"
+        "\"high_price\":32310000,\"low_price\":31855000,\"trade_price\":32287000,"
+        "\"prev_closing_price\":31883000.00000000,\"change\":\"RISE\",\"change_price\":"
+        "404000.00000000,\"signed_change_price\":404000.00000000,\"change_rate\":"
+        "0.0126713295,\"signed_change_rate\":0.0126713295,\"trade_volume\":0.03103806,"
+        "\"acc_trade_volume\":1236.23815799,\"acc_trade_volume_24h\":2046.10729479,"
+        "\"acc_trade_price\":39728416853.1374,\"acc_trade_price_24h\":65651848085.94966,"
+        "\"trade_date\":\"20230221\",\"trade_time\":\"074102\",\"trade_timestamp\":"
+        "1676965262139,\"ask_bid\":\"BID\",\"acc_ask_volume\":641.42,\"acc_bid_volume\":"
+        "594.8,\"highest_52_week_price\":57678000.00000000,\"highest_52_week_date\":"
+        "\"2022-03-28\",\"lowest_52_week_price\":20700000.00000000,\"lowest_52_week_date\":"
+        "\"2022-12-30\",\"market_state\":\"ACTIVE\",\"is_trading_suspended\":false,"
+        "\"delisting_date\":null,\"market_warning\":\"NONE\",\"timestamp\":1676965262177,"
+        "\"stream_type\":\"REALTIME\"}",
+        HDR("ticker", "upbit", "BTC-KRW", 1,
+            1676965262177) ",\"last\":\"32287000\",\"open\":\"31883000\",\"high\":\"32310000\",\"low\":"
+                           "\"31855000\",\"volume\":\"2046.10729479\",\"quote_volume\":\"65651848085.94966\","
+                           "\"change_rate\":\"0.0126713295\"}");
+    expect_one(
+        f, 1,
+        "{\"ty\":\"ticker\",\"cd\":\"KRW-BTC\",\"op\":31883000,\"hp\":32310000,\"lp\":"
+        "31855000,\"tp\":31845000,\"pcp\":31883000,\"c\":\"FALL\",\"scr\":-0.0011918577,"
+        "\"atv24h\":2046.1,\"atp24h\":6.5e10,\"ttms\":1676965262139,\"tms\":1676965262178,"
+        "\"st\":\"SNAPSHOT\"}",
+        HDR("ticker", "upbit", "BTC-KRW", 2,
+            1676965262178) ",\"last\":\"31845000\",\"open\":\"31883000\",\"high\":\"32310000\",\"low\":"
+                           "\"31855000\",\"volume\":\"2046.1\",\"quote_volume\":\"65000000000\","
+                           "\"change_rate\":\"-0.0011918577\"}");
     fx_free(f);
 }
 
@@ -265,11 +266,12 @@ static void test_upbit_orderbook(void **state)
 {
     (void)state;
     fx_t *f = fx_new(&upbit_connector, "KRW-BTC", "orderbook", 0, "DEFAULT");
-    expect_one(f, 1, UPBIT_BOOK,
-               HDR("orderbook", "upbit", "BTC-KRW", 1, 1676965262177)
-               ",\"bids\":[[\"31373000\",\"0.01353918\"],[\"31372000\",\"0.0012\"],[\"31371000\","
-               "\"3\"]],\"asks\":[[\"31390000\",\"0.02124034\"],[\"31400000\",\"0.1\"],"
-               "[\"31410000\",\"0.00000001\"]]}");
+    expect_one(
+        f, 1, UPBIT_BOOK,
+        HDR("orderbook", "upbit", "BTC-KRW", 1,
+            1676965262177) ",\"bids\":[[\"31373000\",\"0.01353918\"],[\"31372000\",\"0.0012\"],[\"31371000\","
+                           "\"3\"]],\"asks\":[[\"31390000\",\"0.02124034\"],[\"31400000\",\"0.1\"],"
+                           "[\"31410000\",\"0.00000001\"]]}");
     fx_free(f);
     /* top N from cfg depth; SIMPLE keys */
     f = fx_new(&upbit_connector, "KRW-BTC", "orderbook", 2, "SIMPLE");
@@ -278,9 +280,10 @@ static void test_upbit_orderbook(void **state)
                "\"tbs\":2.5,\"obu\":[{\"ap\":31390000,\"bp\":31373000,\"as\":0.5,\"bs\":1.5},"
                "{\"ap\":31400000,\"bp\":31372000,\"as\":0.5,\"bs\":0.5},{\"ap\":31410000,"
                "\"bp\":31371000,\"as\":0.5,\"bs\":0.5}],\"st\":\"REALTIME\",\"lv\":0}",
-               HDR("orderbook", "upbit", "BTC-KRW", 1, 1676965262180)
-               ",\"bids\":[[\"31373000\",\"1.5\"],[\"31372000\",\"0.5\"]],\"asks\":[[\"31390000\","
-               "\"0.5\"],[\"31400000\",\"0.5\"]]}");
+               HDR("orderbook", "upbit", "BTC-KRW", 1,
+                   1676965262180) ",\"bids\":[[\"31373000\",\"1.5\"],[\"31372000\",\"0.5\"]],\"asks\":[["
+                                  "\"31390000\","
+                                  "\"0.5\"],[\"31400000\",\"0.5\"]]}");
     fx_free(f);
 }
 
@@ -416,8 +419,8 @@ static void test_upbit_open_and_ping(void **state)
     static const struct {
         int depth;
         const char *code;
-    } d[] = {{1, "KRW-BTC.1"}, {3, "KRW-BTC.5"}, {15, "KRW-BTC.15"}, {20, "KRW-BTC.30"},
-             {50, "KRW-BTC.30"}, {0, "KRW-BTC"}};
+    } d[] = {{1, "KRW-BTC.1"},   {3, "KRW-BTC.5"},   {15, "KRW-BTC.15"},
+             {20, "KRW-BTC.30"}, {50, "KRW-BTC.30"}, {0, "KRW-BTC"}};
     for (size_t i = 0; i < sizeof(d) / sizeof(d[0]); i++) {
         f = fx_new(&bithumb_connector, "KRW-BTC", "orderbook", d[i].depth, NULL);
         buf_init(&b);
@@ -454,35 +457,37 @@ static void test_bithumb(void **state)
     (void)state;
     fx_t *f = fx_new(&bithumb_connector, "KRW-BTC", "trade,ticker,orderbook", 0, "DEFAULT");
     /* string sequential_id */
-    expect_one(f, 1,
-               "{\"type\":\"trade\",\"code\":\"KRW-BTC\",\"trade_price\":\"137470000\","
-               "\"trade_volume\":\"0.0004\",\"ask_bid\":\"ASK\",\"prev_closing_price\":137000000,"
-               "\"change\":\"RISE\",\"change_price\":470000,\"trade_date\":\"2024-11-25\","
-               "\"trade_time\":\"02:30:00\",\"trade_timestamp\":1732501800123,\"timestamp\":"
-               "1732501800150,\"sequential_id\":\"17325018001230000\",\"stream_type\":"
-               "\"REALTIME\"}",
-               HDR("trade", "bithumb", "BTC-KRW", 1, 1732501800123)
-               ",\"price\":\"137470000\",\"qty\":\"0.0004\",\"side\":\"sell\",\"trade_id\":"
-               "\"17325018001230000\"}");
+    expect_one(
+        f, 1,
+        "{\"type\":\"trade\",\"code\":\"KRW-BTC\",\"trade_price\":\"137470000\","
+        "\"trade_volume\":\"0.0004\",\"ask_bid\":\"ASK\",\"prev_closing_price\":137000000,"
+        "\"change\":\"RISE\",\"change_price\":470000,\"trade_date\":\"2024-11-25\","
+        "\"trade_time\":\"02:30:00\",\"trade_timestamp\":1732501800123,\"timestamp\":"
+        "1732501800150,\"sequential_id\":\"17325018001230000\",\"stream_type\":"
+        "\"REALTIME\"}",
+        HDR("trade", "bithumb", "BTC-KRW", 1,
+            1732501800123) ",\"price\":\"137470000\",\"qty\":\"0.0004\",\"side\":\"sell\",\"trade_id\":"
+                           "\"17325018001230000\"}");
     /* microsecond string timestamp on the orderbook */
     expect_one(f, 1,
                "{\"type\":\"orderbook\",\"code\":\"KRW-BTC\",\"timestamp\":\"1732501800123456\","
                "\"total_ask_size\":1.2,\"total_bid_size\":0.8,\"orderbook_units\":[{\"ask_price\":"
                "137480000,\"bid_price\":137470000,\"ask_size\":1.2,\"bid_size\":0.8}],"
                "\"level\":1,\"stream_type\":\"REALTIME\"}",
-               HDR("orderbook", "bithumb", "BTC-KRW", 1, 1732501800123)
-               ",\"bids\":[[\"137470000\",\"0.8\"]],\"asks\":[[\"137480000\",\"1.2\"]]}");
+               HDR("orderbook", "bithumb", "BTC-KRW", 1,
+                   1732501800123) ",\"bids\":[[\"137470000\",\"0.8\"]],\"asks\":[[\"137480000\",\"1.2\"]]}");
     /* ticker with delisting_date "" (SIMPLE keys) */
-    expect_one(f, 1,
-               "{\"ty\":\"ticker\",\"cd\":\"KRW-BTC\",\"op\":137000000,\"hp\":138000000,"
-               "\"lp\":136000000,\"tp\":137470000,\"pcp\":137000000,\"c\":\"RISE\",\"scr\":"
-               "0.0034,\"atv24h\":\"1234.5678\",\"atp24h\":\"169700000000.1\",\"ttms\":"
-               "1732501800123,\"tms\":1732501800200,\"dd\":\"\",\"delisting_date\":\"\","
-               "\"st\":\"REALTIME\"}",
-               HDR("ticker", "bithumb", "BTC-KRW", 1, 1732501800200)
-               ",\"last\":\"137470000\",\"open\":\"137000000\",\"high\":\"138000000\",\"low\":"
-               "\"136000000\",\"volume\":\"1234.5678\",\"quote_volume\":\"169700000000.1\","
-               "\"change_rate\":\"0.0034\"}");
+    expect_one(
+        f, 1,
+        "{\"ty\":\"ticker\",\"cd\":\"KRW-BTC\",\"op\":137000000,\"hp\":138000000,"
+        "\"lp\":136000000,\"tp\":137470000,\"pcp\":137000000,\"c\":\"RISE\",\"scr\":"
+        "0.0034,\"atv24h\":\"1234.5678\",\"atp24h\":\"169700000000.1\",\"ttms\":"
+        "1732501800123,\"tms\":1732501800200,\"dd\":\"\",\"delisting_date\":\"\","
+        "\"st\":\"REALTIME\"}",
+        HDR("ticker", "bithumb", "BTC-KRW", 1,
+            1732501800200) ",\"last\":\"137470000\",\"open\":\"137000000\",\"high\":\"138000000\",\"low\":"
+                           "\"136000000\",\"volume\":\"1234.5678\",\"quote_volume\":\"169700000000.1\","
+                           "\"change_rate\":\"0.0034\"}");
     rec_clear(&f->rec);
     feed(f, 1, "{\"error\":{\"name\":\"INVALID_PARAM\",\"message\":\"format\"}}");
     assert_string_equal(f->rec.status[0], "error|INVALID_PARAM: format");
@@ -515,6 +520,10 @@ static void test_binance_url(void **state)
     cfg.depth = 7;
     assert_int_equal(binance_connector.url(&cfg, &b), 0);
     assert_string_equal(b.data, "ws://127.0.0.1:9443/stream?streams=bnbbusd@depth10@100ms");
+    buf_reset(&b);
+    cfg.url = (char *)"wss://stream.binance.com:9443/ws";
+    assert_int_equal(binance_connector.url(&cfg, &b), 0);
+    assert_string_equal(b.data, "wss://stream.binance.com:9443/stream?streams=bnbbusd@depth10@100ms");
     /* more than 1024 streams on one connection */
     buf_t m;
     buf_init(&m);
@@ -537,11 +546,11 @@ static void test_binance_symbols(void **state)
     static const struct {
         const char *in, *want;
     } t[] = {
-        {"BTCUSDT", "BTC-USDT"},   {"btcusdt", "BTC-USDT"}, {"ETHBTC", "ETH-BTC"},
+        {"BTCUSDT", "BTC-USDT"},     {"btcusdt", "BTC-USDT"},   {"ETHBTC", "ETH-BTC"},
         {"FDUSDUSDT", "FDUSD-USDT"}, {"BTCFDUSD", "BTC-FDUSD"}, {"BNBBUSD", "BNB-BUSD"},
-        {"BTCTRY", "BTC-TRY"},     {"ETHBRL", "ETH-BRL"},   {"BTCKRW", "BTC-KRW"},
-        {"BTCUSDC", "BTC-USDC"},   {"ETHTUSD", "ETH-TUSD"}, {"BNBETH", "BNB-ETH"},
-        {"SOLBNB", "SOL-BNB"},     {"BTCEUR", "BTC-EUR"},
+        {"BTCTRY", "BTC-TRY"},       {"ETHBRL", "ETH-BRL"},     {"BTCKRW", "BTC-KRW"},
+        {"BTCUSDC", "BTC-USDC"},     {"ETHTUSD", "ETH-TUSD"},   {"BNBETH", "BNB-ETH"},
+        {"SOLBNB", "SOL-BNB"},       {"BTCEUR", "BTC-EUR"},
     };
     char out[48];
     for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
@@ -570,38 +579,41 @@ static void test_binance_frames(void **state)
          "\"BTCUSDT\",\"t\":12345,\"p\":\"16500.01000000\",\"q\":\"0.00100000\",\"T\":"
          "1672515782134,\"m\":true,\"M\":true}}");
     assert_int_equal(f->rec.n_emitted, 1);
-    assert_string_equal(f->rec.emitted[0],
-                        HDR("trade", "binance", "BTC-USDT", 1, 1672515782134)
-                        ",\"price\":\"16500.01000000\",\"qty\":\"0.00100000\",\"side\":\"sell\","
-                        "\"trade_id\":\"12345\"}");
+    assert_string_equal(
+        f->rec.emitted[0],
+        HDR("trade", "binance", "BTC-USDT", 1,
+            1672515782134) ",\"price\":\"16500.01000000\",\"qty\":\"0.00100000\",\"side\":\"sell\","
+                           "\"trade_id\":\"12345\"}");
     assert_int_equal(f->rec.n_status, 1);
     assert_string_equal(f->rec.status[0], "subscribed|");
     expect_one(f, 0,
                "{\"stream\":\"btcusdt@trade\",\"data\":{\"e\":\"trade\",\"E\":1672515782140,\"s\":"
                "\"BTCUSDT\",\"t\":9007199254740993,\"p\":\"16500.02\",\"q\":\"2\",\"T\":"
                "1672515782139,\"m\":false,\"M\":true}}",
-               HDR("trade", "binance", "BTC-USDT", 2, 1672515782139)
-               ",\"price\":\"16500.02\",\"qty\":\"2\",\"side\":\"buy\",\"trade_id\":"
-               "\"9007199254740993\"}");
-    expect_one(f, 0,
-               "{\"stream\":\"btcusdt@ticker\",\"data\":{\"e\":\"24hrTicker\",\"E\":1672515782136,"
-               "\"s\":\"BTCUSDT\",\"p\":\"-209.99000000\",\"P\":\"-1.234\",\"w\":\"16600.1\","
-               "\"x\":\"16710.00\",\"c\":\"16500.01000000\",\"Q\":\"0.001\",\"b\":\"16500.00\","
-               "\"B\":\"1.5\",\"a\":\"16500.01\",\"A\":\"0.2\",\"o\":\"16710.00\",\"h\":\"16800.00\","
-               "\"l\":\"16400.00\",\"v\":\"201234.5\",\"q\":\"3340000000.12\",\"O\":1672429382136,"
-               "\"C\":1672515782136,\"F\":1,\"L\":18150,\"n\":18151}}",
-               HDR("ticker", "binance", "BTC-USDT", 1, 1672515782136)
-               ",\"last\":\"16500.01000000\",\"open\":\"16710.00\",\"high\":\"16800.00\","
-               "\"low\":\"16400.00\",\"volume\":\"201234.5\",\"quote_volume\":\"3340000000.12\","
-               "\"change_rate\":\"-0.01234\",\"bid\":\"16500.00\",\"bid_qty\":\"1.5\","
-               "\"ask\":\"16500.01\",\"ask_qty\":\"0.2\"}");
+               HDR("trade", "binance", "BTC-USDT", 2,
+                   1672515782139) ",\"price\":\"16500.02\",\"qty\":\"2\",\"side\":\"buy\",\"trade_id\":"
+                                  "\"9007199254740993\"}");
+    expect_one(
+        f, 0,
+        "{\"stream\":\"btcusdt@ticker\",\"data\":{\"e\":\"24hrTicker\",\"E\":1672515782136,"
+        "\"s\":\"BTCUSDT\",\"p\":\"-209.99000000\",\"P\":\"-1.234\",\"w\":\"16600.1\","
+        "\"x\":\"16710.00\",\"c\":\"16500.01000000\",\"Q\":\"0.001\",\"b\":\"16500.00\","
+        "\"B\":\"1.5\",\"a\":\"16500.01\",\"A\":\"0.2\",\"o\":\"16710.00\",\"h\":\"16800.00\","
+        "\"l\":\"16400.00\",\"v\":\"201234.5\",\"q\":\"3340000000.12\",\"O\":1672429382136,"
+        "\"C\":1672515782136,\"F\":1,\"L\":18150,\"n\":18151}}",
+        HDR("ticker", "binance", "BTC-USDT", 1,
+            1672515782136) ",\"last\":\"16500.01000000\",\"open\":\"16710.00\",\"high\":\"16800.00\","
+                           "\"low\":\"16400.00\",\"volume\":\"201234.5\",\"quote_volume\":\"3340000000.12\","
+                           "\"change_rate\":\"-0.01234\",\"bid\":\"16500.00\",\"bid_qty\":\"1.5\","
+                           "\"ask\":\"16500.01\",\"ask_qty\":\"0.2\"}");
     /* partial depth: symbol from the stream name, ts = receive time */
-    expect_one(f, 0,
-               "{\"stream\":\"ethbtc@depth5@100ms\",\"data\":{\"lastUpdateId\":160,\"bids\":"
-               "[[\"0.0024\",\"10\"],[\"0.0023\",\"5.5\"]],\"asks\":[[\"0.0026\",\"100\"]]}}",
-               HDR("orderbook", "binance", "ETH-BTC", 1, 1700000000999)
-               ",\"bids\":[[\"0.0024\",\"10\"],[\"0.0023\",\"5.5\"]],\"asks\":[[\"0.0026\","
-               "\"100\"]]}");
+    expect_one(
+        f, 0,
+        "{\"stream\":\"ethbtc@depth5@100ms\",\"data\":{\"lastUpdateId\":160,\"bids\":"
+        "[[\"0.0024\",\"10\"],[\"0.0023\",\"5.5\"]],\"asks\":[[\"0.0026\",\"100\"]]}}",
+        HDR("orderbook", "binance", "ETH-BTC", 1,
+            1700000000999) ",\"bids\":[[\"0.0024\",\"10\"],[\"0.0023\",\"5.5\"]],\"asks\":[[\"0.0026\","
+                           "\"100\"]]}");
     /* control: ack ignored, error -> status */
     rec_clear(&f->rec);
     feed(f, 0, "{\"result\":null,\"id\":1}");
@@ -628,8 +640,8 @@ static void test_binance_depth_cap_and_malformed(void **state)
     expect_one(f, 0,
                "{\"stream\":\"btcusdt@depth5@100ms\",\"data\":{\"lastUpdateId\":1,\"bids\":"
                "[[\"1.5\",\"10\"],[\"1.4\",\"5\"]],\"asks\":[[\"1.6\",\"1\"],[\"1.7\",\"2\"]]}}",
-               HDR("orderbook", "binance", "BTC-USDT", 1, 1700000000999)
-               ",\"bids\":[[\"1.5\",\"10\"]],\"asks\":[[\"1.6\",\"1\"]]}");
+               HDR("orderbook", "binance", "BTC-USDT", 1,
+                   1700000000999) ",\"bids\":[[\"1.5\",\"10\"]],\"asks\":[[\"1.6\",\"1\"]]}");
     static const struct {
         const char *json, *reason;
     } t[] = {
@@ -655,10 +667,8 @@ static void test_binance_depth_cap_and_malformed(void **state)
         {"{\"stream\":\"btcusdt@depth5@100ms\",\"data\":{\"lastUpdateId\":1,\"bids\":[[\"1\"]],"
          "\"asks\":[]}}",
          "wrong_type"},
-        {"{\"stream\":\"btcusdt@depth5@100ms\",\"data\":{\"lastUpdateId\":1,\"bids\":[]}}",
-         "missing_field"},
-        {"{\"stream\":\"@depth5\",\"data\":{\"lastUpdateId\":1,\"bids\":[],\"asks\":[]}}",
-         "bad_symbol"},
+        {"{\"stream\":\"btcusdt@depth5@100ms\",\"data\":{\"lastUpdateId\":1,\"bids\":[]}}", "missing_field"},
+        {"{\"stream\":\"@depth5\",\"data\":{\"lastUpdateId\":1,\"bids\":[],\"asks\":[]}}", "bad_symbol"},
         {"{\"stream\":\"btcusdt@depth5@100ms\",\"data\":[1]}", "wrong_type"},
         {"{\"data\":{\"e\":\"trade\"}}", "missing_field"},
         {"{\"e\":\"somethingElse\"}", "unknown_type"},
@@ -712,6 +722,15 @@ static void test_coinbase_open(void **state)
     };
     for (int i = 0; i < 4; i++)
         assert_string_equal(f->rec.sent[i], want[i]);
+    /* again on a live connection (resubscribe): unsubscribe, then all again */
+    assert_int_equal(f->ops->on_open(f->c), 0);
+    assert_int_equal(f->rec.n_sent, 11);
+    assert_string_equal(f->rec.sent[4], "{\"type\":\"unsubscribe\",\"product_ids\":[\"BTC-USD\","
+                                        "\"ETH-USD\"],\"channel\":\"ticker\"}");
+    assert_string_equal(f->rec.sent[6], "{\"type\":\"unsubscribe\",\"product_ids\":[\"BTC-USD\","
+                                        "\"ETH-USD\"],\"channel\":\"level2\"}");
+    for (int i = 0; i < 4; i++)
+        assert_string_equal(f->rec.sent[7 + i], want[i]);
     buf_t b;
     buf_init(&b);
     assert_int_equal(coinbase_connector.url(&f->cfg, &b), 0);
@@ -745,29 +764,31 @@ static void test_coinbase_trades_ticker(void **state)
          "\"2019-08-14T20:42:27.3Z\"}]}]}");
     assert_int_equal(f->rec.n_malformed, 0);
     assert_int_equal(f->rec.n_emitted, 2);
-    assert_string_equal(f->rec.emitted[0],
-                        HDR("trade", "coinbase", "ETH-USD", 1, 1565815347265)
-                        ",\"price\":\"1260.01\",\"qty\":\"0.3\",\"side\":\"buy\",\"trade_id\":"
-                        "\"000000000\"}");
+    assert_string_equal(
+        f->rec.emitted[0],
+        HDR("trade", "coinbase", "ETH-USD", 1,
+            1565815347265) ",\"price\":\"1260.01\",\"qty\":\"0.3\",\"side\":\"buy\",\"trade_id\":"
+                           "\"000000000\"}");
     assert_string_equal(f->rec.emitted[1],
-                        HDR("trade", "coinbase", "ETH-USD", 2, 1565815347300)
-                        ",\"price\":\"1260.00\",\"qty\":\"0.70000000\",\"side\":\"sell\","
-                        "\"trade_id\":\"000000001\"}");
+                        HDR("trade", "coinbase", "ETH-USD", 2,
+                            1565815347300) ",\"price\":\"1260.00\",\"qty\":\"0.70000000\",\"side\":\"sell\","
+                                           "\"trade_id\":\"000000001\"}");
     assert_int_equal(f->rec.n_status, 1);
     assert_string_equal(f->rec.status[0], "subscribed|");
-    expect_one(f, 0,
-               "{\"channel\":\"ticker\",\"client_id\":\"\",\"timestamp\":"
-               "\"2023-02-09T20:30:37.167359596Z\",\"sequence_num\":3,\"events\":[{\"type\":"
-               "\"snapshot\",\"tickers\":[{\"type\":\"ticker\",\"product_id\":\"BTC-USD\","
-               "\"price\":\"21932.98\",\"volume_24_h\":\"16038.28770938\",\"low_24_h\":"
-               "\"21835.29\",\"high_24_h\":\"23011.18\",\"low_52_w\":\"15460\",\"high_52_w\":"
-               "\"48240\",\"price_percent_chg_24_h\":\"-4.15775596190603\",\"best_bid\":"
-               "\"21931.98\",\"best_bid_quantity\":\"8000.21\",\"best_ask\":\"21933.98\","
-               "\"best_ask_quantity\":\"8038.07770147\"}]}]}",
-               HDR("ticker", "coinbase", "BTC-USD", 1, 1675974637167)
-               ",\"last\":\"21932.98\",\"high\":\"23011.18\",\"low\":\"21835.29\",\"volume\":"
-               "\"16038.28770938\",\"change_rate\":\"-0.0415775596190603\",\"bid\":\"21931.98\","
-               "\"bid_qty\":\"8000.21\",\"ask\":\"21933.98\",\"ask_qty\":\"8038.07770147\"}");
+    expect_one(
+        f, 0,
+        "{\"channel\":\"ticker\",\"client_id\":\"\",\"timestamp\":"
+        "\"2023-02-09T20:30:37.167359596Z\",\"sequence_num\":3,\"events\":[{\"type\":"
+        "\"snapshot\",\"tickers\":[{\"type\":\"ticker\",\"product_id\":\"BTC-USD\","
+        "\"price\":\"21932.98\",\"volume_24_h\":\"16038.28770938\",\"low_24_h\":"
+        "\"21835.29\",\"high_24_h\":\"23011.18\",\"low_52_w\":\"15460\",\"high_52_w\":"
+        "\"48240\",\"price_percent_chg_24_h\":\"-4.15775596190603\",\"best_bid\":"
+        "\"21931.98\",\"best_bid_quantity\":\"8000.21\",\"best_ask\":\"21933.98\","
+        "\"best_ask_quantity\":\"8038.07770147\"}]}]}",
+        HDR("ticker", "coinbase", "BTC-USD", 1,
+            1675974637167) ",\"last\":\"21932.98\",\"high\":\"23011.18\",\"low\":\"21835.29\",\"volume\":"
+                           "\"16038.28770938\",\"change_rate\":\"-0.0415775596190603\",\"bid\":\"21931.98\","
+                           "\"bid_qty\":\"8000.21\",\"ask\":\"21933.98\",\"ask_qty\":\"8038.07770147\"}");
     /* error frame */
     rec_clear(&f->rec);
     feed(f, 0, "{\"type\":\"error\",\"message\":\"failure to subscribe\"}");
@@ -785,9 +806,10 @@ static void test_coinbase_trades_ticker(void **state)
     assert_string_equal(f->rec.malformed[0], "bad_side");
     assert_int_equal(f->rec.n_emitted, 1);
     /* no time on the trade: the message timestamp */
-    assert_string_equal(f->rec.emitted[0],
-                        HDR("trade", "coinbase", "BTC-USD", 1, 1675973976000)
-                        ",\"price\":\"2\",\"qty\":\"1\",\"side\":\"sell\",\"trade_id\":\"8\"}");
+    assert_string_equal(
+        f->rec.emitted[0],
+        HDR("trade", "coinbase", "BTC-USD", 1,
+            1675973976000) ",\"price\":\"2\",\"qty\":\"1\",\"side\":\"sell\",\"trade_id\":\"8\"}");
     static const struct {
         const char *json, *reason;
     } t[] = {
@@ -799,8 +821,7 @@ static void test_coinbase_trades_ticker(void **state)
         {"{\"channel\":\"ticker\",\"events\":[{\"type\":\"update\"}]}", "missing_field"},
         {"{\"channel\":\"ticker\",\"events\":[{\"tickers\":[{\"product_id\":\"BTC-USD\"}]}]}",
          "missing_field"},
-        {"{\"channel\":\"ticker\",\"events\":[{\"tickers\":[{\"product_id\":\"BTCUSD\"}]}]}",
-         "bad_symbol"},
+        {"{\"channel\":\"ticker\",\"events\":[{\"tickers\":[{\"product_id\":\"BTCUSD\"}]}]}", "bad_symbol"},
         {"{\"channel\":\"market_trades\",\"events\":[{\"trades\":[{\"trade_id\":\"1\","
          "\"product_id\":\"BTC-USD\",\"price\":1e999}]}]}",
          "huge_number"},
@@ -810,13 +831,13 @@ static void test_coinbase_trades_ticker(void **state)
     fx_free(f);
 }
 
-#define L2(seq, type, updates)                                                                     \
-    "{\"channel\":\"l2_data\",\"client_id\":\"\",\"timestamp\":"                                   \
-    "\"2023-02-09T20:32:50.714964855Z\",\"sequence_num\":" #seq ",\"events\":[{\"type\":\"" type   \
+#define L2(seq, type, updates)                                                                               \
+    "{\"channel\":\"l2_data\",\"client_id\":\"\",\"timestamp\":"                                             \
+    "\"2023-02-09T20:32:50.714964855Z\",\"sequence_num\":" #seq ",\"events\":[{\"type\":\"" type             \
     "\",\"product_id\":\"BTC-USD\",\"updates\":[" updates "]}]}"
-#define UP(side, price, qty)                                                                       \
-    "{\"side\":\"" side "\",\"event_time\":\"2023-02-09T20:32:50.714964855Z\",\"price_level\":\"" \
-    price "\",\"new_quantity\":\"" qty "\"}"
+#define UP(side, price, qty)                                                                                 \
+    "{\"side\":\"" side "\",\"event_time\":\"2023-02-09T20:32:50.714964855Z\",\"price_level\":\"" price      \
+    "\",\"new_quantity\":\"" qty "\"}"
 
 static const char CB_SNAPSHOT_BOOK[] =
     ",\"bids\":[[\"99999.50\",\"1\"],[\"99998\",\"2\"]],\"asks\":[[\"100000.5\",\"1\"],"
@@ -831,30 +852,30 @@ static void test_coinbase_book(void **state)
     /* offers in the snapshot out of order: the book sorts them */
     feed(f, 0,
          L2(1, "snapshot",
-            UP("bid", "99999.50", "1") "," UP("bid", "99998", "2") "," UP("bid", "9999.9", "3") ","
-            UP("offer", "100001", "2") "," UP("offer", "100000.5", "1")));
+            UP("bid", "99999.50", "1") "," UP("bid", "99998", "2") "," UP("bid", "9999.9", "3") "," UP(
+                "offer", "100001", "2") "," UP("offer", "100000.5", "1")));
     assert_int_equal(f->rec.n_malformed, 0);
     assert_int_equal(f->rec.n_emitted, 0); /* books are published on the tick */
     f->ops->on_tick(f->c, 10000);
     assert_int_equal(f->rec.n_emitted, 1);
-    assert_string_equal(f->rec.emitted[0],
-                        HDR("orderbook", "coinbase", "BTC-USD", 1, 1675974770714)
-                        ",\"bids\":[[\"99999.50\",\"1\"],[\"99998\",\"2\"]],\"asks\":[[\"100000.5\","
-                        "\"1\"],[\"100001\",\"2\"]]}");
+    assert_string_equal(
+        f->rec.emitted[0],
+        HDR("orderbook", "coinbase", "BTC-USD", 1,
+            1675974770714) ",\"bids\":[[\"99999.50\",\"1\"],[\"99998\",\"2\"]],\"asks\":[[\"100000.5\","
+                           "\"1\"],[\"100001\",\"2\"]]}");
     f->ops->on_tick(f->c, 20000); /* unchanged: nothing */
     assert_int_equal(f->rec.n_emitted, 1);
     /* new best bid (a string compare would get this wrong), removal by "0"
      * of a level spelled differently, replacement of an ask */
     feed(f, 0,
          L2(2, "update",
-            UP("bid", "100000.01", "0.5") "," UP("bid", "99999.5", "0") ","
-            UP("offer", "100000.50", "4")));
+            UP("bid", "100000.01", "0.5") "," UP("bid", "99999.5", "0") "," UP("offer", "100000.50", "4")));
     f->ops->on_tick(f->c, 20100); /* within book_interval_ms of the last publish? no: 10 s */
     assert_int_equal(f->rec.n_emitted, 2);
     assert_string_equal(f->rec.emitted[1],
-                        HDR("orderbook", "coinbase", "BTC-USD", 2, 1675974770714)
-                        ",\"bids\":[[\"100000.01\",\"0.5\"],[\"99998\",\"2\"]],\"asks\":"
-                        "[[\"100000.50\",\"4\"],[\"100001\",\"2\"]]}");
+                        HDR("orderbook", "coinbase", "BTC-USD", 2,
+                            1675974770714) ",\"bids\":[[\"100000.01\",\"0.5\"],[\"99998\",\"2\"]],\"asks\":"
+                                           "[[\"100000.50\",\"4\"],[\"100001\",\"2\"]]}");
     /* at most one publish per book_interval_ms (500) */
     feed(f, 0, L2(3, "update", UP("bid", "99998", "2.5")));
     f->ops->on_tick(f->c, 20500);
@@ -862,9 +883,9 @@ static void test_coinbase_book(void **state)
     f->ops->on_tick(f->c, 20600);
     assert_int_equal(f->rec.n_emitted, 3);
     assert_string_equal(f->rec.emitted[2],
-                        HDR("orderbook", "coinbase", "BTC-USD", 3, 1675974770714)
-                        ",\"bids\":[[\"100000.01\",\"0.5\"],[\"99998\",\"2.5\"]],\"asks\":"
-                        "[[\"100000.50\",\"4\"],[\"100001\",\"2\"]]}");
+                        HDR("orderbook", "coinbase", "BTC-USD", 3,
+                            1675974770714) ",\"bids\":[[\"100000.01\",\"0.5\"],[\"99998\",\"2.5\"]],\"asks\":"
+                                           "[[\"100000.50\",\"4\"],[\"100001\",\"2\"]]}");
     /* a change below the top 2 publishes nothing */
     feed(f, 0, L2(4, "update", UP("bid", "9999.9", "7")));
     f->ops->on_tick(f->c, 30000);
@@ -894,8 +915,8 @@ static void test_coinbase_book(void **state)
     /* the fresh snapshot restores publishing */
     feed(f, 0,
          L2(10, "snapshot",
-            UP("bid", "99999.50", "1") "," UP("bid", "99998", "2") "," UP("offer", "100000.5", "1")
-                "," UP("offer", "100001", "2")));
+            UP("bid", "99999.50", "1") "," UP("bid", "99998", "2") "," UP("offer", "100000.5", "1") "," UP(
+                "offer", "100001", "2")));
     f->ops->on_tick(f->c, 60000);
     assert_int_equal(f->rec.n_emitted, 1);
     assert_non_null(strstr(f->rec.emitted[0], "\"seq\":4,"));
@@ -921,7 +942,10 @@ static void test_coinbase_book(void **state)
     f->ops->on_open(f->c);
     rec_clear(&f->rec);
     feed(f, 0, L2(0, "update", UP("bid", "1", "1")));
-    assert_int_equal(f->rec.n_status, 0);
+    feed(f, 0, L2(1, "update", UP("bid", "1", "1")));
+    assert_int_equal(f->rec.n_status, 1); /* no gap, only "subscribed" */
+    assert_string_equal(f->rec.status[0], "subscribed|");
+    assert_int_equal(f->rec.n_sent, 0);
     fx_free(f);
 }
 
@@ -990,6 +1014,56 @@ static void test_helpers(void **state)
         assert_string_equal(connectors[i]->name, cfg_exchange_names[i]);
 }
 
+/* Truncations and byte flips of real frames: never a crash, and whatever is
+ * emitted is a complete normalized message. */
+static void test_garbage(void **state)
+{
+    (void)state;
+    static const struct {
+        const connector_ops_t *ops;
+        const char *markets;
+        const char *frame;
+    } t[] = {
+        {&upbit_connector, "KRW-BTC", UPBIT_TRADE},
+        {&upbit_connector, "KRW-BTC", UPBIT_BOOK},
+        {&binance_connector, "BTCUSDT",
+         "{\"stream\":\"btcusdt@depth5@100ms\",\"data\":{\"lastUpdateId\":1,\"bids\":"
+         "[[\"1.5\",\"10\"]],\"asks\":[[\"1.6\",\"1\"]]}}"},
+        {&coinbase_connector, "BTC-USD",
+         L2(1, "snapshot", UP("bid", "99999.50", "1") "," UP("offer", "100001", "2"))},
+    };
+    uint32_t rnd = 12345;
+    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+        fx_t *f = fx_new(t[i].ops, t[i].markets, "trade,ticker,orderbook", 5, NULL);
+        f->ops->on_open(f->c);
+        size_t n = strlen(t[i].frame);
+        char *m = malloc(n + 1);
+        for (size_t k = 0; k < n + 2000; k++) {
+            size_t len = n;
+            memcpy(m, t[i].frame, n + 1);
+            if (k < n) {
+                len = k; /* every truncation */
+            } else {
+                for (int j = 0; j < 3; j++) {
+                    rnd = rnd * 1103515245u + 12345u;
+                    m[(rnd >> 8) % n] = (char)(rnd >> 24);
+                }
+            }
+            rec_clear(&f->rec);
+            assert_int_equal(f->ops->on_frame(f->c, 1, m, len, RECV), 0);
+            f->ops->on_tick(f->c, (int64_t)k * 1000);
+            for (int e = 0; e < f->rec.n_emitted; e++) {
+                msg_meta_t meta;
+                const char *js = f->rec.emitted[e];
+                assert_int_equal(msg_parse_meta(js, strlen(js), &meta), 0);
+                assert_true(msg_channel_valid(meta.channel, 0));
+            }
+        }
+        free(m);
+        fx_free(f);
+    }
+}
+
 int main(void)
 {
     log_set_level("error");
@@ -1012,6 +1086,7 @@ int main(void)
         cmocka_unit_test(test_coinbase_book),
         cmocka_unit_test(test_book),
         cmocka_unit_test(test_helpers),
+        cmocka_unit_test(test_garbage),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

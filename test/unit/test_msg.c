@@ -55,9 +55,10 @@ static void test_decimal_shift(void **state)
         const char *in;
         const char *want;
     } t[] = {
-        {"-1.234", "-0.01234"}, {"1.234", "0.01234"}, {"5", "0.05"},    {"150", "1.50"},
-        {"12345.6", "123.456"}, {"0", "0.00"},        {"0.000", "0.00000"}, {"-94.99", "-0.9499"},
-        {"-4.15775596190603", "-0.0415775596190603"}, {"100", "1.00"}, {"007.5", "0.075"},
+        {"-1.234", "-0.01234"}, {"1.234", "0.01234"},   {"5", "0.05"},
+        {"150", "1.50"},        {"12345.6", "123.456"}, {"0", "0.00"},
+        {"0.000", "0.00000"},   {"-94.99", "-0.9499"},  {"-4.15775596190603", "-0.0415775596190603"},
+        {"100", "1.00"},        {"007.5", "0.075"},
     };
     for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
         char out[80];
@@ -142,11 +143,10 @@ static void test_build_and_meta(void **state)
     msg_int(&b, "n", -3);
     msg_raw(&b, "bids", "[[\"1\",\"2\"]]");
     msg_end(&b);
-    assert_string_equal(b.data,
-                        "{\"channel\":\"trade.upbit.BTC-KRW\",\"type\":\"trade\",\"exchange\":"
-                        "\"upbit\",\"symbol\":\"BTC-KRW\",\"seq\":42,\"epoch\":7,\"ts\":"
-                        "1676965262139,\"recv_ts\":1676965262200,\"price\":\"31373000\","
-                        "\"side\":\"buy\",\"n\":-3,\"bids\":[[\"1\",\"2\"]]}");
+    assert_string_equal(b.data, "{\"channel\":\"trade.upbit.BTC-KRW\",\"type\":\"trade\",\"exchange\":"
+                                "\"upbit\",\"symbol\":\"BTC-KRW\",\"seq\":42,\"epoch\":7,\"ts\":"
+                                "1676965262139,\"recv_ts\":1676965262200,\"price\":\"31373000\","
+                                "\"side\":\"buy\",\"n\":-3,\"bids\":[[\"1\",\"2\"]]}");
     msg_meta_t m;
     assert_int_equal(msg_parse_meta(b.data, b.len, &m), 0);
     assert_string_equal(m.channel, "trade.upbit.BTC-KRW");
@@ -167,9 +167,12 @@ static void test_build_and_meta(void **state)
     assert_string_equal(m.channel, "status.binance");
 
     static const char *bad[] = {
-        "[1]", "{\"channel\":1,\"type\":\"t\",\"seq\":1,\"epoch\":1}",
+        "[1]",
+        "{\"channel\":1,\"type\":\"t\",\"seq\":1,\"epoch\":1}",
         "{\"channel\":\"a.b.c\",\"type\":\"t\",\"seq\":\"1\",\"epoch\":1}",
-        "{\"channel\":\"a.b.c\",\"type\":\"t\",\"seq\":1}", "{\"channel\":", "",
+        "{\"channel\":\"a.b.c\",\"type\":\"t\",\"seq\":1}",
+        "{\"channel\":",
+        "",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         assert_int_equal(msg_parse_meta(bad[i], strlen(bad[i]), &m), -EINVAL);
@@ -179,10 +182,8 @@ static void test_build_and_meta(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fmt_double),
-        cmocka_unit_test(test_decimal_shift),
-        cmocka_unit_test(test_decimal_valid_cmp),
-        cmocka_unit_test(test_channels),
+        cmocka_unit_test(test_fmt_double),        cmocka_unit_test(test_decimal_shift),
+        cmocka_unit_test(test_decimal_valid_cmp), cmocka_unit_test(test_channels),
         cmocka_unit_test(test_build_and_meta),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

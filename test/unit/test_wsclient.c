@@ -30,8 +30,7 @@ static void test_url_good(void **state)
     assert_string_equal(u.path, "/websocket/v1");
     assert_string_equal(u.hosthdr, "api.upbit.com");
 
-    assert_int_equal(wsc_url_parse("wss://stream.binance.com:9443/stream?streams=a@trade/b", &u),
-                     0);
+    assert_int_equal(wsc_url_parse("wss://stream.binance.com:9443/stream?streams=a@trade/b", &u), 0);
     assert_int_equal(u.port, 9443);
     assert_string_equal(u.host, "stream.binance.com");
     assert_string_equal(u.path, "/stream?streams=a@trade/b");
@@ -113,11 +112,11 @@ static void test_accept_rfc6455(void **state)
 }
 
 #define KEY "dGhlIHNhbXBsZSBub25jZQ=="
-#define OK_101                                                                                     \
-    "HTTP/1.1 101 Switching Protocols\r\n"                                                         \
-    "Upgrade: websocket\r\n"                                                                       \
-    "Connection: Upgrade\r\n"                                                                      \
-    "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"                                       \
+#define OK_101                                                                                               \
+    "HTTP/1.1 101 Switching Protocols\r\n"                                                                   \
+    "Upgrade: websocket\r\n"                                                                                 \
+    "Connection: Upgrade\r\n"                                                                                \
+    "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"                                                 \
     "\r\n"
 
 static void test_upgrade_101_ok(void **state)

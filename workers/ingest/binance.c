@@ -36,6 +36,8 @@ static int binance_url(const cfg_exchange_t *cfg, buf_t *out)
     size_t bl = strlen(base);
     while (bl > 0 && base[bl - 1] == '/')
         bl--;
+    if (bl >= 3 && !memcmp(base + bl - 3, "/ws", 3))
+        bl -= 3; /* raw-stream endpoint given: use the combined one */
     buf_append(out, base, bl);
     if (!(bl >= 7 && !memcmp(base + bl - 7, "/stream", 7)))
         buf_puts(out, "/stream");
@@ -135,10 +137,10 @@ static void binance_on_tick(connector_t *c, int64_t now_ms)
     }
 }
 
-#define NEED(expr)                                                                                 \
-    do {                                                                                           \
-        if ((why = (expr)) != NULL)                                                                \
-            goto bad;                                                                              \
+#define NEED(expr)                                                                                           \
+    do {                                                                                                     \
+        if ((why = (expr)) != NULL)                                                                          \
+            goto bad;                                                                                        \
     } while (0)
 
 static const char *symbol_of(json_t *d, char *sym, size_t symsz)
@@ -183,9 +185,9 @@ static const char *on_ticker(connector_t *c, json_t *d, int64_t recv_ts)
     static const struct {
         const char *out, *key;
     } f[] = {
-        {"last", "c"},   {"open", "o"},    {"high", "h"}, {"low", "l"},
-        {"volume", "v"}, {"quote_volume", "q"}, {"change_rate", "P"}, {"bid", "b"},
-        {"bid_qty", "B"}, {"ask", "a"},    {"ask_qty", "A"},
+        {"last", "c"},    {"open", "o"},         {"high", "h"},        {"low", "l"},
+        {"volume", "v"},  {"quote_volume", "q"}, {"change_rate", "P"}, {"bid", "b"},
+        {"bid_qty", "B"}, {"ask", "a"},          {"ask_qty", "A"},
     };
     enum { NF = sizeof(f) / sizeof(f[0]) };
     char sym[48], val[NF][MSG_DECIMAL_MAX + 4];
@@ -224,7 +226,8 @@ static const char *side_levels(connector_t *c, json_t *arr, buf_t *out)
     if (!json_is_array(arr))
         return "wrong_type";
     buf_puts(out, "[");
-    json_array_foreach(arr, i, lv) {
+    json_array_foreach(arr, i, lv)
+    {
         if (!json_is_array(lv) || json_array_size(lv) < 2)
             return "wrong_type";
         NEED(conn_decimal(json_array_get(lv, 0), p, sizeof(p)));
@@ -292,8 +295,7 @@ static int is_shutdown(json_t *o)
     return json_is_string(e) && !strcmp(json_string_value(e), "serverShutdown");
 }
 
-static int binance_on_frame(connector_t *c, int binary, const char *data, size_t len,
-                            int64_t recv_ts)
+static int binance_on_frame(connector_t *c, int binary, const char *data, size_t len, int64_t recv_ts)
 {
     (void)binary;
     json_t *root = conn_parse(c, data, len);

@@ -10,8 +10,7 @@ static connector_t *bithumb_create(const cfg_exchange_t *cfg, norm_sink_t *sink)
 
 static int bithumb_url(const cfg_exchange_t *cfg, buf_t *out)
 {
-    return buf_puts(out,
-                    cfg->url && *cfg->url ? cfg->url : "wss://ws-api.bithumb.com/websocket/v1");
+    return buf_puts(out, cfg->url && *cfg->url ? cfg->url : "wss://ws-api.bithumb.com/websocket/v1");
 }
 
 const connector_ops_t bithumb_connector = {

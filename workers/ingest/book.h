@@ -16,7 +16,7 @@ typedef struct {
 typedef struct {
     book_level_t *v; /* best first */
     size_t n, cap;
-    int desc;        /* bids: highest price first */
+    int desc; /* bids: highest price first */
 } book_side_t;
 
 typedef struct {

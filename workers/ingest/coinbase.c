@@ -19,11 +19,11 @@ typedef struct {
     char product[48]; /* "BTC-USD" */
     char symbol[48];
     book_t book;
-    int valid;        /* a snapshot was applied since the last gap */
-    int dirty;        /* changed since the last publish */
+    int valid; /* a snapshot was applied since the last gap */
+    int dirty; /* changed since the last publish */
     int64_t ts, recv_ts;
     int64_t last_pub_ms;
-    buf_t last;       /* the last published bids/asks, to skip repeats */
+    buf_t last; /* the last published bids/asks, to skip repeats */
 } cb_book_t;
 
 typedef struct {
@@ -103,6 +103,12 @@ static int send_sub(connector_t *c, const char *type, const char *channel)
     return r;
 }
 
+/* Our channel names to Coinbase's. */
+static const char *channel_name(const char *ch)
+{
+    return !strcmp(ch, "ticker") ? "ticker" : !strcmp(ch, "trade") ? "market_trades" : "level2";
+}
+
 static void invalidate_books(coinbase_t *cb)
 {
     for (int i = 0; i < cb->nbooks; i++) {
@@ -115,21 +121,22 @@ static void invalidate_books(coinbase_t *cb)
 static int coinbase_on_open(connector_t *c)
 {
     coinbase_t *cb = (coinbase_t *)c;
-    int r;
+    int r, again = c->open;
     c->open = 1;
     c->subscribed = 0;
     cb->have_seq = 0;
     cb->reconnect_asked = 0;
     invalidate_books(cb);
+    /* Called again on a live connection (resubscribe): drop the old
+     * subscriptions first so level2 sends a fresh snapshot. */
+    for (int i = 0; again && i < c->nchannels; i++)
+        if ((r = send_sub(c, "unsubscribe", channel_name(c->channels_order[i]))) < 0)
+            return r;
     /* heartbeats always: quiet channels are closed after 60-90 s */
     if ((r = send_sub(c, "subscribe", "heartbeats")) < 0)
         return r;
     for (int i = 0; i < c->nchannels; i++) {
-        const char *ch = c->channels_order[i];
-        const char *name = !strcmp(ch, "ticker")  ? "ticker"
-                           : !strcmp(ch, "trade") ? "market_trades"
-                                                  : "level2";
-        if ((r = send_sub(c, "subscribe", name)) < 0)
+        if ((r = send_sub(c, "subscribe", channel_name(c->channels_order[i]))) < 0)
             return r;
     }
     return 0;
@@ -153,8 +160,8 @@ static void on_gap(connector_t *c, int64_t expected, int64_t got, int64_t now_ms
     char detail[96];
     snprintf(detail, sizeof(detail), "sequence gap: expected %lld got %lld", (long long)expected,
              (long long)got);
-    log_warn("sequence gap", "exchange=%s expected=%lld got=%lld", c->exchange,
-             (long long)expected, (long long)got);
+    log_warn("sequence gap", "exchange=%s expected=%lld got=%lld", c->exchange, (long long)expected,
+             (long long)got);
     if (c->sink->status)
         c->sink->status(c->sink->arg, c->exchange, "error", detail);
     invalidate_books(cb);
@@ -194,10 +201,10 @@ static const char *str_field(json_t *o, const char *key, const char **out)
     return NULL;
 }
 
-#define NEED(expr)                                                                                 \
-    do {                                                                                           \
-        if ((why = (expr)) != NULL)                                                                \
-            goto bad;                                                                              \
+#define NEED(expr)                                                                                           \
+    do {                                                                                                     \
+        if ((why = (expr)) != NULL)                                                                          \
+            goto bad;                                                                                        \
     } while (0)
 
 static const char *check_update(json_t *u, int *bid)
@@ -251,7 +258,8 @@ static const char *on_l2_event(coinbase_t *cb, json_t *ev, int64_t ts, int64_t r
     } else if (!b->valid) {
         return NULL; /* waiting for the snapshot after a gap */
     }
-    json_array_foreach(ups, i, u) {
+    json_array_foreach(ups, i, u)
+    {
         char p[MSG_DECIMAL_MAX], q[MSG_DECIMAL_MAX];
         check_update(u, &bid);
         conn_decimal(json_object_get(u, "price_level"), p, sizeof(p));
@@ -313,11 +321,15 @@ static const char *on_ticker(connector_t *c, json_t *t, int64_t ts, int64_t recv
         const char *out, *key;
         int optional;
     } f[] = {
-        {"last", "price", 0},          {"high", "high_24_h", 0},
-        {"low", "low_24_h", 0},        {"volume", "volume_24_h", 0},
+        {"last", "price", 0},
+        {"high", "high_24_h", 0},
+        {"low", "low_24_h", 0},
+        {"volume", "volume_24_h", 0},
         {"change_rate", "price_percent_chg_24_h", 0},
-        {"bid", "best_bid", 1},        {"bid_qty", "best_bid_quantity", 1},
-        {"ask", "best_ask", 1},        {"ask_qty", "best_ask_quantity", 1},
+        {"bid", "best_bid", 1},
+        {"bid_qty", "best_bid_quantity", 1},
+        {"ask", "best_ask", 1},
+        {"ask_qty", "best_ask_quantity", 1},
     };
     enum { NF = sizeof(f) / sizeof(f[0]) };
     char sym[48], val[NF][MSG_DECIMAL_MAX + 4];
@@ -354,20 +366,21 @@ bad:
 
 /* Each item of each event is its own message: a bad one is counted and
  * skipped, the others still go out. Returns whether anything was emitted. */
-static int for_items(connector_t *c, json_t *events, const char *list, int64_t ts,
-                     int64_t recv_ts,
+static int for_items(connector_t *c, json_t *events, const char *list, int64_t ts, int64_t recv_ts,
                      const char *(*fn)(connector_t *, json_t *, int64_t, int64_t))
 {
     size_t i, j;
     json_t *ev, *it;
     int any = 0;
-    json_array_foreach(events, i, ev) {
+    json_array_foreach(events, i, ev)
+    {
         json_t *items = json_is_object(ev) ? json_object_get(ev, list) : NULL;
         if (!json_is_array(items)) {
             conn_malformed(c, items ? "wrong_type" : "missing_field");
             continue;
         }
-        json_array_foreach(items, j, it) {
+        json_array_foreach(items, j, it)
+        {
             const char *why = fn(c, it, ts, recv_ts);
             if (why)
                 conn_malformed(c, why);
@@ -378,8 +391,7 @@ static int for_items(connector_t *c, json_t *events, const char *list, int64_t t
     return any;
 }
 
-static int coinbase_on_frame(connector_t *c, int binary, const char *data, size_t len,
-                             int64_t recv_ts)
+static int coinbase_on_frame(connector_t *c, int binary, const char *data, size_t len, int64_t recv_ts)
 {
     coinbase_t *cb = (coinbase_t *)c;
     (void)binary;
@@ -431,7 +443,8 @@ static int coinbase_on_frame(connector_t *c, int binary, const char *data, size_
         size_t i;
         json_t *ev;
         int ok = 0;
-        json_array_foreach(events, i, ev) {
+        json_array_foreach(events, i, ev)
+        {
             const char *w = on_l2_event(cb, ev, ts, recv_ts);
             if (w)
                 conn_malformed(c, w);
@@ -493,8 +506,7 @@ static void coinbase_on_tick(connector_t *c, int64_t now_ms)
 
 static int coinbase_url(const cfg_exchange_t *cfg, buf_t *out)
 {
-    return buf_puts(out,
-                    cfg->url && *cfg->url ? cfg->url : "wss://advanced-trade-ws.coinbase.com");
+    return buf_puts(out, cfg->url && *cfg->url ? cfg->url : "wss://advanced-trade-ws.coinbase.com");
 }
 
 const connector_ops_t coinbase_connector = {

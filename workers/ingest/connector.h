@@ -34,7 +34,7 @@ typedef struct {
 } norm_sink_t;
 
 typedef struct {
-    const char *name;            /* "upbit" */
+    const char *name; /* "upbit" */
     /* Build the connection URL from cfg (binance puts streams in it). */
     int (*url)(const cfg_exchange_t *cfg, buf_t *out);
     connector_t *(*create)(const cfg_exchange_t *cfg, norm_sink_t *sink);
@@ -57,26 +57,25 @@ typedef struct {
 struct connector_s {
     const connector_ops_t *ops;
     norm_sink_t *sink;
-    const char *exchange;        /* "upbit" */
-    char **markets;              /* exchange spelling, from cfg->markets */
+    const char *exchange; /* "upbit" */
+    char **markets;       /* exchange spelling, from cfg->markets */
     int nmarkets;
     int ch_ticker, ch_trade, ch_orderbook; /* from cfg->channels */
-    char *channels_order[3];     /* cfg order: "ticker","trade","orderbook" */
+    char *channels_order[3];               /* cfg order: "ticker","trade","orderbook" */
     int nchannels;
-    int depth;                   /* cfg->depth (0: exchange default) */
+    int depth; /* cfg->depth (0: exchange default) */
     int book_interval_ms;
-    char format[16];             /* upbit/bithumb: DEFAULT or SIMPLE */
+    char format[16]; /* upbit/bithumb: DEFAULT or SIMPLE */
     /* per connection */
-    int open;                    /* on_open seen, on_close not yet */
-    int subscribed;              /* "subscribed" status sent */
-    int64_t opened_ms;           /* first on_tick after on_open */
+    int open;          /* on_open seen, on_close not yet */
+    int subscribed;    /* "subscribed" status sent */
+    int64_t opened_ms; /* first on_tick after on_open */
     int64_t last_ping_ms;
-    buf_t body, out;             /* scratch for building messages */
+    buf_t body, out; /* scratch for building messages */
 };
 
 /* Fill the base from cfg; -EINVAL on a bad channel name or no markets. */
-int conn_base_init(connector_t *c, const connector_ops_t *ops, const cfg_exchange_t *cfg,
-                   norm_sink_t *sink);
+int conn_base_init(connector_t *c, const connector_ops_t *ops, const cfg_exchange_t *cfg, norm_sink_t *sink);
 void conn_base_free(connector_t *c);
 /* Split a comma list into trimmed non-empty items; 0 or -errno. */
 int conn_split_list(const char *s, char ***items, int *n);
@@ -85,7 +84,7 @@ void conn_free_list(char **items, int n);
  * bad_json, huge_number, or not_object via sink->malformed and returns NULL. */
 struct json_t *conn_parse(connector_t *c, const char *data, size_t len);
 /* Price/size: a decimal string as given, or a JSON number as its shortest
- * round-trip text. Returns 0 or a malformed reason. */
+ * round-trip text. Returns NULL, or the malformed reason. */
 const char *conn_decimal(struct json_t *v, char *out, size_t outsz);
 /* Trade id: a string as given or an integer's exact text. */
 const char *conn_id(struct json_t *v, char *out, size_t outsz);
@@ -100,20 +99,17 @@ int conn_symbol_concat(const char *sym, char *out, size_t outsz);
 int conn_symbol_dash(const char *sym, char *out, size_t outsz);
 /* Build and emit c->body (the ,"key":val fields) as one message: takes the
  * next seq from the sink only now, so a skipped message leaves no gap. */
-void conn_emit(connector_t *c, const char *type, const char *symbol, int64_t ts,
-               int64_t recv_ts);
+void conn_emit(connector_t *c, const char *type, const char *symbol, int64_t ts, int64_t recv_ts);
 /* A data frame arrived: sends status "subscribed" once per connection. */
 void conn_data_seen(connector_t *c);
 void conn_malformed(connector_t *c, const char *reason);
 /* A random version 4 UUID (37 bytes with the NUL). */
 void conn_uuid(char out[37]);
 /* Upbit and Bithumb share one protocol (upbit.c). */
-connector_t *upbitlike_create(const connector_ops_t *ops, const cfg_exchange_t *cfg,
-                              norm_sink_t *sink);
+connector_t *upbitlike_create(const connector_ops_t *ops, const cfg_exchange_t *cfg, norm_sink_t *sink);
 void upbitlike_destroy(connector_t *c);
 int upbitlike_on_open(connector_t *c);
-int upbitlike_on_frame(connector_t *c, int binary, const char *data, size_t len,
-                       int64_t recv_ts);
+int upbitlike_on_frame(connector_t *c, int binary, const char *data, size_t len, int64_t recv_ts);
 void upbitlike_on_tick(connector_t *c, int64_t now_ms);
 void upbitlike_on_close(connector_t *c);
 /* The request array, exposed for tests: ticket is the UUID to use. */

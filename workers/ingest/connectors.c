@@ -69,8 +69,7 @@ void conn_free_list(char **items, int n)
     free(items);
 }
 
-int conn_base_init(connector_t *c, const connector_ops_t *ops, const cfg_exchange_t *cfg,
-                   norm_sink_t *sink)
+int conn_base_init(connector_t *c, const connector_ops_t *ops, const cfg_exchange_t *cfg, norm_sink_t *sink)
 {
     char **chs = NULL;
     int nch = 0, r;
@@ -81,8 +80,7 @@ int conn_base_init(connector_t *c, const connector_ops_t *ops, const cfg_exchang
     buf_init(&c->out);
     if ((r = conn_split_list(cfg->markets, &c->markets, &c->nmarkets)) < 0)
         return r;
-    if ((r = conn_split_list(cfg->channels ? cfg->channels : "ticker,trade,orderbook", &chs,
-                             &nch)) < 0)
+    if ((r = conn_split_list(cfg->channels ? cfg->channels : "ticker,trade,orderbook", &chs, &nch)) < 0)
         goto fail;
     r = -EINVAL;
     for (int i = 0; i < nch; i++) {
@@ -175,12 +173,10 @@ json_t *conn_parse(connector_t *c, const char *data, size_t len)
         conn_malformed(c, "bad_utf8");
         return NULL;
     }
-    json_t *root = json_loadb(data, len, 0, &err);
+    json_t *root = json_loadb(data, len, JSON_DECODE_ANY, &err);
     if (!root) {
         enum json_error_code code = json_error_code(&err);
-        conn_malformed(c, code == json_error_numeric_overflow
-                              ? "huge_number"
-                              : "bad_json");
+        conn_malformed(c, code == json_error_numeric_overflow ? "huge_number" : "bad_json");
         return NULL;
     }
     if (!json_is_object(root)) {
@@ -306,12 +302,11 @@ int conn_rfc3339_ms(const char *s, int64_t *ms)
 {
     int y, mo, d, h, mi, se, frac_ms = 0;
     const char *p = s;
-    if (digits(&p, 4, &y) || *p++ != '-' || digits(&p, 2, &mo) || *p++ != '-' ||
-        digits(&p, 2, &d) || (*p != 'T' && *p != 't' && *p != ' '))
+    if (digits(&p, 4, &y) || *p++ != '-' || digits(&p, 2, &mo) || *p++ != '-' || digits(&p, 2, &d) ||
+        (*p != 'T' && *p != 't' && *p != ' '))
         return -EINVAL;
     p++;
-    if (digits(&p, 2, &h) || *p++ != ':' || digits(&p, 2, &mi) || *p++ != ':' ||
-        digits(&p, 2, &se))
+    if (digits(&p, 2, &h) || *p++ != ':' || digits(&p, 2, &mi) || *p++ != ':' || digits(&p, 2, &se))
         return -EINVAL;
     if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || se > 60)
         return -EINVAL;
@@ -408,10 +403,10 @@ int conn_symbol_dash(const char *sym, char *out, size_t outsz)
 
 /* Binance quote assets; the longest matching suffix wins (FDUSD over USD). */
 static const char *const quote_assets[] = {
-    "USDT", "USDC", "FDUSD", "BUSD", "TUSD", "USDP", "DAI",  "USD",  "BTC",  "ETH",  "BNB",
-    "EUR",  "TRY",  "BRL",   "KRW",  "GBP",  "AUD",  "JPY",  "RUB",  "UAH",  "IDRT", "BIDR",
-    "ZAR",  "PLN",  "RON",   "ARS",  "MXN",  "COP",  "CZK",  "NGN",  "AEUR", "EURI", "XRP",
-    "TRX",  "DOGE", "DOT",   "SOL",  "PAX",  "VAI",  "UST",  "BKRW", "IDR",  "BVND", "GYEN",
+    "USDT", "USDC", "FDUSD", "BUSD", "TUSD", "USDP", "DAI", "USD",  "BTC",  "ETH",  "BNB",
+    "EUR",  "TRY",  "BRL",   "KRW",  "GBP",  "AUD",  "JPY", "RUB",  "UAH",  "IDRT", "BIDR",
+    "ZAR",  "PLN",  "RON",   "ARS",  "MXN",  "COP",  "CZK", "NGN",  "AEUR", "EURI", "XRP",
+    "TRX",  "DOGE", "DOT",   "SOL",  "PAX",  "VAI",  "UST", "BKRW", "IDR",  "BVND", "GYEN",
 };
 
 int conn_symbol_concat(const char *sym, char *out, size_t outsz)
@@ -471,7 +466,6 @@ void conn_uuid(char out[37])
     }
     r[6] = (unsigned char)((r[6] & 0x0F) | 0x40);
     r[8] = (unsigned char)((r[8] & 0x3F) | 0x80);
-    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", r[0],
-             r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13], r[14],
-             r[15]);
+    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", r[0], r[1],
+             r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13], r[14], r[15]);
 }

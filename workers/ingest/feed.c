@@ -35,9 +35,9 @@ typedef struct {
 struct ingest_chan_s {
     ingest_chan_t *next;
     uint64_t hash;
-    int64_t next_seq;     /* last seq handed out by ingest_next_seq */
-    int64_t last_pub;     /* seq of the last published message */
-    hist_ent_t *ring;     /* cap entries; oldest at head */
+    int64_t next_seq; /* last seq handed out by ingest_next_seq */
+    int64_t last_pub; /* seq of the last published message */
+    hist_ent_t *ring; /* cap entries; oldest at head */
     int cap, head, count;
     char name[];
 };
@@ -260,11 +260,11 @@ struct feed_s {
     wsc_t *wsc;
     norm_sink_t sink;
     buf_t url;
-    buf_t scratch;           /* status message builder */
+    buf_t scratch; /* status message builder */
     char state[16];
-    char detail[64];         /* of the last status message */
-    int64_t last_msg_ms;     /* 0: none yet */
-    uint64_t messages, opens;
+    char detail[64];     /* of the last status message */
+    int64_t last_msg_ms; /* 0: none yet */
+    uint64_t messages, opens, malformed;
     int stopping;
     metric_t *m_msgs[T_COUNT], *m_malformed, *m_connected, *m_age, *m_reconnects;
 };
@@ -306,9 +306,13 @@ static int64_t sink_next_seq(void *arg, const char *channel)
 static void sink_malformed(void *arg, const char *exchange, const char *reason)
 {
     feed_t *f = arg;
-    metric_inc(metric_labels(f->m_malformed, "exchange=\"%s\",reason=\"%s\"",
-                             exchange ? exchange : f->name, reason));
-    log_debug("malformed message skipped", "exchange=%s reason=%s", f->name, log_q(reason));
+    metric_inc(metric_labels(f->m_malformed, "exchange=\"%s\",reason=\"%s\"", exchange ? exchange : f->name,
+                             reason));
+    /* Logged, but a feed spewing garbage must not flood the log. */
+    f->malformed++;
+    if (f->malformed <= 100 || f->malformed % 1000 == 0)
+        log_warn("malformed message skipped", "exchange=%s reason=%s total=%" PRIu64, f->name, log_q(reason),
+                 f->malformed);
 }
 
 static int sink_send_text(void *arg, const char *data, size_t len)
@@ -417,15 +421,15 @@ int feed_start(ingest_t *in, int ex, feed_t **out)
         f->m_msgs[t] = metric_labels(msgs, "exchange=\"%s\",type=\"%s\"", f->name, type_names[t]);
     f->m_malformed = metric_counter("exchange_ingest_malformed_total",
                                     "Exchange frames skipped as malformed, by exchange and reason");
-    f->m_connected = metric_labels(metric_gauge("exchange_ingest_connected",
-                                                "1 while the exchange WebSocket is open"),
-                                   "exchange=\"%s\"", f->name);
+    f->m_connected =
+        metric_labels(metric_gauge("exchange_ingest_connected", "1 while the exchange WebSocket is open"),
+                      "exchange=\"%s\"", f->name);
     f->m_age = metric_labels(metric_gauge("exchange_ingest_last_message_age_seconds",
                                           "Seconds since the exchange's last data message"),
                              "exchange=\"%s\"", f->name);
-    f->m_reconnects = metric_labels(metric_counter("exchange_ingest_reconnects_total",
-                                                   "Exchange connections re-established"),
-                                    "exchange=\"%s\"", f->name);
+    f->m_reconnects = metric_labels(
+        metric_counter("exchange_ingest_reconnects_total", "Exchange connections re-established"),
+        "exchange=\"%s\"", f->name);
     metric_set(f->m_connected, 0);
 
     f->sink.arg = f;
@@ -465,8 +469,8 @@ int feed_start(ingest_t *in, int ex, feed_t **out)
         .on_stopped = ws_on_stopped,
     };
     if ((r = wsc_start(in->loop, &o, &cbs, f, &f->wsc)) < 0) {
-        log_error("cannot start websocket client", "exchange=%s url=%s err=%s", f->name,
-                  log_q(f->url.data), log_q(uv_strerror(r)));
+        log_error("cannot start websocket client", "exchange=%s url=%s err=%s", f->name, log_q(f->url.data),
+                  log_q(uv_strerror(r)));
         goto fail;
     }
     log_info("exchange feed started", "exchange=%s url=%s", f->name, log_q(f->url.data));

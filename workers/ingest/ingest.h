@@ -32,20 +32,20 @@ typedef struct ingest_s {
     uv_loop_t *loop;
     const cfg_t *cfg;
     int64_t epoch;
-    int history;                /* ring size per channel ([relay] history) */
-    producer_t *producer;       /* NULL when [kafka] brokers is empty */
-    feed_t *feeds[EX_COUNT];    /* NULL for disabled exchanges */
+    int history;             /* ring size per channel ([relay] history) */
+    producer_t *producer;    /* NULL when [kafka] brokers is empty */
+    feed_t *feeds[EX_COUNT]; /* NULL for disabled exchanges */
     const ingest_relay_t *relay;
     /* channel table: open hashing, power-of-two buckets */
     ingest_chan_t **buckets;
     size_t nbuckets, nchans;
-    uv_timer_t tick;            /* 100 ms: every connector's on_tick */
+    uv_timer_t tick; /* 100 ms: every connector's on_tick */
     int draining;
 } ingest_t;
 
 /* ---- feed.c: channel table, publishing -------------------------------- */
 int ingest_init(ingest_t *in, uv_loop_t *loop, const cfg_t *cfg, int64_t epoch);
-void ingest_free(ingest_t *in);   /* channel table only; feeds/producer are stopped by main */
+void ingest_free(ingest_t *in); /* channel table only; feeds/producer are stopped by main */
 /* Next seq for channel (1, 2, ...): the per-channel counter in this epoch. */
 int64_t ingest_next_seq(ingest_t *in, const char *channel);
 /* Start a new epoch: every channel restarts at 1, history is cleared, the

@@ -56,8 +56,7 @@ static void maybe_finish_drain(void)
 {
     if (!ing.draining)
         return;
-    if (!flush_started &&
-        (!feeds_alive() || uv_now(ing.loop) - drain_started_at >= FEED_CLOSE_MS)) {
+    if (!flush_started && (!feeds_alive() || uv_now(ing.loop) - drain_started_at >= FEED_CLOSE_MS)) {
         flush_started = 1;
         if (ing.producer != NULL)
             producer_drain(ing.producer, FLUSH_MS, on_producer_drained, NULL);
@@ -97,16 +96,15 @@ static int start_feeds(void)
     }
     if (n == 0)
         log_warn("no exchange enabled", "epoch=%" PRId64, ing.epoch);
-    log_info("ingest running", "exchanges=%d epoch=%" PRId64 " kafka=%d", n, ing.epoch,
-             ing.producer != NULL);
+    log_info("ingest running", "exchanges=%d epoch=%" PRId64 " kafka=%d", n, ing.epoch, ing.producer != NULL);
     return 0;
 }
 
 static void on_leader_wait(uv_timer_t *t)
 {
     (void)t;
-    log_warn("no leader message from the supervisor, starting with the default epoch",
-             "epoch=%" PRId64, ing.epoch);
+    log_warn("no leader message from the supervisor, starting with the default epoch", "epoch=%" PRId64,
+             ing.epoch);
     if (start_feeds() < 0)
         worker_exit(wk, 1);
 }
@@ -146,8 +144,8 @@ static void on_msg(worker_t *w, const char *t, json_t *msg)
         return;
     }
     if (json_is_false(self))
-        log_warn("leader message names another instance; stamping its epoch until stopped",
-                 "epoch=%" PRId64, (int64_t)json_integer_value(ep));
+        log_warn("leader message names another instance; stamping its epoch until stopped", "epoch=%" PRId64,
+                 (int64_t)json_integer_value(ep));
     ingest_set_epoch(&ing, (int64_t)json_integer_value(ep));
     if (!w->draining && start_feeds() < 0)
         worker_exit(w, 1);

@@ -24,10 +24,10 @@ struct producer_s {
     rd_kafka_t *rk;
     rd_kafka_queue_t *admin_q;
     uv_timer_t poll_timer;
-    int topic_ready;           /* created or found existing */
-    uint64_t topic_retry_at;   /* uv_now() of the next CreateTopics attempt, 0: pending */
-    int fatal;                 /* set by error_cb: rebuild the client in the poll timer */
-    int brokers_down;          /* for logging the transition once */
+    int topic_ready;         /* created or found existing */
+    uint64_t topic_retry_at; /* uv_now() of the next CreateTopics attempt, 0: pending */
+    int fatal;               /* set by error_cb: rebuild the client in the poll timer */
+    int brokers_down;        /* for logging the transition once */
     /* drain */
     void (*drain_done)(void *arg, int remaining);
     void *drain_arg;
@@ -52,7 +52,10 @@ static void set_prop_int(rd_kafka_conf_t *conf, const char *k, long v, int *bad)
     set_prop(conf, k, s, bad);
 }
 
-static int nonempty(const char *s) { return s != NULL && s[0] != '\0'; }
+static int nonempty(const char *s)
+{
+    return s != NULL && s[0] != '\0';
+}
 
 /* Runs on the loop thread (served by rd_kafka_poll). */
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
@@ -61,6 +64,12 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
     (void)rk;
     if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
         metric_inc(p->m_produced);
+        if (!p->topic_ready) {
+            /* A delivery proves the topic exists (some clusters, like the
+             * test broker, have no controller for CreateTopics): stop retrying. */
+            log_info("kafka topic exists", "topic=%s how=delivery", log_q(p->cfg->kafka.topic));
+            p->topic_ready = 1;
+        }
         uint64_t t0 = (uint64_t)(uintptr_t)m->_private; /* uv_hrtime()/1000 at enqueue */
         uint64_t now = uv_hrtime() / 1000u;
         if (t0 != 0 && now >= t0)
@@ -71,6 +80,20 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
     log_debug("kafka delivery failed", "err=%s", rd_kafka_err2name(m->err));
 }
 
+/* Runs on the loop thread: log.queue is on and the log queue is the main
+ * queue, served by rd_kafka_poll. librdkafka's own lines become ours. */
+static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+    (void)rk;
+    /* FAIL lines repeat what error_cb reports: keep them out of warn. */
+    if (level <= 3 && strcmp(fac, "FAIL") != 0)
+        log_warn("librdkafka", "fac=%s detail=%s", log_q(fac), log_q(buf));
+    else if (level <= 6)
+        log_info("librdkafka", "fac=%s detail=%s", log_q(fac), log_q(buf));
+    else
+        log_debug("librdkafka", "fac=%s detail=%s", log_q(fac), log_q(buf));
+}
+
 /* Runs on the loop thread (served by rd_kafka_poll). */
 static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
@@ -78,8 +101,8 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
     if (err == RD_KAFKA_RESP_ERR__FATAL) {
         char buf[512];
         rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, buf, sizeof(buf));
-        log_error("kafka fatal error, producer will be rebuilt", "err=%s reason=%s",
-                  rd_kafka_err2name(orig), log_q(buf));
+        log_error("kafka fatal error, producer will be rebuilt", "err=%s reason=%s", rd_kafka_err2name(orig),
+                  log_q(buf));
         p->fatal = 1;
         return;
     }
@@ -109,10 +132,12 @@ static rd_kafka_t *make_client(producer_t *p)
     set_prop(conf, "enable.idempotence", "true", &bad);
     set_prop(conf, "acks", "all", &bad);
     set_prop_int(conf, "linger.ms", c->kafka.linger_ms, &bad);
-    set_prop_int(conf, "queue.buffering.max.messages", c->kafka.buffer_messages > 0 ? c->kafka.buffer_messages : 100000, &bad);
+    set_prop_int(conf, "queue.buffering.max.messages",
+                 c->kafka.buffer_messages > 0 ? c->kafka.buffer_messages : 100000, &bad);
     set_prop_int(conf, "message.timeout.ms", PRODUCER_MESSAGE_TIMEOUT_MS, &bad);
     set_prop(conf, "compression.type", "lz4", &bad);
     set_prop(conf, "socket.keepalive.enable", "true", &bad);
+    set_prop(conf, "log.queue", "true", &bad);
     if (nonempty(c->kafka.security_protocol))
         set_prop(conf, "security.protocol", c->kafka.security_protocol, &bad);
     /* SASL keys have defaults; they only mean something with a SASL_* protocol. */
@@ -133,12 +158,14 @@ static rd_kafka_t *make_client(producer_t *p)
     rd_kafka_conf_set_opaque(conf, p);
     rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
     rd_kafka_conf_set_error_cb(conf, on_error);
+    rd_kafka_conf_set_log_cb(conf, on_log);
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
     if (rk == NULL) {
         log_error("kafka producer creation failed", "err=%s", log_q(errstr));
         rd_kafka_conf_destroy(conf); /* still ours when rd_kafka_new fails */
         return NULL;
     }
+    rd_kafka_set_log_queue(rk, NULL); /* NULL: the main queue, served by rd_kafka_poll */
     return rk;
 }
 
@@ -147,7 +174,8 @@ static void create_topic(producer_t *p)
     char errstr[256];
     int partitions = p->cfg->kafka.partitions > 0 ? p->cfg->kafka.partitions : 1;
     int repl = p->cfg->kafka.replication > 0 ? p->cfg->kafka.replication : -1;
-    rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(p->cfg->kafka.topic, partitions, repl, errstr, sizeof(errstr));
+    rd_kafka_NewTopic_t *nt =
+        rd_kafka_NewTopic_new(p->cfg->kafka.topic, partitions, repl, errstr, sizeof(errstr));
     if (nt == NULL) {
         log_error("kafka topic spec rejected", "topic=%s err=%s", log_q(p->cfg->kafka.topic), log_q(errstr));
         p->topic_ready = 1; /* nothing we can do; producing will report the errors */
@@ -178,13 +206,15 @@ static void handle_admin_event(producer_t *p, rd_kafka_event_t *ev)
         }
     }
     if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-        log_info("kafka topic created", "topic=%s partitions=%d replication=%d",
-                 log_q(p->cfg->kafka.topic), p->cfg->kafka.partitions, p->cfg->kafka.replication);
+        log_info("kafka topic created", "topic=%s partitions=%d replication=%d", log_q(p->cfg->kafka.topic),
+                 p->cfg->kafka.partitions, p->cfg->kafka.replication);
         p->topic_ready = 1;
     } else if (err == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
         log_info("kafka topic exists", "topic=%s", log_q(p->cfg->kafka.topic));
         p->topic_ready = 1;
     } else {
+        if (p->topic_ready)
+            return; /* a delivery already showed the topic is there */
         log_warn("kafka topic creation failed, will retry", "topic=%s err=%s detail=%s",
                  log_q(p->cfg->kafka.topic), rd_kafka_err2name(err), log_q(why ? why : ""));
         p->topic_retry_at = uv_now(p->loop) + TOPIC_RETRY_MS;
@@ -261,15 +291,14 @@ int producer_create(uv_loop_t *loop, const cfg_t *cfg, producer_t **out)
         return -ENOMEM;
     p->loop = loop;
     p->cfg = cfg;
-    p->m_produced = metric_counter("exchange_ingest_kafka_produced_total",
-                                   "Messages acknowledged by Kafka");
+    p->m_produced = metric_counter("exchange_ingest_kafka_produced_total", "Messages acknowledged by Kafka");
     p->m_failed = metric_counter("exchange_ingest_kafka_failed_total",
                                  "Messages Kafka failed to deliver, by librdkafka error name");
     p->m_dropped = metric_counter("exchange_ingest_kafka_dropped_total",
                                   "Messages dropped before reaching the Kafka queue, by reason");
     p->m_dropped_full = metric_labels(p->m_dropped, "reason=\"queue_full\"");
-    p->m_queue = metric_gauge("exchange_ingest_kafka_queue_messages",
-                              "Messages queued or in flight to Kafka");
+    p->m_queue =
+        metric_gauge("exchange_ingest_kafka_queue_messages", "Messages queued or in flight to Kafka");
     p->m_latency = metric_histogram("exchange_ingest_kafka_delivery_seconds",
                                     "Time from produce to delivery report", NULL, 0);
     p->rk = make_client(p);

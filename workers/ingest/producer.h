@@ -30,14 +30,12 @@ int producer_create(uv_loop_t *loop, const cfg_t *cfg, producer_t **out);
 /* Queue one message. 0: accepted (delivery is reported through metrics);
  * -ENOBUFS: local queue full, dropped and counted; other negative: dropped
  * and counted with the librdkafka error name. */
-int producer_send(producer_t *p, const char *channel, const char *json, size_t len,
-                  int64_t epoch);
+int producer_send(producer_t *p, const char *channel, const char *json, size_t len, int64_t epoch);
 /* Messages queued or in flight (rd_kafka_outq_len). */
 int producer_queue_len(const producer_t *p);
 /* Asynchronous drain: done(arg, remaining) is called on the loop thread once
  * the queue is empty or timeout_ms has passed (remaining > 0 then). */
-void producer_drain(producer_t *p, int timeout_ms, void (*done)(void *arg, int remaining),
-                    void *arg);
+void producer_drain(producer_t *p, int timeout_ms, void (*done)(void *arg, int remaining), void *arg);
 /* Blocking flush bounded by timeout_ms (for the quick-exit path); returns
  * the number of messages still queued. Logs what remained. */
 int producer_flush(producer_t *p, int timeout_ms);

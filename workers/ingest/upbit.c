@@ -12,8 +12,7 @@
 
 #define UPBIT_PING_MS 30000 /* the server closes after ~120 s idle */
 
-connector_t *upbitlike_create(const connector_ops_t *ops, const cfg_exchange_t *cfg,
-                              norm_sink_t *sink)
+connector_t *upbitlike_create(const connector_ops_t *ops, const cfg_exchange_t *cfg, norm_sink_t *sink)
 {
     connector_t *c = calloc(1, sizeof(*c));
     if (!c)
@@ -121,10 +120,10 @@ static json_t *get2(json_t *o, const char *dflt, const char *simple)
     return v ? v : json_object_get(o, simple);
 }
 
-#define NEED(expr)                                                                                 \
-    do {                                                                                           \
-        if ((why = (expr)) != NULL)                                                                \
-            goto bad;                                                                              \
+#define NEED(expr)                                                                                           \
+    do {                                                                                                     \
+        if ((why = (expr)) != NULL)                                                                          \
+            goto bad;                                                                                        \
     } while (0)
 
 /* "KRW-BTC" or "KRW-BTC.15" -> "BTC-KRW" */
@@ -234,7 +233,8 @@ static const char *on_orderbook(connector_t *c, json_t *root, int64_t recv_ts)
         NEED("wrong_type");
     buf_puts(&bids, "[");
     buf_puts(&asks, "[");
-    json_array_foreach(units, i, unit) {
+    json_array_foreach(units, i, unit)
+    {
         if (!json_is_object(unit))
             NEED("wrong_type");
         NEED(conn_decimal(get2(unit, "bid_price", "bp"), p, sizeof(p)));

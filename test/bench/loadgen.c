@@ -1,0 +1,731 @@
+/* loadgen: N WebSocket clients (libuv + wslay) against a fanout server
+ * (exchange-service, nchan, the node `ws` peer); measures connection setup,
+ * delivered messages, end-to-end latency from the payload's "bench_us",
+ * per-channel loss / reordering from "seq", and the server's CPU and RSS.
+ *
+ * Driven line by line on stdin (run.sh / bench.py), one JSON line out each:
+ *   (after start)  {"event":"ready",...}        all clients subscribed or failed
+ *   measure SECS   {"event":"result",...}       counters over the next SECS
+ *   rss            {"event":"rss",...}          server RSS now (sum of processes)
+ *   quit | EOF     close everything, exit 0
+ *
+ * Client i subscribes to channel i % channels, named PREFIX<i>-KRW. With
+ * --url containing "{ch}" the channel goes in the URL (nchan); otherwise the
+ * client sends {"op":"subscribe","channels":[...],"id":1} after the upgrade.
+ * --server-pid P (repeatable) names the server; its descendants count too. */
+#include <dirent.h>
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <uv.h>
+#include <wslay/wslay.h>
+
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24
+#endif
+
+enum { C_IDLE, C_CONNECTING, C_HANDSHAKE, C_OPEN, C_SUBSCRIBED, C_FAILED, C_CLOSED };
+
+typedef struct {
+    uv_tcp_t tcp;
+    uv_connect_t creq;
+    wslay_event_context_ptr ws;
+    const uint8_t *in; /* bytes of the current read not yet handed to wslay */
+    size_t inlen;
+    char *hs; /* upgrade response being read */
+    size_t hslen;
+    int64_t last_seq;
+    uint32_t idx;
+    uint16_t ch;
+    uint8_t state;
+} client_t;
+
+/* Latency histogram: exact below 64 us, then 64 sub-buckets per power of two
+ * (about 1.5% resolution). */
+#define H_SUB 64
+#define H_N (H_SUB + 40 * H_SUB)
+typedef struct {
+    uint64_t n[H_N];
+    uint64_t count, max;
+} hist_t;
+
+static struct {
+    const char *url, *prefix, *host, *path_tmpl;
+    int port;
+    int nclients, nchannels, concurrency, src_ips, src_first;
+    double connect_timeout_s;
+    int npids;
+    int pids[16];
+} opt = {.prefix = "trade.sim.S", .nclients = 100, .nchannels = 10, .concurrency = 256,
+         .src_ips = 1, .src_first = 1, .connect_timeout_s = 60};
+
+static uv_loop_t *loop;
+static client_t *clients;
+static int next_connect, inflight, n_subscribed, n_failed, n_closed, ready_sent, quitting;
+static uint64_t t_first_connect, t_last_ready;
+static uv_timer_t connect_timer, measure_timer;
+static uv_pipe_t stdin_pipe;
+static char cmdbuf[256];
+static size_t cmdlen;
+static uint8_t rbuf[256 * 1024];
+
+/* measurement window */
+static int measuring;
+static uint64_t w_start_us, w_msgs, w_bytes, w_lost, w_ooo, w_other;
+static uint64_t *w_lost_ch;
+static hist_t hist;
+static double w_cpu0;
+
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static int hist_idx(uint64_t v)
+{
+    if (v < H_SUB)
+        return (int)v;
+    int e = 63 - __builtin_clzll(v); /* >= 6 */
+    int i = H_SUB + (e - 6) * H_SUB + (int)((v >> (e - 6)) - H_SUB);
+    return i < H_N ? i : H_N - 1;
+}
+
+static uint64_t hist_val(int i)
+{
+    if (i < H_SUB)
+        return (uint64_t)i;
+    int e = (i - H_SUB) / H_SUB + 6;
+    uint64_t m = (uint64_t)((i - H_SUB) % H_SUB + H_SUB);
+    return (m << (e - 6)) + ((1ull << (e - 6)) >> 1);
+}
+
+static uint64_t hist_pct(const hist_t *h, double p)
+{
+    if (!h->count)
+        return 0;
+    uint64_t want = (uint64_t)(p * (double)h->count + 0.999999), acc = 0;
+    if (want < 1)
+        want = 1;
+    for (int i = 0; i < H_N; i++) {
+        acc += h->n[i];
+        if (acc >= want) {
+            uint64_t v = hist_val(i);
+            return v > h->max ? h->max : v;
+        }
+    }
+    return h->max;
+}
+
+/* ---- /proc: server CPU and RSS over the named processes and descendants -- */
+
+static int proc_stat(int pid, int *ppid, double *cpu_s, long *rss_pages)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    if (!p)
+        return -1;
+    /* fields after ")": state ppid pgrp session tty tpgid flags minflt cminflt
+     * majflt cmajflt utime stime cutime cstime prio nice threads itreal
+     * starttime vsize rss */
+    char st;
+    int pp;
+    unsigned long ut, stt, vsize;
+    long rss;
+    if (sscanf(p + 2,
+               "%c %d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %*d %*d %*d %*d %*d %*d %*u %lu %ld",
+               &st, &pp, &ut, &stt, &vsize, &rss) != 6)
+        return -1;
+    *ppid = pp;
+    *cpu_s = (double)(ut + stt) / (double)sysconf(_SC_CLK_TCK);
+    *rss_pages = rss;
+    return 0;
+}
+
+/* Sum over the server processes: CPU seconds (utime+stime of live
+ * processes) and RSS in KiB. */
+static void server_usage(double *cpu_s, long *rss_kb, int *nprocs)
+{
+    int pids[4096], ppids[4096], n = 0;
+    double cpus[4096];
+    long rsss[4096];
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    while (d && (e = readdir(d)) && n < 4096) {
+        int pid = atoi(e->d_name);
+        if (pid <= 0)
+            continue;
+        if (proc_stat(pid, &ppids[n], &cpus[n], &rsss[n]) == 0)
+            pids[n++] = pid;
+    }
+    if (d)
+        closedir(d);
+    char in[4096] = {0};
+    for (int changed = 1; changed;) {
+        changed = 0;
+        for (int i = 0; i < n; i++) {
+            if (in[i])
+                continue;
+            int yes = 0;
+            for (int k = 0; k < opt.npids; k++)
+                yes |= pids[i] == opt.pids[k];
+            for (int j = 0; j < n && !yes; j++)
+                yes = in[j] && pids[j] == ppids[i];
+            if (yes)
+                in[i] = 1, changed = 1;
+        }
+    }
+    *cpu_s = 0;
+    *rss_kb = 0;
+    *nprocs = 0;
+    long pk = sysconf(_SC_PAGESIZE) / 1024;
+    for (int i = 0; i < n; i++)
+        if (in[i]) {
+            *cpu_s += cpus[i];
+            *rss_kb += rsss[i] * pk;
+            (*nprocs)++;
+        }
+}
+
+/* ---- clients --------------------------------------------------------------- */
+
+static void client_start(int i);
+
+static void maybe_ready(void)
+{
+    if (ready_sent || n_subscribed + n_failed < opt.nclients)
+        return;
+    ready_sent = 1;
+    uv_timer_stop(&connect_timer);
+    double setup = (double)(t_last_ready - t_first_connect) / 1e6;
+    printf("{\"event\":\"ready\",\"clients\":%d,\"subscribed\":%d,\"failed\":%d,\"setup_s\":%.3f,"
+           "\"setup_rate\":%.0f}\n",
+           opt.nclients, n_subscribed, n_failed, setup, setup > 0 ? n_subscribed / setup : 0.0);
+    fflush(stdout);
+}
+
+static void start_more(void)
+{
+    while (!quitting && inflight < opt.concurrency && next_connect < opt.nclients)
+        client_start(next_connect++);
+}
+
+static void on_client_closed(uv_handle_t *h)
+{
+    client_t *c = h->data;
+    if (c->ws)
+        wslay_event_context_free(c->ws);
+    c->ws = NULL;
+    free(c->hs);
+    c->hs = NULL;
+}
+
+/* End of a client: failed during setup, or closed afterwards. */
+static void client_end(client_t *c, int failed)
+{
+    if (c->state == C_FAILED || c->state == C_CLOSED || c->state == C_IDLE)
+        return;
+    int was_setup = c->state < C_SUBSCRIBED;
+    c->state = failed && was_setup ? C_FAILED : C_CLOSED;
+    if (was_setup) {
+        inflight--;
+        n_failed++;
+        start_more();
+        maybe_ready();
+    } else {
+        n_closed++;
+    }
+    if (c->tcp.loop && !uv_is_closing((uv_handle_t *)&c->tcp))
+        uv_close((uv_handle_t *)&c->tcp, on_client_closed);
+}
+
+static void client_subscribed(client_t *c)
+{
+    c->state = C_SUBSCRIBED;
+    inflight--;
+    n_subscribed++;
+    t_last_ready = now_us();
+    start_more();
+    maybe_ready();
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+    (void)status;
+    free(req);
+}
+
+static int client_write(client_t *c, const void *data, size_t len)
+{
+    uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+    int r = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    if (r == (int)len)
+        return 0;
+    if (r < 0 && r != UV_EAGAIN)
+        return r;
+    size_t done = r > 0 ? (size_t)r : 0;
+    uv_write_t *req = malloc(sizeof(*req) + len - done);
+    if (!req)
+        return UV_ENOMEM;
+    memcpy(req + 1, (const char *)data + done, len - done);
+    b = uv_buf_init((char *)(req + 1), (unsigned)(len - done));
+    return uv_write(req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+}
+
+static ssize_t ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
+                          void *user)
+{
+    (void)ctx;
+    (void)flags;
+    return client_write(user, data, len) < 0 ? (wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE), -1)
+                                               : (ssize_t)len;
+}
+
+static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags, void *user)
+{
+    (void)flags;
+    client_t *c = user;
+    if (!c->inlen) {
+        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+        return -1;
+    }
+    size_t n = len < c->inlen ? len : c->inlen;
+    memcpy(buf, c->in, n);
+    c->in += n;
+    c->inlen -= n;
+    return (ssize_t)n;
+}
+
+static int ws_genmask_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, void *user)
+{
+    (void)ctx;
+    (void)user;
+    for (size_t i = 0; i < len; i++)
+        buf[i] = (uint8_t)rand();
+    return 0;
+}
+
+static int64_t field_int(const char *s, size_t len, const char *key, size_t klen)
+{
+    const char *p = memmem(s, len, key, klen);
+    if (!p)
+        return -1;
+    p += klen;
+    const char *end = s + len;
+    while (p < end && (*p == ' ' || *p == '"'))
+        p++;
+    int64_t v = 0;
+    int any = 0;
+    while (p < end && *p >= '0' && *p <= '9')
+        v = v * 10 + (*p++ - '0'), any = 1;
+    return any ? v : -1;
+}
+
+static uint64_t cur_us; /* receive time of the read being processed */
+
+static void ws_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *a, void *user)
+{
+    client_t *c = user;
+    if (a->opcode == WSLAY_CONNECTION_CLOSE) {
+        (void)ctx;
+        client_end(c, 0);
+        return;
+    }
+    if (a->opcode != WSLAY_TEXT_FRAME && a->opcode != WSLAY_BINARY_FRAME)
+        return;
+    const char *s = (const char *)a->msg;
+    size_t len = a->msg_length;
+    int64_t bus = field_int(s, len, "\"bench_us\":", 11);
+    if (bus < 0) {
+        if (c->state == C_OPEN && memmem(s, len, "\"subscribed\"", 12))
+            client_subscribed(c);
+        else if (measuring)
+            w_other++;
+        return;
+    }
+    if (c->state == C_OPEN) /* data before the ack still means subscribed */
+        client_subscribed(c);
+    int64_t seq = field_int(s, len, "\"seq\":", 6);
+    if (measuring) {
+        w_msgs++;
+        w_bytes += len;
+        uint64_t lat = cur_us > (uint64_t)bus ? cur_us - (uint64_t)bus : 0;
+        hist.n[hist_idx(lat)]++;
+        hist.count++;
+        if (lat > hist.max)
+            hist.max = lat;
+        if (c->last_seq >= 0 && seq >= 0) {
+            if (seq <= c->last_seq)
+                w_ooo++;
+            else if (seq > c->last_seq + 1) {
+                w_lost += (uint64_t)(seq - c->last_seq - 1);
+                w_lost_ch[c->ch] += (uint64_t)(seq - c->last_seq - 1);
+            }
+        }
+    }
+    if (seq > c->last_seq)
+        c->last_seq = seq;
+}
+
+static const struct wslay_event_callbacks ws_cbs = {
+    .recv_callback = ws_recv_cb,
+    .send_callback = ws_send_cb,
+    .genmask_callback = ws_genmask_cb,
+    .on_msg_recv_callback = ws_msg_cb,
+};
+
+static void ws_pump(client_t *c)
+{
+    if (wslay_event_recv(c->ws) != 0 || wslay_event_send(c->ws) != 0) {
+        client_end(c, 1);
+        return;
+    }
+    if (!wslay_event_want_read(c->ws) && !wslay_event_want_write(c->ws))
+        client_end(c, 0);
+}
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
+{
+    (void)h;
+    (void)hint;
+    *b = uv_buf_init((char *)rbuf, sizeof(rbuf));
+}
+
+static void channel_name(int ch, char *out, size_t n) { snprintf(out, n, "%s%d-KRW", opt.prefix, ch); }
+
+static void on_upgraded(client_t *c)
+{
+    c->state = C_OPEN;
+    if (wslay_event_context_client_init(&c->ws, &ws_cbs, c) != 0) {
+        client_end(c, 1);
+        return;
+    }
+    if (strstr(opt.path_tmpl, "{ch}")) {
+        client_subscribed(c);
+        return;
+    }
+    char ch[128], msg[256];
+    channel_name(c->ch, ch, sizeof(ch));
+    int n = snprintf(msg, sizeof(msg), "{\"op\":\"subscribe\",\"channels\":[\"%s\"],\"id\":1}", ch);
+    struct wslay_event_msg m = {WSLAY_TEXT_FRAME, (const uint8_t *)msg, (size_t)n};
+    if (wslay_event_queue_msg(c->ws, &m) != 0 || wslay_event_send(c->ws) != 0)
+        client_end(c, 1);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
+{
+    client_t *c = s->data;
+    if (nread < 0) {
+        client_end(c, 1);
+        return;
+    }
+    if (nread == 0)
+        return;
+    cur_us = now_us();
+    const uint8_t *p = (const uint8_t *)b->base;
+    size_t n = (size_t)nread;
+    if (c->state == C_HANDSHAKE) {
+        char *hs = realloc(c->hs, c->hslen + n + 1);
+        if (!hs || c->hslen + n > 8192) {
+            free(hs);
+            c->hs = NULL;
+            client_end(c, 1);
+            return;
+        }
+        c->hs = hs;
+        memcpy(hs + c->hslen, p, n);
+        c->hslen += n;
+        hs[c->hslen] = 0;
+        char *end = strstr(hs, "\r\n\r\n");
+        if (!end)
+            return;
+        if (strncmp(hs, "HTTP/1.1 101", 12) != 0) {
+            client_end(c, 1);
+            return;
+        }
+        size_t used = (size_t)(end + 4 - hs), rest = c->hslen - used;
+        p = p + n - rest;
+        n = rest;
+        free(c->hs);
+        c->hs = NULL;
+        on_upgraded(c);
+        if (c->state != C_OPEN && c->state != C_SUBSCRIBED)
+            return;
+    }
+    c->in = p;
+    c->inlen = n;
+    ws_pump(c);
+}
+
+static void on_connect(uv_connect_t *req, int status)
+{
+    client_t *c = req->data;
+    if (status < 0 || c->state != C_CONNECTING) {
+        client_end(c, 1);
+        return;
+    }
+    c->state = C_HANDSHAKE;
+    char path[512], ch[128], req_s[1024];
+    const char *t = strstr(opt.path_tmpl, "{ch}");
+    if (t) {
+        channel_name(c->ch, ch, sizeof(ch));
+        snprintf(path, sizeof(path), "%.*s%s%s", (int)(t - opt.path_tmpl), opt.path_tmpl, ch, t + 4);
+    } else {
+        snprintf(path, sizeof(path), "%s", opt.path_tmpl);
+    }
+    int n = snprintf(req_s, sizeof(req_s),
+                     "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                     "Origin: http://%s\r\n\r\n",
+                     path, opt.host, opt.port, opt.host);
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0 || client_write(c, req_s, (size_t)n) < 0)
+        client_end(c, 1);
+}
+
+static void client_start(int i)
+{
+    client_t *c = &clients[i];
+    c->idx = (uint32_t)i;
+    c->ch = (uint16_t)(i % opt.nchannels);
+    c->last_seq = -1;
+    c->state = C_CONNECTING;
+    inflight++;
+    if (!t_first_connect)
+        t_first_connect = now_us();
+    int r = uv_tcp_init_ex(loop, &c->tcp, AF_INET);
+    if (r < 0) {
+        inflight--;
+        n_failed++;
+        c->state = C_FAILED;
+        maybe_ready();
+        return;
+    }
+    c->tcp.data = c;
+    c->creq.data = c;
+    if (opt.src_ips > 1 || opt.src_first != 1) {
+        uv_os_fd_t fd;
+        int one = 1;
+        if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
+            setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
+        char ip[32];
+        struct sockaddr_in src;
+        snprintf(ip, sizeof(ip), "127.0.%d.%d", (opt.src_first + i % opt.src_ips) / 250,
+                 1 + (opt.src_first + i % opt.src_ips) % 250);
+        uv_ip4_addr(ip, 0, &src);
+        uv_tcp_bind(&c->tcp, (const struct sockaddr *)&src, 0);
+    }
+    struct sockaddr_in dst;
+    uv_ip4_addr(opt.host, opt.port, &dst);
+    if ((r = uv_tcp_connect(&c->creq, &c->tcp, (const struct sockaddr *)&dst, on_connect)) < 0)
+        client_end(c, 1);
+}
+
+static void on_connect_timeout(uv_timer_t *t)
+{
+    (void)t;
+    /* Whatever has not finished setup by now counts as failed. */
+    for (int i = 0; i < opt.nclients; i++)
+        if (clients[i].state < C_SUBSCRIBED && clients[i].state != C_IDLE)
+            client_end(&clients[i], 1);
+    while (next_connect < opt.nclients) {
+        clients[next_connect++].state = C_FAILED;
+        n_failed++;
+    }
+    maybe_ready();
+}
+
+/* ---- commands ------------------------------------------------------------ */
+
+static void on_measure_done(uv_timer_t *t)
+{
+    (void)t;
+    double cpu1;
+    long rss;
+    int np;
+    server_usage(&cpu1, &rss, &np);
+    uint64_t end = now_us();
+    measuring = 0;
+    double dur = (double)(end - w_start_us) / 1e6;
+    int chloss = 0;
+    for (int i = 0; i < opt.nchannels; i++)
+        chloss += w_lost_ch[i] > 0;
+    int open = 0;
+    for (int i = 0; i < opt.nclients; i++)
+        open += clients[i].state == C_SUBSCRIBED;
+    printf("{\"event\":\"result\",\"duration_s\":%.3f,\"clients\":%d,\"msgs\":%" PRIu64
+           ",\"msgs_per_s\":%.0f,\"bytes\":%" PRIu64 ",\"lat_us\":{\"p50\":%" PRIu64 ",\"p99\":%" PRIu64
+           ",\"p999\":%" PRIu64 ",\"max\":%" PRIu64 "},\"lost\":%" PRIu64 ",\"ooo\":%" PRIu64
+           ",\"channels_with_loss\":%d,\"other\":%" PRIu64 ",\"closed\":%d,\"cpu_s\":%.2f,"
+           "\"server_procs\":%d,\"rss_kb\":%ld}\n",
+           dur, open, w_msgs, (double)w_msgs / dur, w_bytes, hist_pct(&hist, 0.50), hist_pct(&hist, 0.99),
+           hist_pct(&hist, 0.999), hist.max, w_lost, w_ooo, chloss, w_other, n_closed, cpu1 - w_cpu0, np,
+           rss);
+    fflush(stdout);
+}
+
+static void on_all_closed(uv_handle_t *h)
+{
+    on_client_closed(h);
+}
+
+static void do_quit(void)
+{
+    if (quitting)
+        return;
+    quitting = 1;
+    for (int i = 0; i < opt.nclients; i++) {
+        uv_handle_t *h = (uv_handle_t *)&clients[i].tcp;
+        if (clients[i].tcp.loop && !uv_is_closing(h))
+            uv_close(h, on_all_closed);
+    }
+    uv_close((uv_handle_t *)&connect_timer, NULL);
+    uv_close((uv_handle_t *)&measure_timer, NULL);
+    if (!uv_is_closing((uv_handle_t *)&stdin_pipe))
+        uv_close((uv_handle_t *)&stdin_pipe, NULL);
+}
+
+static void run_command(char *line)
+{
+    double secs;
+    if (sscanf(line, "measure %lf", &secs) == 1) {
+        memset(&hist, 0, sizeof(hist));
+        memset(w_lost_ch, 0, sizeof(uint64_t) * (size_t)opt.nchannels);
+        w_msgs = w_bytes = w_lost = w_ooo = w_other = 0;
+        long rss;
+        int np;
+        server_usage(&w_cpu0, &rss, &np);
+        w_start_us = now_us();
+        measuring = 1;
+        uv_timer_start(&measure_timer, on_measure_done, (uint64_t)(secs * 1000), 0);
+    } else if (strncmp(line, "rss", 3) == 0) {
+        double cpu;
+        long rss;
+        int np;
+        server_usage(&cpu, &rss, &np);
+        int open = 0;
+        for (int i = 0; i < opt.nclients; i++)
+            open += clients[i].state == C_SUBSCRIBED;
+        printf("{\"event\":\"rss\",\"rss_kb\":%ld,\"server_procs\":%d,\"clients\":%d,\"cpu_s\":%.2f}\n", rss,
+               np, open, cpu);
+        fflush(stdout);
+    } else if (strncmp(line, "quit", 4) == 0) {
+        do_quit();
+    } else if (line[0]) {
+        fprintf(stderr, "loadgen: unknown command: %s\n", line);
+    }
+}
+
+static void on_stdin_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
+{
+    (void)h;
+    (void)hint;
+    *b = uv_buf_init(cmdbuf + cmdlen, (unsigned)(sizeof(cmdbuf) - 1 - cmdlen));
+}
+
+static void on_stdin(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
+{
+    (void)s;
+    (void)b;
+    if (n < 0) {
+        do_quit();
+        return;
+    }
+    cmdlen += (size_t)n;
+    cmdbuf[cmdlen] = 0;
+    char *nl;
+    while ((nl = strchr(cmdbuf, '\n'))) {
+        *nl = 0;
+        run_command(cmdbuf);
+        size_t used = (size_t)(nl + 1 - cmdbuf);
+        memmove(cmdbuf, nl + 1, cmdlen - used + 1);
+        cmdlen -= used;
+    }
+    if (cmdlen >= sizeof(cmdbuf) - 1)
+        cmdlen = 0;
+}
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: loadgen --url ws://127.0.0.1:8080/ws/exchange|ws://H:P/sub/{ch} [--clients N]\n"
+                    "  [--channels C] [--prefix trade.sim.S] [--concurrency K] [--src-ips K]\n"
+                    "  [--src-first I] [--connect-timeout S] [--server-pid P]...\n");
+    exit(64);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option lo[] = {
+        {"url", 1, 0, 'u'},         {"clients", 1, 0, 'n'},         {"channels", 1, 0, 'c'},
+        {"prefix", 1, 0, 'p'},      {"concurrency", 1, 0, 'k'},     {"src-ips", 1, 0, 's'},
+        {"src-first", 1, 0, 'f'},   {"connect-timeout", 1, 0, 't'}, {"server-pid", 1, 0, 'P'},
+        {0, 0, 0, 0}};
+    int o;
+    while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        switch (o) {
+        case 'u': opt.url = optarg; break;
+        case 'n': opt.nclients = atoi(optarg); break;
+        case 'c': opt.nchannels = atoi(optarg); break;
+        case 'p': opt.prefix = optarg; break;
+        case 'k': opt.concurrency = atoi(optarg); break;
+        case 's': opt.src_ips = atoi(optarg); break;
+        case 'f': opt.src_first = atoi(optarg); break;
+        case 't': opt.connect_timeout_s = atof(optarg); break;
+        case 'P':
+            if (opt.npids < 16)
+                opt.pids[opt.npids++] = atoi(optarg);
+            break;
+        default: usage();
+        }
+    }
+    static char host[256];
+    if (!opt.url || sscanf(opt.url, "ws://%255[^:/]:%d", host, &opt.port) != 2 || opt.nclients <= 0 ||
+        opt.nchannels <= 0 || opt.nchannels > 65535 || opt.src_ips <= 0)
+        usage();
+    opt.host = host;
+    opt.path_tmpl = strchr(opt.url + 5, '/');
+    if (!opt.path_tmpl)
+        opt.path_tmpl = "/";
+
+    /* One fd per client plus a few; the hard limit is what we may have. */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        if (rl.rlim_cur < (rlim_t)opt.nclients + 32)
+            fprintf(stderr, "loadgen: RLIMIT_NOFILE %lu < clients %d; run several loadgens\n",
+                    (unsigned long)rl.rlim_cur, opt.nclients);
+    }
+    srand((unsigned)getpid());
+    loop = uv_default_loop();
+    clients = calloc((size_t)opt.nclients, sizeof(*clients));
+    w_lost_ch = calloc((size_t)opt.nchannels, sizeof(uint64_t));
+    if (!clients || !w_lost_ch)
+        return 1;
+    uv_timer_init(loop, &connect_timer);
+    uv_timer_init(loop, &measure_timer);
+    uv_pipe_init(loop, &stdin_pipe, 0);
+    if (uv_pipe_open(&stdin_pipe, 0) == 0)
+        uv_read_start((uv_stream_t *)&stdin_pipe, on_stdin_alloc, on_stdin);
+    uv_timer_start(&connect_timer, on_connect_timeout, (uint64_t)(opt.connect_timeout_s * 1000), 0);
+    start_more();
+    uv_run(loop, UV_RUN_DEFAULT);
+    free(clients);
+    free(w_lost_ch);
+    return 0;
+}

@@ -1,0 +1,67 @@
+/* The fanout worker's state shared by its modules: the hub, the client
+ * server, the data source and the metrics they report. */
+#ifndef FANOUT_FANOUT_H
+#define FANOUT_FANOUT_H
+#include <uv.h>
+#include "config.h"
+#include "hub.h"
+#include "metrics.h"
+#include "source.h"
+#include "worker.h"
+#include "wsserver.h"
+
+typedef struct client_s client_t;
+
+typedef struct {
+    metric_t *clients;            /* gauge */
+    metric_t *accepted;           /* counter */
+    metric_t *rejected;           /* family, reason= */
+    metric_t *limit_hits;         /* family, limit= */
+    metric_t *disconnects;        /* family, reason= */
+    metric_t *messages_sent, *bytes_sent;
+    metric_t *received;           /* messages from the source */
+    metric_t *dropped;            /* family, reason= */
+    metric_t *drop_fenced, *drop_duplicate, *drop_conflated, *drop_invalid;
+    metric_t *slow_closes;
+    metric_t *queue_bytes;        /* gauge */
+    metric_t *channels;           /* gauge */
+    metric_t *latency_ts, *latency_recv;
+    metric_t *max_epoch;          /* gauge */
+} fanout_metrics_t;
+
+typedef struct fanout_s {
+    worker_t *w;
+    uv_loop_t *loop;
+    const cfg_t *cfg;
+    hub_t *hub;
+    source_t *src;
+    wss_ctx_t *wss;
+    uv_tcp_t listener;
+    int listening;
+    int port;                     /* bound port */
+    char **origins;
+    int norigins;
+    client_t *active;             /* open clients (not yet told to drain) */
+    client_t *drained;            /* told to reconnect, closing */
+    int nclients;                 /* upgraded, not yet closed */
+    int draining;
+    int drain_total, drain_per_tick;
+    uv_timer_t drain_timer, deadline_timer, sync_timer;
+    int timers_init;
+    fanout_metrics_t m;
+    /* last values copied from wss/hub stats into counters */
+    uint64_t synced_frames, synced_bytes, synced_conflated;
+} fanout_t;
+
+void fanout_metrics_init(fanout_metrics_t *m);
+
+/* server.c: listener, upgrade checks, client lifecycle, drain. */
+int server_start(fanout_t *f);
+void server_drain(fanout_t *f, int drain_ms);
+void server_stop(fanout_t *f);
+/* hub_ops_t.send for connected clients. */
+int server_client_send(void *user, rbuf_t *frame, const void *tag);
+/* Copy hot counters (kept as plain integers) into the metrics registry. */
+void server_sync_metrics(fanout_t *f);
+
+#endif

@@ -1,0 +1,100 @@
+/* exchange-fanout: one fanout worker process. Wires the worker runtime
+ * (common/worker.h) to the hub, the client server and the data source. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fanout.h"
+#include "log.h"
+
+static fanout_t g_fanout;
+
+static void on_source_message(void *arg, const char *data, size_t len)
+{
+    fanout_t *f = arg;
+    int64_t ts = 0, recv_ts = 0;
+    metric_inc(f->m.received);
+    int r = hub_publish(f->hub, data, len, &ts, &recv_ts);
+    switch (r) {
+    case HUB_ACCEPTED: {
+        /* Once per message, not per client. */
+        int64_t now = (int64_t)worker_now_ms();
+        if (ts > 0)
+            metric_observe(f->m.latency_ts, (double)(now - ts) / 1000.0);
+        if (recv_ts > 0)
+            metric_observe(f->m.latency_recv, (double)(now - recv_ts) / 1000.0);
+        break;
+    }
+    case HUB_FENCED: metric_inc(f->m.drop_fenced); break;
+    case HUB_DUPLICATE: metric_inc(f->m.drop_duplicate); break;
+    default:
+        metric_inc(f->m.drop_invalid);
+        log_debug("invalid message dropped", "len=%zu", len);
+        break;
+    }
+}
+
+static int fanout_start(worker_t *w)
+{
+    fanout_t *f = w->data;
+    int r;
+    f->w = w;
+    f->loop = w->loop;
+    f->cfg = w->cfg;
+    fanout_metrics_init(&f->m);
+    hub_opts_t ho = {.history = f->cfg->fanout.history,
+                     .max_subscriptions = f->cfg->fanout.max_subscriptions};
+    hub_ops_t ops = {.send = server_client_send};
+    if ((f->hub = hub_new(&ho, &ops)) == NULL)
+        return -ENOMEM;
+    if ((r = server_start(f)) < 0)
+        return r;
+    if (f->cfg->kafka.brokers != NULL && *f->cfg->kafka.brokers) {
+        source_sink_t sink = {.on_message = on_source_message, .arg = f};
+        if ((r = source_kafka_new(f->loop, f->cfg, &sink, &f->src)) < 0)
+            return r;
+    } else {
+        log_warn("no data source: [kafka] brokers is empty", "");
+    }
+    return 0;
+}
+
+static void fanout_status(worker_t *w, json_t *status)
+{
+    fanout_t *f = w->data;
+    server_sync_metrics(f);
+    json_object_set_new(status, "clients", json_integer(f->nclients));
+    json_object_set_new(status, "channels", json_integer(f->hub ? hub_channel_count(f->hub) : 0));
+    json_object_set_new(status, "source", json_string(source_name(f->src)));
+    json_object_set_new(status, "source_healthy", json_boolean(source_healthy(f->src)));
+    json_object_set_new(status, "epoch", json_integer(f->hub ? hub_max_epoch(f->hub) : 0));
+    json_object_set_new(status, "port", json_integer(f->port));
+    if (f->src != NULL) {
+        json_object_set_new(status, "last_message_age_ms",
+                            json_integer(f->src->vt->last_message_age_ms(f->src)));
+        f->src->vt->status(f->src, status);
+    }
+}
+
+static void fanout_drain(worker_t *w, int drain_ms)
+{
+    server_drain(w->data, drain_ms);
+}
+
+static void fanout_stop(worker_t *w)
+{
+    server_stop(w->data);
+}
+
+static const worker_ops_t fanout_ops = {
+    .role = "fanout",
+    .on_start = fanout_start,
+    .on_drain = fanout_drain,
+    .on_status = fanout_status,
+    .on_stop = fanout_stop,
+};
+
+int main(int argc, char **argv)
+{
+    return worker_main(argc, argv, &fanout_ops, &g_fanout);
+}

@@ -1,0 +1,545 @@
+/* The client side of the fanout worker: the SO_REUSEPORT listener, the
+ * upgrade checks (path, handshake, origin, capacity, URL channels), one
+ * client per WebSocket connection tied to a hub client, the slow-client rule
+ * and the drain (reconnect hint, then close 1001, spread over drain_ms). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "fanout.h"
+#include "log.h"
+#include "protocol.h"
+
+#define DRAIN_TICK_MS 10
+
+struct client_s {
+    fanout_t *f;
+    wss_conn_t *conn;
+    hub_client_t *hc;
+    proto_rate_t rate;
+    int upgraded;             /* counted in f->nclients */
+    char **url_chans;
+    int n_url;
+    int in_list;              /* 1: active, 2: drained */
+    client_t *prev, *next;
+};
+
+/* ---- metrics ------------------------------------------------------------- */
+
+void fanout_metrics_init(fanout_metrics_t *m)
+{
+    static const double lat_buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                         0.25,  0.5,    1,     2.5,  5,     10,   30};
+    int nb = (int)(sizeof lat_buckets / sizeof lat_buckets[0]);
+    m->clients = metric_gauge("exchange_fanout_clients", "Connected WebSocket clients");
+    m->accepted = metric_counter("exchange_fanout_connections_accepted_total",
+                                 "WebSocket upgrades accepted");
+    m->rejected = metric_counter("exchange_fanout_connections_rejected_total",
+                                 "Connections refused at the upgrade, by reason");
+    m->limit_hits = metric_counter("exchange_fanout_limit_hits_total",
+                                   "Client limits hit, by limit");
+    m->disconnects = metric_counter("exchange_fanout_disconnects_total",
+                                    "Client connections ended, by reason");
+    m->messages_sent = metric_counter("exchange_fanout_messages_sent_total",
+                                      "WebSocket frames written to clients");
+    m->bytes_sent = metric_counter("exchange_fanout_bytes_sent_total", "Bytes written to clients");
+    m->received = metric_counter("exchange_fanout_messages_received_total",
+                                 "Messages received from the data source");
+    m->dropped = metric_counter("exchange_fanout_dropped_total",
+                                "Messages dropped, by reason (fenced, duplicate, conflated, invalid)");
+    m->drop_fenced = metric_labels(m->dropped, "reason=\"fenced\"");
+    m->drop_duplicate = metric_labels(m->dropped, "reason=\"duplicate\"");
+    m->drop_conflated = metric_labels(m->dropped, "reason=\"conflated\"");
+    m->drop_invalid = metric_labels(m->dropped, "reason=\"invalid\"");
+    m->slow_closes = metric_counter("exchange_fanout_slow_client_closes_total",
+                                    "Clients closed (1013) for exceeding client_queue_bytes");
+    m->queue_bytes = metric_gauge("exchange_fanout_queue_bytes", "Bytes queued for clients");
+    m->channels = metric_gauge("exchange_fanout_channels", "Channels with data");
+    m->latency_ts = metric_histogram("exchange_fanout_exchange_latency_seconds",
+                                     "Receive time minus the exchange timestamp (ts)", lat_buckets, nb);
+    m->latency_recv = metric_histogram("exchange_fanout_ingest_latency_seconds",
+                                       "Receive time minus the ingest receive time (recv_ts)",
+                                       lat_buckets, nb);
+    m->max_epoch = metric_gauge("exchange_fanout_epoch", "Highest leader epoch seen");
+}
+
+void server_sync_metrics(fanout_t *f)
+{
+    if (f->wss != NULL) {
+        const wss_stats_t *s = wss_ctx_stats(f->wss);
+        metric_add(f->m.messages_sent, (double)(s->frames_sent - f->synced_frames));
+        metric_add(f->m.bytes_sent, (double)(s->bytes_sent - f->synced_bytes));
+        metric_add(f->m.drop_conflated, (double)(s->conflated - f->synced_conflated));
+        f->synced_frames = s->frames_sent;
+        f->synced_bytes = s->bytes_sent;
+        f->synced_conflated = s->conflated;
+        metric_set(f->m.queue_bytes, (double)s->queued_bytes);
+    }
+    metric_set(f->m.clients, f->nclients);
+    if (f->hub != NULL) {
+        metric_set(f->m.channels, hub_channel_count(f->hub));
+        metric_set(f->m.max_epoch, (double)hub_max_epoch(f->hub));
+    }
+}
+
+static void limit_hit(fanout_t *f, const char *limit)
+{
+    metric_inc(metric_labels(f->m.limit_hits, "limit=\"%s\"", limit));
+}
+
+/* ---- client list ----------------------------------------------------------- */
+
+static client_t **list_of(fanout_t *f, int which)
+{
+    return which == 1 ? &f->active : &f->drained;
+}
+
+static void list_del(client_t *c)
+{
+    if (!c->in_list)
+        return;
+    client_t **head = list_of(c->f, c->in_list);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        *head = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    c->in_list = 0;
+}
+
+static void list_add(client_t *c, int which)
+{
+    client_t **head = list_of(c->f, which);
+    c->prev = NULL;
+    c->next = *head;
+    if (*head)
+        (*head)->prev = c;
+    *head = c;
+    c->in_list = which;
+}
+
+static void client_free(client_t *c)
+{
+    list_del(c);
+    hub_client_free(c->hc);
+    cfg_free_list(c->url_chans, c->n_url);
+    free(c);
+}
+
+/* ---- hub send --------------------------------------------------------------- */
+
+int server_client_send(void *user, rbuf_t *frame, const void *tag)
+{
+    client_t *c = user;
+    if (c->conn == NULL)
+        return -EPIPE;
+    int r = wss_send(c->conn, frame, tag);
+    if (r == -ENOBUFS) {
+        /* Too slow: what is queued is stale anyway; the close frame follows
+         * the write in progress. The other clients are not affected. */
+        metric_inc(c->f->m.slow_closes);
+        limit_hit(c->f, "client_queue_bytes");
+        log_info("slow client closed", "peer=%s queued=%zu", wss_peer(c->conn),
+                 wss_queued_bytes(c->conn));
+        wss_close(c->conn, 1013, "slow client: queue limit exceeded", 1);
+    }
+    return r;
+}
+
+/* ---- wss callbacks ---------------------------------------------------------- */
+
+static int origin_allowed(fanout_t *f, const char *origin)
+{
+    if (f->norigins == 0 || origin == NULL)
+        return 1;
+    for (int i = 0; i < f->norigins; i++)
+        if (strcmp(f->origins[i], "*") == 0 || strcasecmp(f->origins[i], origin) == 0)
+            return 1;
+    return 0;
+}
+
+static int on_request(wss_conn_t *conn, const http_req_t *req, buf_t *extra, buf_t *body)
+{
+    client_t *c = wss_conn_data(conn);
+    fanout_t *f = c->f;
+    char path[512], accept[29];
+    int st;
+    if (http_req_path(req, path, sizeof path) < 0 || strcmp(path, f->cfg->fanout.path) != 0) {
+        buf_printf(body, "not found; the WebSocket endpoint is %s", f->cfg->fanout.path);
+        return 404;
+    }
+    if ((st = wss_check_upgrade(req, accept)) != 0) {
+        if (st == 426) {
+            buf_puts(extra, "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n");
+            buf_puts(body, "WebSocket upgrade required");
+        } else {
+            buf_puts(extra, "Sec-WebSocket-Version: 13\r\n");
+            buf_puts(body, "bad WebSocket handshake (GET, Sec-WebSocket-Key, Sec-WebSocket-Version: 13)");
+        }
+        return st;
+    }
+    if (!origin_allowed(f, http_req_header(req, "origin"))) {
+        buf_puts(body, "origin not allowed");
+        return 403;
+    }
+    if (f->draining) {
+        buf_puts(extra, "Retry-After: 1\r\n");
+        buf_puts(body, "draining; connect again");
+        return 503;
+    }
+    if (f->nclients >= f->cfg->fanout.max_clients) {
+        limit_hit(f, "max_clients");
+        buf_puts(extra, "Retry-After: 1\r\n");
+        buf_puts(body, "too many clients on this worker");
+        return 503;
+    }
+    char **names = NULL;
+    int n = 0;
+    char *q = malloc(f->cfg->fanout.max_header_bytes + 1);
+    if (q == NULL)
+        return 503;
+    if (http_req_query(req, "channels", q, (size_t)f->cfg->fanout.max_header_bytes + 1) == 0 &&
+        cfg_split_list(q, &names, &n) < 0) {
+        free(q);
+        return 400;
+    }
+    free(q);
+    const char *bad = NULL;
+    int r = proto_check_names(names, n, f->cfg->fanout.max_subscriptions, &bad);
+    if (r < 0) {
+        if (r == -E2BIG) {
+            limit_hit(f, "max_subscriptions");
+            buf_printf(body, "at most %d channels", f->cfg->fanout.max_subscriptions);
+        } else {
+            buf_printf(body, "bad channel name: %.128s", bad);
+        }
+        cfg_free_list(names, n);
+        return 400;
+    }
+    c->url_chans = names;
+    c->n_url = n;
+    c->upgraded = 1;
+    f->nclients++;
+    return 0;
+}
+
+static void on_open(wss_conn_t *conn)
+{
+    client_t *c = wss_conn_data(conn);
+    fanout_t *f = c->f;
+    metric_inc(f->m.accepted);
+    metric_set(f->m.clients, f->nclients);
+    list_add(c, 1);
+    if ((c->hc = hub_client_new(f->hub, c)) == NULL) {
+        wss_close(conn, 1011, "out of memory", 1);
+        return;
+    }
+    log_debug("client connected", "peer=%s channels=%d", wss_peer(conn), c->n_url);
+    if (c->n_url > 0)
+        (void)proto_subscribe_names(c->hc, c->url_chans, c->n_url);
+}
+
+static void on_message(wss_conn_t *conn, int opcode, const char *data, size_t len)
+{
+    client_t *c = wss_conn_data(conn);
+    fanout_t *f = c->f;
+    if (c->hc == NULL)
+        return;
+    if (opcode != WSS_OP_TEXT) {
+        proto_binary(c->hc);
+        return;
+    }
+    int limited = 0;
+    int r = proto_handle(c->hc, &c->rate, f->cfg->fanout.max_requests_per_sec, data, len,
+                         worker_now_ms(), &limited);
+    if (limited)
+        limit_hit(f, "max_requests_per_sec");
+    if (r == PROTO_CLOSE_POLICY) {
+        limit_hit(f, "max_requests_per_sec");
+        log_info("flooding client closed", "peer=%s", wss_peer(conn));
+        wss_close(conn, 1008, "too many requests", 1);
+    }
+}
+
+static const char *status_reason(int status)
+{
+    switch (status) {
+    case 400: return "bad_request";
+    case 403: return "origin";
+    case 404: return "not_found";
+    case 413: return "too_large";
+    case 426: return "not_upgrade";
+    case 431: return "headers_too_large";
+    case 503: return "unavailable";
+    default: return "other";
+    }
+}
+
+static void drain_maybe_done(fanout_t *f);
+
+static void on_close(wss_conn_t *conn, wss_end_t why, int code)
+{
+    client_t *c = wss_conn_data(conn);
+    fanout_t *f = c->f;
+    if (!c->upgraded) {
+        if (why == WSS_END_REJECTED)
+            metric_inc(metric_labels(f->m.rejected, "reason=\"%s\"", status_reason(code)));
+        else
+            metric_inc(metric_labels(f->m.rejected, "reason=\"%s\"",
+                                     why == WSS_END_TIMEOUT ? "handshake_timeout" : "aborted"));
+        if (why == WSS_END_REJECTED && code == 431)
+            limit_hit(f, "max_header_bytes");
+        client_free(c);
+        return;
+    }
+    const char *reason = "peer";
+    switch (why) {
+    case WSS_END_TIMEOUT:
+        reason = "pong_timeout";
+        limit_hit(f, "idle_timeout");
+        break;
+    case WSS_END_PROTOCOL:
+        reason = code == 1009 ? "too_big" : code == 1007 ? "bad_utf8" : "protocol";
+        if (code == 1009)
+            limit_hit(f, "max_message_bytes");
+        break;
+    case WSS_END_LOCAL:
+        reason = code == 1013 ? "slow" : code == 1008 ? "rate" : code == 1001 ? "drain" : "server";
+        break;
+    case WSS_END_ERROR: reason = "error"; break;
+    default: break;
+    }
+    f->nclients--;
+    metric_inc(metric_labels(f->m.disconnects, "reason=\"%s\"", reason));
+    metric_set(f->m.clients, f->nclients);
+    log_debug("client disconnected", "peer=%s reason=%s code=%d", wss_peer(conn), reason, code);
+    c->conn = NULL;
+    client_free(c);
+    if (f->draining)
+        drain_maybe_done(f);
+}
+
+static const wss_callbacks_t wss_cbs = {
+    .on_request = on_request,
+    .on_open = on_open,
+    .on_message = on_message,
+    .on_close = on_close,
+};
+
+/* ---- listener -------------------------------------------------------------- */
+
+static void on_connection(uv_stream_t *s, int status)
+{
+    fanout_t *f = s->data;
+    if (status < 0) {
+        log_warn("accept failed", "err=%s", uv_strerror(status));
+        return;
+    }
+    client_t *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return;
+    c->f = f;
+    int r = wss_accept(f->wss, s, c, &c->conn);
+    if (r < 0) {
+        log_warn("accept failed", "err=%s", uv_strerror(r));
+        free(c);
+    }
+}
+
+static void on_sync_timer(uv_timer_t *t)
+{
+    server_sync_metrics(t->data);
+}
+
+static int open_listener(fanout_t *f)
+{
+    char host[256];
+    int port = 0, r, fd = -1, one = 1;
+    struct sockaddr_storage ss;
+    if (cfg_parse_addr(f->cfg->fanout.listen, host, sizeof host, &port) < 0) {
+        log_error("bad [fanout] listen", "listen=%s", log_q(f->cfg->fanout.listen));
+        return -EINVAL;
+    }
+    if (host[0] == '\0' || strcmp(host, "*") == 0)
+        snprintf(host, sizeof host, "0.0.0.0");
+    if (strchr(host, ':') != NULL)
+        r = uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss);
+    else
+        r = uv_ip4_addr(host, port, (struct sockaddr_in *)&ss);
+    if (r < 0) {
+        log_error("bad [fanout] listen address", "listen=%s err=%s", log_q(f->cfg->fanout.listen),
+                  uv_strerror(r));
+        return r;
+    }
+    /* Our own socket so SO_REUSEPORT is set before bind: every worker binds
+     * the same port and the kernel spreads new connections among them. */
+    if ((fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)) < 0) {
+        r = -errno;
+        goto fail;
+    }
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) {
+        r = -errno;
+        goto fail;
+    }
+    socklen_t sl = ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    if (bind(fd, (struct sockaddr *)&ss, sl) < 0) {
+        r = -errno;
+        goto fail;
+    }
+    if ((r = uv_tcp_init(f->loop, &f->listener)) < 0)
+        goto fail;
+    f->listener.data = f;
+    if ((r = uv_tcp_open(&f->listener, fd)) < 0) {
+        uv_close((uv_handle_t *)&f->listener, NULL);
+        goto fail;
+    }
+    fd = -1;
+    f->listening = 1;
+    if ((r = uv_listen((uv_stream_t *)&f->listener, 1024, on_connection)) < 0)
+        goto fail;
+    int nl = sizeof ss;
+    if (uv_tcp_getsockname(&f->listener, (struct sockaddr *)&ss, &nl) == 0)
+        f->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                 : ((struct sockaddr_in *)&ss)->sin_port);
+    log_info("fanout listening", "listen=%s port=%d path=%s", log_q(f->cfg->fanout.listen), f->port,
+             log_q(f->cfg->fanout.path));
+    return 0;
+fail:
+    log_error("cannot listen", "listen=%s err=%s", log_q(f->cfg->fanout.listen), uv_strerror(r));
+    if (fd >= 0)
+        close(fd);
+    if (f->listening) {
+        uv_close((uv_handle_t *)&f->listener, NULL);
+        f->listening = 0;
+    }
+    return r;
+}
+
+int server_start(fanout_t *f)
+{
+    const cfg_t *cfg = f->cfg;
+    int r;
+    wss_limits_t lim = {
+        .max_header_bytes = (size_t)cfg->fanout.max_header_bytes,
+        .max_message_bytes = (size_t)cfg->fanout.max_message_bytes,
+        .queue_bytes = (size_t)cfg->fanout.client_queue_bytes,
+        .idle_timeout_ms = (uint64_t)cfg->fanout.idle_timeout_ms,
+        .pong_timeout_ms = (uint64_t)cfg->fanout.pong_timeout_ms,
+        .close_timeout_ms = 5000,
+        .handshake_timeout_ms = 10000,
+    };
+    if (cfg->fanout.allowed_origins && *cfg->fanout.allowed_origins &&
+        cfg_split_list(cfg->fanout.allowed_origins, &f->origins, &f->norigins) < 0)
+        return -ENOMEM;
+    if ((r = wss_ctx_new(f->loop, &lim, &wss_cbs, &f->wss)) < 0)
+        return r;
+    uv_timer_init(f->loop, &f->drain_timer);
+    uv_timer_init(f->loop, &f->deadline_timer);
+    uv_timer_init(f->loop, &f->sync_timer);
+    f->drain_timer.data = f->deadline_timer.data = f->sync_timer.data = f;
+    f->timers_init = 1;
+    uv_timer_start(&f->sync_timer, on_sync_timer, 1000, 1000);
+    uv_unref((uv_handle_t *)&f->sync_timer);
+    return open_listener(f);
+}
+
+/* ---- drain / stop ------------------------------------------------------------ */
+
+static void close_listener(fanout_t *f)
+{
+    if (f->listening) {
+        uv_close((uv_handle_t *)&f->listener, NULL);
+        f->listening = 0;
+    }
+}
+
+static void drain_finish(fanout_t *f, const char *why)
+{
+    server_sync_metrics(f);
+    log_info("drain finished", "why=%s clients_left=%d", why, f->nclients);
+    uv_timer_stop(&f->drain_timer);
+    uv_timer_stop(&f->deadline_timer);
+    worker_exit(f->w, 0);
+}
+
+static void drain_maybe_done(fanout_t *f)
+{
+    if (f->nclients == 0)
+        drain_finish(f, "no clients");
+}
+
+static void drain_one(fanout_t *f, client_t *c)
+{
+    list_del(c);
+    list_add(c, 2);
+    /* Spread the reconnects a little too, so a drained instance does not
+     * send every client to the others in the same millisecond. */
+    int after = f->cfg->fanout.drain_ms > 0 ? rand() % (f->cfg->fanout.drain_ms < 1000 ? f->cfg->fanout.drain_ms : 1000) : 0;
+    char *msg = proto_reconnect_msg("drain", after);
+    if (msg != NULL) {
+        (void)wss_send_text(c->conn, msg, strlen(msg));
+        free(msg);
+    }
+    wss_close(c->conn, 1001, "server draining", 0);
+}
+
+static void on_drain_tick(uv_timer_t *t)
+{
+    fanout_t *f = t->data;
+    for (int i = 0; i < f->drain_per_tick && f->active != NULL; i++)
+        drain_one(f, f->active);
+    if (f->active == NULL)
+        uv_timer_stop(t);
+}
+
+static void on_deadline(uv_timer_t *t)
+{
+    drain_finish(t->data, "deadline");
+}
+
+void server_drain(fanout_t *f, int drain_ms)
+{
+    if (f->draining)
+        return;
+    f->draining = 1;
+    close_listener(f);
+    if (f->nclients == 0) {
+        drain_finish(f, "no clients");
+        return;
+    }
+    /* Closes go out over the first 80% of drain_ms; the rest is for the
+     * close handshakes. The hard deadline is drain_ms (at least 1s). */
+    int spread = drain_ms * 8 / 10;
+    int ticks = spread / DRAIN_TICK_MS;
+    if (ticks < 1)
+        ticks = 1;
+    f->drain_total = f->nclients;
+    f->drain_per_tick = (f->drain_total + ticks - 1) / ticks;
+    log_info("draining clients", "clients=%d drain_ms=%d per_tick=%d", f->nclients, drain_ms,
+             f->drain_per_tick);
+    uv_timer_start(&f->drain_timer, on_drain_tick, 0, DRAIN_TICK_MS);
+    uv_timer_start(&f->deadline_timer, on_deadline, (uint64_t)(drain_ms < 1000 ? 1000 : drain_ms), 0);
+}
+
+void server_stop(fanout_t *f)
+{
+    close_listener(f);
+    while (f->active != NULL) {
+        client_t *c = f->active;
+        list_del(c);
+        list_add(c, 2);
+        wss_abort(c->conn);
+    }
+    if (f->timers_init) {
+        uv_timer_stop(&f->drain_timer);
+        uv_timer_stop(&f->deadline_timer);
+        uv_timer_stop(&f->sync_timer);
+    }
+}
