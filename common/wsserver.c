@@ -416,14 +416,21 @@ static void conn_flush(wss_conn_t *c)
         maybe_finish(c);
         return;
     }
-    size_t n = c->qlen < WSS_MAX_IOV ? c->qlen : WSS_MAX_IOV;
+    size_t max = c->qlen < WSS_MAX_IOV ? c->qlen : WSS_MAX_IOV;
+    /* A write in progress holds at most half the bound, so that behind it
+     * there is room for conflated frames when the peer stalls. */
+    size_t budget = c->ctx->lim.queue_bytes ? c->ctx->lim.queue_bytes / 2 : (size_t)-1;
+    size_t n = 0, bytes = 0;
     if (c->iov == NULL && (c->iov = malloc(WSS_MAX_IOV * sizeof(uv_buf_t))) == NULL) {
         conn_close_now(c, WSS_END_ERROR);
         return;
     }
-    for (size_t i = 0; i < n; i++) {
-        qent_t *e = q_at(c, i);
-        c->iov[i] = uv_buf_init(e->b->data, (unsigned)e->b->len);
+    while (n < max) {
+        qent_t *e = q_at(c, n);
+        if (n > 0 && bytes + e->b->len > budget)
+            break;
+        bytes += e->b->len;
+        c->iov[n++] = uv_buf_init(e->b->data, (unsigned)e->b->len);
     }
     c->qinflight = n;
     c->writing = 1;
@@ -476,9 +483,11 @@ int wss_send(wss_conn_t *c, rbuf_t *frame, const void *tag)
     if (c->state != ST_OPEN || c->tcp_closing)
         return -EPIPE;
     size_t lim = c->ctx->lim.queue_bytes;
-    /* Conflate only behind a write still in progress: a client that keeps
-     * up gets every message, a slow one only the newest per tag. */
-    if (tag != NULL && c->writing) {
+    /* Conflate only behind a write still in progress, or when the frame
+     * would not fit: a client that keeps up gets every message, a slow one
+     * (or one hit by a burst) only the newest per tag. */
+    int over = lim && c->qbytes + frame->len > lim;
+    if (tag != NULL && (c->writing || over)) {
         for (size_t i = c->qlen; i > c->qinflight; i--) {
             qent_t *e = q_at(c, i - 1);
             if (e->tag != tag)

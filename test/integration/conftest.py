@@ -163,7 +163,7 @@ def pytest_sessionfinish(session, exitstatus):
 # ---- more fixture modules, owned by others ---------------------------------------
 # Imported when present; a real error inside them must surface, so only a
 # missing module is skipped.
-for _name in ("harness.service",):
+for _name in ("harness.service", "harness.sim"):
     if importlib.util.find_spec(_name) is not None:
         _mod = importlib.import_module(_name)
         _names = getattr(_mod, "__all__", [n for n in vars(_mod) if not n.startswith("_")])

@@ -347,6 +347,10 @@ def test_reconnect_and_kafka_outage(tmp_path, build_dir, sim, kafka_broker):
         wait_trades(sim, n + 40)
         time.sleep(2)
         kafka_broker.up()
+        # The queued messages go out once the brokers are back ("delivering
+        # again" is logged when the producer queue is empty).
+        util.wait_until(lambda: "kafka: delivering again" in log_text(ing), timeout=30,
+                        what="the producer queue to drain after the outage")
         n = sum(len(v) for v in sent_trades(sim.records(), ("upbit", "binance")).values())
         wait_trades(sim, n + 30)
         sim.control("/pause")

@@ -145,7 +145,7 @@ int server_client_send(void *user, rbuf_t *frame, const void *tag)
          * the write in progress. The other clients are not affected. */
         metric_inc(c->f->m.slow_closes);
         limit_hit(c->f, "client_queue_bytes");
-        log_info("slow client closed", "peer=%s queued=%zu", wss_peer(c->conn),
+        log_info("slow client closed", "peer=%s tag=%d len=%zu queued=%zu", wss_peer(c->conn), tag != NULL, frame->len,
                  wss_queued_bytes(c->conn));
         wss_close(c->conn, 1013, "slow client: queue limit exceeded", 1);
     }
@@ -225,6 +225,8 @@ static int on_request(wss_conn_t *conn, const http_req_t *req, buf_t *extra, buf
     c->url_chans = names;
     c->n_url = n;
     c->upgraded = 1;
+    /* Which worker took the connection: for operators and tests. */
+    buf_printf(extra, "X-Exchange-Worker: %d\r\n", (int)getpid());
     f->nclients++;
     return 0;
 }

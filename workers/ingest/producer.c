@@ -138,6 +138,10 @@ static rd_kafka_t *make_client(producer_t *p)
     set_prop(conf, "compression.type", "lz4", &bad);
     set_prop(conf, "socket.keepalive.enable", "true", &bad);
     set_prop(conf, "log.queue", "true", &bad);
+    /* librdkafka's default backoff cap (10 s) would keep a recovered broker
+     * unused for seconds after an outage; a few brokers can take 1/s. */
+    set_prop(conf, "reconnect.backoff.ms", "100", &bad);
+    set_prop(conf, "reconnect.backoff.max.ms", "1000", &bad);
     if (nonempty(c->kafka.security_protocol))
         set_prop(conf, "security.protocol", c->kafka.security_protocol, &bad);
     /* SASL keys have defaults; they only mean something with a SASL_* protocol. */

@@ -1,0 +1,590 @@
+"""`make bench`: runs the benchmark scenarios (test/bench/run.sh BUILD_DIR
+calls this) against exchange-service, nginx + nchan and the Node `ws` peer,
+and prints one table. BENCH_QUICK=1: fewer clients, shorter steps (< 3 min).
+BENCH_ONLY=1,3 runs only the named scenarios. Raw figures go to
+BUILD/bench/results.json, logs to BUILD/bench/logs/.
+
+Every figure comes from a measurement in this run; a scenario that cannot run
+prints "n/a (reason)". Servers are fed the same JSON (publish.c) and served
+to the same clients (loadgen.c); server CPU is utime+stime from /proc of every
+process of the server (descendants included), measured over the same window
+as the delivered messages."""
+import json
+import os
+import select
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BUILD = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(REPO, "build"))
+os.environ["EXCHANGE_BUILD"] = BUILD
+sys.path.insert(0, os.path.join(REPO, "test", "integration"))
+from harness import util  # noqa: E402
+from harness.kafka import KafkaBroker  # noqa: E402
+
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+ONLY = set(os.environ.get("BENCH_ONLY", "1,2,3,4,5,6").split(","))
+BENCH = os.path.join(BUILD, "bench")
+LOGS = os.path.join(BENCH, "logs")
+NODE_DIR = os.path.dirname(os.path.abspath(__file__))
+CPUS = os.cpu_count() or 2
+
+# Scenario sizes. 100 clients per channel throughout: the fan-out ratio, not
+# the publish path, is what is measured.
+PER_CH = 100
+FANOUT_N = [1000] if QUICK else [1000, 10000]
+SIZES = [0, 1024]  # 0: the natural trade message (no padding, ~240 B)
+STEP_WARM, STEP_S = (1.0, 2.0) if QUICK else (1.5, 4.0)
+REPS = 1 if QUICK else 3
+LAT_N, LAT_RATE = (1000, 1000) if QUICK else (10000, 1000)
+IDLE_N = 6000 if QUICK else 20000
+SYS_N = 1000
+FAIL_REPS = 3 if QUICK else 10
+# Delivered messages/s targets of the ramp; the publish rate is target / PER_CH.
+RAMP = [25000, 50000, 100000, 200000, 400000, 800000, 1600000]
+
+results = {"quick": QUICK, "scenarios": {}}
+
+
+def log(*a):
+    print("bench:", *a, file=sys.stderr, flush=True)
+
+
+def ensure_dirs():
+    os.makedirs(LOGS, exist_ok=True)
+
+
+# ---- /proc -------------------------------------------------------------------
+
+def tree(pid):
+    return [pid] + util.descendants(pid) if pid and util.pid_alive(pid) else []
+
+
+def proc_cpu(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            s = f.read()
+        fields = s[s.rindex(")") + 2:].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def tree_rss_kb(pid):
+    total = 0
+    for p in tree(pid):
+        try:
+            with open("/proc/%d/status" % p) as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+# ---- line-driven helpers (loadgen, publish) ---------------------------------
+
+class LineProc:
+    def __init__(self, argv, name):
+        self.name = name
+        self.err = open(os.path.join(LOGS, name + ".stderr"), "ab")
+        self.p = subprocess.Popen([str(a) for a in argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=self.err, start_new_session=True)
+        self.buf = b""
+
+    def send(self, line):
+        try:
+            self.p.stdin.write(line.encode() + b"\n")
+            self.p.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass
+
+    def read_event(self, event, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n" in self.buf:
+                line, self.buf = self.buf.split(b"\n", 1)
+                try:
+                    m = json.loads(line)
+                except ValueError:
+                    continue
+                if m.get("event") == event:
+                    return m
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError("%s: no %s within %.0fs" % (self.name, event, timeout))
+            r, _, _ = select.select([self.p.stdout], [], [], left)
+            if r:
+                chunk = os.read(self.p.stdout.fileno(), 65536)
+                if not chunk:
+                    raise RuntimeError("%s exited (rc=%s) waiting for %s" % (self.name, self.p.poll(), event))
+                self.buf += chunk
+
+    def stop(self):
+        self.send("quit")
+        try:
+            self.p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.p.pid, signal.SIGKILL)
+            self.p.wait()
+        self.err.close()
+
+
+def start_loadgen(system, n, channels, name, src_first=1, src_ips=4, timeout=180):
+    lg = LineProc([os.path.join(BENCH, "loadgen"), "--url", system.ws_url, "--clients", n, "--channels",
+                   channels, "--src-first", src_first, "--src-ips", src_ips, "--concurrency", 256,
+                   "--connect-timeout", timeout - 10] + sum([["--server-pid", p] for p in system.pids], []),
+                  name)
+    ready = lg.read_event("ready", timeout)
+    return lg, ready
+
+
+def start_publisher(system, channels, size, name):
+    argv = [os.path.join(BENCH, "publish"), "--channels", channels] + system.pub_args
+    if size:
+        argv += ["--size", size]
+    else:
+        argv += ["--size", 64]  # below the natural size: no padding
+    return LineProc(argv, name)
+
+
+# ---- systems under test -------------------------------------------------------
+
+class System:
+    name = "?"
+    pids = []
+
+    def root_pid(self):
+        return self.pids[0] if self.pids else None
+
+
+class Ours(System):
+    """exchange-service fed from a test Kafka broker (librdkafka mock cluster,
+    its CPU is not counted: it stands in for the Kafka cluster)."""
+    name = "exchange-service"
+
+    @staticmethod
+    def available():
+        for b in ("exchange-service", "exchange-fanout", "test-kafka-broker"):
+            if not os.access(os.path.join(BUILD, b), os.X_OK):
+                return "build/%s not built" % b
+        return None
+
+    def start(self):
+        d = os.path.join(LOGS, "ours")
+        os.makedirs(d, exist_ok=True)
+        self.broker = KafkaBroker(d, brokers=1, topics=["exchange:6"]).start()
+        self.port, admin, relay = util.free_port(), util.free_port(), util.free_port()
+        ini = os.path.join(d, "bench.ini")
+        with open(ini, "w") as f:
+            f.write("[service]\ncluster = bench\ninstance = bench\n[zookeeper]\nconnect =\n"
+                    "[kafka]\nbrokers = %s\ntopic = exchange\nstart_tail = 0\n" % self.broker.bootstrap)
+            for ex in ("upbit", "bithumb", "binance", "coinbase"):
+                f.write("[exchange.%s]\nenabled = false\n" % ex)
+            f.write("[fanout]\nlisten = 127.0.0.1:%d\nworkers = %d\nmax_clients = 100000\n"
+                    "[relay]\nlisten = 127.0.0.1:%d\nadvertise = 127.0.0.1:%d\n"
+                    "[admin]\nlisten = 127.0.0.1:%d\n[log]\nlevel = warn\n"
+                    % (self.port, CPUS, relay, relay, admin))
+        self.proc = util.Proc([os.path.join(BUILD, "exchange-service"), "--conf-dir", os.path.join(REPO, "conf"),
+                               "--profile", "local", "--config", ini], d, name="exchange-service", cwd=REPO)
+        self.proc.start()
+        util.wait_until(lambda: util.port_open(self.port), timeout=20, what="fanout port")
+        time.sleep(0.5)
+        self.pids = [self.proc.pid]
+        self.ws_url = "ws://127.0.0.1:%d/ws/exchange" % self.port
+        self.pub_args = ["--kafka", self.broker.bootstrap, "--topic", "exchange"]
+        return self
+
+    def stop(self):
+        self.proc.stop(timeout=15)
+        self.broker.stop()
+
+
+class Nchan(System):
+    name = "nginx+nchan"
+
+    @staticmethod
+    def available():
+        if not shutil.which("nginx") and not os.path.exists("/usr/sbin/nginx"):
+            return "nginx not installed"
+        if not os.path.exists("/usr/lib/nginx/modules/ngx_nchan_module.so"):
+            return "libnginx-mod-nchan not installed"
+        return None
+
+    def start(self):
+        d = os.path.join(LOGS, "nchan")
+        os.makedirs(d, exist_ok=True)
+        self.port = util.free_port()
+        with open(os.path.join(NODE_DIR, "nchan.conf.in")) as f:
+            conf = f.read()
+        for k, v in {"DIR": d, "PORT": self.port, "WORKERS": CPUS, "NOFILE": 20000, "CONNS": 19000}.items():
+            conf = conf.replace("@%s@" % k, str(v))
+        path = os.path.join(d, "nginx.conf")
+        with open(path, "w") as f:
+            f.write(conf)
+        self.proc = util.Proc(["nginx", "-p", d, "-c", path], d, name="nginx")
+        self.proc.start()
+        util.wait_until(lambda: util.port_open(self.port), timeout=20, what="nginx port")
+        self.pids = [self.proc.pid]
+        self.ws_url = "ws://127.0.0.1:%d/sub/{ch}" % self.port
+        self.pub_args = ["--http", "http://127.0.0.1:%d/pub/{ch}" % self.port, "--conns", 4]
+        return self
+
+    def stop(self):
+        self.proc.stop(timeout=10, sig=signal.SIGTERM)
+
+
+class NodeWs(System):
+    name = "node ws"
+
+    @staticmethod
+    def available():
+        if not shutil.which("node"):
+            return "node not installed"
+        if not os.path.isdir(os.path.join(NODE_DIR, "node_modules", "ws")):
+            return "ws not installed (npm ci --prefix test/bench)"
+        return None
+
+    def start(self):
+        d = os.path.join(LOGS, "node")
+        os.makedirs(d, exist_ok=True)
+        self.port, self.feed = util.free_port(), util.free_port()
+        self.proc = util.Proc(["node", os.path.join(NODE_DIR, "ws-peer.js"), "--port", self.port,
+                               "--feed-port", self.feed], d, name="ws-peer", cwd=NODE_DIR)
+        self.proc.start()
+        util.wait_until(lambda: util.port_open(self.port) and util.port_open(self.feed), timeout=20,
+                        what="node peer ports")
+        self.pids = [self.proc.pid]
+        self.ws_url = "ws://127.0.0.1:%d/" % self.port
+        self.pub_args = ["--tcp", "127.0.0.1:%d" % self.feed]
+        return self
+
+    def stop(self):
+        self.proc.stop(timeout=10)
+
+
+SYSTEMS = [Ours, Nchan, NodeWs]
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+# ---- scenario 1, 2, 4: fanout ramp, latency, syscalls ---------------------------
+
+def measure(lg, secs):
+    lg.send("measure %g" % secs)
+    return lg.read_event("result", secs + 30)
+
+
+def perf_writes(pids, secs):
+    """write-type syscalls of every thread of pids over secs (perf tracepoints)."""
+    evs = ["syscalls:sys_enter_%s" % s for s in ("write", "writev", "sendto", "sendmsg", "sendmmsg")]
+    argv = ["perf", "stat", "-x", ",", "-e", ",".join(evs), "-p", ",".join(str(p) for p in pids),
+            "--", "sleep", "%g" % secs]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=secs + 30)
+    counts = {}
+    for line in p.stderr.splitlines():
+        parts = line.split(",")
+        if len(parts) > 2 and parts[2].startswith("syscalls:"):
+            try:
+                counts[parts[2].split("_enter_")[1]] = int(parts[0])
+            except ValueError:
+                pass
+    return counts if counts else None
+
+
+def run_fanout(cls):
+    out = {"fanout": [], "latency": None, "syscalls": None}
+    for n in FANOUT_N:
+        channels = max(1, n // PER_CH)
+        sysobj = cls().start()
+        try:
+            lg, ready = start_loadgen(sysobj, n, channels, "%s-lg-%d" % (cls.__name__, n))
+            log("%s: %d clients ready: %s" % (cls.name, n, ready))
+            for size in SIZES:
+                pub = start_publisher(sysobj, channels, size, "%s-pub-%d-%d" % (cls.__name__, n, size))
+                time.sleep(0.5)
+                if size == SIZES[0] and n == LAT_N and "2" in ONLY:
+                    pub.send("rate %d" % LAT_RATE)
+                    time.sleep(STEP_WARM + 1)
+                    runs = [measure(lg, STEP_S) for _ in range(REPS)]
+                    out["latency"] = {
+                        "clients": n, "publish_rate": LAT_RATE, "size": size,
+                        "msgs_per_s": med([r["msgs_per_s"] for r in runs]),
+                        "bytes_per_msg": runs[0]["bytes"] / max(1, runs[0]["msgs"]),
+                        **{k: med([r["lat_us"][k] for r in runs]) for k in ("p50", "p99", "p999", "max")},
+                        "lost": sum(r["lost"] for r in runs), "ooo": sum(r["ooo"] for r in runs), "runs": runs}
+                    log("%s latency: %s" % (cls.name, {k: v for k, v in out["latency"].items() if k != "runs"}))
+                    pub.send("rate 0")
+                    time.sleep(1)
+                if size == SIZES[0] and n == SYS_N and "4" in ONLY and shutil.which("perf"):
+                    rate = 50000 // PER_CH
+                    pub.send("rate %d" % rate)
+                    time.sleep(STEP_WARM)
+                    lg.send("measure %g" % STEP_S)
+                    counts = perf_writes(tree(sysobj.root_pid()), STEP_S)
+                    r = lg.read_event("result", STEP_S + 30)
+                    if counts and r["msgs"]:
+                        total = sum(counts.values())
+                        out["syscalls"] = {"clients": n, "publish_rate": rate, "msgs": r["msgs"],
+                                           "msgs_per_s": r["msgs_per_s"], "counts": counts,
+                                           "per_msg": total / r["msgs"]}
+                    log("%s syscalls: %s" % (cls.name, out["syscalls"]))
+                    pub.send("rate 0")
+                    time.sleep(1)
+                if "1" not in ONLY:
+                    pub.stop()
+                    continue
+                steps = []
+                lgpid = lg.p.pid
+                for target in RAMP:
+                    rate = target // PER_CH
+                    pub.send("rate %d" % rate)
+                    time.sleep(STEP_WARM)
+                    c0 = proc_cpu(lgpid)
+                    r = measure(lg, STEP_S)
+                    r["loadgen_cpu"] = (proc_cpu(lgpid) - c0) / r["duration_s"]
+                    r["publish_rate"] = rate
+                    expected = rate * PER_CH  # every channel has PER_CH clients
+                    r["expected"] = expected
+                    steps.append(r)
+                    log("%s n=%d size=%d rate=%d: %.0f/s (exp %.0f) cpu %.2f lg %.2f p99 %dus lost %d closed %d"
+                        % (cls.name, n, size, rate, r["msgs_per_s"], expected, r["cpu_s"], r["loadgen_cpu"],
+                           r["lat_us"]["p99"], r["lost"], r["closed"]))
+                    if (r["msgs_per_s"] < 0.9 * expected or r["lat_us"]["p99"] > 2000000
+                            or r["clients"] < 0.98 * n):
+                        break
+                best = max(steps, key=lambda s: s["msgs_per_s"])
+                runs = [best]
+                for _ in range(REPS - 1):
+                    pub.send("rate 0")
+                    time.sleep(2)
+                    pub.send("rate %d" % best["publish_rate"])
+                    time.sleep(STEP_WARM)
+                    runs.append(measure(lg, STEP_S))
+                pub.send("rate 0")
+                pub.stop()
+                row = {"clients": n, "size": size, "publish_rate": best["publish_rate"],
+                       "bytes_per_msg": best["bytes"] / max(1, best["msgs"]),
+                       "msgs_per_s": med([r["msgs_per_s"] for r in runs]),
+                       "cpu_per_s": med([r["cpu_s"] / r["duration_s"] for r in runs]),
+                       "msgs_per_cpu_s": med([r["msgs"] / r["cpu_s"] if r["cpu_s"] > 0 else None for r in runs]),
+                       "p99_us": med([r["lat_us"]["p99"] for r in runs]),
+                       "lost": sum(r["lost"] for r in runs), "ooo": sum(r["ooo"] for r in runs),
+                       "closed": runs[-1]["closed"], "saturated": best is not steps[-1] or len(steps) < len(RAMP),
+                       "loadgen_cpu": best.get("loadgen_cpu"), "setup_rate": ready["setup_rate"],
+                       "setup_failed": ready["failed"], "steps": steps, "runs": runs}
+                out["fanout"].append(row)
+                time.sleep(1)
+            lg.stop()
+        finally:
+            sysobj.stop()
+    return out
+
+
+# ---- scenario 3: idle clients -----------------------------------------------------
+
+def run_idle(cls):
+    sysobj = cls().start()
+    lgs = []
+    try:
+        time.sleep(1)
+        rss0 = tree_rss_kb(sysobj.root_pid())
+        per = 10000
+        k = 0
+        left = IDLE_N
+        while left > 0:
+            n = min(per, left)
+            lg, ready = start_loadgen(sysobj, n, max(1, n // PER_CH), "%s-idle-%d" % (cls.__name__, k),
+                                      src_first=1 + 8 * k, src_ips=8)
+            lgs.append((lg, ready))
+            left -= n
+            k += 1
+        time.sleep(3)
+        rss1 = tree_rss_kb(sysobj.root_pid())
+        connected = sum(r["subscribed"] for _, r in lgs)
+        return {"clients": connected, "rss0_kb": rss0, "rss1_kb": rss1,
+                "bytes_per_client": (rss1 - rss0) * 1024 / connected if connected else None,
+                "setup_rate": med([r["setup_rate"] for _, r in lgs]), "failed": sum(r["failed"] for _, r in lgs)}
+    finally:
+        for lg, _ in lgs:
+            lg.stop()
+        sysobj.stop()
+
+
+# ---- scenarios 5 and 6 live in failover.py (ZooKeeper, simulator) -------------------
+
+def run_failover_scenarios():
+    import failover
+    return failover.run(BUILD, LOGS, quick=QUICK, reps=FAIL_REPS, only=ONLY)
+
+
+# ---- the table ----------------------------------------------------------------------
+
+def fmt(v, f="%.0f"):
+    return "-" if v is None else f % v
+
+
+def ratio(a, b):
+    return "%.2fx" % (a / b) if a and b else "n/a"
+
+
+def print_table(res):
+    sc = res["scenarios"]
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    L = []
+    L.append("exchange-service benchmarks%s — nproc %d, %s" % (" (BENCH_QUICK=1)" if QUICK else "", CPUS, cpu))
+    L.append("")
+    L.append("(1) fanout at saturation, %d clients per channel, median of %d run(s)" % (PER_CH, REPS))
+    hdr = "%-17s %7s %6s %10s %12s %9s %12s %9s %6s %6s %10s" % (
+        "system", "clients", "msg B", "publish/s", "delivered/s", "cpu s/s", "msgs/cpu-s", "p99 ms", "lost",
+        "ooo", "conn/s")
+    L.append(hdr)
+    rows = {}
+    for name, r in sc.get("fanout", {}).items():
+        if isinstance(r, str):
+            L.append("%-17s %s" % (name, r))
+            continue
+        for row in r:
+            rows[(name, row["clients"], row["size"])] = row
+            L.append("%-17s %7d %6.0f %10d %12s %9.2f %12s %9.1f %6d %6d %10s%s" % (
+                name, row["clients"], row["bytes_per_msg"], row["publish_rate"], fmt(row["msgs_per_s"]),
+                row["cpu_per_s"] or 0, fmt(row["msgs_per_cpu_s"]), (row["p99_us"] or 0) / 1000, row["lost"],
+                row["ooo"], fmt(row["setup_rate"]), "" if row["saturated"] else "  (ramp top, not saturated)"))
+    ours = "exchange-service"
+    for peer in ("nginx+nchan", "node ws"):
+        for (name, n, size), row in sorted(rows.items()):
+            if name != ours or (peer, n, size) not in rows:
+                continue
+            p = rows[(peer, n, size)]
+            L.append("  ours/%s %d clients %s: delivered %s, msgs per CPU-second %s" % (
+                peer, n, "1 KB" if size else "small", ratio(row["msgs_per_s"], p["msgs_per_s"]),
+                ratio(row["msgs_per_cpu_s"], p["msgs_per_cpu_s"])))
+    L.append("")
+    L.append("(2) latency at a fixed load (publish %d msg/s, %d clients, small messages), median of %d"
+             % (LAT_RATE, LAT_N, REPS))
+    L.append("%-17s %12s %8s %8s %9s %8s %6s %6s" % ("system", "delivered/s", "p50 ms", "p99 ms", "p99.9 ms",
+                                                     "max ms", "lost", "ooo"))
+    for name, r in sc.get("latency", {}).items():
+        if isinstance(r, str) or r is None:
+            L.append("%-17s %s" % (name, r or "n/a (not measured)"))
+            continue
+        L.append("%-17s %12s %8.2f %8.2f %9.2f %8.1f %6d %6d" % (name, fmt(r["msgs_per_s"]), r["p50"] / 1000,
+                                                             r["p99"] / 1000, r["p999"] / 1000, r["max"] / 1000,
+                                                             r["lost"], r["ooo"]))
+    L.append("")
+    L.append("(3) idle clients (subscribed, no traffic): server RSS (all processes, VmRSS)")
+    L.append("%-17s %8s %12s %12s %14s %10s" % ("system", "clients", "RSS before", "RSS after", "bytes/client",
+                                               "conn/s"))
+    for name, r in sc.get("idle", {}).items():
+        if isinstance(r, str):
+            L.append("%-17s %s" % (name, r))
+            continue
+        L.append("%-17s %8d %9.1f MB %9.1f MB %14s %10s" % (name, r["clients"], r["rss0_kb"] / 1024,
+                                                          r["rss1_kb"] / 1024, fmt(r["bytes_per_client"]),
+                                                          fmt(r["setup_rate"])))
+    L.append("")
+    L.append("(4) write-type syscalls (write, writev, sendto, sendmsg, sendmmsg; perf tracepoints, every"
+             " server thread) per delivered message")
+    L.append("%-17s %8s %10s %12s %10s  %s" % ("system", "clients", "publish/s", "delivered/s", "per msg",
+                                              "counts"))
+    for name, r in sc.get("syscalls", {}).items():
+        if isinstance(r, str) or r is None:
+            L.append("%-17s %s" % (name, r or "n/a (not measured)"))
+            continue
+        L.append("%-17s %8d %10d %12s %10.4f  %s" % (name, r["clients"], r["publish_rate"], fmt(r["msgs_per_s"]),
+                                                    r["per_msg"], " ".join("%s=%d" % kv
+                                                                           for kv in sorted(r["counts"].items())
+                                                                           if kv[1])))
+    L.append("")
+    fo = sc.get("failover")
+    L.append("(5) failover with a real ZooKeeper: time from the signal to the leader to the first client"
+             " message of the new leader")
+    if isinstance(fo, dict):
+        for sig in ("kill -9", "SIGTERM"):
+            r = fo.get(sig)
+            if isinstance(r, dict):
+                L.append("  %-8s n=%d  median %.2f s  max %.2f s  (session_timeout_ms %d)" % (
+                    sig, len(r["times"]), statistics.median(r["times"]), max(r["times"]),
+                    r["session_timeout_ms"]))
+            else:
+                L.append("  %-8s %s" % (sig, r))
+    else:
+        L.append("  %s" % fo)
+    L.append("")
+    sw = sc.get("switch")
+    L.append("(6) Kafka -> relay switch (all brokers down) and back: longest time a client went without messages")
+    if isinstance(sw, dict):
+        L.append("  baseline gap %.2f s; to relay: gap %.2f s (source relay after %.2f s); back to Kafka: gap %.2f s;"
+                 " lost %d, duplicates/out of order %d" % (sw["baseline_gap_s"], sw["down_gap_s"],
+                                                         sw["switch_s"], sw["up_gap_s"], sw["lost"], sw["ooo"]))
+    else:
+        L.append("  %s" % sw)
+    print("\n".join(L), flush=True)
+
+
+def main():
+    ensure_dirs()
+    t0 = time.monotonic()
+    sc = results["scenarios"]
+    for key in ("fanout", "latency", "syscalls", "idle"):
+        sc[key] = {}
+    for cls in SYSTEMS:
+        why = cls.available()
+        if why:
+            for key in ("fanout", "latency", "syscalls", "idle"):
+                sc[key][cls.name] = "n/a (%s)" % why
+            continue
+        if ONLY & {"1", "2", "4"}:
+            try:
+                r = run_fanout(cls)
+                sc["fanout"][cls.name] = r["fanout"] if "1" in ONLY else "n/a (not selected)"
+                sc["latency"][cls.name] = r["latency"] if "2" in ONLY else "n/a (not selected)"
+                sc["syscalls"][cls.name] = (r["syscalls"] or "n/a (perf gave no counts)") if "4" in ONLY \
+                    else "n/a (not selected)"
+            except Exception as e:  # noqa: BLE001 - report and go on with the next system
+                log("%s fanout failed: %r" % (cls.name, e))
+                for key in ("fanout", "latency", "syscalls"):
+                    sc[key][cls.name] = "n/a (failed: %s)" % str(e).splitlines()[0][:120]
+    for cls in SYSTEMS:
+        if "3" not in ONLY or cls.available():
+            continue
+        if cls is NodeWs:
+            sc["idle"][cls.name] = "n/a (one process; RLIMIT_NOFILE hard limit %d here)" % \
+                __import__("resource").getrlimit(__import__("resource").RLIMIT_NOFILE)[1]
+            continue
+        try:
+            sc["idle"][cls.name] = run_idle(cls)
+        except Exception as e:  # noqa: BLE001
+            log("%s idle failed: %r" % (cls.name, e))
+            sc["idle"][cls.name] = "n/a (failed: %s)" % str(e).splitlines()[0][:120]
+    if ONLY & {"5", "6"}:
+        try:
+            sc.update(run_failover_scenarios())
+        except Exception as e:  # noqa: BLE001
+            log("failover scenarios failed: %r" % e)
+            sc.setdefault("failover", "n/a (failed: %s)" % str(e).splitlines()[0][:120])
+            sc.setdefault("switch", "n/a (failed: %s)" % str(e).splitlines()[0][:120])
+    for k in ("failover", "switch"):
+        sc.setdefault(k, "n/a (not selected)")
+    results["elapsed_s"] = time.monotonic() - t0
+    with open(os.path.join(BENCH, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    print_table(results)
+    print("(elapsed %.0f s; raw figures in %s)" % (results["elapsed_s"], os.path.join(BENCH, "results.json")))
+
+
+if __name__ == "__main__":
+    main()

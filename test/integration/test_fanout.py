@@ -1,0 +1,522 @@
+"""exchange-fanout standalone, fed through the test Kafka broker by a
+confluent_kafka producer, with python3-websockets clients (and a raw socket
+client for what websockets refuses to send).
+
+Each test starts its own broker (kafka_broker fixture) and its own worker(s)
+on a free port; every process is stopped at teardown."""
+import asyncio
+import base64
+import json
+import os
+import signal
+import socket
+import struct
+import time
+
+import pytest
+import websockets
+
+from harness import REPO
+from harness.kafka import producer
+from harness.util import free_port, port_open, wait_until
+
+TOPIC = "exchange"
+
+
+# ---- fixtures -----------------------------------------------------------------------
+
+class Fanout:
+    def __init__(self, procs, tmp_path, build_dir, bootstrap, port, extra, name):
+        self.port = port
+        ini = tmp_path / ("%s.ini" % name)
+        text = "[kafka]\nbrokers = %s\ntopic = %s\nfallback_after_ms = 2000\n" % (bootstrap, TOPIC)
+        text += "[fanout]\nlisten = 127.0.0.1:%d\n" % port
+        for k, v in extra.items():
+            text += "%s = %s\n" % (k, v)
+        text += "[log]\nlevel = info\n"
+        ini.write_text(text)
+        argv = [os.path.join(build_dir, "exchange-fanout"), "--conf-dir", os.path.join(REPO, "conf"),
+                "--profile", "local", "--config", str(ini)]
+        self.proc = procs.start(argv, name=name)
+        wait_until(lambda: port_open(port), timeout=10, what="%s listening on %d" % (name, port))
+
+    def logs(self, lines=40):
+        return self.proc.logs(lines)
+
+
+@pytest.fixture
+def fanout_factory(procs, tmp_path, build_dir, kafka_broker):
+    made = []
+
+    def make(port=None, **extra):
+        port = port or free_port()
+        f = Fanout(procs, tmp_path, build_dir, kafka_broker.bootstrap, port, extra,
+                   "fanout%d" % len(made))
+        made.append(f)
+        return f
+
+    return make
+
+
+@pytest.fixture
+def feed(kafka_broker):
+    p = producer(kafka_broker.bootstrap)
+
+    def send(*msgs):
+        for m in msgs:
+            p.produce(TOPIC, key=m["channel"].encode(), value=json.dumps(m).encode())
+        left = p.flush(15)
+        assert left == 0, "messages not delivered to the test broker"
+
+    yield send
+    p.flush(5)
+
+
+def msg(channel, seq, epoch=1, **fields):
+    t, ex, sym = channel.split(".")
+    now = int(time.time() * 1000)
+    m = {"channel": channel, "type": t, "exchange": ex, "symbol": sym, "seq": seq, "epoch": epoch,
+         "ts": now, "recv_ts": now}
+    m.update(fields)
+    return m
+
+
+# ---- client helpers -------------------------------------------------------------------
+
+def run(coro, timeout=60):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def connect(port, query="", **kw):
+    url = "ws://127.0.0.1:%d/ws/exchange%s" % (port, query)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return await websockets.connect(url, open_timeout=5, **kw)
+        except (OSError, asyncio.TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def recv(ws, timeout=10):
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+async def request(ws, req, timeout=10):
+    """Send a request and return the first non-data reply."""
+    await ws.send(json.dumps(req))
+    deadline = time.monotonic() + timeout
+    while True:
+        m = await recv(ws, max(0.01, deadline - time.monotonic()))
+        if "channel" not in m:
+            return m
+
+
+async def data_until(ws, pred, timeout=15):
+    """Data messages received until pred(last) holds (the last included)."""
+    out = []
+    deadline = time.monotonic() + timeout
+    while True:
+        m = await recv(ws, max(0.01, deadline - time.monotonic()))
+        if "channel" in m:
+            out.append(m)
+            if pred(m):
+                return out
+
+
+async def nothing_for(ws, seconds):
+    try:
+        m = await asyncio.wait_for(ws.recv(), seconds)
+    except asyncio.TimeoutError:
+        return None
+    return json.loads(m)
+
+
+def seqs(msgs):
+    return [(m["channel"], m["epoch"], m["seq"]) for m in msgs]
+
+
+class RawWS:
+    """A bare-socket WebSocket client: sends any bytes, reads frames."""
+
+    def __init__(self, port, path="/ws/exchange", headers=None, key=None, version="13"):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        key = key or base64.b64encode(os.urandom(16)).decode()
+        req = "GET %s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" % path
+        req += "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: %s\r\n" % (key, version)
+        for k, v in (headers or {}).items():
+            req += "%s: %s\r\n" % (k, v)
+        self.s.sendall((req + "\r\n").encode())
+        self.buf = b""
+        while b"\r\n\r\n" not in self.buf:
+            chunk = self.s.recv(65536)
+            if not chunk:
+                break
+            self.buf += chunk
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        self.status = int(head.split(b" ")[1]) if head else 0
+
+    def send_frame(self, opcode, payload, fin=True):
+        mask = os.urandom(4)
+        n = len(payload)
+        h = bytes([(0x80 if fin else 0) | opcode])
+        if n < 126:
+            h += bytes([0x80 | n])
+        elif n < 65536:
+            h += bytes([0x80 | 126]) + struct.pack(">H", n)
+        else:
+            h += bytes([0x80 | 127]) + struct.pack(">Q", n)
+        body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.s.sendall(h + mask + body)
+
+    def _need(self, n):
+        while len(self.buf) < n:
+            chunk = self.s.recv(65536)
+            if not chunk:
+                raise EOFError
+            self.buf += chunk
+
+    def read_frame(self):
+        self._need(2)
+        op, n = self.buf[0] & 0x0F, self.buf[1] & 0x7F
+        off = 2
+        if n == 126:
+            self._need(4)
+            n, off = struct.unpack(">H", self.buf[2:4])[0], 4
+        elif n == 127:
+            self._need(10)
+            n, off = struct.unpack(">Q", self.buf[2:10])[0], 10
+        self._need(off + n)
+        data, self.buf = self.buf[off:off + n], self.buf[off + n:]
+        return op, data
+
+    def close_code(self):
+        """Read until the close frame; its status code."""
+        while True:
+            op, data = self.read_frame()
+            if op == 8:
+                return struct.unpack(">H", data[:2])[0] if len(data) >= 2 else None
+
+    def close(self):
+        self.s.close()
+
+
+def http_status(port, raw):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(raw)
+        data = b""
+        while b"\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return int(data.split(b" ")[1]) if data else 0
+
+
+# ---- tests -----------------------------------------------------------------------------
+
+def test_subscribe_wildcard_url_unsubscribe_list(fanout_factory, feed):
+    f = fanout_factory()
+
+    async def go():
+        url = await connect(f.port, "?channels=trade.upbit.BTC-KRW,ticker.upbit.BTC-KRW")
+        assert await recv(url) == {"type": "subscribed",
+                                   "channels": ["trade.upbit.BTC-KRW", "ticker.upbit.BTC-KRW"]}
+        wild = await connect(f.port)
+        r = await request(wild, {"op": "subscribe", "channels": ["ticker.*.BTC-KRW"], "id": 1})
+        assert r == {"type": "subscribed", "channels": ["ticker.*.BTC-KRW"], "id": 1}
+        feed(msg("trade.upbit.BTC-KRW", 1), msg("trade.upbit.BTC-KRW", 2), msg("trade.upbit.BTC-KRW", 3),
+             msg("ticker.upbit.BTC-KRW", 1), msg("ticker.binance.BTC-KRW", 1),
+             msg("ticker.upbit.ETH-KRW", 1))
+        got = await data_until(url, lambda m: m["channel"] == "trade.upbit.BTC-KRW" and m["seq"] == 3)
+        trades = [m["seq"] for m in got if m["channel"] == "trade.upbit.BTC-KRW"]
+        assert trades == [1, 2, 3]
+        seen = set()
+        w = await data_until(wild, lambda m: seen.add(m["channel"]) or len(seen) == 2)
+        assert {m["channel"] for m in w} == {"ticker.upbit.BTC-KRW", "ticker.binance.BTC-KRW"}
+        want = {"trade.upbit.BTC-KRW", "ticker.upbit.BTC-KRW", "ticker.binance.BTC-KRW",
+                "ticker.upbit.ETH-KRW"}
+        deadline = time.monotonic() + 10
+        while True:  # the ETH-KRW message may still be on its way (another partition)
+            lst = await request(wild, {"op": "list", "id": 2})
+            assert lst["type"] == "list" and lst["id"] == 2
+            assert lst["subscriptions"] == ["ticker.*.BTC-KRW"]
+            if want <= set(lst["channels"]) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        assert want <= set(lst["channels"])
+        r = await request(wild, {"op": "unsubscribe", "channels": ["ticker.*.BTC-KRW"], "id": 3})
+        assert r == {"type": "unsubscribed", "channels": ["ticker.*.BTC-KRW"], "id": 3}
+        # the URL client witnesses the next ticker; the unsubscribed one must not get it
+        feed(msg("ticker.upbit.BTC-KRW", 2))
+        await data_until(url, lambda m: m["channel"] == "ticker.upbit.BTC-KRW" and m["seq"] == 2)
+        assert await nothing_for(wild, 0.5) is None
+        # a channel that appears after a pattern subscription is covered
+        r = await request(wild, {"op": "subscribe", "channels": ["orderbook.*.XRP-KRW"], "id": 4})
+        feed(msg("orderbook.bithumb.XRP-KRW", 1))
+        got = await data_until(wild, lambda m: True)
+        assert got[0]["channel"] == "orderbook.bithumb.XRP-KRW"
+        await url.close()
+        await wild.close()
+
+    run(go())
+
+
+def test_snapshot_first_then_live(fanout_factory, feed):
+    f = fanout_factory()
+
+    async def go():
+        witness = await connect(f.port, "?channels=orderbook.upbit.BTC-KRW")
+        await recv(witness)
+        feed(*[msg("orderbook.upbit.BTC-KRW", i, bids=[["1", str(i)]]) for i in range(1, 6)])
+        await data_until(witness, lambda m: m["seq"] == 5)
+        late = await connect(f.port)
+        r = await request(late, {"op": "subscribe", "channels": ["orderbook.upbit.BTC-KRW"], "id": 9})
+        assert r["type"] == "subscribed"
+        first = await recv(late)
+        assert first["seq"] == 5 and first["bids"] == [["1", "5"]]
+        feed(msg("orderbook.upbit.BTC-KRW", 6))
+        nxt = await recv(late)
+        assert nxt["seq"] == 6
+        await witness.close()
+        await late.close()
+
+    run(go())
+
+
+def test_since_recovery(fanout_factory, feed):
+    f = fanout_factory(history=5)
+    ch, tk = "trade.binance.BTC-USDT", "ticker.binance.BTC-USDT"
+
+    async def go():
+        witness = await connect(f.port, "?channels=%s,%s" % (ch, tk))
+        await recv(witness)
+        feed(*[msg(ch, i) for i in range(1, 11)] + [msg(tk, i) for i in range(1, 11)])
+        seen = set()
+        await data_until(witness, lambda m: m["seq"] == 10 and (seen.add(m["channel"]) or len(seen) == 2))
+        ok = await connect(f.port)
+        r = await request(ok, {"op": "subscribe", "channels": [ch], "since": {ch: 7}, "id": 1})
+        assert r["recovered"] == {ch: True} and r["channels"] == [ch]
+        got = [await recv(ok) for _ in range(3)]
+        assert [m["seq"] for m in got] == [8, 9, 10]
+        gap = await connect(f.port)
+        r = await request(gap, {"op": "subscribe", "channels": [tk], "since": {tk: 2}, "id": 2})
+        assert r["recovered"] == {tk: False}
+        snap = await recv(gap)
+        assert snap["channel"] == tk and snap["seq"] == 10
+        assert await nothing_for(gap, 0.3) is None
+        feed(msg(ch, 11))
+        assert (await recv(ok))["seq"] == 11
+        for w in (witness, ok, gap):
+            await w.close()
+
+    run(go())
+
+
+def test_bad_requests_get_errors_and_connection_survives(fanout_factory):
+    f = fanout_factory(max_subscriptions=2)
+    cases = [
+        ("{not json", "bad_json"),
+        ('["an", "array"]', "bad_json"),
+        (json.dumps({"op": "fly", "id": 1}), "unknown_op"),
+        (json.dumps({"id": 2}), "bad_request"),
+        (json.dumps({"op": "subscribe", "channels": ["no-dots"], "id": 3}), "bad_channel"),
+        (json.dumps({"op": "subscribe", "channels": ["ticker.upbit"], "id": 4}), "bad_channel"),
+        (json.dumps({"op": "subscribe", "channels": "ticker.upbit.BTC-KRW", "id": 5}), "bad_request"),
+        (json.dumps({"op": "subscribe", "channels": ["a.b.C", "a.b.D", "a.b.E"], "id": 6}),
+         "too_many_subscriptions"),
+        (json.dumps({"op": "subscribe", "channels": ["a.b.C"], "since": {"a.b.C": -1}, "id": 7}),
+         "bad_request"),
+    ]
+
+    async def go():
+        ws = await connect(f.port)
+        for text, code in cases:
+            await ws.send(text)
+            r = await recv(ws)
+            assert r["type"] == "error" and r["code"] == code, (text, r)
+            assert r["message"]
+            req = json.loads(text) if text.startswith("{\"") else None
+            if isinstance(req, dict) and "id" in req:
+                assert r["id"] == req["id"]
+        await ws.send(b"\x01\x02")  # binary frame
+        r = await recv(ws)
+        assert r["code"] == "bad_request"
+        pong = await request(ws, {"op": "ping", "id": 42})
+        assert pong["type"] == "pong" and pong["id"] == 42 and isinstance(pong["ts"], int)
+        await ws.close()
+
+    run(go())
+
+
+def test_rate_limit_errors_then_1008(fanout_factory):
+    f = fanout_factory(max_requests_per_sec=5)
+
+    async def go():
+        ws = await connect(f.port)
+        for _ in range(8):
+            await ws.send(json.dumps({"op": "ping"}))
+        codes = []
+        for _ in range(8):
+            r = await recv(ws)
+            codes.append(r.get("code") or r["type"])
+        assert codes[:5] == ["pong"] * 5 and "rate_limited" in codes[5:]
+        with pytest.raises(websockets.ConnectionClosed) as e:
+            for _ in range(20):
+                await ws.send(json.dumps({"op": "ping"}))
+            while True:
+                await recv(ws)
+        assert e.value.rcvd is not None and e.value.rcvd.code == 1008
+
+    run(go())
+
+
+def test_oversized_frame_1009_and_bad_utf8_1007(fanout_factory):
+    f = fanout_factory(max_message_bytes=1024)
+    big = RawWS(f.port)
+    assert big.status == 101
+    big.send_frame(0x1, b"x" * 4000)
+    assert big.close_code() == 1009
+    big.close()
+    bad = RawWS(f.port)
+    bad.send_frame(0x1, b'{"op":"ping","x":"\xff\xfe"}')
+    assert bad.close_code() == 1007
+    bad.close()
+    # fragments count toward the message size too
+    frag = RawWS(f.port)
+    frag.send_frame(0x1, b"y" * 800, fin=False)
+    frag.send_frame(0x0, b"y" * 800, fin=True)
+    assert frag.close_code() == 1009
+    frag.close()
+
+
+def test_http_upgrade_checks(fanout_factory):
+    f = fanout_factory(allowed_origins="https://ok.example", max_clients=2, max_header_bytes=2048)
+    assert RawWS(f.port, path="/other").status == 404
+    assert http_status(f.port, b"GET /ws/exchange HTTP/1.1\r\nHost: x\r\n\r\n") in (400, 426)
+    assert RawWS(f.port, key="short").status == 400
+    assert RawWS(f.port, version="8").status == 400
+    assert RawWS(f.port, headers={"Origin": "https://evil.example"}).status == 403
+    assert RawWS(f.port, headers={"X-Big": "a" * 4000}).status == 431
+    assert RawWS(f.port, path="/ws/exchange?channels=bad").status == 400
+    a = RawWS(f.port, headers={"Origin": "https://ok.example"})
+    b = RawWS(f.port)
+    assert (a.status, b.status) == (101, 101)
+    assert RawWS(f.port).status == 503  # max_clients
+    a.close()
+    b.close()
+    wait_until(lambda: RawWS(f.port).status == 101, timeout=10, what="a slot after closes")
+
+
+def _slow_socket():
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return s
+
+
+def test_slow_client_cut_or_conflated_fast_client_unaffected(fanout_factory, feed):
+    f = fanout_factory(client_queue_bytes=65536)
+    trade, tick = "trade.upbit.BTC-KRW", "ticker.upbit.BTC-KRW"
+    n = 600
+    pad = "p" * 2000
+
+    async def go():
+        fast = await connect(f.port, "?channels=%s,%s" % (trade, tick), max_queue=None)
+        await recv(fast)
+        s1, s2 = _slow_socket(), _slow_socket()
+        s1.connect(("127.0.0.1", f.port))
+        s2.connect(("127.0.0.1", f.port))
+        slow_trade = await connect(f.port, "?channels=" + trade, sock=s1, max_queue=1, read_limit=4096)
+        slow_tick = await connect(f.port, "?channels=" + tick, sock=s2, max_queue=1, read_limit=4096)
+        await recv(slow_trade)
+        await recv(slow_tick)
+        # now neither slow client reads while the stream flows
+        for i in range(0, n, 100):
+            feed(*[msg(trade, j, pad=pad) for j in range(i + 1, i + 101)]
+                 + [msg(tick, j, pad=pad) for j in range(i + 1, i + 101)])
+        got = await data_until(fast, lambda m: m["channel"] == trade and m["seq"] == n, timeout=30)
+        got += await data_until(fast, lambda m: m["channel"] == tick and m["seq"] == n, timeout=10) \
+            if not any(m["channel"] == tick and m["seq"] == n for m in got) else []
+        assert [m["seq"] for m in got if m["channel"] == trade] == list(range(1, n + 1))
+        assert [m["seq"] for m in got if m["channel"] == tick] == list(range(1, n + 1))
+        # the trade reader fell behind by more than the bound: closed with 1013
+        with pytest.raises(websockets.ConnectionClosed) as e:
+            while True:
+                await asyncio.wait_for(slow_trade.recv(), 10)
+        assert e.value.rcvd is not None and e.value.rcvd.code == 1013
+        # the ticker reader was conflated: still open, in order, ends at the newest
+        ticks = await data_until(slow_tick, lambda m: m["seq"] == n, timeout=10)
+        sq = [m["seq"] for m in ticks]
+        assert sq == sorted(sq) and len(set(sq)) == len(sq) and len(sq) < n
+        pong = await request(slow_tick, {"op": "ping", "id": 1})
+        assert pong["type"] == "pong"
+        await fast.close()
+        await slow_tick.close()
+
+    run(go(), timeout=90)
+
+
+def test_fenced_and_duplicate_not_delivered(fanout_factory, feed):
+    f = fanout_factory()
+    ch = "trade.coinbase.BTC-USD"
+
+    async def go():
+        ws = await connect(f.port, "?channels=" + ch)
+        await recv(ws)
+        feed(msg(ch, 1, epoch=2), msg(ch, 2, epoch=2), msg(ch, 2, epoch=2),  # duplicate
+             msg(ch, 1, epoch=2),                                          # older: duplicate
+             msg(ch, 3, epoch=1),                                          # zombie leader: fenced
+             msg(ch, 1, epoch=3),                                          # new leader: seq resets
+             msg(ch, 4, epoch=2),                                          # fenced now
+             msg(ch, 2, epoch=3))
+        got = await data_until(ws, lambda m: m["epoch"] == 3 and m["seq"] == 2)
+        assert [(m["epoch"], m["seq"]) for m in got] == [(2, 1), (2, 2), (3, 1), (3, 2)]
+        await ws.close()
+
+    run(go())
+
+
+def test_drain_sends_reconnect_then_1001(fanout_factory):
+    f = fanout_factory(drain_ms=1000)
+
+    async def go():
+        clients = [await connect(f.port) for _ in range(5)]
+        for c in clients:
+            assert (await request(c, {"op": "ping"}))["type"] == "pong"
+        f.proc.send_signal(signal.SIGTERM)
+        for c in clients:
+            m = await recv(c, 5)
+            assert m["type"] == "reconnect" and m["reason"] == "drain" and m["after_ms"] >= 0
+            with pytest.raises(websockets.ConnectionClosed) as e:
+                await recv(c, 5)
+            assert e.value.rcvd is not None and e.value.rcvd.code == 1001
+
+    run(go())
+    assert f.proc.wait(timeout=10) == 0
+    assert not port_open(f.port)
+
+
+def test_two_workers_share_the_port(fanout_factory, feed):
+    port = free_port()
+    a = fanout_factory(port=port)
+    b = fanout_factory(port=port)
+    ch = "ticker.bithumb.ETH-KRW"
+
+    async def go():
+        conns, pids = [], set()
+        deadline = time.monotonic() + 20
+        while len(pids) < 2 and time.monotonic() < deadline:
+            ws = await connect(port, "?channels=" + ch)
+            conns.append(ws)
+            pids.add(ws.response_headers["X-Exchange-Worker"])
+        assert pids == {str(a.proc.pid), str(b.proc.pid)}
+        for ws in conns:
+            await recv(ws)
+        feed(msg(ch, 1))
+        for ws in conns:
+            assert (await recv(ws))["seq"] == 1
+        for ws in conns:
+            await ws.close()
+
+    run(go())

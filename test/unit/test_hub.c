@@ -1,0 +1,451 @@
+/* Hub and client protocol logic driven by fake clients: subscriptions and
+ * patterns, snapshots first, history recovery, fencing and duplicates,
+ * conflation tags, error replies, the rate limit. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "../../workers/fanout/hub.h"
+#include "../../workers/fanout/protocol.h"
+#include "wsserver.h"
+
+/* A fake client records every frame it gets (payload text, tag). */
+#define MAXF 256
+typedef struct {
+    char *text[MAXF];
+    const void *tag[MAXF];
+    int n;
+    int refuse;      /* return -ENOBUFS */
+} fake_t;
+
+static int fake_send(void *user, rbuf_t *frame, const void *tag)
+{
+    fake_t *f = user;
+    if (f->refuse)
+        return -105;
+    size_t h = 2;
+    unsigned char b1 = (unsigned char)frame->data[1];
+    if ((b1 & 0x7f) == 126)
+        h = 4;
+    else if ((b1 & 0x7f) == 127)
+        h = 10;
+    assert_true(f->n < MAXF);
+    f->text[f->n] = strndup(frame->data + h, frame->len - h);
+    f->tag[f->n] = tag;
+    f->n++;
+    return 0;
+}
+
+static void fake_reset(fake_t *f)
+{
+    for (int i = 0; i < f->n; i++)
+        free(f->text[i]);
+    f->n = 0;
+}
+
+static hub_t *mkhub(int history, int maxsubs)
+{
+    hub_opts_t o = {.history = history, .max_subscriptions = maxsubs};
+    hub_ops_t ops = {.send = fake_send};
+    return hub_new(&o, &ops);
+}
+
+static int pub(hub_t *h, const char *ch, long seq, long epoch)
+{
+    char buf[512];
+    const char *t = strncmp(ch, "trade", 5) == 0 ? "trade" : strncmp(ch, "orderbook", 9) == 0 ? "orderbook" : "ticker";
+    snprintf(buf, sizeof buf,
+             "{\"channel\":\"%s\",\"type\":\"%s\",\"exchange\":\"x\",\"symbol\":\"A-B\",\"seq\":%ld,"
+             "\"epoch\":%ld,\"ts\":1,\"recv_ts\":2}",
+             ch, t, seq, epoch);
+    return hub_publish(h, buf, strlen(buf), NULL, NULL);
+}
+
+/* seq of a data frame, -1 for a non-data frame */
+static long seq_of(const char *text)
+{
+    const char *p = strstr(text, "\"seq\":");
+    if (p == NULL || strstr(text, "\"channel\"") == NULL)
+        return -1;
+    return strtol(p + 6, NULL, 10);
+}
+
+static void test_exact_subscribe_live_and_snapshot(void **state)
+{
+    (void)state;
+    hub_t *h = mkhub(10, 0);
+    fake_t a = {0}, b = {0};
+    hub_client_t *ca = hub_client_new(h, &a), *cb = hub_client_new(h, &b);
+    assert_int_equal(hub_subscribe(ca, "ticker.x.A-B", 0, 0), 0);
+    assert_int_equal(pub(h, "ticker.x.A-B", 1, 1), HUB_ACCEPTED);
+    assert_int_equal(pub(h, "ticker.x.A-B", 2, 1), HUB_ACCEPTED);
+    assert_int_equal(a.n, 2);
+    assert_int_equal(seq_of(a.text[1]), 2);
+    assert_non_null(a.tag[0]); /* tickers are conflatable */
+    /* a late subscriber gets the latest snapshot first, then live */
+    assert_int_equal(hub_subscribe(cb, "ticker.x.A-B", 0, 0), 0);
+    assert_int_equal(b.n, 1);
+    assert_int_equal(seq_of(b.text[0]), 2);
+    assert_int_equal(pub(h, "ticker.x.A-B", 3, 1), HUB_ACCEPTED);
+    assert_int_equal(b.n, 2);
+    assert_int_equal(seq_of(b.text[1]), 3);
+    /* subscribing twice is a no-op */
+    assert_int_equal(hub_subscribe(cb, "ticker.x.A-B", 0, 0), 1);
+    assert_int_equal(b.n, 2);
+    /* unsubscribe stops delivery */
+    assert_int_equal(hub_unsubscribe(cb, "ticker.x.A-B"), 0);
+    assert_int_equal(hub_unsubscribe(cb, "ticker.x.A-B"), -2);
+    pub(h, "ticker.x.A-B", 4, 1);
+    assert_int_equal(b.n, 2);
+    assert_int_equal(a.n, 4);
+    assert_int_equal(hub_channel_count(h), 1);
+    hub_client_free(ca);
+    hub_client_free(cb);
+    fake_reset(&a);
+    fake_reset(&b);
+    hub_free(h);
+}
+
+static void test_trades_have_no_snapshot(void **state)
+{
+    (void)state;
+    hub_t *h = mkhub(10, 0);
+    fake_t a = {0};
+    pub(h, "trade.x.A-B", 1, 1);
+    hub_client_t *ca = hub_client_new(h, &a);
+    hub_subscribe(ca, "trade.x.A-B", 0, 0);
+    assert_int_equal(a.n, 0);
+    pub(h, "trade.x.A-B", 2, 1);
+    assert_int_equal(a.n, 1);
+    assert_null(a.tag[0]); /* trades are never conflated */
+    hub_client_free(ca);
+    fake_reset(&a);
+    hub_free(h);
+}
+
+static void test_patterns(void **state)
+{
+    (void)state;
+    hub_t *h = mkhub(10, 0);
+    fake_t a = {0};
+    pub(h, "ticker.x.A-B", 1, 1);
+    pub(h, "ticker.y.A-B", 1, 1);
+    pub(h, "ticker.y.C-D", 1, 1);
+    hub_client_t *ca = hub_client_new(h, &a);
+    assert_int_equal(hub_subscribe(ca, "ticker.*.A-B", 0, 0), 0);
+    assert_int_equal(a.n, 2); /* snapshots of both matching channels */
+    /* a channel that appears later is covered too */
+    pub(h, "ticker.z.A-B", 1, 1);
+    assert_int_equal(a.n, 3);
+    pub(h, "ticker.z.C-D", 1, 1);
+    assert_int_equal(a.n, 3);
+    /* overlapping exact + pattern: delivered once */
+    assert_int_equal(hub_subscribe(ca, "ticker.x.A-B", 0, 0), 0);
+    assert_int_equal(a.n, 3); /* already covered: no second snapshot */
+    pub(h, "ticker.x.A-B", 2, 1);
+    assert_int_equal(a.n, 4);
+    /* dropping the pattern keeps the exact one */
+    assert_int_equal(hub_unsubscribe(ca, "ticker.*.A-B"), 0);
+    pub(h, "ticker.x.A-B", 3, 1);
+    pub(h, "ticker.y.A-B", 2, 1);
+    assert_int_equal(a.n, 5);
+    assert_int_equal(seq_of(a.text[4]), 3);
+    hub_client_free(ca);
+    fake_reset(&a);
+    hub_free(h);
+}
+
+static void test_subscribe_before_data(void **state)
+{
+    (void)state;
+    hub_t *h = mkhub(10, 0);
+    fake_t a = {0};
+    hub_client_t *ca = hub_client_new(h, &a);
+    hub_subscribe(ca, "orderbook.x.A-B", 0, 0);
+    assert_int_equal(a.n, 0);
+    assert_int_equal(hub_channel_count(h), 0); /* not "known" without data */
+    pub(h, "orderbook.x.A-B", 5, 1);
+    assert_int_equal(a.n, 1);
+    hub_unsubscribe(ca, "orderbook.x.A-B");
+    hub_subscribe(ca, "orderbook.q.Q-Q", 0, 0);
+    hub_unsubscribe(ca, "orderbook.q.Q-Q"); /* the empty channel is freed */
+    assert_int_equal(hub_channel_slots(h), 1);
+    hub_client_free(ca);
+    fake_reset(&a);
+    hub_free(h);
+}
+
+static void test_fencing_and_duplicates(void **state)
+{
+    (void)state;
+    hub_t *h = mkhub(10, 0);
+    fake_t a = {0};
+    hub_client_t *ca = hub_client_new(h, &a);
+    hub_subscribe(ca, "trade.x.A-B", 0, 0);
+    assert_int_equal(pub(h, "trade.x.A-B", 10, 5), HUB_ACCEPTED);
+    assert_int_equal(pub(h, "trade.x.A-B", 10, 5), HUB_DUPLICATE);
+    assert_int_equal(pub(h, "trade.x.A-B", 9, 5), HUB_DUPLICATE);
+    assert_int_equal(pub(h, "trade.x.A-B", 11, 4), HUB_FENCED); /* zombie leader */
+    assert_int_equal(pub(h, "trade.y.A-B", 1, 4), HUB_FENCED);  /* fencing is global */
+    /* a new epoch resets seq tracking */
+    assert_int_equal(pub(h, "trade.x.A-B", 1, 6), HUB_ACCEPTED);
+    assert_int_equal(pub(h, "trade.x.A-B", 11, 5), HUB_FENCED);
+    assert_int_equal(pub(h, "trade.x.A-B", 2, 6), HUB_ACCEPTED);
+    assert_int_equal(a.n, 3);
+    assert_int_equal(hub_publish(h, "{}", 2, NULL, NULL), -22);
+    assert_int_equal(hub_publish(h, "not json", 8, NULL, NULL), -22);
+    const hub_stats_t *s = hub_stats(h);
+    assert_int_equal(s->fenced, 3);
+    assert_int_equal(s->duplicate, 2);
+    assert_int_equal(s->invalid, 2);
+    assert_int_equal(hub_max_epoch(h), 6);
+    hub_client_free(ca);
+    fake_reset(&a);
+    hub_free(h);
+}
+
+static void test_history_recovery(void **state)
+{
+    (void)state;
+    hub_t *h = mkhub(5, 0);
+    fake_t a = {0}, b = {0}, c = {0};
+    for (int i = 1; i <= 8; i++)
+        pub(h, "trade.x.A-B", i, 1);
+    /* history holds 4..8 */
+    assert_true(hub_can_recover(h, "trade.x.A-B", 3));
+    assert_true(hub_can_recover(h, "trade.x.A-B", 8));
+    assert_false(hub_can_recover(h, "trade.x.A-B", 2));
+    assert_false(hub_can_recover(h, "trade.x.A-B", 9));
+    assert_false(hub_can_recover(h, "trade.none.A-B", 1));
+    hub_client_t *ca = hub_client_new(h, &a);
+    hub_subscribe(ca, "trade.x.A-B", 1, 5);
+    assert_int_equal(a.n, 3);
+    assert_int_equal(seq_of(a.text[0]), 6);
+    assert_int_equal(seq_of(a.text[2]), 8);
+    pub(h, "trade.x.A-B", 9, 1);
+    assert_int_equal(seq_of(a.text[3]), 9);
+    /* gap older than the history: nothing replayed for trades */
+    hub_client_t *cb = hub_client_new(h, &b);
+    hub_subscribe(cb, "trade.x.A-B", 1, 1);
+    assert_int_equal(b.n, 0);
+    /* ticker: unrecoverable gap gets the snapshot */
+    for (int i = 1; i <= 8; i++)
+        pub(h, "ticker.x.A-B", i, 1);
+    hub_client_t *cc = hub_client_new(h, &c);
+    hub_subscribe(cc, "ticker.x.A-B", 1, 1);
+    assert_int_equal(c.n, 1);
+    assert_int_equal(seq_of(c.text[0]), 8);
+    /* a new epoch empties the history */
+    pub(h, "trade.x.A-B", 1, 2);
+    assert_false(hub_can_recover(h, "trade.x.A-B", 9)); /* an old-epoch position */
+    assert_true(hub_can_recover(h, "trade.x.A-B", 0));
+    assert_true(hub_can_recover(h, "trade.x.A-B", 1));
+    hub_client_free(ca);
+    hub_client_free(cb);
+    hub_client_free(cc);
+    fake_reset(&a);
+    fake_reset(&b);
+    fake_reset(&c);
+    hub_free(h);
+}
+
+static void test_max_subscriptions(void **state)
+{
+    (void)state;
+    hub_t *h = mkhub(0, 2);
+    fake_t a = {0};
+    hub_client_t *ca = hub_client_new(h, &a);
+    assert_int_equal(hub_subscribe(ca, "trade.x.A-B", 0, 0), 0);
+    assert_int_equal(hub_subscribe(ca, "trade.*.A-B", 0, 0), 0);
+    assert_int_equal(hub_subscribe(ca, "trade.y.A-B", 0, 0), -7);
+    assert_int_equal(hub_client_sub_count(ca), 2);
+    hub_client_free(ca);
+    hub_free(h);
+}
+
+static void test_refusing_client_does_not_block_others(void **state)
+{
+    (void)state;
+    hub_t *h = mkhub(0, 0);
+    fake_t slow = {.refuse = 1}, fast = {0};
+    hub_client_t *cs = hub_client_new(h, &slow), *cf = hub_client_new(h, &fast);
+    hub_subscribe(cs, "trade.x.A-B", 0, 0);
+    hub_subscribe(cf, "trade.x.A-B", 0, 0);
+    for (int i = 1; i <= 10; i++)
+        pub(h, "trade.x.A-B", i, 1);
+    assert_int_equal(fast.n, 10);
+    assert_int_equal(hub_stats(h)->send_failures, 10);
+    hub_client_free(cs);
+    hub_client_free(cf);
+    fake_reset(&fast);
+    hub_free(h);
+}
+
+/* ---- protocol ---------------------------------------------------------------- */
+
+static const char *last(fake_t *f)
+{
+    return f->n ? f->text[f->n - 1] : "";
+}
+
+static void req(hub_client_t *c, proto_rate_t *r, const char *text)
+{
+    assert_int_equal(proto_handle(c, r, 0, text, strlen(text), 1000, NULL), PROTO_OK);
+}
+
+static void test_protocol_errors(void **state)
+{
+    (void)state;
+    hub_t *h = mkhub(10, 2);
+    fake_t a = {0};
+    proto_rate_t r = {0};
+    hub_client_t *ca = hub_client_new(h, &a);
+    req(ca, &r, "{bad");
+    assert_non_null(strstr(last(&a), "\"code\":\"bad_json\""));
+    req(ca, &r, "[1]");
+    assert_non_null(strstr(last(&a), "\"code\":\"bad_json\""));
+    req(ca, &r, "{\"op\":\"dance\",\"id\":3}");
+    assert_non_null(strstr(last(&a), "\"code\":\"unknown_op\""));
+    assert_non_null(strstr(last(&a), "\"id\":3"));
+    req(ca, &r, "{\"id\":4}");
+    assert_non_null(strstr(last(&a), "\"code\":\"bad_request\""));
+    req(ca, &r, "{\"op\":\"subscribe\",\"channels\":[\"nope\"],\"id\":5}");
+    assert_non_null(strstr(last(&a), "\"code\":\"bad_channel\""));
+    assert_non_null(strstr(last(&a), "\"id\":5"));
+    req(ca, &r, "{\"op\":\"subscribe\",\"channels\":\"ticker.x.A-B\"}");
+    assert_non_null(strstr(last(&a), "\"code\":\"bad_request\""));
+    req(ca, &r, "{\"op\":\"subscribe\",\"channels\":[\"a.b.C\",\"a.b.D\",\"a.b.E\"],\"id\":6}");
+    assert_non_null(strstr(last(&a), "\"code\":\"too_many_subscriptions\""));
+    assert_int_equal(hub_client_sub_count(ca), 0); /* all or nothing */
+    req(ca, &r, "{\"op\":\"subscribe\",\"channels\":[\"a.b.C\"],\"since\":{\"a.*.C\":1}}");
+    assert_non_null(strstr(last(&a), "\"code\":\"bad_channel\""));
+    req(ca, &r, "{\"op\":\"subscribe\",\"channels\":[\"a.b.C\"],\"since\":{\"a.b.C\":\"x\"}}");
+    assert_non_null(strstr(last(&a), "\"code\":\"bad_request\""));
+    proto_binary(ca);
+    assert_non_null(strstr(last(&a), "\"code\":\"bad_request\""));
+    hub_client_free(ca);
+    fake_reset(&a);
+    hub_free(h);
+}
+
+static void test_protocol_replies(void **state)
+{
+    (void)state;
+    hub_t *h = mkhub(10, 0);
+    fake_t a = {0};
+    proto_rate_t r = {0};
+    for (int i = 1; i <= 3; i++)
+        pub(h, "ticker.x.A-B", i, 1);
+    hub_client_t *ca = hub_client_new(h, &a);
+    req(ca, &r, "{\"op\":\"subscribe\",\"channels\":[\"ticker.*.A-B\"],\"id\":1}");
+    assert_int_equal(a.n, 2);
+    assert_non_null(strstr(a.text[0], "\"type\":\"subscribed\""));
+    assert_non_null(strstr(a.text[0], "\"id\":1"));
+    assert_int_equal(seq_of(a.text[1]), 3); /* reply, then snapshot */
+    req(ca, &r, "{\"op\":\"ping\",\"id\":\"p\"}");
+    assert_non_null(strstr(last(&a), "\"type\":\"pong\""));
+    assert_non_null(strstr(last(&a), "\"id\":\"p\""));
+    assert_non_null(strstr(last(&a), "\"ts\":1000"));
+    req(ca, &r, "{\"op\":\"list\"}");
+    assert_non_null(strstr(last(&a), "\"channels\":[\"ticker.x.A-B\"]"));
+    req(ca, &r, "{\"op\":\"unsubscribe\",\"channels\":[\"ticker.*.A-B\"],\"id\":2}");
+    assert_non_null(strstr(last(&a), "\"type\":\"unsubscribed\""));
+    fake_reset(&a);
+    /* since: recovered true replays, recovered false sends the snapshot */
+    req(ca, &r, "{\"op\":\"subscribe\",\"since\":{\"ticker.x.A-B\":1},\"id\":3}");
+    assert_non_null(strstr(a.text[0], "\"recovered\":{\"ticker.x.A-B\":true}"));
+    assert_int_equal(a.n, 3);
+    assert_int_equal(seq_of(a.text[1]), 2);
+    assert_int_equal(seq_of(a.text[2]), 3);
+    fake_reset(&a);
+    req(ca, &r, "{\"op\":\"unsubscribe\",\"channels\":[\"ticker.x.A-B\"]}");
+    req(ca, &r, "{\"op\":\"subscribe\",\"channels\":[\"ticker.x.A-B\"],\"since\":{\"ticker.x.A-B\":99}}");
+    assert_non_null(strstr(a.text[1], "\"recovered\":{\"ticker.x.A-B\":false}"));
+    assert_int_equal(a.n, 3);
+    assert_int_equal(seq_of(a.text[2]), 3);
+    hub_client_free(ca);
+    fake_reset(&a);
+    hub_free(h);
+}
+
+static void test_rate_limit(void **state)
+{
+    (void)state;
+    hub_t *h = mkhub(0, 0);
+    fake_t a = {0};
+    proto_rate_t r = {0};
+    hub_client_t *ca = hub_client_new(h, &a);
+    const char *ping = "{\"op\":\"ping\"}";
+    int limited = 0, res = PROTO_OK;
+    for (int i = 0; i < 5; i++) {
+        res = proto_handle(ca, &r, 5, ping, strlen(ping), 10000, &limited);
+        assert_int_equal(res, PROTO_OK);
+        assert_false(limited);
+    }
+    res = proto_handle(ca, &r, 5, ping, strlen(ping), 10100, &limited);
+    assert_int_equal(res, PROTO_OK);
+    assert_true(limited);
+    assert_non_null(strstr(last(&a), "\"code\":\"rate_limited\""));
+    for (int i = 0; i < 4; i++)
+        res = proto_handle(ca, &r, 5, ping, strlen(ping), 10200, &limited);
+    assert_int_equal(res, PROTO_OK);
+    res = proto_handle(ca, &r, 5, ping, strlen(ping), 10300, &limited);
+    assert_int_equal(res, PROTO_CLOSE_POLICY);
+    /* a new second starts afresh */
+    res = proto_handle(ca, &r, 5, ping, strlen(ping), 11001, &limited);
+    assert_int_equal(res, PROTO_OK);
+    assert_false(limited);
+    hub_client_free(ca);
+    fake_reset(&a);
+    hub_free(h);
+}
+
+static void test_frame_header(void **state)
+{
+    (void)state;
+    char big[70000];
+    memset(big, 'a', sizeof big);
+    rbuf_t *b = wss_frame(WSS_OP_TEXT, big, 125);
+    assert_int_equal(b->len, 127);
+    assert_int_equal((unsigned char)b->data[0], 0x81);
+    assert_int_equal((unsigned char)b->data[1], 125);
+    rbuf_unref(b);
+    b = wss_frame(WSS_OP_TEXT, big, 300);
+    assert_int_equal(b->len, 304);
+    assert_int_equal((unsigned char)b->data[1], 126);
+    assert_int_equal(((unsigned char)b->data[2] << 8) | (unsigned char)b->data[3], 300);
+    rbuf_unref(b);
+    b = wss_frame(WSS_OP_TEXT, big, sizeof big);
+    assert_int_equal(b->len, sizeof big + 10);
+    assert_int_equal((unsigned char)b->data[1], 127);
+    rbuf_unref(b);
+    char acc[29];
+    /* RFC 6455 section 1.3 example */
+    wss_accept_key("dGhlIHNhbXBsZSBub25jZQ==", acc);
+    assert_string_equal(acc, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_exact_subscribe_live_and_snapshot),
+        cmocka_unit_test(test_trades_have_no_snapshot),
+        cmocka_unit_test(test_patterns),
+        cmocka_unit_test(test_subscribe_before_data),
+        cmocka_unit_test(test_fencing_and_duplicates),
+        cmocka_unit_test(test_history_recovery),
+        cmocka_unit_test(test_max_subscriptions),
+        cmocka_unit_test(test_refusing_client_does_not_block_others),
+        cmocka_unit_test(test_protocol_errors),
+        cmocka_unit_test(test_protocol_replies),
+        cmocka_unit_test(test_rate_limit),
+        cmocka_unit_test(test_frame_header),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
