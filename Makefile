@@ -47,19 +47,25 @@ BENCH_BIN := $(patsubst test/bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 all: $(BINS) $(UNIT_BIN) $(TOOL_BIN) $(BENCH_BIN)
 
 # ---- dependencies (Debian 12) ------------------------------------------
+NPM_DIRS := $(patsubst %/package-lock.json,%,$(wildcard test/*/package-lock.json))
 DEB_PKGS := build-essential pkg-config libuv1-dev librdkafka-dev libzookeeper-mt-dev \
   libwslay-dev libjansson-dev libinih-dev libssl-dev libhttp-parser-dev libcmocka-dev \
   zookeeper default-jre-headless python3 python3-pytest python3-websockets python3-kazoo \
   python3-confluent-kafka nginx-light libnginx-mod-nchan prometheus clang libclang-rt-14-dev \
-  openssl yamllint procps iproute2 ca-certificates clang-format cppcheck strace
+  openssl yamllint procps iproute2 ca-certificates clang-format cppcheck strace \
+  docker-compose python3-jsonschema systemd chromium
 deps:
-	@missing=$$(dpkg-query -W -f='$${Package} $${Status}\n' $(DEB_PKGS) 2>/dev/null | awk '$$4!="installed"{print $$1}'); \
+	@missing=""; \
 	for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
-	missing=$$(echo $$missing | tr ' ' '\n' | sort -u | tr '\n' ' '); \
-	if [ -n "$${missing// /}" ]; then \
-	  echo "deps: installing $$missing"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: installing$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	else echo "deps: all Debian packages present"; fi
+	@for d in $(NPM_DIRS); do \
+	  if [ ! -d $$d/node_modules ] || [ $$d/package-lock.json -nt $$d/node_modules ]; then \
+	    echo "deps: npm ci in $$d"; npm ci --prefix $$d --no-audit --no-fund --loglevel=error && touch $$d/node_modules; \
+	  fi; done
 
 # ---- build --------------------------------------------------------------
 $(BUILD)/obj/%.o: %.c

@@ -7,7 +7,9 @@
  *   --http http://H:P/pub/{ch}            nginx + nchan (one POST per message,
  *                                         keep-alive, pipelined)
  *   --tcp H:P                             the node ws peer (one line per message)
- * Channels: PREFIX<i>-KRW, i = 0..channels-1, round robin; seq per channel.
+ * Channels: PREFIX<i>-KRW, i = 0..channels-1, round robin; seq per channel,
+ * from --seq-base + 1 (a later publisher in the same epoch starts above the
+ * last one: fanout workers drop seqs they have already passed).
  * stdin commands: "rate R" (messages/s in total, 0 = pause), "stats" (one
  * JSON line), "quit" / EOF. */
 #include <errno.h>
@@ -46,7 +48,7 @@ static rd_kafka_t *rk;
 static conn_t conns[MAX_CONNS];
 static char host[256], path_tmpl[512];
 static int port;
-static int64_t *seqs;
+static int64_t *seqs, seq_base;
 static double rate;
 static uint64_t rate_t0, rate_sent;
 static uint64_t sent, skipped, errors, acked, next_ch;
@@ -360,7 +362,7 @@ int main(int argc, char **argv)
     static const struct option lo[] = {{"kafka", 1, 0, 'k'},  {"topic", 1, 0, 'T'},    {"http", 1, 0, 'h'},
                                        {"tcp", 1, 0, 't'},    {"prefix", 1, 0, 'p'},   {"channels", 1, 0, 'c'},
                                        {"size", 1, 0, 's'},   {"conns", 1, 0, 'C'},    {"rate", 1, 0, 'r'},
-                                       {"epoch", 1, 0, 'e'},  {0, 0, 0, 0}};
+                                       {"epoch", 1, 0, 'e'},  {"seq-base", 1, 0, 'b'}, {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (o) {
@@ -374,6 +376,7 @@ int main(int argc, char **argv)
         case 'C': opt.conns = atoi(optarg); break;
         case 'r': rate = atof(optarg); break;
         case 'e': opt.epoch = atoi(optarg); break;
+        case 'b': seq_base = strtoll(optarg, NULL, 10); break;
         default: goto usage;
         }
     }
@@ -386,6 +389,8 @@ int main(int argc, char **argv)
     if (opt.tcp && sscanf(opt.tcp, "%255[^:]:%d", host, &port) != 2)
         goto usage;
     seqs = calloc((size_t)opt.channels, sizeof(*seqs));
+    for (int i = 0; seqs && i < opt.channels; i++)
+        seqs[i] = seq_base;
     loop = uv_default_loop();
     if (opt.kafka ? kafka_init() : conns_init())
         return 1;
@@ -402,6 +407,6 @@ int main(int argc, char **argv)
 usage:
     fprintf(stderr, "usage: publish (--kafka BOOTSTRAP [--topic T] | --http http://H:P/pub/{ch} | --tcp H:P)\n"
                     "  [--channels C] [--prefix trade.sim.S] [--size BYTES] [--conns N] [--rate R]"
-                    " [--epoch E]\n");
+                    " [--epoch E] [--seq-base S]\n");
     return 64;
 }

@@ -145,7 +145,7 @@ int server_client_send(void *user, rbuf_t *frame, const void *tag)
          * the write in progress. The other clients are not affected. */
         metric_inc(c->f->m.slow_closes);
         limit_hit(c->f, "client_queue_bytes");
-        log_info("slow client closed", "peer=%s tag=%d len=%zu queued=%zu", wss_peer(c->conn), tag != NULL, frame->len,
+        log_info("slow client closed", "peer=%s queued=%zu", wss_peer(c->conn),
                  wss_queued_bytes(c->conn));
         wss_close(c->conn, 1013, "slow client: queue limit exceeded", 1);
     }
