@@ -142,6 +142,9 @@ static const cfg_key_t main_keys[] = {
       "Shared secret fanout workers present to the relay; empty: no check"),
     K(relay, history, T_INT, R, 0, 1000000, NULL, "10000",
       "Messages the relay keeps so a switching fanout worker can catch up"),
+    K(relay, client_queue_bytes, T_INT, R, 65536, 1073741824, NULL, "67108864",
+      "Unsent bytes the relay queues for one fanout worker (replay included) before it disconnects it; "
+      "the worker reconnects and resumes by seq"),
 
     K(admin, listen, T_ADDR, CF_LISTEN, 0, 0, NULL, "0.0.0.0:8090",
       "Admin HTTP address: /metrics, /healthz, /readyz, /status, /"),

@@ -76,6 +76,7 @@ typedef struct {
         char *advertise;
         char *token;
         int history;
+        int client_queue_bytes;
     } relay;
     struct {
         char *listen;

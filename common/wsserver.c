@@ -483,11 +483,12 @@ int wss_send(wss_conn_t *c, rbuf_t *frame, const void *tag)
     if (c->state != ST_OPEN || c->tcp_closing)
         return -EPIPE;
     size_t lim = c->ctx->lim.queue_bytes;
-    /* Conflate only behind a write still in progress, or when the frame
-     * would not fit: a client that keeps up gets every message, a slow one
-     * (or one hit by a burst) only the newest per tag. */
+    /* Conflate only when the peer is behind: a write still in progress with
+     * a quarter of the bound queued, or a frame that would not fit. A client
+     * that keeps up gets every message, a slow one the newest per tag. */
     int over = lim && c->qbytes + frame->len > lim;
-    if (tag != NULL && (c->writing || over)) {
+    int behind = c->writing && c->qbytes >= lim / 4;
+    if (tag != NULL && (behind || over)) {
         for (size_t i = c->qlen; i > c->qinflight; i--) {
             qent_t *e = q_at(c, i - 1);
             if (e->tag != tag)

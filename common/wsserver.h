@@ -74,10 +74,10 @@ size_t wss_queued_bytes(const wss_conn_t *c);
 const char *wss_peer(const wss_conn_t *c);   /* "ip:port" */
 
 /* Queue a pre-framed frame (wss_frame()); takes its own reference.
- * tag != NULL makes it conflatable: while a write to this peer is still in
- * progress (it is not keeping up) or when the frame would exceed the bound,
- * a queued frame with the same tag whose write has not started is replaced
- * in place.
+ * tag != NULL makes it conflatable: when the peer is behind (a write still
+ * in progress and a quarter of the bound queued) or the frame would exceed
+ * the bound, a queued frame with the same tag whose write has not started is
+ * replaced in place.
  * Returns 0 queued, 1 replaced an older frame, -ENOBUFS when it would exceed
  * limits.queue_bytes (nothing queued; the caller decides, usually close 1013),
  * -EPIPE when the connection is closing or not open yet. */

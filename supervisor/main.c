@@ -185,6 +185,7 @@ int main(int argc, char **argv)
     sup.cfg = cfg_load(&sup.cfg_opts, &err);
     if (sup.cfg == NULL) {
         fputs(err.data ? err.data : "configuration error\n", stderr);
+        buf_free(&err);
         return 2;
     }
     buf_free(&err);

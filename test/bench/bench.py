@@ -23,6 +23,7 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BUILD = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(REPO, "build"))
 os.environ["EXCHANGE_BUILD"] = BUILD
 sys.path.insert(0, os.path.join(REPO, "test", "integration"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import util  # noqa: E402
 from harness.kafka import KafkaBroker  # noqa: E402
 
@@ -38,7 +39,7 @@ CPUS = os.cpu_count() or 2
 PER_CH = 100
 FANOUT_N = [1000] if QUICK else [1000, 10000]
 SIZES = [0, 1024]  # 0: the natural trade message (no padding, ~240 B)
-STEP_WARM, STEP_S = (1.0, 2.0) if QUICK else (1.5, 4.0)
+STEP_WARM, STEP_S = (1.0, 2.0) if QUICK else (1.0, 3.0)
 REPS = 1 if QUICK else 3
 LAT_N, LAT_RATE = (1000, 1000) if QUICK else (10000, 1000)
 IDLE_N = 6000 if QUICK else 20000
@@ -66,6 +67,11 @@ def ensure_dirs():
 
 def tree(pid):
     return [pid] + util.descendants(pid) if pid and util.pid_alive(pid) else []
+
+
+def aux_cpu(sysobj):
+    """CPU seconds of what feeds the server but is not it (the Kafka broker)."""
+    return sum(proc_cpu(p) for p in getattr(sysobj, "aux_pids", []))
 
 
 def proc_cpu(pid):
@@ -207,6 +213,7 @@ class Ours(System):
         util.wait_until(lambda: util.port_open(self.port), timeout=20, what="fanout port")
         time.sleep(0.5)
         self.pids = [self.proc.pid]
+        self.aux_pids = [self.broker.proc.pid]
         self.ws_url = "ws://127.0.0.1:%d/ws/exchange" % self.port
         self.pub_args = ["--kafka", self.broker.bootstrap, "--topic", "exchange"]
         return self
@@ -294,6 +301,44 @@ def measure(lg, secs):
     return lg.read_event("result", secs + 30)
 
 
+def kafka_path_latency(bootstrap, secs):
+    """Publish -> Kafka -> a plain consumer, while the bench load runs: the
+    part of exchange-service's latency that is the Kafka path (mock broker)."""
+    from confluent_kafka import Consumer, TopicPartition, OFFSET_END
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-latency", "enable.auto.commit": False,
+                  "fetch.wait.max.ms": FETCH_WAIT_MS})
+    try:
+        md = c.list_topics("exchange", timeout=10)
+        c.assign([TopicPartition("exchange", p, OFFSET_END) for p in md.topics["exchange"].partitions])
+        lat, t_start = [], time.time() + 1.0
+        while time.time() < t_start + secs:
+            m = c.poll(0.1)
+            if m is None or m.error():
+                continue
+            now = time.time()
+            if now >= t_start:
+                lat.append(now * 1e6 - json.loads(m.value())["bench_us"])
+    finally:
+        c.close()
+    if not lat:
+        return None
+    lat.sort()
+    pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
+    return {"msgs": len(lat), "p50": pick(0.5), "p99": pick(0.99), "p999": pick(0.999), "max": lat[-1]}
+
+
+def drain(lg, pub, limit=60):
+    """Publishing stopped: wait until the server has delivered its backlog
+    (a saturated step leaves one, e.g. as Kafka consumer lag)."""
+    pub.send("rate 0")
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if measure(lg, 1.0)["msgs"] < 50:
+            return True
+    log("backlog not drained after %ds" % limit)
+    return False
+
+
 def perf_writes(pids, secs):
     """write-type syscalls of every thread of pids over secs (perf tracepoints)."""
     evs = ["syscalls:sys_enter_%s" % s for s in ("write", "writev", "sendto", "sendmsg", "sendmmsg")]
@@ -321,6 +366,7 @@ def run_fanout(cls):
             log("%s: %d clients ready: %s" % (cls.name, n, ready))
             for size in SIZES:
                 pub = start_publisher(sysobj, channels, size, "%s-pub-%d-%d" % (cls.__name__, n, size))
+                lg.send("reset")
                 time.sleep(0.5)
                 if size == SIZES[0] and n == LAT_N and "2" in ONLY:
                     pub.send("rate %d" % LAT_RATE)
@@ -332,9 +378,13 @@ def run_fanout(cls):
                         "bytes_per_msg": runs[0]["bytes"] / max(1, runs[0]["msgs"]),
                         **{k: med([r["lat_us"][k] for r in runs]) for k in ("p50", "p99", "p999", "max")},
                         "lost": sum(r["lost"] for r in runs), "ooo": sum(r["ooo"] for r in runs), "runs": runs}
+                    if isinstance(sysobj, Ours):
+                        try:
+                            out["latency"]["kafka_path"] = kafka_path_latency(sysobj.broker.bootstrap, STEP_S)
+                        except Exception as e:  # noqa: BLE001 - a missing python3-confluent-kafka
+                            log("kafka path latency: %r" % e)
                     log("%s latency: %s" % (cls.name, {k: v for k, v in out["latency"].items() if k != "runs"}))
-                    pub.send("rate 0")
-                    time.sleep(1)
+                    drain(lg, pub)
                 if size == SIZES[0] and n == SYS_N and "4" in ONLY and shutil.which("perf"):
                     rate = 50000 // PER_CH
                     pub.send("rate %d" % rate)
@@ -348,8 +398,7 @@ def run_fanout(cls):
                                            "msgs_per_s": r["msgs_per_s"], "counts": counts,
                                            "per_msg": total / r["msgs"]}
                     log("%s syscalls: %s" % (cls.name, out["syscalls"]))
-                    pub.send("rate 0")
-                    time.sleep(1)
+                    drain(lg, pub)
                 if "1" not in ONLY:
                     pub.stop()
                     continue
@@ -359,15 +408,17 @@ def run_fanout(cls):
                     rate = target // PER_CH
                     pub.send("rate %d" % rate)
                     time.sleep(STEP_WARM)
-                    c0 = proc_cpu(lgpid)
+                    c0, b0 = proc_cpu(lgpid), aux_cpu(sysobj)
                     r = measure(lg, STEP_S)
                     r["loadgen_cpu"] = (proc_cpu(lgpid) - c0) / r["duration_s"]
+                    r["aux_cpu"] = (aux_cpu(sysobj) - b0) / r["duration_s"]
                     r["publish_rate"] = rate
                     expected = rate * PER_CH  # every channel has PER_CH clients
                     r["expected"] = expected
                     steps.append(r)
-                    log("%s n=%d size=%d rate=%d: %.0f/s (exp %.0f) cpu %.2f lg %.2f p99 %dus lost %d closed %d"
-                        % (cls.name, n, size, rate, r["msgs_per_s"], expected, r["cpu_s"], r["loadgen_cpu"],
+                    log("%s n=%d size=%d rate=%d: %.0f/s (exp %.0f) cpu %.2f/s lg %.2f/s p99 %dus lost %d closed %d"
+                        % (cls.name, n, size, rate, r["msgs_per_s"], expected, r["cpu_s"] / r["duration_s"],
+                           r["loadgen_cpu"],
                            r["lat_us"]["p99"], r["lost"], r["closed"]))
                     if (r["msgs_per_s"] < 0.9 * expected or r["lat_us"]["p99"] > 2000000
                             or r["clients"] < 0.98 * n):
@@ -375,12 +426,15 @@ def run_fanout(cls):
                 best = max(steps, key=lambda s: s["msgs_per_s"])
                 runs = [best]
                 for _ in range(REPS - 1):
-                    pub.send("rate 0")
-                    time.sleep(2)
+                    drain(lg, pub)
                     pub.send("rate %d" % best["publish_rate"])
                     time.sleep(STEP_WARM)
-                    runs.append(measure(lg, STEP_S))
-                pub.send("rate 0")
+                    c0, b0 = proc_cpu(lgpid), aux_cpu(sysobj)
+                    r = measure(lg, STEP_S)
+                    r["loadgen_cpu"] = (proc_cpu(lgpid) - c0) / r["duration_s"]
+                    r["aux_cpu"] = (aux_cpu(sysobj) - b0) / r["duration_s"]
+                    runs.append(r)
+                drain(lg, pub)
                 pub.stop()
                 row = {"clients": n, "size": size, "publish_rate": best["publish_rate"],
                        "bytes_per_msg": best["bytes"] / max(1, best["msgs"]),
@@ -390,7 +444,8 @@ def run_fanout(cls):
                        "p99_us": med([r["lat_us"]["p99"] for r in runs]),
                        "lost": sum(r["lost"] for r in runs), "ooo": sum(r["ooo"] for r in runs),
                        "closed": runs[-1]["closed"], "saturated": best is not steps[-1] or len(steps) < len(RAMP),
-                       "loadgen_cpu": best.get("loadgen_cpu"), "setup_rate": ready["setup_rate"],
+                       "loadgen_cpu": med([r.get("loadgen_cpu") for r in runs]),
+                       "aux_cpu": med([r.get("aux_cpu") for r in runs]), "setup_rate": ready["setup_rate"],
                        "setup_failed": ready["failed"], "steps": steps, "runs": runs}
                 out["fanout"].append(row)
                 time.sleep(1)
@@ -434,7 +489,7 @@ def run_idle(cls):
 
 def run_failover_scenarios():
     import failover
-    return failover.run(BUILD, LOGS, quick=QUICK, reps=FAIL_REPS, only=ONLY)
+    return failover.run(BUILD, LOGS, quick=QUICK, reps=FAIL_REPS, only=ONLY, log=log)
 
 
 # ---- the table ----------------------------------------------------------------------
@@ -459,9 +514,9 @@ def print_table(res):
     L.append("exchange-service benchmarks%s — nproc %d, %s" % (" (BENCH_QUICK=1)" if QUICK else "", CPUS, cpu))
     L.append("")
     L.append("(1) fanout at saturation, %d clients per channel, median of %d run(s)" % (PER_CH, REPS))
-    hdr = "%-17s %7s %6s %10s %12s %9s %12s %9s %6s %6s %10s" % (
+    hdr = "%-17s %7s %6s %10s %12s %9s %12s %9s %6s %6s %8s %8s" % (
         "system", "clients", "msg B", "publish/s", "delivered/s", "cpu s/s", "msgs/cpu-s", "p99 ms", "lost",
-        "ooo", "conn/s")
+        "ooo", "conn/s", "lg cpu")
     L.append(hdr)
     rows = {}
     for name, r in sc.get("fanout", {}).items():
@@ -470,10 +525,11 @@ def print_table(res):
             continue
         for row in r:
             rows[(name, row["clients"], row["size"])] = row
-            L.append("%-17s %7d %6.0f %10d %12s %9.2f %12s %9.1f %6d %6d %10s%s" % (
+            L.append("%-17s %7d %6.0f %10d %12s %9.2f %12s %9.1f %6d %6d %8s %8s%s" % (
                 name, row["clients"], row["bytes_per_msg"], row["publish_rate"], fmt(row["msgs_per_s"]),
                 row["cpu_per_s"] or 0, fmt(row["msgs_per_cpu_s"]), (row["p99_us"] or 0) / 1000, row["lost"],
-                row["ooo"], fmt(row["setup_rate"]), "" if row["saturated"] else "  (ramp top, not saturated)"))
+                row["ooo"], fmt(row["setup_rate"]), fmt(row["loadgen_cpu"], "%.2f"),
+                "" if row["saturated"] else "  (ramp top, not saturated)"))
     ours = "exchange-service"
     for peer in ("nginx+nchan", "node ws"):
         for (name, n, size), row in sorted(rows.items()):
@@ -495,6 +551,10 @@ def print_table(res):
         L.append("%-17s %12s %8.2f %8.2f %9.2f %8.1f %6d %6d" % (name, fmt(r["msgs_per_s"]), r["p50"] / 1000,
                                                              r["p99"] / 1000, r["p999"] / 1000, r["max"] / 1000,
                                                              r["lost"], r["ooo"]))
+        k = r.get("kafka_path")
+        if k:
+            L.append("  of which Kafka  %12s %8.2f %8.2f %9.2f %8.1f   (publish -> mock broker -> a plain consumer,"
+                     " same load)" % ("", k["p50"] / 1000, k["p99"] / 1000, k["p999"] / 1000, k["max"] / 1000))
     L.append("")
     L.append("(3) idle clients (subscribed, no traffic): server RSS (all processes, VmRSS)")
     L.append("%-17s %8s %12s %12s %14s %10s" % ("system", "clients", "RSS before", "RSS after", "bytes/client",
@@ -538,9 +598,11 @@ def print_table(res):
     sw = sc.get("switch")
     L.append("(6) Kafka -> relay switch (all brokers down) and back: longest time a client went without messages")
     if isinstance(sw, dict):
-        L.append("  baseline gap %.2f s; to relay: gap %.2f s (source relay after %.2f s); back to Kafka: gap %.2f s;"
-                 " lost %d, duplicates/out of order %d" % (sw["baseline_gap_s"], sw["down_gap_s"],
-                                                         sw["switch_s"], sw["up_gap_s"], sw["lost"], sw["ooo"]))
+        L.append("  fallback_after_ms %d: longest gap before %.2f s; Kafka down -> relay: gap %.2f s (relay after"
+                 " %.2f s); Kafka up -> back: gap %.2f s (kafka after %s s); lost %d, repeated/out of order %d%s"
+                 % (sw["fallback_after_ms"], sw["baseline_gap_s"], sw["down_gap_s"], sw["switch_s"],
+                    sw["up_gap_s"], fmt(sw["back_s"], "%.2f"), sw["lost"], sw["ooo"],
+                    "; " + sw["note"] if sw.get("note") else ""))
     else:
         L.append("  %s" % sw)
     print("\n".join(L), flush=True)
@@ -558,6 +620,9 @@ def main():
             for key in ("fanout", "latency", "syscalls", "idle"):
                 sc[key][cls.name] = "n/a (%s)" % why
             continue
+        for key, num in (("fanout", "1"), ("latency", "2"), ("syscalls", "4"), ("idle", "3")):
+            if num not in ONLY:
+                sc[key][cls.name] = "n/a (not selected)"
         if ONLY & {"1", "2", "4"}:
             try:
                 r = run_fanout(cls)

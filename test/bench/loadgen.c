@@ -7,6 +7,7 @@
  *   (after start)  {"event":"ready",...}        all clients subscribed or failed
  *   measure SECS   {"event":"result",...}       counters over the next SECS
  *   rss            {"event":"rss",...}          server RSS now (sum of processes)
+ *   reset          forget each client's last seq (a new publisher starts over)
  *   quit | EOF     close everything, exit 0
  *
  * Client i subscribes to channel i % channels, named PREFIX<i>-KRW. With
@@ -64,8 +65,13 @@ static struct {
     double connect_timeout_s;
     int npids;
     int pids[16];
-} opt = {.prefix = "trade.sim.S", .nclients = 100, .nchannels = 10, .concurrency = 256,
-         .src_ips = 1, .src_first = 1, .connect_timeout_s = 60};
+} opt = {.prefix = "trade.sim.S",
+         .nclients = 100,
+         .nchannels = 10,
+         .concurrency = 256,
+         .src_ips = 1,
+         .src_first = 1,
+         .connect_timeout_s = 60};
 
 static uv_loop_t *loop;
 static client_t *clients;
@@ -148,8 +154,7 @@ static int proc_stat(int pid, int *ppid, double *cpu_s, long *rss_pages)
     int pp;
     unsigned long ut, stt, vsize;
     long rss;
-    if (sscanf(p + 2,
-               "%c %d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %*d %*d %*d %*d %*d %*d %*u %lu %ld",
+    if (sscanf(p + 2, "%c %d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %*d %*d %*d %*d %*d %*d %*u %lu %ld",
                &st, &pp, &ut, &stt, &vsize, &rss) != 6)
         return -1;
     *ppid = pp;
@@ -288,13 +293,12 @@ static int client_write(client_t *c, const void *data, size_t len)
     return uv_write(req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
 }
 
-static ssize_t ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
-                          void *user)
+static ssize_t ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags, void *user)
 {
     (void)ctx;
     (void)flags;
     return client_write(user, data, len) < 0 ? (wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE), -1)
-                                               : (ssize_t)len;
+                                             : (ssize_t)len;
 }
 
 static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags, void *user)
@@ -407,7 +411,10 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
     *b = uv_buf_init((char *)rbuf, sizeof(rbuf));
 }
 
-static void channel_name(int ch, char *out, size_t n) { snprintf(out, n, "%s%d-KRW", opt.prefix, ch); }
+static void channel_name(int ch, char *out, size_t n)
+{
+    snprintf(out, n, "%s%d-KRW", opt.prefix, ch);
+}
 
 static void on_upgraded(client_t *c)
 {
@@ -624,6 +631,9 @@ static void run_command(char *line)
         printf("{\"event\":\"rss\",\"rss_kb\":%ld,\"server_procs\":%d,\"clients\":%d,\"cpu_s\":%.2f}\n", rss,
                np, open, cpu);
         fflush(stdout);
+    } else if (strncmp(line, "reset", 5) == 0) {
+        for (int i = 0; i < opt.nclients; i++)
+            clients[i].last_seq = -1;
     } else if (strncmp(line, "quit", 4) == 0) {
         do_quit();
     } else if (line[0]) {
@@ -670,11 +680,11 @@ static void usage(void)
 
 int main(int argc, char **argv)
 {
-    static const struct option lo[] = {
-        {"url", 1, 0, 'u'},         {"clients", 1, 0, 'n'},         {"channels", 1, 0, 'c'},
-        {"prefix", 1, 0, 'p'},      {"concurrency", 1, 0, 'k'},     {"src-ips", 1, 0, 's'},
-        {"src-first", 1, 0, 'f'},   {"connect-timeout", 1, 0, 't'}, {"server-pid", 1, 0, 'P'},
-        {0, 0, 0, 0}};
+    static const struct option lo[] = {{"url", 1, 0, 'u'},         {"clients", 1, 0, 'n'},
+                                       {"channels", 1, 0, 'c'},    {"prefix", 1, 0, 'p'},
+                                       {"concurrency", 1, 0, 'k'}, {"src-ips", 1, 0, 's'},
+                                       {"src-first", 1, 0, 'f'},   {"connect-timeout", 1, 0, 't'},
+                                       {"server-pid", 1, 0, 'P'},  {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (o) {

@@ -62,7 +62,10 @@ static uint64_t now_us(void)
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
-static uint64_t mono_us(void) { return uv_hrtime() / 1000; }
+static uint64_t mono_us(void)
+{
+    return uv_hrtime() / 1000;
+}
 
 /* The message for channel ch with its next seq; returns its length. */
 static int build(char *out, size_t cap, int ch, char *chname, size_t chcap)
@@ -128,9 +131,10 @@ static void kafka_send(int ch)
     char msg[8192], chname[128], ep[16];
     int n = build(msg, sizeof(msg), ch, chname, sizeof(chname));
     int eplen = snprintf(ep, sizeof(ep), "%d", opt.epoch);
-    rd_kafka_resp_err_t e = rd_kafka_producev(
-        rk, RD_KAFKA_V_TOPIC(opt.topic), RD_KAFKA_V_KEY(chname, strlen(chname)), RD_KAFKA_V_VALUE(msg, (size_t)n),
-        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADER("epoch", ep, eplen), RD_KAFKA_V_END);
+    rd_kafka_resp_err_t e =
+        rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(opt.topic), RD_KAFKA_V_KEY(chname, strlen(chname)),
+                          RD_KAFKA_V_VALUE(msg, (size_t)n), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                          RD_KAFKA_V_HEADER("epoch", ep, eplen), RD_KAFKA_V_END);
     if (e) {
         errors++;
         seqs[ch]--; /* not sent: no gap for the clients */
@@ -359,10 +363,10 @@ static void on_cmd(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 
 int main(int argc, char **argv)
 {
-    static const struct option lo[] = {{"kafka", 1, 0, 'k'},  {"topic", 1, 0, 'T'},    {"http", 1, 0, 'h'},
-                                       {"tcp", 1, 0, 't'},    {"prefix", 1, 0, 'p'},   {"channels", 1, 0, 'c'},
-                                       {"size", 1, 0, 's'},   {"conns", 1, 0, 'C'},    {"rate", 1, 0, 'r'},
-                                       {"epoch", 1, 0, 'e'},  {"seq-base", 1, 0, 'b'}, {0, 0, 0, 0}};
+    static const struct option lo[] = {{"kafka", 1, 0, 'k'}, {"topic", 1, 0, 'T'},    {"http", 1, 0, 'h'},
+                                       {"tcp", 1, 0, 't'},   {"prefix", 1, 0, 'p'},   {"channels", 1, 0, 'c'},
+                                       {"size", 1, 0, 's'},  {"conns", 1, 0, 'C'},    {"rate", 1, 0, 'r'},
+                                       {"epoch", 1, 0, 'e'}, {"seq-base", 1, 0, 'b'}, {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (o) {
@@ -405,8 +409,9 @@ int main(int argc, char **argv)
         rd_kafka_destroy(rk);
     return 0;
 usage:
-    fprintf(stderr, "usage: publish (--kafka BOOTSTRAP [--topic T] | --http http://H:P/pub/{ch} | --tcp H:P)\n"
-                    "  [--channels C] [--prefix trade.sim.S] [--size BYTES] [--conns N] [--rate R]"
-                    " [--epoch E] [--seq-base S]\n");
+    fprintf(stderr,
+            "usage: publish (--kafka BOOTSTRAP [--topic T] | --http http://H:P/pub/{ch} | --tcp H:P)\n"
+            "  [--channels C] [--prefix trade.sim.S] [--size BYTES] [--conns N] [--rate R]"
+            " [--epoch E] [--seq-base S]\n");
     return 64;
 }

@@ -26,10 +26,10 @@ TOPIC = "exchange"
 # ---- fixtures -----------------------------------------------------------------------
 
 class Fanout:
-    def __init__(self, procs, tmp_path, build_dir, bootstrap, port, extra, name):
+    def __init__(self, procs, tmp_path, build_dir, bootstrap, port, extra, name, topic=TOPIC):
         self.port = port
         ini = tmp_path / ("%s.ini" % name)
-        text = "[kafka]\nbrokers = %s\ntopic = %s\nfallback_after_ms = 2000\n" % (bootstrap, TOPIC)
+        text = "[kafka]\nbrokers = %s\ntopic = %s\nfallback_after_ms = 2000\n" % (bootstrap, topic)
         text += "[fanout]\nlisten = 127.0.0.1:%d\n" % port
         for k, v in extra.items():
             text += "%s = %s\n" % (k, v)
@@ -48,10 +48,10 @@ class Fanout:
 def fanout_factory(procs, tmp_path, build_dir, kafka_broker):
     made = []
 
-    def make(port=None, **extra):
+    def make(port=None, topic=TOPIC, **fanout_keys):
         port = port or free_port()
-        f = Fanout(procs, tmp_path, build_dir, kafka_broker.bootstrap, port, extra,
-                   "fanout%d" % len(made))
+        f = Fanout(procs, tmp_path, build_dir, kafka_broker.bootstrap, port, fanout_keys,
+                   "fanout%d" % len(made), topic=topic)
         made.append(f)
         return f
 
@@ -62,9 +62,10 @@ def fanout_factory(procs, tmp_path, build_dir, kafka_broker):
 def feed(kafka_broker):
     p = producer(kafka_broker.bootstrap)
 
-    def send(*msgs):
+    def send(*msgs, topic=TOPIC, partition_of=None):
         for m in msgs:
-            p.produce(TOPIC, key=m["channel"].encode(), value=json.dumps(m).encode())
+            kw = {"partition": partition_of(m["channel"])} if partition_of else {}
+            p.produce(topic, key=m["channel"].encode(), value=json.dumps(m).encode(), **kw)
         left = p.flush(15)
         assert left == 0, "messages not delivered to the test broker"
 
@@ -415,47 +416,61 @@ def _slow_socket():
     return s
 
 
-def test_slow_client_cut_or_conflated_fast_client_unaffected(fanout_factory, feed):
-    f = fanout_factory(client_queue_bytes=1 << 20)
-    trade, tick = "trade.upbit.BTC-KRW", "ticker.upbit.BTC-KRW"
-    n = 3000
-    pad = "p" * 1000
+def test_slow_client_cut_or_conflated_fast_client_unaffected(fanout_factory, feed, kafka_broker):
+    # Enough data to exceed the bound plus every socket buffer on the way
+    # (the kernel grows the server's send buffer to megabytes), spread over
+    # six partitions so the mock broker keeps all of it.
+    kafka_broker.create_topic("slow", 6)
+    f = fanout_factory(client_queue_bytes=1 << 20, topic="slow")
+    trades = ["trade.upbit.%s-KRW" % s for s in ("BTC", "ETH", "XRP")]
+    ticks = ["ticker.upbit.%s-KRW" % s for s in ("BTC", "ETH", "XRP")]
+    part = {ch: i for i, ch in enumerate(trades + ticks)}
+    n = 1500
+    pad = "p" * 1400
 
     def produce_all():
-        for i in range(0, n, 250):
-            feed(*[msg(trade, j, pad=pad) for j in range(i + 1, i + 251)]
-                 + [msg(tick, j, pad=pad) for j in range(i + 1, i + 251)])
+        for i in range(0, n, 100):
+            batch = [msg(ch, j, pad=pad) for j in range(i + 1, i + 101) for ch in trades + ticks]
+            feed(*batch, topic="slow", partition_of=part.get)
 
     async def go():
-        fast = await connect(f.port, "?channels=%s,%s" % (trade, tick), max_queue=None)
+        fast = await connect(f.port, "?channels=trade.upbit.*,ticker.upbit.*", max_queue=None)
         await recv(fast)
         s1, s2 = _slow_socket(), _slow_socket()
         s1.connect(("127.0.0.1", f.port))
         s2.connect(("127.0.0.1", f.port))
-        slow_trade = await connect(f.port, "?channels=" + trade, sock=s1, max_queue=1, read_limit=4096)
-        slow_tick = await connect(f.port, "?channels=" + tick, sock=s2, max_queue=1, read_limit=4096)
+        slow_trade = await connect(f.port, "?channels=trade.upbit.*", sock=s1, max_queue=1,
+                                   read_limit=4096)
+        slow_tick = await connect(f.port, "?channels=ticker.upbit.*", sock=s2, max_queue=1,
+                                  read_limit=4096)
         await recv(slow_trade)
         await recv(slow_tick)
         # neither slow client reads while the stream flows; the fast one does
         producing = asyncio.get_running_loop().run_in_executor(None, produce_all)
-        last = {}
-        got = {trade: [], tick: []}
-        while last.get(trade) != n or last.get(tick) != n:
+        got = {ch: [] for ch in trades + ticks}
+        while any(not got[ch] or got[ch][-1] != n for ch in got):
             m = await recv(fast, 30)
             got[m["channel"]].append(m["seq"])
-            last[m["channel"]] = m["seq"]
         await producing
-        assert got[trade] == list(range(1, n + 1))
-        assert got[tick] == list(range(1, n + 1))
+        for ch in trades:
+            assert got[ch] == list(range(1, n + 1)), ch  # every trade, in order
+        for ch in ticks:
+            # tickers may be conflated whenever this reader falls a little
+            # behind, but never reordered or repeated
+            assert got[ch] == sorted(set(got[ch])) and got[ch][-1] == n, ch
         # the trade reader fell behind by more than the bound: closed with 1013
         with pytest.raises(websockets.ConnectionClosed) as e:
             while True:
                 await asyncio.wait_for(slow_trade.recv(), 10)
         assert e.value.rcvd is not None and e.value.rcvd.code == 1013
         # the ticker reader was conflated: still open, in order, ends at the newest
-        ticks = await data_until(slow_tick, lambda m: m["seq"] == n, timeout=10)
-        sq = [m["seq"] for m in ticks]
-        assert sq == sorted(sq) and len(set(sq)) == len(sq) and len(sq) < n
+        tk = {ch: [] for ch in ticks}
+        while any(not tk[ch] or tk[ch][-1] != n for ch in tk):
+            m = await recv(slow_tick, 10)
+            tk[m["channel"]].append(m["seq"])
+        for ch in ticks:
+            assert tk[ch] == sorted(set(tk[ch])), ch
+        assert sum(len(v) for v in tk.values()) < 3 * n
         pong = await request(slow_tick, {"op": "ping", "id": 1})
         assert pong["type"] == "pong"
         await fast.close()
@@ -525,5 +540,29 @@ def test_two_workers_share_the_port(fanout_factory, feed):
             assert (await recv(ws))["seq"] == 1
         for ws in conns:
             await ws.close()
+
+    run(go())
+
+
+def test_idle_ping_and_dead_peer_closed(fanout_factory):
+    f = fanout_factory(idle_timeout_ms=1000, pong_timeout_ms=1000)
+    dead = RawWS(f.port)
+    assert dead.status == 101
+    dead.s.settimeout(5)
+    op, _ = dead.read_frame()
+    assert op == 9  # the server pings a silent client
+    t0 = time.monotonic()
+    with pytest.raises((EOFError, ConnectionResetError)):
+        while True:  # no pong: the server drops the connection
+            dead.read_frame()
+    assert time.monotonic() - t0 < 4
+    dead.close()
+
+    async def go():
+        alive = await connect(f.port)  # websockets answers pings by itself
+        await asyncio.sleep(3.5)
+        pong = await request(alive, {"op": "ping"})
+        assert pong["type"] == "pong"
+        await alive.close()
 
     run(go())

@@ -49,14 +49,23 @@ static int fanout_start(worker_t *w)
         return -ENOMEM;
     if ((r = server_start(f)) < 0)
         return r;
-    if (f->cfg->kafka.brokers != NULL && *f->cfg->kafka.brokers) {
-        source_sink_t sink = {.on_message = on_source_message, .arg = f};
-        if ((r = source_kafka_new(f->loop, f->cfg, &sink, &f->src)) < 0)
-            return r;
-    } else {
-        log_warn("no data source: [kafka] brokers is empty", "");
-    }
+    /* Kafka with the relay fallback, or the relay alone without brokers. */
+    source_sink_t sink = {.on_message = on_source_message, .arg = f};
+    if ((r = source_switch_new(f->loop, f->cfg, &sink, &f->src)) < 0)
+        return r;
+    /* Without a supervisor no leader message comes: this instance's relay. */
+    if (w->ipc == NULL)
+        source_switch_set_leader(f->src, f->cfg->relay.advertise, 0);
     return 0;
+}
+
+/* The supervisor's leader message carries the leader's relay address. */
+static void fanout_msg(worker_t *w, const char *t, json_t *msg)
+{
+    fanout_t *f = w->data;
+    if (strcmp(t, "leader") == 0 && f->src != NULL)
+        source_switch_set_leader(f->src, json_string_value(json_object_get(msg, "relay")),
+                                 (int64_t)json_integer_value(json_object_get(msg, "epoch")));
 }
 
 static void fanout_status(worker_t *w, json_t *status)
@@ -89,6 +98,7 @@ static void fanout_stop(worker_t *w)
 static const worker_ops_t fanout_ops = {
     .role = "fanout",
     .on_start = fanout_start,
+    .on_msg = fanout_msg,
     .on_drain = fanout_drain,
     .on_status = fanout_status,
     .on_stop = fanout_stop,

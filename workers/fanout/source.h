@@ -35,6 +35,24 @@ struct source_s {
 /* Kafka: every partition of [kafka] topic, no consumer group. */
 int source_kafka_new(uv_loop_t *loop, const cfg_t *cfg, const source_sink_t *sink, source_t **out);
 
+/* Relay (source_relay.c): the leader's relay at addr ("host:port"), with the
+ * [relay] token. On every (re)connect it sends the request resume(arg)
+ * returns ({"op":"resume",...}, see workers/ingest/relay.h; the source frees
+ * it), so the relay replays what this worker has not delivered yet. */
+typedef json_t *(*source_resume_fn)(void *arg);
+int source_relay_new(uv_loop_t *loop, const cfg_t *cfg, const char *addr, const source_sink_t *sink,
+                     source_resume_fn resume, void *resume_arg, source_t **out);
+/* Follow a new leader: reconnect to addr (no-op when unchanged or empty). */
+int source_relay_set_addr(source_t *s, const char *addr);
+
+/* Switch (source_switch.c): the worker's one source. Kafka while it is
+ * healthy, the relay after [kafka] fallback_after_ms of Kafka failing, Kafka
+ * again once healthy for recover_after_ms and caught up; relay only when
+ * [kafka] brokers is empty. source_name() is the active one. */
+int source_switch_new(uv_loop_t *loop, const cfg_t *cfg, const source_sink_t *sink, source_t **out);
+/* The supervisor's "leader" message: the current leader's relay address. */
+void source_switch_set_leader(source_t *s, const char *relay_addr, int64_t epoch);
+
 static inline const char *source_name(const source_t *s) { return s ? s->vt->name : "none"; }
 static inline int source_healthy(const source_t *s) { return s ? s->vt->healthy(s) : 0; }
 

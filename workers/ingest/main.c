@@ -10,6 +10,7 @@
 #include "ingest.h"
 #include "log.h"
 #include "producer.h"
+#include "relay.h"
 #include "worker.h"
 
 #define TICK_MS 100
@@ -20,6 +21,7 @@
 #define FLUSH_MS 5000
 
 static ingest_t ing;
+static relay_t *relay; /* [relay] listen: the fanout workers' path when Kafka fails */
 static worker_t *wk;
 static uv_timer_t leader_wait;
 /* Feeds get this long to close before Kafka is flushed anyway. */
@@ -65,6 +67,7 @@ static void maybe_finish_drain(void)
     }
     if (producer_drained) {
         log_info("ingest drained", "epoch=%" PRId64, ing.epoch);
+        relay_stop(relay);
         worker_exit(wk, 0);
     }
 }
@@ -121,6 +124,8 @@ static int on_start(worker_t *w)
     } else {
         log_info("no kafka brokers configured: relay only", "epoch=%" PRId64, ing.epoch);
     }
+    if ((r = relay_start(&ing, &relay)) < 0)
+        return r;
     uv_timer_init(w->loop, &ing.tick);
     uv_timer_start(&ing.tick, on_tick, TICK_MS, TICK_MS);
     uv_timer_init(w->loop, &leader_wait);
@@ -185,6 +190,7 @@ static void on_status(worker_t *w, json_t *status)
     json_object_set_new(status, "kafka",
                         json_pack("{s:b, s:i}", "enabled", ing.producer != NULL, "queue",
                                   ing.producer ? producer_queue_len(ing.producer) : 0));
+    json_object_set_new(status, "relay", relay_status(relay));
 }
 
 static void on_stop(worker_t *w)
@@ -193,6 +199,7 @@ static void on_stop(worker_t *w)
     /* Parent gone: no time for an orderly close, but keep what Kafka accepted. */
     if (ing.producer != NULL)
         (void)producer_flush(ing.producer, FLUSH_MS);
+    relay_stop(relay);
 }
 
 static void close_handle(uv_handle_t *h, void *arg)

@@ -1,0 +1,232 @@
+"""Kafka outage fallback (issue 6): the ingest worker's relay endpoint, the
+fanout workers' switch to the leader's relay when Kafka fails and back when
+it recovers, with per-channel seq strictly increasing and no gap the relay or
+Kafka could have filled; leader changes followed in relay mode; the token;
+and the standalone path without Kafka (what `make run` does)."""
+import base64
+import os
+import socket
+import time
+
+from harness import util
+from harness.wsclient import WsClient
+
+SESSION_MS = 2000
+TOKEN = "test-relay-token"
+FALLBACK_MS = 1000
+RECOVER_MS = 1000
+TRADE = "trade.upbit.BTC-KRW"
+TICKER = "ticker.upbit.BTC-KRW"
+
+
+def sim_upbit(sim_factory, rate=20):
+    return sim_factory(args=["--exchanges", "upbit", "--upbit-markets", "KRW-BTC", "--rate", str(rate)])
+
+
+def fanouts(svc):
+    return [w for w in svc.status()["workers"] if w["kind"] == "fanout" and w["state"] == "running"]
+
+
+def sources(svc):
+    try:
+        return [w.get("source") for w in fanouts(svc)]
+    except Exception:  # noqa: BLE001 - a dying instance
+        return []
+
+
+def all_source(svcs, name):
+    return all(sources(s) and all(x == name for x in sources(s)) for s in svcs)
+
+
+def leaders(svcs):
+    out = []
+    for s in svcs:
+        if not s.running():
+            continue
+        try:
+            if s.status()["role"] == "leader":
+                out.append(s)
+        except Exception:  # noqa: BLE001
+            continue
+    return out
+
+
+def cluster(service_factory, zk, sim, n=2, kafka=None, extra=None):
+    name = "relay%d" % int(time.monotonic() * 1000)
+    svcs = []
+    for i in range(n):
+        ov = {"service": {"cluster": name},
+              "zookeeper": {"connect": zk.connect, "session_timeout_ms": SESSION_MS},
+              "kafka": {"brokers": kafka.bootstrap if kafka else "", "topic": "exchange",
+                        "fallback_after_ms": FALLBACK_MS, "recover_after_ms": RECOVER_MS},
+              "relay": {"token": TOKEN},
+              "exchange.upbit": {"markets": "KRW-BTC"},
+              "fanout": {"workers": 1}}
+        for sec, kv in (extra or {}).items():
+            ov.setdefault(sec, {}).update(kv)
+        svcs.append(service_factory(name="node%d" % i, sim_ports=sim.ports, overrides=ov))
+    for s in svcs:
+        s.wait_ready(timeout=30)
+    util.wait_until(lambda: len(leaders(svcs)) == 1, timeout=20, what="one leader")
+    return svcs
+
+
+def seq_problems(msgs, check_gaps):
+    """Per (channel, epoch): duplicates, reorders and (optionally) gaps."""
+    last, problems = {}, []
+    for m in msgs:
+        key = (m["channel"], m["epoch"])
+        prev = last.get(key)
+        if prev is not None:
+            if m["seq"] == prev:
+                problems.append("duplicate %s seq %d" % (key, m["seq"]))
+            elif m["seq"] < prev:
+                problems.append("reordered %s seq %d after %d" % (key, m["seq"], prev))
+            elif check_gaps and m["seq"] != prev + 1:
+                problems.append("gap %s %d -> %d" % (key, prev, m["seq"]))
+        if prev is None or m["seq"] > prev:
+            last[key] = m["seq"]
+    return problems
+
+
+def max_silence(client, t0, t1, prefix):
+    times = [t for t, m in list(client.frames)
+             if t0 <= t <= t1 and isinstance(m, dict) and m.get("channel", "").startswith(prefix)]
+    if not times:
+        return t1 - t0
+    pts = [t0] + times + [t1]
+    return max(b - a for a, b in zip(pts, pts[1:]))
+
+
+def raw_upgrade(port, path, headers=()):
+    """Send a WebSocket upgrade by hand, return the HTTP status."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    lines = ["GET %s HTTP/1.1" % path, "Host: 127.0.0.1:%d" % port, "Upgrade: websocket",
+             "Connection: Upgrade", "Sec-WebSocket-Key: " + key, "Sec-WebSocket-Version: 13"]
+    lines += list(headers)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        data = b""
+        while b"\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+# ---- tests -------------------------------------------------------------------------
+
+def test_standalone_relay_end_to_end(service_factory, sim_factory):
+    """No Kafka (the local profile): simulator -> ingest -> relay -> fanout -> client."""
+    sim = sim_upbit(sim_factory)
+    svc = service_factory(name="solo", sim_ports=sim.ports, overrides={"exchange.upbit": {"markets": "KRW-BTC"}})
+    svc.wait_ready(timeout=30)
+    c = WsClient(svc.ws_url, subscribe=[TRADE, TICKER], name="solo-client").start()
+    try:
+        c.wait_for(lambda c: len(c.data("trade.")) >= 20, timeout=15, what="20 trades through the relay")
+        assert seq_problems(c.data("trade."), check_gaps=True) == []
+        assert seq_problems(c.data(), check_gaps=False) == []
+        util.wait_until(lambda: sources(svc) == ["relay"], timeout=5, what="fanout source relay")
+        assert svc.metric("exchange_relay_clients") >= 1
+        assert svc.metric("exchange_relay_messages_total") > 0
+        assert svc.metric("exchange_fanout_source_active", {"source": "relay"}) >= 1
+    finally:
+        c.close()
+
+
+def test_relay_token_required(service_factory, sim_factory):
+    sim = sim_upbit(sim_factory, rate=5)
+    svc = service_factory(name="tok", sim_ports=sim.ports,
+                          overrides={"exchange.upbit": {"markets": "KRW-BTC"}, "relay": {"token": TOKEN}})
+    svc.wait_ready(timeout=30)
+    port = svc.relay_port
+    util.wait_until(lambda: util.port_open(port), timeout=10, what="relay listening")
+    assert raw_upgrade(port, "/relay") == 401
+    assert raw_upgrade(port, "/relay", ["Authorization: Bearer wrong"]) == 401
+    assert raw_upgrade(port, "/relay?token=wrong") == 401
+    assert raw_upgrade(port, "/relay", ["Authorization: Bearer " + TOKEN]) == 101
+    assert raw_upgrade(port, "/relay?token=" + TOKEN) == 101
+    assert raw_upgrade(port, "/elsewhere", ["Authorization: Bearer " + TOKEN]) == 404
+    util.wait_until(lambda: (svc.metric("exchange_relay_rejected_total", {"reason": "token"}) or 0) >= 3,
+                    timeout=5, what="rejections counted")
+    # The fanout itself presents the token and is served.
+    c = WsClient(svc.ws_url, subscribe=[TRADE], name="tok-client").start()
+    try:
+        c.wait_for(lambda c: len(c.data()) >= 3, timeout=15, what="data with the token")
+    finally:
+        c.close()
+
+
+def test_kafka_outage_fallback_and_back(service_factory, zk_server, kafka_broker, sim_factory):
+    sim = sim_upbit(sim_factory, rate=20)
+    svcs = cluster(service_factory, zk_server, sim, n=2, kafka=kafka_broker)
+    clients = [WsClient(s.ws_url, subscribe=[TRADE, TICKER], name="c-" + s.name).start() for s in svcs]
+    try:
+        def via_kafka(n):
+            return all(all(w.get("source") == "kafka" and w.get("kafka_healthy") for w in fanouts(s))
+                       and (s.metric("exchange_fanout_source_messages_total", {"source": "kafka"}) or 0) >= n
+                       for s in svcs)
+        util.wait_until(lambda: via_kafka(10), timeout=20, what="fanouts consuming kafka")
+        for c in clients:
+            c.wait_for(lambda c: len(c.data("trade.")) >= 10, timeout=15, what="trades via kafka")
+
+        kafka_broker.down()
+        t0 = time.time()
+        util.wait_until(lambda: all_source(svcs, "relay"), timeout=FALLBACK_MS / 1000 + 8,
+                        what="fanouts switched to the relay")
+        time.sleep(max(0.0, t0 + 20 - time.time()))  # the brokers stay down 20 s
+        t_up = time.time()
+        for c in clients:
+            # Receiving again within fallback_after_ms + 1 s, then never silent that long.
+            silent = max_silence(c, t0, t_up, "trade.")
+            assert silent < FALLBACK_MS / 1000 + 1 + 1.0, "%s silent %.1fs during the outage" % (c.name, silent)
+        kafka_broker.up()
+        util.wait_until(lambda: all_source(svcs, "kafka"), timeout=20, what="fanouts back on kafka")
+        t_back = time.time()
+        from_kafka = [s.metric("exchange_fanout_source_messages_total", {"source": "kafka"}) for s in svcs]
+        n_back = [len(c.data("trade.")) for c in clients]
+        for c, n in zip(clients, n_back):
+            c.wait_for(lambda c, n=n: len(c.data("trade.")) >= n + 20, timeout=15, what="trades via kafka again")
+        for c in clients:
+            silent = max_silence(c, t_up, time.time(), "trade.")
+            assert silent < 3.0, "%s silent %.1fs around the switch back" % (c.name, silent)
+            assert seq_problems(c.data("trade."), check_gaps=True) == [], c.name
+            assert seq_problems(c.data(), check_gaps=False) == [], c.name
+        for s, n in zip(svcs, from_kafka):
+            assert s.metric("exchange_fanout_source_messages_total", {"source": "kafka"}) > n + 10
+            assert s.metric("exchange_fanout_source_switches_total", {"to": "relay"}) >= 1
+            assert s.metric("exchange_fanout_source_switches_total", {"to": "kafka"}) >= 1
+        assert t_back - t_up < 20
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_leader_change_followed_in_relay_mode(service_factory, zk_server, sim_factory):
+    """Relay only (no brokers): when the leader goes, the fanouts move to the new leader's relay."""
+    sim = sim_upbit(sim_factory, rate=20)
+    svcs = cluster(service_factory, zk_server, sim, n=2)
+    lead = leaders(svcs)[0]
+    other = [s for s in svcs if s is not lead][0]
+    c = WsClient(other.ws_url, subscribe=[TRADE], name="follower-client").start()
+    try:
+        c.wait_for(lambda c: len(c.data()) >= 10, timeout=15, what="trades via the leader's relay")
+        assert fanouts(other)[0]["relay"]["addr"] == "127.0.0.1:%d" % lead.relay_port
+        old_epoch = max(m["epoch"] for m in c.data())
+        lead.stop()
+        util.wait_until(lambda: other.status()["role"] == "leader", timeout=15, what="follower takes over")
+
+        def moved():
+            f = fanouts(other)
+            return f and f[0]["relay"]["addr"] == "127.0.0.1:%d" % other.relay_port and f[0]["relay"]["connected"]
+        util.wait_until(moved, timeout=10, what="fanout follows the new leader's relay")
+        c.wait_for(lambda c: any(m["epoch"] > old_epoch for m in c.data()), timeout=15,
+                   what="data of the new epoch")
+        n = len(c.data())
+        c.wait_for(lambda c: len(c.data()) >= n + 10, timeout=10, what="more data of the new epoch")
+        assert seq_problems(c.data(), check_gaps=False) == []
+        new = [m for m in c.data() if m["epoch"] > old_epoch]
+        assert seq_problems(new, check_gaps=True) == []
+    finally:
+        c.close()

@@ -1,0 +1,486 @@
+/* The relay endpoint: listener, token check at the upgrade, the resume
+ * handshake with its replay from the channel rings (feed.c), and the live
+ * stream framed once per message for every connection. See relay.h for the
+ * protocol and DESIGN.md "Kafka failure and the relay" for why. */
+#include "relay.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "wsserver.h"
+
+enum { RC_HANDSHAKE = 0, RC_AWAIT_RESUME, RC_LIVE, RC_CLOSING };
+
+typedef struct rconn_s rconn_t;
+struct rconn_s {
+    relay_t *r;
+    wss_conn_t *conn;
+    int state;
+    int counted; /* in r->nclients */
+    rconn_t *prev, *next;
+};
+
+struct relay_s {
+    ingest_t *in;
+    uv_loop_t *loop;
+    wss_ctx_t *wss;
+    uv_tcp_t listener;
+    int listening, stopping;
+    char *listen;
+    ingest_relay_t hook;
+    rconn_t *conns;
+    int nclients; /* upgraded, not closed */
+    int nlive;    /* resumed: receiving the live stream */
+    int nconns;   /* every accepted connection, until its on_close */
+    uint64_t messages;
+    metric_t *m_clients, *m_messages, *m_replayed, *m_rejected, *m_disconnects, *m_gaps;
+};
+
+/* ---- helpers ------------------------------------------------------------ */
+
+int relay_token_ok(const char *token, const char *auth_header, const char *query_token)
+{
+    if (token == NULL || token[0] == '\0')
+        return 1;
+    const char *got = NULL;
+    if (auth_header != NULL && strncasecmp(auth_header, "Bearer ", 7) == 0) {
+        got = auth_header + 7;
+        while (*got == ' ')
+            got++;
+    } else if (query_token != NULL) {
+        got = query_token;
+    }
+    if (got == NULL)
+        return 0;
+    /* Constant time in the length of the presented token, whatever matches. */
+    size_t lt = strlen(token), lg = strlen(got);
+    unsigned char d = lt != lg;
+    for (size_t i = 0; i < lg; i++)
+        d |= (unsigned char)((i < lt ? token[i] : 0) ^ got[i]);
+    return d == 0;
+}
+
+static void list_del(rconn_t *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else if (c->r->conns == c)
+        c->r->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+}
+
+static void maybe_free(relay_t *r)
+{
+    if (r->stopping && !r->listening && r->nconns == 0) {
+        free(r->listen);
+        free(r);
+    }
+}
+
+static void set_state(rconn_t *c, int st)
+{
+    if (c->state == RC_LIVE)
+        c->r->nlive--;
+    c->state = st;
+    if (st == RC_LIVE)
+        c->r->nlive++;
+}
+
+/* Queue one frame; a connection that cannot take it is too slow and is
+ * closed (its unsent frames dropped): it reconnects and resumes by seq. */
+static int send_frame(rconn_t *c, rbuf_t *frame, int replay)
+{
+    relay_t *r = c->r;
+    int rc = wss_send(c->conn, frame, NULL);
+    if (rc >= 0) {
+        metric_inc(replay ? r->m_replayed : r->m_messages);
+        r->messages++;
+        return 0;
+    }
+    if (rc == -ENOBUFS && !replay) {
+        metric_inc(metric_labels(r->m_disconnects, "reason=\"slow\""));
+        log_warn("relay client too slow, disconnected", "peer=%s queued=%zu", wss_peer(c->conn),
+                 wss_queued_bytes(c->conn));
+        wss_close(c->conn, 1013, "relay queue limit exceeded; resume again", 1);
+    }
+    if (!replay)
+        set_state(c, RC_CLOSING);
+    return rc;
+}
+
+/* ---- ingest hook (loop thread) ----------------------------------------------- */
+
+static void hook_publish(void *arg, const char *channel, int64_t seq, rbuf_t *msg)
+{
+    relay_t *r = arg;
+    (void)channel;
+    (void)seq;
+    if (r->nlive == 0)
+        return;
+    rbuf_t *frame = wss_frame(WSS_OP_TEXT, msg->data, msg->len);
+    if (frame == NULL) {
+        /* Cannot deliver this one: better a reconnect with resume than a
+         * silent hole in every client's stream. */
+        for (rconn_t *c = r->conns; c != NULL; c = c->next)
+            if (c->state == RC_LIVE) {
+                wss_close(c->conn, 1011, "out of memory; resume again", 1);
+                set_state(c, RC_CLOSING);
+            }
+        return;
+    }
+    rconn_t *next;
+    for (rconn_t *c = r->conns; c != NULL; c = next) {
+        next = c->next;
+        if (c->state == RC_LIVE)
+            (void)send_frame(c, frame, 0);
+    }
+    rbuf_unref(frame);
+}
+
+static void hook_epoch(void *arg, int64_t epoch)
+{
+    relay_t *r = arg;
+    /* Nothing to do for live connections: the new epoch's messages start at
+     * seq 1 and the fanout's hub takes a higher epoch as a fresh start. */
+    log_info("relay: new epoch", "epoch=%" PRId64 " clients=%d", epoch, r->nclients);
+}
+
+/* ---- resume and replay -------------------------------------------------------- */
+
+enum { FROM_SINCE, FROM_TAIL, FROM_ALL };
+
+typedef struct {
+    rconn_t *c;
+    json_t *since;
+    int mode;
+    int64_t tail;
+    int overflow;
+    uint64_t sent;
+    int gaps;
+} replay_t;
+
+static int replay_msg(void *arg, int64_t seq, rbuf_t *msg)
+{
+    replay_t *rp = arg;
+    (void)seq;
+    rbuf_t *frame = wss_frame(WSS_OP_TEXT, msg->data, msg->len);
+    if (frame == NULL) {
+        rp->overflow = 1;
+        return 1;
+    }
+    int rc = send_frame(rp->c, frame, 1);
+    rbuf_unref(frame);
+    if (rc < 0) {
+        rp->overflow = 1;
+        return 1;
+    }
+    rp->sent++;
+    return 0;
+}
+
+static int replay_chan(void *arg, const char *channel, int64_t last_seq, rbuf_t *latest)
+{
+    replay_t *rp = arg;
+    (void)latest;
+    int64_t from = 0;
+    int expect_all = 1;
+    if (rp->mode == FROM_SINCE) {
+        json_t *v = json_object_get(rp->since, channel);
+        if (json_is_integer(v))
+            from = (int64_t)json_integer_value(v);
+    } else if (rp->mode == FROM_TAIL) {
+        from = last_seq - rp->tail;
+        if (from < 0)
+            from = 0;
+        expect_all = 0;
+    }
+    if (from >= last_seq)
+        return 0;
+    int rc = ingest_history(rp->c->r->in, channel, from, replay_msg, rp);
+    if (rc == -ERANGE && expect_all && !rp->overflow) {
+        rp->gaps++;
+        metric_inc(rp->c->r->m_gaps);
+        log_info("relay replay cannot reach back far enough: gap for the client", "peer=%s channel=%s since=%" PRId64,
+                 wss_peer(rp->c->conn), log_q(channel), from);
+    }
+    return rp->overflow;
+}
+
+static void handle_resume(rconn_t *c, json_t *req)
+{
+    relay_t *r = c->r;
+    json_t *ep = json_object_get(req, "epoch");
+    json_t *tail = json_object_get(req, "tail");
+    replay_t rp = {.c = c, .since = json_object_get(req, "since"), .tail = 1};
+    int64_t epoch = json_is_integer(ep) ? (int64_t)json_integer_value(ep) : 0;
+    if (json_is_integer(tail) && json_integer_value(tail) >= 0)
+        rp.tail = (int64_t)json_integer_value(tail);
+    if (!json_is_object(rp.since))
+        rp.since = NULL;
+    if (epoch <= 0)
+        rp.mode = FROM_TAIL;
+    else if (epoch == r->in->epoch && rp.since != NULL)
+        rp.mode = FROM_SINCE;
+    else
+        rp.mode = FROM_ALL;
+    ingest_channels(r->in, replay_chan, &rp);
+    if (rp.overflow) {
+        /* Keep what is queued (it is progress for the client), close after it. */
+        metric_inc(metric_labels(r->m_disconnects, "reason=\"replay_overflow\""));
+        log_warn("relay replay exceeds client_queue_bytes; client must resume again", "peer=%s sent=%" PRIu64,
+                 wss_peer(c->conn), rp.sent);
+        wss_close(c->conn, 1013, "replay exceeds the relay queue; resume again", 0);
+        set_state(c, RC_CLOSING);
+        return;
+    }
+    set_state(c, RC_LIVE);
+    log_info("relay client resumed", "peer=%s mode=%s client_epoch=%" PRId64 " epoch=%" PRId64
+             " replayed=%" PRIu64 " gaps=%d",
+             wss_peer(c->conn), rp.mode == FROM_SINCE ? "since" : rp.mode == FROM_TAIL ? "tail" : "all", epoch,
+             r->in->epoch, rp.sent, rp.gaps);
+}
+
+/* ---- wss callbacks ------------------------------------------------------------ */
+
+static int on_request(wss_conn_t *conn, const http_req_t *req, buf_t *extra, buf_t *body)
+{
+    rconn_t *c = wss_conn_data(conn);
+    relay_t *r = c->r;
+    char path[256], accept[29], qtok[512];
+    int st;
+    if (r->stopping) {
+        buf_puts(body, "relay stopping");
+        return 503;
+    }
+    if (http_req_path(req, path, sizeof path) < 0 || strcmp(path, RELAY_PATH) != 0) {
+        buf_printf(body, "not found; the relay endpoint is %s", RELAY_PATH);
+        return 404;
+    }
+    if ((st = wss_check_upgrade(req, accept)) != 0) {
+        buf_puts(extra, "Sec-WebSocket-Version: 13\r\n");
+        buf_puts(body, "WebSocket upgrade required");
+        return st;
+    }
+    int has_q = http_req_query(req, "token", qtok, sizeof qtok) == 0;
+    if (!relay_token_ok(r->in->cfg->relay.token, http_req_header(req, "authorization"), has_q ? qtok : NULL)) {
+        buf_puts(extra, "WWW-Authenticate: Bearer realm=\"relay\"\r\n");
+        buf_puts(body, "relay token required");
+        return 401;
+    }
+    c->state = RC_AWAIT_RESUME;
+    c->counted = 1;
+    r->nclients++;
+    return 0;
+}
+
+static void on_open(wss_conn_t *conn)
+{
+    rconn_t *c = wss_conn_data(conn);
+    metric_set(c->r->m_clients, c->r->nclients);
+    log_info("relay client connected", "peer=%s clients=%d", wss_peer(conn), c->r->nclients);
+}
+
+static void on_message(wss_conn_t *conn, int opcode, const char *data, size_t len)
+{
+    rconn_t *c = wss_conn_data(conn);
+    if (opcode != WSS_OP_TEXT || c->state == RC_CLOSING)
+        return;
+    json_error_t err;
+    json_t *req = json_loadb(data, len, 0, &err);
+    const char *op = json_string_value(json_object_get(req, "op"));
+    if (op != NULL && strcmp(op, "resume") == 0 && c->state == RC_AWAIT_RESUME) {
+        handle_resume(c, req);
+    } else {
+        /* Only one request exists; anything else is a confused peer. */
+        log_warn("relay: unexpected client message", "peer=%s op=%s", wss_peer(conn), log_q(op ? op : ""));
+        wss_close(conn, 1008, "expected one resume request", 1);
+        set_state(c, RC_CLOSING);
+    }
+    json_decref(req);
+}
+
+static const char *reject_reason(int status)
+{
+    switch (status) {
+    case 401: return "token";
+    case 404: return "not_found";
+    case 426: return "not_upgrade";
+    case 431: return "headers_too_large";
+    case 503: return "unavailable";
+    default: return "bad_request";
+    }
+}
+
+static void on_close(wss_conn_t *conn, wss_end_t why, int code)
+{
+    rconn_t *c = wss_conn_data(conn);
+    relay_t *r = c->r;
+    if (!c->counted) {
+        const char *reason = why == WSS_END_REJECTED ? reject_reason(code)
+                             : why == WSS_END_TIMEOUT ? "handshake_timeout"
+                                                      : "aborted";
+        metric_inc(metric_labels(r->m_rejected, "reason=\"%s\"", reason));
+        if (why == WSS_END_REJECTED && code == 401)
+            log_warn("relay connection refused: bad or missing token", "peer=%s", wss_peer(conn));
+    } else {
+        if (c->state != RC_CLOSING)
+            metric_inc(metric_labels(r->m_disconnects, "reason=\"%s\"",
+                                     why == WSS_END_TIMEOUT ? "pong_timeout"
+                                     : why == WSS_END_PROTOCOL ? "protocol"
+                                     : why == WSS_END_LOCAL  ? "server"
+                                                             : "peer"));
+        set_state(c, RC_CLOSING);
+        r->nclients--;
+        metric_set(r->m_clients, r->nclients);
+        log_info("relay client disconnected", "peer=%s code=%d clients=%d", wss_peer(conn), code, r->nclients);
+    }
+    list_del(c);
+    free(c);
+    r->nconns--;
+    maybe_free(r);
+}
+
+static const wss_callbacks_t relay_cbs = {
+    .on_request = on_request,
+    .on_open = on_open,
+    .on_message = on_message,
+    .on_close = on_close,
+};
+
+/* ---- listener --------------------------------------------------------------------- */
+
+static void on_connection(uv_stream_t *s, int status)
+{
+    relay_t *r = s->data;
+    if (status < 0) {
+        log_warn("relay accept failed", "err=%s", uv_strerror(status));
+        return;
+    }
+    rconn_t *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return;
+    c->r = r;
+    int rc = wss_accept(r->wss, s, c, &c->conn);
+    if (rc < 0) {
+        log_warn("relay accept failed", "err=%s", uv_strerror(rc));
+        free(c);
+        return;
+    }
+    r->nconns++;
+    c->next = r->conns;
+    if (r->conns)
+        r->conns->prev = c;
+    r->conns = c;
+}
+
+static void on_listener_closed(uv_handle_t *h)
+{
+    relay_t *r = h->data;
+    r->listening = 0;
+    maybe_free(r);
+}
+
+int relay_start(ingest_t *in, relay_t **out)
+{
+    const cfg_t *cfg = in->cfg;
+    char host[256];
+    int port = 0, rc;
+    struct sockaddr_storage ss;
+    relay_t *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        return -ENOMEM;
+    r->in = in;
+    r->loop = in->loop;
+    if ((r->listen = strdup(cfg->relay.listen)) == NULL) {
+        free(r);
+        return -ENOMEM;
+    }
+    r->m_clients = metric_gauge("exchange_relay_clients", "Fanout workers connected to this relay");
+    r->m_messages = metric_counter("exchange_relay_messages_total", "Live messages queued to relay clients");
+    r->m_replayed = metric_counter("exchange_relay_replayed_total",
+                                   "Messages replayed from the channel rings to resuming relay clients");
+    r->m_rejected = metric_counter("exchange_relay_rejected_total", "Relay connections refused, by reason");
+    r->m_disconnects = metric_counter("exchange_relay_disconnects_total", "Relay clients disconnected, by reason");
+    r->m_gaps = metric_counter("exchange_relay_replay_gaps_total",
+                               "Channels whose ring no longer reached back to a resuming client's position");
+    metric_set(r->m_clients, 0);
+
+    if (cfg_parse_addr(cfg->relay.listen, host, sizeof host, &port) < 0) {
+        log_error("bad [relay] listen", "listen=%s", log_q(cfg->relay.listen));
+        rc = -EINVAL;
+        goto fail;
+    }
+    if (host[0] == '\0' || strcmp(host, "*") == 0)
+        snprintf(host, sizeof host, "0.0.0.0");
+    rc = strchr(host, ':') != NULL ? uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss)
+                                   : uv_ip4_addr(host, port, (struct sockaddr_in *)&ss);
+    if (rc < 0) {
+        log_error("bad [relay] listen address", "listen=%s err=%s", log_q(cfg->relay.listen), uv_strerror(rc));
+        goto fail;
+    }
+    wss_limits_t lim = {
+        .max_header_bytes = 16384,
+        /* The resume request names every channel the worker knows. */
+        .max_message_bytes = 4 << 20,
+        .queue_bytes = (size_t)cfg->relay.client_queue_bytes,
+        .idle_timeout_ms = 5000,
+        .pong_timeout_ms = 10000,
+        .close_timeout_ms = 2000,
+        .handshake_timeout_ms = 5000,
+    };
+    if ((rc = wss_ctx_new(r->loop, &lim, &relay_cbs, &r->wss)) < 0)
+        goto fail;
+    uv_tcp_init(r->loop, &r->listener);
+    r->listener.data = r;
+    r->listening = 1;
+    if ((rc = uv_tcp_bind(&r->listener, (struct sockaddr *)&ss, 0)) < 0 ||
+        (rc = uv_listen((uv_stream_t *)&r->listener, 128, on_connection)) < 0) {
+        log_error("relay cannot listen", "listen=%s err=%s", log_q(cfg->relay.listen), uv_strerror(rc));
+        r->stopping = 1;
+        wss_ctx_free(r->wss);
+        uv_close((uv_handle_t *)&r->listener, on_listener_closed); /* frees r */
+        return rc;
+    }
+    r->hook.arg = r;
+    r->hook.publish = hook_publish;
+    r->hook.epoch_changed = hook_epoch;
+    ingest_set_relay(in, &r->hook);
+    log_info("relay listening", "listen=%s path=%s token=%s queue_bytes=%d", log_q(cfg->relay.listen), RELAY_PATH,
+             cfg->relay.token[0] ? "set" : "none", cfg->relay.client_queue_bytes);
+    *out = r;
+    return 0;
+fail:
+    free(r->listen);
+    free(r);
+    return rc;
+}
+
+void relay_stop(relay_t *r)
+{
+    if (r == NULL || r->stopping)
+        return;
+    r->stopping = 1;
+    ingest_set_relay(r->in, NULL);
+    for (rconn_t *c = r->conns; c != NULL; c = c->next) {
+        set_state(c, RC_CLOSING);
+        wss_abort(c->conn);
+    }
+    wss_ctx_free(r->wss);
+    if (r->listening && !uv_is_closing((uv_handle_t *)&r->listener))
+        uv_close((uv_handle_t *)&r->listener, on_listener_closed);
+}
+
+json_t *relay_status(const relay_t *r)
+{
+    if (r == NULL)
+        return json_null();
+    return json_pack("{s:s, s:i, s:i, s:I}", "listen", r->listen, "clients", r->nclients, "live", r->nlive,
+                     "messages", (json_int_t)r->messages);
+}
