@@ -132,6 +132,14 @@ static const cfg_key_t main_keys[] = {
     K(fanout, pong_timeout_ms, T_INT, R, 1000, 600000, NULL, "10000",
       "Close a client that does not answer a ping within this"),
     K(fanout, max_header_bytes, T_INT, R, 1024, 1048576, NULL, "16384", "Largest HTTP upgrade request"),
+    K(fanout, max_connections_per_ip, T_INT, R, 0, 1000000, NULL, "0",
+      "Open connections (handshakes included) from one IP address, per worker process; 0: no limit. Keep 0 "
+      "behind a proxy or ingress, where every client has the proxy's address"),
+    K(fanout, max_connections_per_sec_per_ip, T_INT, R, 0, 100000, NULL, "0",
+      "New connections per second from one IP address, per worker process (HTTP 429 over it); 0: no limit"),
+    K(fanout, max_bytes_in_per_sec, T_INT, R, 0, 1073741824, NULL, "262144",
+      "Bytes per second one client may send (every frame counts); over it the client is closed (1008); 0: no "
+      "limit"),
 
     K(relay, listen, T_ADDR, CF_LISTEN, 0, 0, NULL, "0.0.0.0:8091",
       "Relay WebSocket address served by the ingest worker"),
@@ -148,14 +156,26 @@ static const cfg_key_t main_keys[] = {
 
     K(admin, listen, T_ADDR, CF_LISTEN, 0, 0, NULL, "0.0.0.0:8090",
       "Admin HTTP address: /metrics, /healthz, /readyz, /status, /"),
-    K(admin, token, T_STR, R | CF_SECRET, 0, 0, NULL, "", "Bearer token required by /status; empty: open"),
+    K(admin, token, T_STR, R | CF_SECRET, 0, 0, NULL, "", "Token required by /status and / (Authorization: Bearer or ?token=); /healthz, /readyz and /metrics "
+      "stay open; empty: no check"),
 
     K(log, level, T_ENUM, R, 0, 0, "debug|info|warn|error", "info", "Least severe level logged"),
     K(log, format, T_ENUM, R, 0, 0, "logfmt|json", "logfmt", "Log line format"),
 
     K(tls, cert, T_STR, R, 0, 0, NULL, "", "PEM certificate for wss:// serving; empty: plain ws://"),
     K(tls, key, T_STR, R, 0, 0, NULL, "", "PEM private key matching cert"),
-    K(tls, ca, T_STR, R, 0, 0, NULL, "", "CA bundle for outgoing TLS; empty: system default"),
+    K(tls, ca, T_STR, R, 0, 0, NULL, "",
+      "CA bundle (PEM) for client certificates: when set, wss:// clients must present a certificate it "
+      "signed (mutual TLS); empty: none asked"),
+
+    K(auth, enabled, T_BOOL, R, 0, 0, NULL, "false",
+      "Require a JWT (HS256) from clients, in ?token= or Authorization: Bearer; failures close with 4001"),
+    K(auth, secret, T_STR, R | CF_SECRET, 0, 0, NULL, "",
+      "HMAC-SHA256 key the tokens are signed with, at least 32 bytes (secret: prefer EXCHANGE_AUTH_SECRET)"),
+    K(auth, channels_claim, T_STR, R, 0, 0, NULL, "channels",
+      "Claim listing the channel patterns a client may subscribe to (array, or a comma/space list; * for one "
+      "segment); other channels close with 4003. Token without it: every channel; empty: not checked"),
+    K(auth, leeway_ms, T_INT, R, 0, 600000, NULL, "30000", "Clock skew allowed when checking exp and nbf"),
 
     K(supervisor, restart_min_ms, T_INT, R, 10, 600000, NULL, "500",
       "First restart delay of a crashed worker (doubles per crash)"),
@@ -190,6 +210,9 @@ static const cfg_key_t exchange_keys[] = {
       "Reconnect backoff cap"),
     X(max_message_bytes, T_INT, R, 1024, 67108864, NULL, "4194304", NULL, NULL, NULL, NULL,
       "Largest message accepted from the exchange"),
+    X(connect_timeout_ms, T_INT, R, 100, 600000, NULL, "10000", NULL, NULL, NULL, NULL,
+      "Bound on each connection step (DNS and TCP, TLS handshake, HTTP upgrade): a stalling peer is "
+      "dropped and retried"),
     X(ca_file, T_STR, R, 0, 0, NULL, "", NULL, NULL, NULL, NULL,
       "CA bundle for this feed's TLS; empty: system default"),
     X(insecure_skip_verify, T_BOOL, R, 0, 0, NULL, "false", NULL, NULL, NULL, NULL,
@@ -216,7 +239,9 @@ static const struct {
     {"relay", "Internal relay served by the ingest worker: the path to the fanout workers when Kafka fails."},
     {"admin", "Admin HTTP port of the supervisor."},
     {"log", "Log lines on stderr. LOG_LEVEL overrides level."},
-    {"tls", "Optional wss:// serving on the fanout port: set both cert and key."},
+    {"tls", "Optional wss:// serving on the fanout port: set both cert and key. Files are read when a fanout "
+            "worker starts: SIGHUP starts new workers, so a renewed certificate is served after a reload."},
+    {"auth", "Optional client authentication on the fanout port with HS256 JSON Web Tokens."},
     {"supervisor", "Worker restarts and statistics."},
 };
 
@@ -1148,6 +1173,16 @@ static void finalize(cfg_t *c, errs_t *e)
         int set = c->tls.cert[0] ? cert : key, unset = c->tls.cert[0] ? key : cert;
         add_err(e, "%s: [tls] %s: must be set together with [tls] %s", c->source[set], g_slots[unset].k->name,
                 g_slots[set].k->name);
+    }
+    if (c->fanout.max_bytes_in_per_sec > 0 && c->fanout.max_bytes_in_per_sec < c->fanout.max_message_bytes) {
+        int i = find_slot("fanout", "max_bytes_in_per_sec");
+        add_err(e, "%s: [fanout] max_bytes_in_per_sec: must be 0 or >= [fanout] max_message_bytes (%d), got %d",
+                c->source[i], c->fanout.max_message_bytes, c->fanout.max_bytes_in_per_sec);
+    }
+    if (c->auth.enabled && strlen(c->auth.secret) < 32) {
+        int i = find_slot("auth", "secret");
+        add_err(e, "%s: [auth] secret: must be at least 32 bytes when [auth] enabled is true, got %zu",
+                c->source[i], strlen(c->auth.secret));
     }
     for (int ex = 0; ex < EX_COUNT; ex++) {
         const cfg_exchange_t *x = &c->exchange[ex];

@@ -22,6 +22,7 @@ typedef struct {
     int reconnect_min_ms; /* never reconnect faster than this (exchange limit) */
     int reconnect_max_ms;
     int max_message_bytes;
+    int connect_timeout_ms; /* each of DNS+TCP, TLS handshake, upgrade */
     char *ca_file;
     int insecure_skip_verify;
     char *format; /* upbit/bithumb: DEFAULT or SIMPLE */
@@ -70,6 +71,9 @@ typedef struct {
         int idle_timeout_ms;
         int pong_timeout_ms;
         int max_header_bytes;
+        int max_connections_per_ip;
+        int max_connections_per_sec_per_ip;
+        int max_bytes_in_per_sec;
     } fanout;
     struct {
         char *listen;
@@ -91,6 +95,12 @@ typedef struct {
         char *key;
         char *ca;
     } tls;
+    struct {
+        int enabled;
+        char *secret;
+        char *channels_claim;
+        int leeway_ms;
+    } auth;
     struct {
         int restart_min_ms;
         int restart_max_ms;

@@ -89,6 +89,14 @@ int tls_server_ctx_new(const char *cert_file, const char *key_file, tls_ctx_t **
     }
     SSL_CTX_set_min_proto_version(t->ssl_ctx, TLS1_2_VERSION);
     SSL_CTX_set_mode(t->ssl_ctx, SSL_MODE_RELEASE_BUFFERS);
+    /* TLS 1.2: forward-secret AEAD suites only (TLS 1.3 suites are all
+     * modern); our order wins; no renegotiation, no compression. */
+    if (SSL_CTX_set_cipher_list(t->ssl_ctx, TLS_SERVER_CIPHERS) != 1) {
+        set_err(err, errsz, "cannot set cipher list");
+        goto fail;
+    }
+    SSL_CTX_set_options(t->ssl_ctx, SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_RENEGOTIATION |
+                                        SSL_OP_NO_COMPRESSION);
     if (SSL_CTX_use_certificate_chain_file(t->ssl_ctx, cert_file) != 1) {
         set_err(err, errsz, "cannot load certificate");
         goto fail;
@@ -108,6 +116,24 @@ fail:
         SSL_CTX_free(t->ssl_ctx);
     free(t);
     return -EINVAL;
+}
+
+int tls_server_ctx_verify_clients(tls_ctx_t *ctx, const char *ca_file, char *err, size_t errsz)
+{
+    ERR_clear_error();
+    STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(ca_file);
+    if (names == NULL || SSL_CTX_load_verify_locations(ctx->ssl_ctx, ca_file, NULL) != 1) {
+        if (names != NULL)
+            sk_X509_NAME_pop_free(names, X509_NAME_free);
+        set_err(err, errsz, "cannot load client ca");
+        return -EINVAL;
+    }
+    SSL_CTX_set_client_CA_list(ctx->ssl_ctx, names); /* takes names */
+    SSL_CTX_set_verify(ctx->ssl_ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+    /* Session resumption must not skip the client check across contexts. */
+    static const unsigned char sid[] = "exchange-fanout";
+    SSL_CTX_set_session_id_context(ctx->ssl_ctx, sid, sizeof sid - 1);
+    return 0;
 }
 
 void tls_ctx_free(tls_ctx_t *ctx)

@@ -16,8 +16,14 @@ typedef struct tls_conn_s tls_conn_t; /* one connection (an SSL + two memory BIO
  * Returns 0 or a negative errno (-EINVAL: bad ca_file). */
 int tls_client_ctx_new(const char *ca_file, int insecure_skip_verify, tls_ctx_t **out, char *err,
                        size_t errsz);
-/* Server context from PEM files (optional wss:// serving). */
+/* Server context from PEM files (optional wss:// serving): TLS 1.2+, for
+ * TLS 1.2 only the TLS_SERVER_CIPHERS suites, server order, no
+ * renegotiation. The files are read here, once: a new context (a new
+ * worker) picks up a renewed certificate. */
+#define TLS_SERVER_CIPHERS "ECDHE+AESGCM:ECDHE+CHACHA20"
 int tls_server_ctx_new(const char *cert_file, const char *key_file, tls_ctx_t **out, char *err, size_t errsz);
+/* Require client certificates signed by ca_file (PEM) (mutual TLS). */
+int tls_server_ctx_verify_clients(tls_ctx_t *ctx, const char *ca_file, char *err, size_t errsz);
 void tls_ctx_free(tls_ctx_t *ctx);
 
 /* A client connection to host (a name or an IP literal): sets SNI for names

@@ -34,6 +34,8 @@ struct wss_ctx_s {
     char *rdbuf;             /* one read buffer: every read is consumed at once */
     int rdbuf_busy;
     wss_stats_t stats;
+    tls_ctx_t *tls;          /* wss://: borrowed */
+    char *plain;             /* decrypted input, consumed at once like rdbuf */
 };
 
 struct wss_conn_s {
@@ -69,7 +71,19 @@ struct wss_conn_s {
     wss_end_t why;
     int close_code;
     char peer[64];
+    char ip[INET6_ADDRSTRLEN];
+    tls_conn_t *tls;         /* wss:// */
+    buf_t tlsout;            /* ciphertext of the write in progress */
+    uint64_t rx_window_ms;   /* input rate: a one-second window */
+    size_t rx_window_bytes;
+    int rx_limited;          /* closed for the input rate: input is dropped */
 };
+
+/* Ciphertext written outside the frame queue (handshake, alerts). */
+typedef struct {
+    uv_write_t req;
+    buf_t data;
+} side_write_t;
 
 /* ---- handshake ----------------------------------------------------------- */
 
@@ -148,6 +162,7 @@ rbuf_t *wss_frame(int opcode, const void *data, size_t len)
 /* ---- context --------------------------------------------------------------- */
 
 static void conn_flush(wss_conn_t *c);
+static void tls_send_side(wss_conn_t *c);
 
 static void dirty_del(wss_conn_t *c)
 {
@@ -214,9 +229,15 @@ int wss_ctx_new(uv_loop_t *loop, const wss_limits_t *lim, const wss_callbacks_t 
     return 0;
 }
 
+void wss_ctx_set_tls(wss_ctx_t *ctx, tls_ctx_t *tls)
+{
+    ctx->tls = tls;
+}
+
 static void ctx_on_check_closed(uv_handle_t *h)
 {
     wss_ctx_t *ctx = h->data;
+    free(ctx->plain);
     free(ctx->rdbuf);
     free(ctx);
 }
@@ -322,6 +343,8 @@ static void on_handle_closed(uv_handle_t *h)
         wslay_event_context_free(c->ws);
     if (c->have_req)
         http_req_free(&c->req);
+    tls_conn_free(c->tls);
+    buf_free(&c->tlsout);
     buf_free(&c->ctl);
     buf_free(&c->msg);
     free(c);
@@ -370,12 +393,57 @@ static void enter_closing(wss_conn_t *c)
     uv_timer_start(&c->timer, on_timer, c->ctx->lim.close_timeout_ms, 0);
 }
 
+static void on_side_write(uv_write_t *req, int status)
+{
+    side_write_t *w = (side_write_t *)req;
+    wss_conn_t *c = req->data;
+    buf_free(&w->data);
+    free(w);
+    if (status < 0 && status != UV_ECANCELED && !c->tcp_closing)
+        conn_close_now(c, WSS_END_ERROR);
+}
+
+/* Write what TLS produced outside a frame write (handshake messages,
+ * alerts, tickets) at once, so ciphertext leaves in the order it was made. */
+static void tls_send_side(wss_conn_t *c)
+{
+    if (c->tls == NULL || c->tcp_closing)
+        return;
+    side_write_t *w = calloc(1, sizeof *w);
+    if (w == NULL) {
+        conn_close_now(c, WSS_END_ERROR);
+        return;
+    }
+    buf_init(&w->data);
+    long n = tls_conn_out(c->tls, &w->data);
+    if (n <= 0) {
+        buf_free(&w->data);
+        free(w);
+        if (n < 0)
+            conn_close_now(c, WSS_END_ERROR);
+        return;
+    }
+    w->req.data = c;
+    uv_buf_t b = uv_buf_init(w->data.data, (unsigned)w->data.len);
+    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_side_write) < 0) {
+        buf_free(&w->data);
+        free(w);
+        conn_close_now(c, WSS_END_ERROR);
+    }
+}
+
 /* Everything queued is written: send FIN if the close is under way. */
 static void maybe_finish(wss_conn_t *c)
 {
     if (c->tcp_closing || !c->fin_after_flush || c->qlen > 0 || c->writing || c->shutdown_started)
         return;
     c->shutdown_started = 1;
+    if (c->tls != NULL && tls_conn_handshake_done(c->tls)) {
+        tls_conn_shutdown(c->tls);
+        tls_send_side(c);
+        if (c->tcp_closing)
+            return;
+    }
     c->sd.data = c;
     if (uv_shutdown(&c->sd, (uv_stream_t *)&c->tcp, on_shutdown) < 0)
         conn_close_now(c, WSS_END_ERROR);
@@ -435,7 +503,22 @@ static void conn_flush(wss_conn_t *c)
     c->qinflight = n;
     c->writing = 1;
     c->wr.data = c;
-    int r = uv_write(&c->wr, (uv_stream_t *)&c->tcp, c->iov, (unsigned)n, on_write);
+    int r;
+    if (c->tls != NULL) {
+        /* Encrypt the batch into one ciphertext buffer, held until on_write. */
+        buf_reset(&c->tlsout);
+        r = 0;
+        for (size_t i = 0; i < n && r == 0; i++)
+            r = tls_conn_write(c->tls, c->iov[i].base, c->iov[i].len);
+        if (r == 0 && tls_conn_out(c->tls, &c->tlsout) < 0)
+            r = -ENOMEM;
+        if (r == 0) {
+            uv_buf_t cb = uv_buf_init(c->tlsout.data, (unsigned)c->tlsout.len);
+            r = uv_write(&c->wr, (uv_stream_t *)&c->tcp, &cb, 1, on_write);
+        }
+    } else {
+        r = uv_write(&c->wr, (uv_stream_t *)&c->tcp, c->iov, (unsigned)n, on_write);
+    }
     if (r < 0) {
         c->writing = 0;
         c->qinflight = 0;
@@ -604,11 +687,17 @@ static void conn_reject(wss_conn_t *c, int status, const char *extra, const char
 {
     buf_t out;
     buf_init(&out);
-    if (body == NULL || *body == '\0')
-        body = http_status_text(status);
-    char tmp[256];
-    snprintf(tmp, sizeof tmp, "%s\n", body);
-    http_response(&out, status, "text/plain", tmp, strlen(tmp), extra ? extra : "");
+    if (status == 200) {
+        /* A plain page answered instead of an upgrade: the body as is, its
+         * Content-Type among the extra headers. */
+        http_response(&out, 200, NULL, body ? body : "", body ? strlen(body) : 0, extra ? extra : "");
+    } else {
+        if (body == NULL || *body == '\0')
+            body = http_status_text(status);
+        char tmp[256];
+        snprintf(tmp, sizeof tmp, "%s\n", body);
+        http_response(&out, status, "text/plain", tmp, strlen(tmp), extra ? extra : "");
+    }
     rbuf_t *b = rbuf_new(out.data, out.len);
     buf_free(&out);
     c->why = WSS_END_REJECTED;
@@ -704,6 +793,92 @@ static int conn_upgrade(wss_conn_t *c, const char *rest, size_t restn)
     return 0;
 }
 
+/* Plaintext from the peer (after TLS, if any). */
+static void conn_input(wss_conn_t *c, const char *data, size_t nread)
+{
+    if (c->state == ST_HTTP) {
+        if (c->why == WSS_END_REJECTED)
+            return; /* refused: the answer is on its way */
+        long used = http_req_feed(&c->req, data, nread);
+        if (used < 0) {
+            conn_reject(c, c->req.error ? c->req.error : 400, "", NULL);
+            return;
+        }
+        if (!c->req.complete)
+            return;
+        conn_upgrade(c, data + used, nread - (size_t)used);
+        return;
+    }
+    if (c->ws && wslay_event_want_read(c->ws)) {
+        ws_feed(c, data, nread);
+        if (!c->tcp_closing && c->ws && wslay_event_get_close_received(c->ws) &&
+            wslay_event_get_close_sent(c->ws)) {
+            if (c->shutdown_done)
+                conn_close_now(c, c->why);
+            else
+                maybe_finish(c);
+        }
+    }
+    /* else: closing and wslay is done reading; wait for EOF. */
+}
+
+/* Input rate: a fixed one-second window per connection. 1 when over. */
+static int rx_over(wss_conn_t *c, size_t n)
+{
+    size_t lim = c->ctx->lim.max_rx_bytes_per_sec;
+    if (lim == 0)
+        return 0;
+    uint64_t now = uv_now(c->ctx->loop);
+    if (now - c->rx_window_ms >= 1000) {
+        c->rx_window_ms = now;
+        c->rx_window_bytes = 0;
+    }
+    c->rx_window_bytes += n;
+    return c->rx_window_bytes > lim;
+}
+
+static void tls_input(wss_conn_t *c, const char *data, size_t n)
+{
+    wss_ctx_t *ctx = c->ctx;
+    if (tls_conn_feed(c->tls, data, n) < 0) {
+        conn_close_now(c, WSS_END_ERROR);
+        return;
+    }
+    if (!tls_conn_handshake_done(c->tls)) {
+        int r = tls_conn_handshake(c->tls);
+        tls_send_side(c); /* our handshake messages, or the alert */
+        if (r < 0) {
+            ctx->stats.tls_handshake_failures++;
+            c->why = WSS_END_TLS;
+            /* FIN after the alert; the handshake timer bounds the rest. */
+            c->fin_after_flush = 1;
+            uv_read_stop((uv_stream_t *)&c->tcp);
+            maybe_finish(c);
+            return;
+        }
+        if (r == 0 || c->tcp_closing)
+            return;
+    }
+    if (ctx->plain == NULL && (ctx->plain = malloc(WSS_READ_BUF)) == NULL) {
+        conn_close_now(c, WSS_END_ERROR);
+        return;
+    }
+    for (;;) {
+        long k = tls_conn_read(c->tls, ctx->plain, WSS_READ_BUF);
+        if (k == 0)
+            break;
+        if (k < 0) {
+            /* close_notify is the peer's EOF */
+            conn_close_now(c, k == -EPIPE ? WSS_END_PEER : WSS_END_ERROR);
+            return;
+        }
+        conn_input(c, ctx->plain, (size_t)k);
+        if (c->tcp_closing || c->why == WSS_END_REJECTED)
+            return;
+    }
+    tls_send_side(c); /* e.g. a key update answered while reading */
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     wss_conn_t *c = s->data;
@@ -718,30 +893,21 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         conn_close_now(c, nread == UV_EOF ? WSS_END_PEER : WSS_END_ERROR);
         return;
     }
-    c->last_rx = uv_now(ctx->loop);
-    c->ping_out = 0;
-    if (c->state == ST_HTTP) {
-        long used = http_req_feed(&c->req, buf->base, (size_t)nread);
-        if (used < 0) {
-            conn_reject(c, c->req.error ? c->req.error : 400, "", NULL);
-            return;
-        }
-        if (!c->req.complete)
-            return;
-        conn_upgrade(c, buf->base + used, (size_t)nread - (size_t)used);
+    if (c->rx_limited)
+        return; /* closing for the input rate: read only to see the EOF */
+    if (rx_over(c, (size_t)nread) && c->state == ST_OPEN) {
+        ctx->stats.rx_rate_closes++;
+        c->rx_limited = 1;
+        wss_close(c, 1008, "input rate limit exceeded", 1);
+        c->why = WSS_END_RATE;
         return;
     }
-    if (c->ws && wslay_event_want_read(c->ws)) {
-        ws_feed(c, buf->base, (size_t)nread);
-        if (!c->tcp_closing && c->ws && wslay_event_get_close_received(c->ws) &&
-            wslay_event_get_close_sent(c->ws)) {
-            if (c->shutdown_done)
-                conn_close_now(c, c->why);
-            else
-                maybe_finish(c);
-        }
-    }
-    /* else: closing and wslay is done reading; wait for EOF. */
+    c->last_rx = uv_now(ctx->loop);
+    c->ping_out = 0;
+    if (c->tls != NULL)
+        tls_input(c, buf->base, (size_t)nread);
+    else
+        conn_input(c, buf->base, (size_t)nread);
 }
 
 /* ---- timers ---------------------------------------------------------------- */
@@ -835,6 +1001,13 @@ int wss_accept(wss_ctx_t *ctx, uv_stream_t *server, void *data, wss_conn_t **out
             port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
         }
         snprintf(c->peer, sizeof c->peer, "%s:%d", ip, port);
+        snprintf(c->ip, sizeof c->ip, "%s", ip);
+    }
+    buf_init(&c->tlsout);
+    if (ctx->tls != NULL && (r = tls_conn_new_server(ctx->tls, &c->tls)) < 0) {
+        c->no_report = 1;
+        conn_close_now(c, WSS_END_ERROR);
+        return r;
     }
     http_req_init(&c->req, ctx->lim.max_header_bytes);
     c->have_req = 1;
@@ -873,4 +1046,14 @@ size_t wss_queued_bytes(const wss_conn_t *c)
 const char *wss_peer(const wss_conn_t *c)
 {
     return c->peer;
+}
+
+const char *wss_peer_ip(const wss_conn_t *c)
+{
+    return c->ip;
+}
+
+const char *wss_tls_version(const wss_conn_t *c)
+{
+    return c->tls ? tls_conn_version(c->tls) : "";
 }

@@ -12,6 +12,7 @@
 #include "buf.h"
 #include "http.h"
 #include "rbuf.h"
+#include "tls.h"
 
 #define WSS_OP_TEXT 0x1
 #define WSS_OP_BINARY 0x2
@@ -28,6 +29,8 @@ typedef enum {
     WSS_END_TIMEOUT,    /* no pong before the deadline */
     WSS_END_ERROR,      /* socket error */
     WSS_END_REJECTED,   /* the HTTP upgrade was refused */
+    WSS_END_RATE,       /* sent more than limits.max_rx_bytes_per_sec (close 1008) */
+    WSS_END_TLS,        /* the TLS handshake failed */
 } wss_end_t;
 
 typedef struct wss_conn_s wss_conn_t;
@@ -40,12 +43,16 @@ typedef struct {
     uint64_t pong_timeout_ms;    /* close if nothing arrives this long after the ping */
     uint64_t close_timeout_ms;   /* wait this long for the close handshake/flush */
     uint64_t handshake_timeout_ms; /* whole HTTP request must arrive within this */
+    size_t max_rx_bytes_per_sec; /* bytes read from one peer per second (every frame, and TLS
+                                    records as received); over it close 1008; 0 = no limit */
 } wss_limits_t;
 
 typedef struct {
     /* The complete upgrade request arrived. Return 0 to accept (then the 101
      * response with extra_headers is sent and on_open follows), or an HTTP
-     * status to refuse (body is the plain-text reason; may be left empty). */
+     * status to refuse (body is the plain-text reason; may be left empty).
+     * 200 answers a plain page instead: body is sent whole and extra_headers
+     * must carry its Content-Type; on_close follows (WSS_END_REJECTED, 200). */
     int (*on_request)(wss_conn_t *c, const http_req_t *req, buf_t *extra_headers, buf_t *body);
     void (*on_open)(wss_conn_t *c);
     /* A complete data message (text is valid UTF-8). data[len] is '\0'. */
@@ -62,6 +69,11 @@ typedef struct wss_ctx_s wss_ctx_t;
 int wss_ctx_new(uv_loop_t *loop, const wss_limits_t *lim, const wss_callbacks_t *cbs, wss_ctx_t **out);
 /* Frees once every connection is gone (call after closing them). */
 void wss_ctx_free(wss_ctx_t *ctx);
+/* Serve wss://: every connection accepted from now on runs TLS (server
+ * mode, common/tls.h) under the HTTP upgrade. tls is borrowed and must
+ * outlive the connections. The handshake counts against
+ * handshake_timeout_ms. */
+void wss_ctx_set_tls(wss_ctx_t *ctx, tls_ctx_t *tls);
 
 /* Accept one pending connection from a listening stream. On failure nothing
  * is reported later (no on_close). */
@@ -72,6 +84,9 @@ void wss_conn_set_data(wss_conn_t *c, void *data);
 int wss_conn_is_open(const wss_conn_t *c);   /* upgraded and not closing */
 size_t wss_queued_bytes(const wss_conn_t *c);
 const char *wss_peer(const wss_conn_t *c);   /* "ip:port" */
+const char *wss_peer_ip(const wss_conn_t *c); /* "ip" */
+/* wss:// only: the negotiated protocol ("TLSv1.3"), else "". */
+const char *wss_tls_version(const wss_conn_t *c);
 
 /* Queue a pre-framed frame (wss_frame()); takes its own reference.
  * tag != NULL makes it conflatable: when the peer is behind (a write still
@@ -112,6 +127,8 @@ typedef struct {
     uint64_t too_big;         /* 1009 */
     uint64_t bad_utf8;        /* 1007 */
     uint64_t protocol_errors; /* 1002 and other wslay errors */
+    uint64_t tls_handshake_failures;
+    uint64_t rx_rate_closes;  /* over max_rx_bytes_per_sec */
     size_t queued_bytes;      /* now, over all connections */
 } wss_stats_t;
 const wss_stats_t *wss_ctx_stats(const wss_ctx_t *ctx);

@@ -5,9 +5,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "http.h"
+#include "jwt.h"
 #include "log.h"
 #include "supervisor.h"
 #include "worker.h"
@@ -29,6 +31,253 @@ static int admin_listening;
 static metric_t *m_requests;
 
 extern const char status_page_html[];
+
+/* ---- rates and latency for /status ------------------------------------------
+ * Workers send cumulative counters (metrics snapshots, ingest status) every
+ * stats_interval_ms. Once a second each tracked counter's increase is added
+ * up and sampled into a ring; /status reports the increase over the last
+ * RATE_WINDOW seconds: messages per second in and out, per exchange, and the
+ * latency percentiles from the fanout histograms' bucket increases. */
+#define RATE_WINDOW 5
+#define RATE_SLOTS (RATE_WINDOW + 1)
+#define RATE_MAX 512
+#define LAT_MAX_BUCKETS 32
+#define LAT_KINDS 2
+
+typedef struct {
+    char key[48];
+    double last;  /* last raw value */
+    double acc;   /* increase since tracked (a counter reset counts from 0) */
+    double ring[RATE_SLOTS];
+    uint64_t first_tick, seen_tick;
+} rate_ctr_t;
+
+static rate_ctr_t rate_ctrs[RATE_MAX];
+static int rate_n;
+static uint64_t rate_tick;
+static uv_timer_t rate_timer;
+static int rate_timer_on;
+/* 0: ingest receive -> fanout (recv_ts), 1: exchange timestamp -> fanout (ts) */
+static const char *const lat_family[LAT_KINDS] = {"exchange_fanout_ingest_latency_seconds",
+                                                  "exchange_fanout_exchange_latency_seconds"};
+static double lat_bounds[LAT_KINDS][LAT_MAX_BUCKETS];
+static int lat_nb[LAT_KINDS];
+
+static rate_ctr_t *rate_find(const char *key)
+{
+    for (int i = 0; i < rate_n; i++)
+        if (strcmp(rate_ctrs[i].key, key) == 0)
+            return &rate_ctrs[i];
+    return NULL;
+}
+
+static void rate_feed(const char *key, double raw)
+{
+    rate_ctr_t *c = rate_find(key);
+    if (c == NULL) {
+        if (rate_n >= RATE_MAX || strlen(key) >= sizeof(c->key))
+            return;
+        c = &rate_ctrs[rate_n++];
+        memset(c, 0, sizeof(*c));
+        snprintf(c->key, sizeof(c->key), "%s", key);
+        c->last = raw;
+        c->first_tick = rate_tick;
+    } else if (c->seen_tick != rate_tick) {
+        c->acc += raw >= c->last ? raw - c->last : raw;
+        c->last = raw;
+    }
+    c->seen_tick = rate_tick;
+}
+
+/* Increase over the window (up to RATE_WINDOW seconds); 0 while too new. */
+static double rate_delta(const rate_ctr_t *c, double *secs)
+{
+    uint64_t w = rate_tick - c->first_tick;
+    if (w > RATE_WINDOW)
+        w = RATE_WINDOW;
+    *secs = (double)w;
+    return w == 0 ? 0 : c->acc - c->ring[(rate_tick - w) % RATE_SLOTS];
+}
+
+/* Per second, or JSON null when the counter is unknown or too new. */
+static json_t *rate_json(const char *key)
+{
+    double secs;
+    rate_ctr_t *c = rate_find(key);
+    if (c == NULL)
+        return json_null();
+    double d = rate_delta(c, &secs);
+    if (secs <= 0)
+        return json_null();
+    return json_real((double)(int64_t)(d / secs * 10.0 + 0.5) / 10.0);
+}
+
+static json_t *snap_family(json_t *snap, const char *name)
+{
+    size_t i;
+    json_t *f;
+    json_array_foreach(json_object_get(snap, "families"), i, f)
+    {
+        if (json_is_string(json_object_get(f, "name")) &&
+            strcmp(json_string_value(json_object_get(f, "name")), name) == 0)
+            return f;
+    }
+    return NULL;
+}
+
+static double snap_sum(json_t *snap, const char *name)
+{
+    size_t i;
+    json_t *s;
+    double v = 0;
+    json_array_foreach(json_object_get(snap_family(snap, name), "series"), i, s)
+        v += json_number_value(json_object_get(s, "value"));
+    return v;
+}
+
+static void rate_feed_histogram(int kind, pid_t pid, json_t *snap)
+{
+    json_t *f = snap_family(snap, lat_family[kind]);
+    json_t *b = json_object_get(f, "buckets");
+    size_t nb = json_array_size(b), i, j;
+    json_t *s;
+    char key[48];
+    if (f == NULL || nb == 0 || nb > LAT_MAX_BUCKETS - 1)
+        return;
+    lat_nb[kind] = (int)nb;
+    for (i = 0; i < nb; i++)
+        lat_bounds[kind][i] = json_number_value(json_array_get(b, i));
+    for (i = 0; i <= nb; i++) {
+        double v = 0;
+        json_array_foreach(json_object_get(f, "series"), j, s)
+            v += json_number_value(json_array_get(json_object_get(s, "counts"), i));
+        snprintf(key, sizeof(key), "lat%d:%d:%zu", kind, (int)pid, i);
+        rate_feed(key, v);
+    }
+}
+
+static void on_rate_tick(uv_timer_t *t)
+{
+    char key[48];
+    (void)t;
+    rate_tick++;
+    for (proc_t *p = sup.procs; p != NULL; p = p->next) {
+        if (p->state == PS_EXITED)
+            continue;
+        if (p->kind == PROC_FANOUT && p->metrics != NULL) {
+            snprintf(key, sizeof(key), "out:%d", (int)p->pid);
+            rate_feed(key, snap_sum(p->metrics, "exchange_fanout_messages_sent_total"));
+            snprintf(key, sizeof(key), "in:%d", (int)p->pid);
+            rate_feed(key, snap_sum(p->metrics, "exchange_fanout_messages_received_total"));
+            for (int k = 0; k < LAT_KINDS; k++)
+                rate_feed_histogram(k, p->pid, p->metrics);
+        } else if (p->kind == PROC_INGEST && p->status != NULL) {
+            const char *name;
+            json_t *e;
+            json_object_foreach(json_object_get(p->status, "exchanges"), name, e)
+            {
+                snprintf(key, sizeof(key), "ex:%s", name);
+                rate_feed(key, json_number_value(json_object_get(e, "messages")));
+            }
+        }
+    }
+    /* Forget what is gone (exited workers, removed exchanges); ring the rest. */
+    for (int i = 0; i < rate_n;) {
+        if (rate_ctrs[i].seen_tick != rate_tick) {
+            rate_ctrs[i] = rate_ctrs[--rate_n];
+            continue;
+        }
+        rate_ctrs[i].ring[rate_tick % RATE_SLOTS] = rate_ctrs[i].acc;
+        i++;
+    }
+}
+
+/* Like Prometheus' histogram_quantile: linear within the bucket. */
+static double bucket_quantile(double q, const double *counts, const double *bounds, int nb, double total)
+{
+    double rank = q * total, cum = 0;
+    for (int i = 0; i <= nb; i++) {
+        if (counts[i] > 0 && cum + counts[i] >= rank) {
+            if (i == nb)
+                return bounds[nb - 1];
+            double lo = i > 0 ? bounds[i - 1] : 0, hi = bounds[i];
+            return lo + (hi - lo) * (rank - cum) / counts[i];
+        }
+        cum += counts[i];
+    }
+    return nb > 0 ? bounds[nb - 1] : 0;
+}
+
+static json_t *ms_json(double seconds)
+{
+    return json_real((double)(int64_t)(seconds * 1000.0 * 100.0 + 0.5) / 100.0);
+}
+
+/* {"p50": ms, "p99": ms, "samples": n, "window_s": s} over the fanouts. */
+static json_t *latency_json(int kind)
+{
+    double counts[LAT_MAX_BUCKETS + 1] = {0}, total = 0, window = 0;
+    int nb = lat_nb[kind];
+    for (int i = 0; i < rate_n; i++) {
+        int k, b;
+        double secs;
+        if (sscanf(rate_ctrs[i].key, "lat%d:%*d:%d", &k, &b) != 2 || k != kind || b < 0 || b > nb)
+            continue;
+        double d = rate_delta(&rate_ctrs[i], &secs);
+        counts[b] += d;
+        total += d;
+        if (secs > window)
+            window = secs;
+    }
+    json_t *o = json_object();
+    json_object_set_new(o, "p50", total > 0 ? ms_json(bucket_quantile(0.5, counts, lat_bounds[kind], nb, total)) : json_null());
+    json_object_set_new(o, "p99", total > 0 ? ms_json(bucket_quantile(0.99, counts, lat_bounds[kind], nb, total)) : json_null());
+    json_object_set_new(o, "samples", json_integer((json_int_t)(total + 0.5)));
+    json_object_set_new(o, "window_s", json_integer((json_int_t)window));
+    return o;
+}
+
+/* The rate fields added to a /status document built by sup_status_json. */
+static void status_add_rates(json_t *st)
+{
+    char key[48];
+    double out = 0, secs;
+    int have_out = 0;
+    size_t i;
+    json_t *w;
+    json_array_foreach(json_object_get(st, "workers"), i, w)
+    {
+        if (strcmp(json_string_value(json_object_get(w, "kind")), "fanout") != 0)
+            continue;
+        int pid = (int)json_integer_value(json_object_get(w, "pid"));
+        snprintf(key, sizeof(key), "out:%d", pid);
+        json_object_set_new(w, "messages_out_per_s", rate_json(key));
+        rate_ctr_t *c = rate_find(key);
+        if (c != NULL) {
+            double d = rate_delta(c, &secs);
+            if (secs > 0) {
+                out += d / secs;
+                have_out = 1;
+            }
+        }
+        snprintf(key, sizeof(key), "in:%d", pid);
+        json_object_set_new(w, "messages_in_per_s", rate_json(key));
+    }
+    const char *name;
+    json_t *e, *exchanges = json_object_get(st, "exchanges");
+    json_object_foreach(exchanges, name, e)
+    {
+        /* The values are the ingest worker's own objects: copy, then add. */
+        json_t *cp = json_copy(e);
+        snprintf(key, sizeof(key), "ex:%s", name);
+        json_object_set_new(cp, "messages_per_s", rate_json(key));
+        json_object_set_new(exchanges, name, cp);
+    }
+    json_object_set_new(st, "messages_out_per_s",
+                        have_out ? json_real((double)(int64_t)(out * 10.0 + 0.5) / 10.0) : json_null());
+    json_object_set_new(st, "latency_ms", latency_json(0));
+    json_object_set_new(st, "exchange_latency_ms", latency_json(1));
+}
 
 static const char *role_name(void) { return sup.role == ROLE_LEADER ? "leader" : "follower"; }
 
@@ -75,7 +324,7 @@ json_t *sup_status_json(void)
         }
         json_array_append_new(workers, w);
     }
-    return json_pack("{s:s, s:s, s:I, s:s, s:s, s:s, s:I, s:I, s:o, s:o, s:I, s:b, s:b, s:{s:s, s:s}, s:I}",
+    json_t *st = json_pack("{s:s, s:s, s:I, s:s, s:s, s:s, s:I, s:I, s:o, s:o, s:I, s:b, s:b, s:{s:s, s:s}, s:I}",
                      "instance", sup.cfg->service.instance, "role", role_name(), "epoch",
                      (json_int_t)sup_epoch(), "leader", sup.leader_id, "leader_relay",
                      sup.leader_relay, "session", sup.session_state, "transitions",
@@ -86,6 +335,9 @@ json_t *sup_status_json(void)
                      sup.cfg->profile ? sup.cfg->profile : "", "files",
                      sup.cfg->files ? sup.cfg->files : "", "uptime_s",
                      (json_int_t)((now - sup.started_ms) / 1000));
+    if (st != NULL)
+        status_add_rates(st);
+    return st;
 }
 
 int sup_render_metrics(buf_t *out)
@@ -182,6 +434,50 @@ static void respond(admin_conn_t *c, int status, const char *ctype, const char *
     metric_inc(metric_labels(m_requests, "code=\"%d\"", status));
 }
 
+/* [admin] token guards /status and / (what the instance is and does);
+ * /healthz, /readyz and /metrics stay open for probes and Prometheus. The
+ * token comes as Authorization: Bearer T or ?token=T (the status page
+ * passes its own ?token= on to its /status requests). */
+static int admin_authorized(admin_conn_t *c)
+{
+    const char *want = sup.cfg->admin.token;
+    if (want == NULL || want[0] == '\0')
+        return 1;
+    const char *h = http_req_header(&c->req, "authorization");
+    if (h != NULL && strncasecmp(h, "Bearer ", 7) == 0) {
+        h += 7;
+        while (*h == ' ')
+            h++;
+        size_t n = strlen(h);
+        while (n > 0 && h[n - 1] == ' ')
+            n--;
+        if (jwt_secret_equal(h, n, want, strlen(want)))
+            return 1;
+    }
+    char q[512];
+    return http_req_query(&c->req, "token", q, sizeof q) == 0 && jwt_secret_equal(q, strlen(q), want, strlen(want));
+}
+
+static void respond_unauthorized(admin_conn_t *c)
+{
+    static const char body[] = "unauthorized: this path needs the [admin] token (Authorization: Bearer or ?token=)\n";
+    buf_reset(&c->out);
+    http_response(&c->out, 401, "text/plain", body, sizeof body - 1,
+                  "Cache-Control: no-store\r\nWWW-Authenticate: Bearer realm=\"exchange-service admin\"\r\n");
+    uv_write_t *wr = malloc(sizeof(*wr));
+    if (wr == NULL) {
+        conn_close(c);
+        return;
+    }
+    wr->data = c;
+    uv_buf_t b = uv_buf_init(c->out.data, (unsigned)c->out.len);
+    if (uv_write(wr, (uv_stream_t *)&c->tcp, &b, 1, on_written) < 0) {
+        free(wr);
+        conn_close(c);
+    }
+    metric_inc(metric_labels(m_requests, "code=\"401\""));
+}
+
 static void route(admin_conn_t *c)
 {
     char path[512];
@@ -192,6 +488,10 @@ static void route(admin_conn_t *c)
     }
     if (http_req_path(&c->req, path, sizeof(path)) < 0) {
         respond(c, 400, "text/plain", "bad request\n", 12);
+        return;
+    }
+    if ((strcmp(path, "/status") == 0 || strcmp(path, "/") == 0) && !admin_authorized(c)) {
+        respond_unauthorized(c);
         return;
     }
     buf_init(&body);
@@ -280,6 +580,12 @@ int admin_start(const char *listen_addr)
     struct sockaddr_storage ss;
     m_requests = metrics_reg_family(sup.reg, METRIC_COUNTER, "exchange_admin_requests_total",
                                     "Admin HTTP requests by status code.", NULL, 0);
+    if (!rate_timer_on) {
+        uv_timer_init(sup.loop, &rate_timer);
+        uv_timer_start(&rate_timer, on_rate_tick, 1000, 1000);
+        uv_unref((uv_handle_t *)&rate_timer);
+        rate_timer_on = 1;
+    }
     if ((r = cfg_parse_addr(listen_addr, host, sizeof(host), &port)) < 0)
         return r;
     if (uv_ip4_addr(host[0] ? host : "0.0.0.0", port, (struct sockaddr_in *)&ss) != 0 &&
@@ -298,6 +604,11 @@ int admin_start(const char *listen_addr)
 
 void admin_stop(void)
 {
+    if (rate_timer_on) {
+        rate_timer_on = 0;
+        uv_timer_stop(&rate_timer);
+        uv_close((uv_handle_t *)&rate_timer, NULL);
+    }
     if (admin_listening) {
         admin_listening = 0;
         uv_close((uv_handle_t *)&admin_listener, NULL);

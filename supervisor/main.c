@@ -67,7 +67,7 @@ static void begin_shutdown(const char *why)
         if (p->restart_timer != NULL)
             p->want_restart = 0;
     }
-    admin_stop();
+    /* The admin port stays up: /readyz answers 503 while we drain. */
     /* The hard bound: drain time plus a margin for the Kafka flush. */
     uv_timer_start(&sup.drain_timer, on_drain_timeout, (uint64_t)sup.cfg->fanout.drain_ms + 6000, 0);
     sup_check_drained();
@@ -237,6 +237,7 @@ int main(int argc, char **argv)
         return 1;
     }
     uv_run(sup.loop, UV_RUN_DEFAULT);
+    admin_stop();
     election_stop();
     log_info("exchange-service stopped", "");
     return 0;

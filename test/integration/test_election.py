@@ -77,7 +77,7 @@ def first_epoch_after(client, epoch, t0):
     return None
 
 
-def test_one_leader_and_kill9_failover(service_factory, zk_server, kafka_broker, sim_factory):
+def test_one_leader_and_kill9_failover(zk_server, kafka_broker, sim_factory, service_factory):
     sim = sim_only_upbit(sim_factory)
     svcs = cluster(service_factory, zk_server, kafka_broker, sim)
     lead = leaders(svcs)[0]
@@ -89,6 +89,7 @@ def test_one_leader_and_kill9_failover(service_factory, zk_server, kafka_broker,
     c = subscribe(others[0], "watcher")
     c.wait_for(lambda cl: len(cl.data()) >= 3, timeout=15, what="data before failover")
     t0 = time.time()
+    print("kill at %s" % time.strftime("%H:%M:%S", time.gmtime(t0)) + ("%.3f" % (t0 % 1))[1:])
     lead.proc.send_signal(signal.SIGKILL, group=True)   # the supervisor and its children
     util.wait_until(lambda: len(leaders(others)) == 1, timeout=SESSION_MS / 1000 + 5,
                     what="a follower leads")
@@ -101,7 +102,7 @@ def test_one_leader_and_kill9_failover(service_factory, zk_server, kafka_broker,
     c.close()
 
 
-def test_sigterm_handover_within_1s(service_factory, zk_server, kafka_broker, sim_factory):
+def test_sigterm_handover_within_1s(zk_server, kafka_broker, sim_factory, service_factory):
     sim = sim_only_upbit(sim_factory)
     svcs = cluster(service_factory, zk_server, kafka_broker, sim)
     lead = leaders(svcs)[0]
@@ -122,7 +123,7 @@ def test_sigterm_handover_within_1s(service_factory, zk_server, kafka_broker, si
     c.close()
 
 
-def test_kill9_ingest_only_keeps_leadership(service_factory, zk_server, kafka_broker, sim_factory):
+def test_kill9_ingest_only_keeps_leadership(zk_server, kafka_broker, sim_factory, service_factory):
     sim = sim_only_upbit(sim_factory)
     svcs = cluster(service_factory, zk_server, kafka_broker, sim, n=2)
     lead = leaders(svcs)[0]
@@ -139,7 +140,7 @@ def test_kill9_ingest_only_keeps_leadership(service_factory, zk_server, kafka_br
     assert after["transitions"] == before["transitions"]
 
 
-def test_zookeeper_outages(service_factory, zk_factory, kafka_broker, sim_factory):
+def test_zookeeper_outages(zk_factory, kafka_broker, sim_factory, service_factory):
     zk = zk_factory()
     sim = sim_only_upbit(sim_factory)
     session_ms = 4000
@@ -166,7 +167,7 @@ def test_zookeeper_outages(service_factory, zk_factory, kafka_broker, sim_factor
                     what="one leader again after the outage")
 
 
-def test_frozen_leader_is_fenced(service_factory, zk_server, kafka_broker, sim_factory):
+def test_frozen_leader_is_fenced(zk_server, kafka_broker, sim_factory, service_factory):
     sim = sim_only_upbit(sim_factory)
     svcs = cluster(service_factory, zk_server, kafka_broker, sim, n=2)
     lead = leaders(svcs)[0]

@@ -230,3 +230,52 @@ def test_leader_change_followed_in_relay_mode(service_factory, zk_server, sim_fa
         assert seq_problems(new, check_gaps=True) == []
     finally:
         c.close()
+
+
+def ws_text_frame(text):
+    """A masked client text frame."""
+    data = text.encode()
+    mask = os.urandom(4)
+    head = bytes([0x81])
+    n = len(data)
+    if n < 126:
+        head += bytes([0x80 | n])
+    else:
+        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+
+def test_slow_relay_client_is_cut_off_alone(service_factory, sim_factory):
+    """A relay client that stops reading is disconnected at [relay]
+    client_queue_bytes; the instance's own fanout keeps its stream whole."""
+    sim = sim_upbit(sim_factory, rate=300)
+    svc = service_factory(name="slow", sim_ports=sim.ports,
+                          overrides={"exchange.upbit": {"markets": "KRW-BTC"},
+                                     "relay": {"token": TOKEN, "client_queue_bytes": 65536}})
+    svc.wait_ready(timeout=30)
+    c = WsClient(svc.ws_url, subscribe=[TRADE], name="steady-client").start()
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        c.wait_for(lambda c: len(c.data()) >= 10, timeout=15, what="trades")
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", svc.relay_port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        s.sendall(("GET /relay HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer %s\r\n\r\n"
+                   % (key, TOKEN)).encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        s.sendall(ws_text_frame('{"op":"resume","epoch":0,"since":{},"tail":1}'))
+        t0 = time.time()
+        # ... and never read again.
+        util.wait_until(lambda: (svc.metric("exchange_relay_disconnects_total", {"reason": "slow"}) or 0) >= 1,
+                        timeout=30, what="slow relay client disconnected")
+        n = len(c.data())
+        c.wait_for(lambda c: len(c.data()) >= n + 20, timeout=10, what="steady client still served")
+        assert max_silence(c, t0, time.time(), "trade.") < 2.0
+        assert seq_problems(c.data(), check_gaps=True) == []
+    finally:
+        s.close()
+        c.close()

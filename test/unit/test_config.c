@@ -190,7 +190,7 @@ static void test_exchange_ini_is_defaults(void **state)
     assert_non_null(b);
     char *da = dump(a, 0), *db = dump(b, 0);
     assert_string_equal(da, db);
-    assert_string_equal(cfg_source(b, "fanout", "workers"), "conf/exchange.ini:270");
+    assert_string_equal(cfg_source(b, "fanout", "workers"), "conf/exchange.ini:282");
     free(da);
     free(db);
     cfg_free(a);

@@ -27,6 +27,7 @@ typedef struct {
     metric_t *channels;           /* gauge */
     metric_t *latency_ts, *latency_recv;
     metric_t *max_epoch;          /* gauge */
+    metric_t *auth_failures;      /* family, reason= (4001 jwt reasons, 4003 forbidden_channel) */
 } fanout_metrics_t;
 
 typedef struct fanout_s {
@@ -49,6 +50,8 @@ typedef struct fanout_s {
     uv_timer_t drain_timer, deadline_timer, sync_timer;
     int timers_init;
     fanout_metrics_t m;
+    struct limits_s *limits;      /* per-IP connection limits (limits.h) */
+    tls_ctx_t *tls;               /* wss:// serving ([tls] cert), read at start */
     /* last values copied from wss/hub stats into counters */
     uint64_t synced_frames, synced_bytes, synced_conflated;
 } fanout_t;

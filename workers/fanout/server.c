@@ -10,7 +10,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "auth.h"
+#include "demo_page.h"
 #include "fanout.h"
+#include "limits.h"
 #include "log.h"
 #include "protocol.h"
 
@@ -26,6 +29,13 @@ struct client_s {
     int n_url;
     int in_list;              /* 1: active, 2: drained */
     client_t *prev, *next;
+    char ip[48];              /* counted in f->limits when ip_counted */
+    int ip_counted;
+    int limited;              /* LIMITS_* verdict at accept */
+    int auth_checked;         /* [auth] enabled: auth_result holds the verdict */
+    jwt_result_t auth_result;
+    auth_grant_t grant;
+    char forbidden[160];      /* a URL channel outside the grant */
 };
 
 /* ---- metrics ------------------------------------------------------------- */
@@ -65,6 +75,9 @@ void fanout_metrics_init(fanout_metrics_t *m)
                                        "Receive time minus the ingest receive time (recv_ts)",
                                        lat_buckets, nb);
     m->max_epoch = metric_gauge("exchange_fanout_epoch", "Highest leader epoch seen");
+    m->auth_failures = metric_counter("exchange_fanout_auth_failures_total",
+                                      "Clients closed by [auth]: 4001 (missing, malformed, bad_alg, "
+                                      "bad_signature, expired, not_yet_valid) or 4003 (forbidden_channel)");
 }
 
 void server_sync_metrics(fanout_t *f)
@@ -126,6 +139,9 @@ static void list_add(client_t *c, int which)
 
 static void client_free(client_t *c)
 {
+    if (c->ip_counted)
+        limits_disconnect(c->f->limits, c->ip);
+    auth_grant_free(&c->grant);
     list_del(c);
     hub_client_free(c->hc);
     cfg_free_list(c->url_chans, c->n_url);
@@ -171,6 +187,8 @@ static int on_request(wss_conn_t *conn, const http_req_t *req, buf_t *extra, buf
     char path[512], accept[29];
     int st;
     if (http_req_path(req, path, sizeof path) < 0 || strcmp(path, f->cfg->fanout.path) != 0) {
+        if ((st = demo_page_answer(req, path, f->cfg->fanout.path, extra, body)) != 0)
+            return st; /* GET / or /demo: the demo page */
         buf_printf(body, "not found; the WebSocket endpoint is %s", f->cfg->fanout.path);
         return 404;
     }
@@ -199,6 +217,19 @@ static int on_request(wss_conn_t *conn, const http_req_t *req, buf_t *extra, buf
         buf_puts(body, "too many clients on this worker");
         return 503;
     }
+    if (c->limited != LIMITS_OK) {
+        int conns = c->limited == LIMITS_CONNECTIONS;
+        limit_hit(f, conns ? "max_connections_per_ip" : "max_connections_per_sec_per_ip");
+        buf_puts(extra, "Retry-After: 1\r\n");
+        buf_puts(body, conns ? "too many connections from this address" : "connecting too fast from this address");
+        return 429;
+    }
+    /* A bad token is answered after the upgrade, with close code 4001, so
+     * that browsers (which never see an HTTP status) can tell why. */
+    if (f->cfg->auth.enabled) {
+        c->auth_checked = 1;
+        c->auth_result = auth_request(f->cfg, req, (int64_t)worker_now_ms(), &c->grant);
+    }
     char **names = NULL;
     int n = 0;
     char *q = malloc(f->cfg->fanout.max_header_bytes + 1);
@@ -222,6 +253,9 @@ static int on_request(wss_conn_t *conn, const http_req_t *req, buf_t *extra, buf
         cfg_free_list(names, n);
         return 400;
     }
+    for (int i = 0; i < n && c->forbidden[0] == '\0'; i++)
+        if (!auth_channel_allowed(&c->grant, names[i]))
+            snprintf(c->forbidden, sizeof c->forbidden, "%s", names[i]);
     c->url_chans = names;
     c->n_url = n;
     c->upgraded = 1;
@@ -229,6 +263,21 @@ static int on_request(wss_conn_t *conn, const http_req_t *req, buf_t *extra, buf
     buf_printf(extra, "X-Exchange-Worker: %d\r\n", (int)getpid());
     f->nclients++;
     return 0;
+}
+
+/* Count, log (the reason, never the token) and close 4001/4003. */
+static void auth_fail(client_t *c, int code, const char *reason, const char *channel)
+{
+    char msg[124];
+    metric_inc(metric_labels(c->f->m.auth_failures, "reason=\"%s\"", reason));
+    log_info("client refused by auth", "peer=%s code=%d reason=%s channel=%s", wss_peer(c->conn), code, reason,
+             log_q(channel ? channel : ""));
+    if (code == 4003)
+        snprintf(msg, sizeof msg, "forbidden channel: %.90s", channel ? channel : "");
+    else
+        snprintf(msg, sizeof msg, "unauthenticated: %s", reason);
+    /* Keep what is queued: from on_open that is the 101 answer itself. */
+    wss_close(c->conn, code, msg, 0);
 }
 
 static void on_open(wss_conn_t *conn)
@@ -243,6 +292,14 @@ static void on_open(wss_conn_t *conn)
         return;
     }
     log_debug("client connected", "peer=%s channels=%d", wss_peer(conn), c->n_url);
+    if (c->auth_checked && c->auth_result != JWT_OK) {
+        auth_fail(c, 4001, jwt_result_name(c->auth_result), NULL);
+        return;
+    }
+    if (c->forbidden[0] != '\0') {
+        auth_fail(c, 4003, "forbidden_channel", c->forbidden);
+        return;
+    }
     if (c->n_url > 0)
         (void)proto_subscribe_names(c->hc, c->url_chans, c->n_url);
 }
@@ -256,6 +313,17 @@ static void on_message(wss_conn_t *conn, int opcode, const char *data, size_t le
     if (opcode != WSS_OP_TEXT) {
         proto_binary(c->hc);
         return;
+    }
+    if (c->auth_checked) {
+        char bad[160];
+        if (c->grant.exp_ms > 0 && (int64_t)worker_now_ms() > c->grant.exp_ms) {
+            auth_fail(c, 4001, "expired", NULL);
+            return;
+        }
+        if (auth_check_request(&c->grant, data, len, bad, sizeof bad) < 0) {
+            auth_fail(c, 4003, "forbidden_channel", bad);
+            return;
+        }
     }
     int limited = 0;
     int r = proto_handle(c->hc, &c->rate, f->cfg->fanout.max_requests_per_sec, data, len,
@@ -277,6 +345,7 @@ static const char *status_reason(int status)
     case 404: return "not_found";
     case 413: return "too_large";
     case 426: return "not_upgrade";
+    case 429: return "too_many_requests";
     case 431: return "headers_too_large";
     case 503: return "unavailable";
     default: return "other";
@@ -290,11 +359,17 @@ static void on_close(wss_conn_t *conn, wss_end_t why, int code)
     client_t *c = wss_conn_data(conn);
     fanout_t *f = c->f;
     if (!c->upgraded) {
+        if (why == WSS_END_REJECTED && code == 200) {
+            client_free(c); /* the demo page was served: not a refused upgrade */
+            return;
+        }
         if (why == WSS_END_REJECTED)
             metric_inc(metric_labels(f->m.rejected, "reason=\"%s\"", status_reason(code)));
         else
             metric_inc(metric_labels(f->m.rejected, "reason=\"%s\"",
-                                     why == WSS_END_TIMEOUT ? "handshake_timeout" : "aborted"));
+                                     why == WSS_END_TIMEOUT ? "handshake_timeout"
+                                     : why == WSS_END_TLS   ? "tls_handshake"
+                                                            : "aborted"));
         if (why == WSS_END_REJECTED && code == 431)
             limit_hit(f, "max_header_bytes");
         client_free(c);
@@ -312,7 +387,17 @@ static void on_close(wss_conn_t *conn, wss_end_t why, int code)
             limit_hit(f, "max_message_bytes");
         break;
     case WSS_END_LOCAL:
-        reason = code == 1013 ? "slow" : code == 1008 ? "rate" : code == 1001 ? "drain" : "server";
+        reason = code == 1013   ? "slow"
+                 : code == 1008 ? "rate"
+                 : code == 1001 ? "drain"
+                 : code == 4001 ? "unauthenticated"
+                 : code == 4003 ? "forbidden"
+                                : "server";
+        break;
+    case WSS_END_RATE:
+        reason = "input_rate";
+        limit_hit(f, "max_bytes_in_per_sec");
+        log_info("client over the input rate closed", "peer=%s", wss_peer(conn));
         break;
     case WSS_END_ERROR: reason = "error"; break;
     default: break;
@@ -351,6 +436,14 @@ static void on_connection(uv_stream_t *s, int status)
     if (r < 0) {
         log_warn("accept failed", "err=%s", uv_strerror(r));
         free(c);
+        return;
+    }
+    const cfg_t *cfg = f->cfg;
+    if (cfg->fanout.max_connections_per_ip > 0 || cfg->fanout.max_connections_per_sec_per_ip > 0) {
+        snprintf(c->ip, sizeof c->ip, "%s", wss_peer_ip(c->conn));
+        c->ip_counted = 1;
+        c->limited = limits_connect(f->limits, c->ip, cfg->fanout.max_connections_per_ip,
+                                    cfg->fanout.max_connections_per_sec_per_ip, uv_now(f->loop));
     }
 }
 
@@ -424,6 +517,29 @@ fail:
     return r;
 }
 
+/* [tls] cert and key: serve wss://. Read once per worker; a SIGHUP starts
+ * new workers, which is how a renewed certificate gets served. */
+static int server_tls_start(fanout_t *f)
+{
+    const cfg_t *cfg = f->cfg;
+    char err[256] = "";
+    if (cfg->tls.cert == NULL || cfg->tls.cert[0] == '\0')
+        return 0;
+    int r = tls_server_ctx_new(cfg->tls.cert, cfg->tls.key, &f->tls, err, sizeof err);
+    if (r == 0 && cfg->tls.ca[0] != '\0' && (r = tls_server_ctx_verify_clients(f->tls, cfg->tls.ca, err, sizeof err)) < 0) {
+        tls_ctx_free(f->tls);
+        f->tls = NULL;
+    }
+    if (r < 0) {
+        log_error("cannot serve wss://", "cert=%s key=%s ca=%s err=%s", log_q(cfg->tls.cert), log_q(cfg->tls.key),
+                  log_q(cfg->tls.ca), log_q(err));
+        return r;
+    }
+    wss_ctx_set_tls(f->wss, f->tls);
+    log_info("serving wss://", "cert=%s client_ca=%s", log_q(cfg->tls.cert), log_q(cfg->tls.ca));
+    return 0;
+}
+
 int server_start(fanout_t *f)
 {
     const cfg_t *cfg = f->cfg;
@@ -436,11 +552,16 @@ int server_start(fanout_t *f)
         .pong_timeout_ms = (uint64_t)cfg->fanout.pong_timeout_ms,
         .close_timeout_ms = 5000,
         .handshake_timeout_ms = 10000,
+        .max_rx_bytes_per_sec = (size_t)cfg->fanout.max_bytes_in_per_sec,
     };
     if (cfg->fanout.allowed_origins && *cfg->fanout.allowed_origins &&
         cfg_split_list(cfg->fanout.allowed_origins, &f->origins, &f->norigins) < 0)
         return -ENOMEM;
     if ((r = wss_ctx_new(f->loop, &lim, &wss_cbs, &f->wss)) < 0)
+        return r;
+    if ((f->limits = limits_new()) == NULL)
+        return -ENOMEM;
+    if ((r = server_tls_start(f)) < 0)
         return r;
     uv_timer_init(f->loop, &f->drain_timer);
     uv_timer_init(f->loop, &f->deadline_timer);

@@ -31,6 +31,7 @@ typedef struct {
     wsc_t *wsc;
     char addr[256];
     int open;      /* upgraded and resume sent */
+    int last_status; /* of the last refused upgrade, logged once per change */
     int have_msg;
     uint64_t last_msg, opened_at;
     uint64_t messages, connects;
@@ -94,9 +95,14 @@ static void on_close(wsc_t *w, const char *cause, void *arg)
     if (s->open)
         log_warn("relay source lost", "addr=%s cause=%s err=%s", log_q(s->addr), cause,
                  log_q(wsc_last_error(w)));
+    else if (wsc_last_http_status(w) != 0 && wsc_last_http_status(w) != s->last_status)
+        /* 401: [relay] token differs from the leader's; 404: not a relay. */
+        log_error("relay refused the connection", "addr=%s status=%d err=%s", log_q(s->addr),
+                  wsc_last_http_status(w), log_q(wsc_last_error(w)));
     else
         log_debug("relay source attempt failed", "addr=%s cause=%s err=%s status=%d", log_q(s->addr), cause,
                   log_q(wsc_last_error(w)), wsc_last_http_status(w));
+    s->last_status = wsc_last_http_status(w);
     s->open = 0;
     metric_set(s->m_healthy, 0);
 }

@@ -462,6 +462,7 @@ int feed_start(ingest_t *in, int ex, feed_t **out)
     o.reconnect_min_ms = f->xcfg->reconnect_min_ms;
     o.reconnect_max_ms = f->xcfg->reconnect_max_ms;
     o.stale_after_ms = f->xcfg->stale_after_ms;
+    o.connect_timeout_ms = f->xcfg->connect_timeout_ms;
     wsc_callbacks_t cbs = {
         .on_open = ws_on_open,
         .on_message = ws_on_message,

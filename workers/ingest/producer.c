@@ -119,6 +119,25 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
         log_warn("kafka error", "err=%s reason=%s", rd_kafka_err2name(err), log_q(reason));
 }
 
+/* librdkafka learns a new topic's partitions only on its 1 s topic scan, so
+ * the first messages of a fresh producer wait up to a second (measured: 0.7-
+ * 1.0 s). After a failover that second is on every client's clock: fetch the
+ * topic's metadata now. Bounded; with Kafka down it gives up and the normal
+ * path retries. Runs once per client, at start (before any feed connects). */
+static void warm_topic_metadata(rd_kafka_t *rk, const char *topic)
+{
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
+    if (rkt == NULL)
+        return;
+    rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, rkt, &md, 1000);
+    if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+        rd_kafka_metadata_destroy(md);
+    else
+        log_warn("kafka metadata warm-up failed", "topic=%s err=%s", log_q(topic), rd_kafka_err2name(err));
+    rd_kafka_topic_destroy(rkt);
+}
+
 static rd_kafka_t *make_client(producer_t *p)
 {
     const cfg_t *c = p->cfg;
@@ -170,6 +189,7 @@ static rd_kafka_t *make_client(producer_t *p)
         return NULL;
     }
     rd_kafka_set_log_queue(rk, NULL); /* NULL: the main queue, served by rd_kafka_poll */
+    warm_topic_metadata(rk, c->kafka.topic);
     return rk;
 }
 

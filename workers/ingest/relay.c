@@ -154,7 +154,7 @@ static void hook_epoch(void *arg, int64_t epoch)
 
 /* ---- resume and replay -------------------------------------------------------- */
 
-enum { FROM_SINCE, FROM_TAIL, FROM_ALL };
+enum { FROM_SINCE, FROM_TAIL, FROM_ALL, FROM_NONE };
 
 typedef struct {
     rconn_t *c;
@@ -226,11 +226,14 @@ static void handle_resume(rconn_t *c, json_t *req)
         rp.since = NULL;
     if (epoch <= 0)
         rp.mode = FROM_TAIL;
-    else if (epoch == r->in->epoch && rp.since != NULL)
+    else if (epoch == r->in->epoch)
         rp.mode = FROM_SINCE;
+    else if (epoch < r->in->epoch)
+        rp.mode = FROM_ALL; /* every channel restarted at seq 1 in our epoch */
     else
-        rp.mode = FROM_ALL;
-    ingest_channels(r->in, replay_chan, &rp);
+        rp.mode = FROM_NONE; /* the client has seen a newer leader: we are stale, it fences us */
+    if (rp.mode != FROM_NONE)
+        ingest_channels(r->in, replay_chan, &rp);
     if (rp.overflow) {
         /* Keep what is queued (it is progress for the client), close after it. */
         metric_inc(metric_labels(r->m_disconnects, "reason=\"replay_overflow\""));
@@ -243,7 +246,10 @@ static void handle_resume(rconn_t *c, json_t *req)
     set_state(c, RC_LIVE);
     log_info("relay client resumed", "peer=%s mode=%s client_epoch=%" PRId64 " epoch=%" PRId64
              " replayed=%" PRIu64 " gaps=%d",
-             wss_peer(c->conn), rp.mode == FROM_SINCE ? "since" : rp.mode == FROM_TAIL ? "tail" : "all", epoch,
+             wss_peer(c->conn), rp.mode == FROM_SINCE  ? "since"
+             : rp.mode == FROM_TAIL ? "tail"
+             : rp.mode == FROM_ALL  ? "all"
+                                    : "none", epoch,
              r->in->epoch, rp.sent, rp.gaps);
 }
 

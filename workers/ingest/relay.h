@@ -13,7 +13,9 @@
  *             missing from since starts at 0: it appeared while the client was
  *             away); when E is 0 (the client knows nothing) the last N per
  *             channel (a warm start); when E is another epoch, the whole ring
- *             (the new epoch restarted every channel at seq 1).
+ *             (the new epoch restarted every channel at seq 1) when E is older,
+             nothing when E is newer (this relay is stale; the client fences
+             its messages by epoch anyway).
  *   Replay and live are queued in the same loop turn, so the client sees each
  *   channel's seq strictly increasing; where the ring no longer reaches back
  *   to since+1 the client sees a gap (logged here, visible there by seq).
