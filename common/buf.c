@@ -113,64 +113,38 @@ void buf_consume(buf_t *b, size_t n)
     b->data[b->len] = '\0';
 }
 
-int buf_json_str(buf_t *b, const char *s)
+size_t buf_escape_byte(unsigned char c, char esc[8])
 {
     static const char hex[] = "0123456789abcdef";
+    static const char from[] = "\"\\\n\r\t\b\f";
+    static const char to[] = "\"\\nrtbf";
+    const char *hit = c ? memchr(from, c, sizeof(from) - 1) : NULL;
+    if (hit != NULL) {
+        esc[0] = '\\';
+        esc[1] = to[hit - from];
+        return 2;
+    }
+    if (c < 0x20 || c == 0x7f) {
+        memcpy(esc, "\\u00", 4);
+        esc[4] = hex[c >> 4];
+        esc[5] = hex[c & 15];
+        return 6;
+    }
+    return 0;
+}
+
+int buf_json_str(buf_t *b, const char *s)
+{
     int r;
+    char esc[8];
     if (!s)
         return buf_append(b, "null", 4);
-    size_t n = strlen(s);
-    if ((r = buf_reserve(b, n + 2)) < 0)
+    if ((r = buf_reserve(b, strlen(s) + 2)) < 0)
         return r;
     b->data[b->len++] = '"';
     const char *run = s;
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        char esc[7];
-        size_t elen = 0;
-        switch (*p) {
-        case '"':
-            esc[0] = '\\';
-            esc[1] = '"';
-            elen = 2;
-            break;
-        case '\\':
-            esc[0] = '\\';
-            esc[1] = '\\';
-            elen = 2;
-            break;
-        case '\n':
-            esc[0] = '\\';
-            esc[1] = 'n';
-            elen = 2;
-            break;
-        case '\r':
-            esc[0] = '\\';
-            esc[1] = 'r';
-            elen = 2;
-            break;
-        case '\t':
-            esc[0] = '\\';
-            esc[1] = 't';
-            elen = 2;
-            break;
-        case '\b':
-            esc[0] = '\\';
-            esc[1] = 'b';
-            elen = 2;
-            break;
-        case '\f':
-            esc[0] = '\\';
-            esc[1] = 'f';
-            elen = 2;
-            break;
-        default:
-            if (*p < 0x20) {
-                memcpy(esc, "\\u00", 4);
-                esc[4] = hex[*p >> 4];
-                esc[5] = hex[*p & 15];
-                elen = 6;
-            }
-        }
+        size_t elen = buf_escape_byte(*p, esc);
         if (elen) {
             if ((r = buf_append(b, run, (size_t)((const char *)p - run))) < 0)
                 return r;

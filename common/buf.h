@@ -20,6 +20,9 @@ int buf_puts(buf_t *b, const char *s);
 int buf_printf(buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int buf_vprintf(buf_t *b, const char *fmt, va_list ap);
 void buf_consume(buf_t *b, size_t n);     /* drop n bytes from the front */
+/* The escape sequence for byte c inside a quoted string (\" \\ \n \r \t \b \f,
+ * other control bytes \u00XX) written to esc; 0 when c stands as it is. */
+size_t buf_escape_byte(unsigned char c, char esc[8]);
 /* Append s as a JSON string literal (with quotes, escaped). */
 int buf_json_str(buf_t *b, const char *s);
 /* Take the heap string out of b (never the static empty one; caller frees)

@@ -89,52 +89,17 @@ int log_enabled(log_level_t lvl)
  * control bytes; long input is cut and marked with "...". */
 static void quote_into(char *out, size_t outsz, const char *s)
 {
-    static const char hex[] = "0123456789abcdef";
     size_t o = 0;
     const size_t room = outsz - 5; /* closing quote, "...", NUL */
     out[o++] = '"';
     if (!s)
         s = "";
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        char esc[4];
-        size_t elen = 0;
-        switch (*p) {
-        case '"':
-            esc[0] = '\\';
-            esc[1] = '"';
-            elen = 2;
-            break;
-        case '\\':
-            esc[0] = '\\';
-            esc[1] = '\\';
-            elen = 2;
-            break;
-        case '\n':
-            esc[0] = '\\';
-            esc[1] = 'n';
-            elen = 2;
-            break;
-        case '\r':
-            esc[0] = '\\';
-            esc[1] = 'r';
-            elen = 2;
-            break;
-        case '\t':
-            esc[0] = '\\';
-            esc[1] = 't';
-            elen = 2;
-            break;
-        default:
-            if (*p < 0x20 || *p == 0x7f) {
-                esc[0] = '\\';
-                esc[1] = 'x';
-                esc[2] = hex[*p >> 4];
-                esc[3] = hex[*p & 15];
-                elen = 4;
-            } else {
-                esc[0] = (char)*p;
-                elen = 1;
-            }
+        char esc[8];
+        size_t elen = buf_escape_byte(*p, esc);
+        if (elen == 0) {
+            esc[0] = (char)*p;
+            elen = 1;
         }
         if (o + elen > room) {
             memcpy(out + o, "...", 3);
