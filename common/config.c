@@ -156,7 +156,8 @@ static const cfg_key_t main_keys[] = {
 
     K(admin, listen, T_ADDR, CF_LISTEN, 0, 0, NULL, "0.0.0.0:8090",
       "Admin HTTP address: /metrics, /healthz, /readyz, /status, /"),
-    K(admin, token, T_STR, R | CF_SECRET, 0, 0, NULL, "", "Token required by /status and / (Authorization: Bearer or ?token=); /healthz, /readyz and /metrics "
+    K(admin, token, T_STR, R | CF_SECRET, 0, 0, NULL, "",
+      "Token required by /status and / (Authorization: Bearer or ?token=); /healthz, /readyz and /metrics "
       "stay open; empty: no check"),
 
     K(log, level, T_ENUM, R, 0, 0, "debug|info|warn|error", "info", "Least severe level logged"),
@@ -1176,7 +1177,8 @@ static void finalize(cfg_t *c, errs_t *e)
     }
     if (c->fanout.max_bytes_in_per_sec > 0 && c->fanout.max_bytes_in_per_sec < c->fanout.max_message_bytes) {
         int i = find_slot("fanout", "max_bytes_in_per_sec");
-        add_err(e, "%s: [fanout] max_bytes_in_per_sec: must be 0 or >= [fanout] max_message_bytes (%d), got %d",
+        add_err(e,
+                "%s: [fanout] max_bytes_in_per_sec: must be 0 or >= [fanout] max_message_bytes (%d), got %d",
                 c->source[i], c->fanout.max_message_bytes, c->fanout.max_bytes_in_per_sec);
     }
     if (c->auth.enabled && strlen(c->auth.secret) < 32) {

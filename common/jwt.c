@@ -218,7 +218,8 @@ int jwt_secret_equal(const char *a, size_t alen, const char *b, size_t blen)
     unsigned int la = 0, lb = 0;
     if (a == NULL || b == NULL)
         return 0;
-    if (!EVP_Digest(a, alen, da, &la, EVP_sha256(), NULL) || !EVP_Digest(b, blen, db, &lb, EVP_sha256(), NULL))
+    if (!EVP_Digest(a, alen, da, &la, EVP_sha256(), NULL) ||
+        !EVP_Digest(b, blen, db, &lb, EVP_sha256(), NULL))
         return 0;
     return la == lb && CRYPTO_memcmp(da, db, la) == 0;
 }

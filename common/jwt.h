@@ -12,12 +12,12 @@
 
 typedef enum {
     JWT_OK = 0,
-    JWT_MISSING,         /* no token at all (for the caller's bookkeeping) */
-    JWT_MALFORMED,       /* not three base64url parts of JSON objects, bad exp/nbf types */
-    JWT_BAD_ALG,         /* header alg is not HS256, or crit is present */
+    JWT_MISSING,   /* no token at all (for the caller's bookkeeping) */
+    JWT_MALFORMED, /* not three base64url parts of JSON objects, bad exp/nbf types */
+    JWT_BAD_ALG,   /* header alg is not HS256, or crit is present */
     JWT_BAD_SIGNATURE,
-    JWT_EXPIRED,         /* now > exp + leeway */
-    JWT_NOT_YET_VALID,   /* now + leeway < nbf */
+    JWT_EXPIRED,       /* now > exp + leeway */
+    JWT_NOT_YET_VALID, /* now + leeway < nbf */
 } jwt_result_t;
 
 /* Verify token (len bytes, need not be NUL-terminated) with key. now_ms is

@@ -95,8 +95,8 @@ int tls_server_ctx_new(const char *cert_file, const char *key_file, tls_ctx_t **
         set_err(err, errsz, "cannot set cipher list");
         goto fail;
     }
-    SSL_CTX_set_options(t->ssl_ctx, SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_RENEGOTIATION |
-                                        SSL_OP_NO_COMPRESSION);
+    SSL_CTX_set_options(t->ssl_ctx,
+                        SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
     if (SSL_CTX_use_certificate_chain_file(t->ssl_ctx, cert_file) != 1) {
         set_err(err, errsz, "cannot load certificate");
         goto fail;

@@ -273,6 +273,21 @@ static void status_add_rates(json_t *st)
         json_object_set_new(cp, "messages_per_s", rate_json(key));
         json_object_set_new(exchanges, name, cp);
     }
+    /* The leader's epoch: ours while leading; on a follower the highest
+     * epoch its fanout workers have seen in the data (null before any). */
+    json_int_t leader_epoch = 0;
+    if (sup.role == ROLE_LEADER) {
+        leader_epoch = (json_int_t)sup_epoch();
+    } else {
+        json_array_foreach(json_object_get(st, "workers"), i, w)
+        {
+            json_t *e = json_object_get(w, "epoch");
+            if (strcmp(json_string_value(json_object_get(w, "kind")), "fanout") == 0 &&
+                json_is_integer(e) && json_integer_value(e) > leader_epoch)
+                leader_epoch = json_integer_value(e);
+        }
+    }
+    json_object_set_new(st, "leader_epoch", leader_epoch > 0 ? json_integer(leader_epoch) : json_null());
     json_object_set_new(st, "messages_out_per_s",
                         have_out ? json_real((double)(int64_t)(out * 10.0 + 0.5) / 10.0) : json_null());
     json_object_set_new(st, "latency_ms", latency_json(0));
@@ -455,12 +470,14 @@ static int admin_authorized(admin_conn_t *c)
             return 1;
     }
     char q[512];
-    return http_req_query(&c->req, "token", q, sizeof q) == 0 && jwt_secret_equal(q, strlen(q), want, strlen(want));
+    return http_req_query(&c->req, "token", q, sizeof q) == 0 &&
+           jwt_secret_equal(q, strlen(q), want, strlen(want));
 }
 
 static void respond_unauthorized(admin_conn_t *c)
 {
-    static const char body[] = "unauthorized: this path needs the [admin] token (Authorization: Bearer or ?token=)\n";
+    static const char body[] =
+        "unauthorized: this path needs the [admin] token (Authorization: Bearer or ?token=)\n";
     buf_reset(&c->out);
     http_response(&c->out, 401, "text/plain", body, sizeof body - 1,
                   "Cache-Control: no-store\r\nWWW-Authenticate: Bearer realm=\"exchange-service admin\"\r\n");

@@ -45,7 +45,7 @@ REPS = 1 if QUICK else 3
 # (10k clients, 1k msg/s published = 100k msgs/s delivered).
 LAT_N, LAT_RATES = (1000, [250, 1000]) if QUICK else (10000, [250, 1000])
 # Efficiency at equal load: every system at this delivered rate.
-EQ_RATE = 50000 // PER_CH
+EQ_RATE = 25000 // PER_CH
 IDLE_N = 6000 if QUICK else 20000
 SYS_N = 1000
 # The mock broker (test-kafka-broker) holds a fetch for fetch.wait.max.ms even
@@ -533,7 +533,8 @@ def print_table(res):
     except (OSError, StopIteration):
         pass
     L = []
-    L.append("exchange-service benchmarks%s — nproc %d, %s" % (" (BENCH_QUICK=1)" if QUICK else "", CPUS, cpu))
+    L.append("exchange-service benchmarks%s — nproc %d, %s; load average at start %s, at end %s" % (
+        " (BENCH_QUICK=1)" if QUICK else "", CPUS, cpu, res.get("loadavg_start"), res.get("loadavg_end")))
     L.append("")
     L.append("(1) fanout at saturation, %d clients per channel, median of %d run(s)" % (PER_CH, REPS))
     hdr = "%-17s %7s %6s %10s %12s %9s %12s %9s %6s %6s %8s %8s" % (
@@ -636,8 +637,17 @@ def print_table(res):
     print("\n".join(L), flush=True)
 
 
+def loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
+
+
 def main():
     ensure_dirs()
+    results["loadavg_start"] = loadavg()
     t0 = time.monotonic()
     sc = results["scenarios"]
     for key in ("fanout", "latency", "syscalls", "idle"):
@@ -684,6 +694,7 @@ def main():
     for k in ("failover", "switch"):
         sc.setdefault(k, "n/a (not selected)")
     results["elapsed_s"] = time.monotonic() - t0
+    results["loadavg_end"] = loadavg()
     with open(os.path.join(BENCH, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     print_table(results)

@@ -10,6 +10,8 @@
 //
 //   node pages.mjs --admin http://127.0.0.1:8090 --fanout http://127.0.0.1:8080 \
 //     --sim http://127.0.0.1:9100 --pid SERVICE_PID --out DIR [--step-timeout-ms N]
+//   node pages.mjs --scenario follower --admin FOLLOWER_ADMIN --leader-admin LEADER_ADMIN \
+//     --leader-pid LEADER_PID --out DIR      (the follower's page, then its promotion)
 import { chromium } from "playwright-core";
 import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -18,7 +20,9 @@ import { join } from "node:path";
 const argv = process.argv.slice(2);
 const opt = {};
 for (let i = 0; i < argv.length; i += 2) opt[argv[i].replace(/^--/, "")] = argv[i + 1];
-for (const k of ["admin", "fanout", "sim", "pid", "out"])
+const SCENARIO = opt.scenario || "main";
+const NEED = SCENARIO === "follower" ? ["admin", "leader-admin", "leader-pid", "out"] : ["admin", "fanout", "sim", "pid", "out"];
+for (const k of NEED)
   if (!opt[k]) {
     console.error(`missing --${k}`);
     process.exit(2);
@@ -49,8 +53,8 @@ async function sim(path) {
   return r.json();
 }
 
-async function getStatus() {
-  const r = await fetch(opt.admin + "/status");
+async function getStatus(admin) {
+  const r = await fetch((admin || opt.admin) + "/status");
   return r.json();
 }
 
@@ -148,7 +152,7 @@ async function statusLive(page) {
   }));
   if (shown.instance !== st.instance) throw new Error(`instance ${shown.instance} != ${st.instance}`);
   if (!shown.leader.startsWith(st.leader)) throw new Error(`leader ${shown.leader} != ${st.leader}`);
-  if (shown.epoch !== String(st.epoch)) throw new Error(`epoch ${shown.epoch} != ${st.epoch}`);
+  if (shown.epoch !== String(st.leader_epoch)) throw new Error(`epoch ${shown.epoch} != ${st.leader_epoch}`);
   const fanouts = st.workers.filter((w) => w.kind === "fanout");
   if (shown.fanouts !== fanouts.length || shown.ingest !== 1) throw new Error(`workers shown ${JSON.stringify(shown)}`);
   const pids = st.workers.map((w) => w.pid).sort();
@@ -245,6 +249,43 @@ async function drain(status, demo) {
   await shot(status, "status-after-drain");
 }
 
+/* ---- a follower's status page, then its promotion ------------------------------ */
+
+async function follower(page) {
+  const leader = await getStatus(opt["leader-admin"]);
+  await page.goto(opt.admin + "/");
+  await until(page, "role follower", () => document.querySelector("#role").dataset.state === "follower");
+  const shown = await until(page, "leader and epoch", (l) => {
+    const t = (id) => document.querySelector(id).textContent;
+    return t("#leader") === l.instance && t("#epoch") === String(l.leader_epoch) &&
+      !document.querySelector("#follower-note").classList.contains("hidden") &&
+      document.querySelectorAll('#workers tr[data-kind="fanout"] [data-source="relay"]').length > 0 && {
+        role_class: document.querySelector("#role").className, leader: t("#leader"), epoch: t("#epoch"),
+        session: document.querySelector("#session").dataset.state, note: t("#follower-note"), board: t("#board"),
+        ingest_rows: document.querySelectorAll('#workers tr[data-kind="ingest"]').length,
+        exchange_tiles: document.querySelectorAll("#board [data-exchange]").length,
+      };
+  }, leader);
+  if (!shown.role_class.includes("info")) throw new Error(`follower pill class ${shown.role_class}`);
+  if (shown.session !== "connected") throw new Error(`session ${shown.session}`);
+  if (shown.ingest_rows !== 0 || shown.exchange_tiles !== 0) throw new Error(`a follower shows ingest state: ${JSON.stringify(shown)}`);
+  if (!shown.board.includes(leader.instance)) throw new Error(`board does not name the leader: ${shown.board}`);
+  note("follower", shown);
+  await shot(page, "status-follower");
+  // The leader stops: this instance takes over and the same page shows it.
+  process.kill(Number(opt["leader-pid"]), "SIGTERM");
+  const promoted = await until(page, "promotion to leader", (e0) => {
+    const t = (id) => document.querySelector(id).textContent;
+    const tile = document.querySelector('#board [data-exchange="upbit"] [data-field=state]');
+    return document.querySelector("#role").dataset.state === "leader" && Number(t("#epoch")) > e0 &&
+      document.querySelector("#follower-note").classList.contains("hidden") &&
+      document.querySelectorAll('#workers tr[data-kind="ingest"]').length === 1 &&
+      tile && ["connected", "subscribed"].includes(tile.dataset.state) && { epoch: t("#epoch"), leader: t("#leader") };
+  }, leader.epoch, 25000);
+  note("promoted", promoted);
+  await shot(page, "status-promoted");
+}
+
 let failed = null;
 try {
   browser = await chromium.launchPersistentContext(profile, {
@@ -254,15 +295,20 @@ try {
       "--disable-background-networking", "--disable-component-update", "--disable-sync"],
     viewport: { width: 1280, height: 900 },
   });
-  for (const name of ["demo", "status"]) {
+  for (const name of SCENARIO === "follower" ? ["status"] : ["demo", "status"]) {
     const p = await browser.newPage();
+    p.setDefaultTimeout(STEP_MS);
     p.on("pageerror", (e) => { results.page_errors = (results.page_errors || []).concat(`${name}: ${e.message}`); });
     pages[name] = p;
   }
-  await demoLive(pages.demo);
-  await statusLive(pages.status);
-  await exchangeDown(pages.status, pages.demo);
-  await drain(pages.status, pages.demo);
+  if (SCENARIO === "follower") {
+    await follower(pages.status);
+  } else {
+    await demoLive(pages.demo);
+    await statusLive(pages.status);
+    await exchangeDown(pages.status, pages.demo);
+    await drain(pages.status, pages.demo);
+  }
   if (results.page_errors) throw new Error(`JavaScript errors: ${results.page_errors}`);
 } catch (e) {
   failed = e;

@@ -43,12 +43,9 @@ def keep_screenshots(paths):
     return dest
 
 
-def run_pages(tmp_path, svc, sim, timeout=50):
+def run_pages(tmp_path, args, timeout=50):
     out = tmp_path / "screenshots"
-    argv = [NODE, os.path.join(BROWSER_DIR, "pages.mjs"),
-            "--admin", svc.admin, "--fanout", "http://127.0.0.1:%d" % svc.port,
-            "--sim", "http://127.0.0.1:%d" % sim.ports["control"],
-            "--pid", str(svc.pid), "--out", str(out)]
+    argv = [NODE, os.path.join(BROWSER_DIR, "pages.mjs"), "--out", str(out)] + list(args)
     try:
         r = subprocess.run(argv, cwd=BROWSER_DIR, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
@@ -91,7 +88,8 @@ def test_status_and_demo_pages_in_chromium(tmp_path, service_factory, sim_factor
         assert "http://" not in text.replace("http://127.0.0.1", "") and "https://" not in text, url
     assert util.http_get("http://127.0.0.1:%d/nope" % svc.port)[0] == 404
 
-    res = run_pages(tmp_path, svc, sim)
+    res = run_pages(tmp_path, ["--admin", svc.admin, "--fanout", "http://127.0.0.1:%d" % svc.port,
+                               "--sim", "http://127.0.0.1:%d" % sim.ports["control"], "--pid", str(svc.pid)])
     steps = {s["step"]: s for s in res["steps"]}
     assert steps["status: live values"]["clients"] == 1
     assert steps["upbit down"]["status_page"] in ("disconnected", "error")
@@ -105,4 +103,36 @@ def test_status_and_demo_pages_in_chromium(tmp_path, service_factory, sim_factor
     assert st["latency_ms"]["p50"] is not None and st["latency_ms"]["p99"] >= st["latency_ms"]["p50"]
     assert st["exchanges"]["upbit"]["messages_per_s"] > 0
     assert all(w["messages_in_per_s"] is not None for w in st["workers"] if w["kind"] == "fanout")
+    assert time.monotonic() - t0 < 60
+
+
+def test_status_page_on_a_follower_in_chromium(tmp_path, zk_server, service_factory, sim_factory):
+    """Two instances over ZooKeeper, relay mode: the follower's page names the
+    leader and its epoch, shows no exchange board of its own, then follows
+    the promotion when the leader stops."""
+    need_browser()
+    t0 = time.monotonic()
+    sim = sim_factory(args=["--exchanges", "upbit", "--upbit-markets", "KRW-BTC", "--rate", "10"])
+    cluster = "pages%d" % int(time.monotonic() * 1000)
+    svcs = []
+    for i in range(2):
+        svcs.append(service_factory(name="node%d" % i, sim_ports=sim.ports, overrides={
+            "service": {"cluster": cluster},
+            "zookeeper": {"connect": zk_server.connect, "session_timeout_ms": 4000},
+            "exchange.upbit": {"markets": "KRW-BTC"},
+            "fanout": {"workers": 1}}))
+        if i == 0:  # node0 leads: it registers first
+            svcs[0].wait_ready(timeout=30)
+            util.wait_until(lambda: svcs[0].status()["role"] == "leader", timeout=15, what="node0 leads")
+    svcs[1].wait_ready(timeout=30)
+    leader, fol = svcs
+    util.wait_until(lambda: fol.status()["role"] == "follower" and fol.status()["leader"] == "node0",
+                    timeout=15, what="node1 follows node0")
+    res = run_pages(tmp_path, ["--scenario", "follower", "--admin", fol.admin,
+                               "--leader-admin", leader.admin, "--leader-pid", str(leader.pid)])
+    steps = {s["step"]: s for s in res["steps"]}
+    assert steps["follower"]["leader"] == "node0"
+    assert int(steps["promoted"]["epoch"]) > int(steps["follower"]["epoch"])
+    st = fol.status()
+    assert st["role"] == "leader" and st["leader"] == "node1"
     assert time.monotonic() - t0 < 60

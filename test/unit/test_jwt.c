@@ -124,7 +124,8 @@ static void test_grant_patterns(void **state)
 {
     (void)state;
     auth_grant_t g;
-    json_t *c = json_pack("{s:[s,s], s:i}", "channels", "ticker.upbit.*", "trade.*.BTC-KRW", "exp", 1700000600);
+    json_t *c =
+        json_pack("{s:[s,s], s:i}", "channels", "ticker.upbit.*", "trade.*.BTC-KRW", "exp", 1700000600);
     assert_int_equal(auth_grant_from_claims(c, "channels", 1000, &g), 0);
     assert_true(g.restricted);
     assert_int_equal(g.n, 2);
@@ -136,7 +137,8 @@ static void test_grant_patterns(void **state)
     assert_false(auth_channel_allowed(&g, "ticker.*.BTC-KRW")); /* wider than the grant */
     assert_false(auth_channel_allowed(&g, "orderbook.upbit.BTC-KRW"));
     char bad[64];
-    const char *req = "{\"op\":\"subscribe\",\"channels\":[\"ticker.upbit.BTC-KRW\"],\"since\":{\"trade.upbit.ETH-KRW\":3}}";
+    const char *req = "{\"op\":\"subscribe\",\"channels\":[\"ticker.upbit.BTC-KRW\"],\"since\":{\"trade."
+                      "upbit.ETH-KRW\":3}}";
     assert_int_equal(auth_check_request(&g, req, strlen(req), bad, sizeof bad), -EACCES);
     assert_string_equal(bad, "trade.upbit.ETH-KRW");
     req = "{\"op\":\"subscribe\",\"channel\":\"ticker.upbit.ETH-KRW\"}";
@@ -217,9 +219,9 @@ static void test_limits(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_b64url),          cmocka_unit_test(test_sign_verify_roundtrip),
-        cmocka_unit_test(test_time_claims),     cmocka_unit_test(test_malformed_and_alg),
-        cmocka_unit_test(test_secret_equal),    cmocka_unit_test(test_grant_patterns),
+        cmocka_unit_test(test_b64url),       cmocka_unit_test(test_sign_verify_roundtrip),
+        cmocka_unit_test(test_time_claims),  cmocka_unit_test(test_malformed_and_alg),
+        cmocka_unit_test(test_secret_equal), cmocka_unit_test(test_grant_patterns),
         cmocka_unit_test(test_limits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -13,10 +13,10 @@
 #include "jwt.h"
 
 typedef struct {
-    int restricted;    /* patterns apply (the claim was present) */
-    char **patterns;   /* channel patterns, '*' for one segment */
+    int restricted;  /* patterns apply (the claim was present) */
+    char **patterns; /* channel patterns, '*' for one segment */
     int n;
-    int64_t exp_ms;    /* token expiry (exp + leeway), 0 = none */
+    int64_t exp_ms; /* token expiry (exp + leeway), 0 = none */
 } auth_grant_t;
 
 /* Check the upgrade request's token against cfg->auth. On JWT_OK fills g

@@ -221,7 +221,8 @@ static int on_request(wss_conn_t *conn, const http_req_t *req, buf_t *extra, buf
         int conns = c->limited == LIMITS_CONNECTIONS;
         limit_hit(f, conns ? "max_connections_per_ip" : "max_connections_per_sec_per_ip");
         buf_puts(extra, "Retry-After: 1\r\n");
-        buf_puts(body, conns ? "too many connections from this address" : "connecting too fast from this address");
+        buf_puts(body,
+                 conns ? "too many connections from this address" : "connecting too fast from this address");
         return 429;
     }
     /* A bad token is answered after the upgrade, with close code 4001, so
@@ -526,7 +527,8 @@ static int server_tls_start(fanout_t *f)
     if (cfg->tls.cert == NULL || cfg->tls.cert[0] == '\0')
         return 0;
     int r = tls_server_ctx_new(cfg->tls.cert, cfg->tls.key, &f->tls, err, sizeof err);
-    if (r == 0 && cfg->tls.ca[0] != '\0' && (r = tls_server_ctx_verify_clients(f->tls, cfg->tls.ca, err, sizeof err)) < 0) {
+    if (r == 0 && cfg->tls.ca[0] != '\0' &&
+        (r = tls_server_ctx_verify_clients(f->tls, cfg->tls.ca, err, sizeof err)) < 0) {
         tls_ctx_free(f->tls);
         f->tls = NULL;
     }
