@@ -46,8 +46,8 @@ extern const char status_page_html[];
 
 typedef struct {
     char key[48];
-    double last;  /* last raw value */
-    double acc;   /* increase since tracked (a counter reset counts from 0) */
+    double last; /* last raw value */
+    double acc;  /* increase since tracked (a counter reset counts from 0) */
     double ring[RATE_SLOTS];
     uint64_t first_tick, seen_tick;
 } rate_ctr_t;
@@ -127,11 +127,10 @@ static json_t *snap_family(json_t *snap, const char *name)
 
 static double snap_sum(json_t *snap, const char *name)
 {
-    size_t i;
-    json_t *s;
+    json_t *series = json_object_get(snap_family(snap, name), "series");
     double v = 0;
-    json_array_foreach(json_object_get(snap_family(snap, name), "series"), i, s)
-        v += json_number_value(json_object_get(s, "value"));
+    for (size_t i = 0; i < json_array_size(series); i++)
+        v += json_number_value(json_object_get(json_array_get(series, i), "value"));
     return v;
 }
 
@@ -140,7 +139,6 @@ static void rate_feed_histogram(int kind, pid_t pid, json_t *snap)
     json_t *f = snap_family(snap, lat_family[kind]);
     json_t *b = json_object_get(f, "buckets");
     size_t nb = json_array_size(b), i, j;
-    json_t *s;
     char key[48];
     if (f == NULL || nb == 0 || nb > LAT_MAX_BUCKETS - 1)
         return;
@@ -148,9 +146,10 @@ static void rate_feed_histogram(int kind, pid_t pid, json_t *snap)
     for (i = 0; i < nb; i++)
         lat_bounds[kind][i] = json_number_value(json_array_get(b, i));
     for (i = 0; i <= nb; i++) {
+        json_t *series = json_object_get(f, "series");
         double v = 0;
-        json_array_foreach(json_object_get(f, "series"), j, s)
-            v += json_number_value(json_array_get(json_object_get(s, "counts"), i));
+        for (j = 0; j < json_array_size(series); j++)
+            v += json_number_value(json_array_get(json_object_get(json_array_get(series, j), "counts"), i));
         snprintf(key, sizeof(key), "lat%d:%d:%zu", kind, (int)pid, i);
         rate_feed(key, v);
     }
@@ -230,8 +229,11 @@ static json_t *latency_json(int kind)
             window = secs;
     }
     json_t *o = json_object();
-    json_object_set_new(o, "p50", total > 0 ? ms_json(bucket_quantile(0.5, counts, lat_bounds[kind], nb, total)) : json_null());
-    json_object_set_new(o, "p99", total > 0 ? ms_json(bucket_quantile(0.99, counts, lat_bounds[kind], nb, total)) : json_null());
+    const double *bounds = lat_bounds[kind];
+    json_object_set_new(o, "p50",
+                        total > 0 ? ms_json(bucket_quantile(0.5, counts, bounds, nb, total)) : json_null());
+    json_object_set_new(o, "p99",
+                        total > 0 ? ms_json(bucket_quantile(0.99, counts, bounds, nb, total)) : json_null());
     json_object_set_new(o, "samples", json_integer((json_int_t)(total + 0.5)));
     json_object_set_new(o, "window_s", json_integer((json_int_t)window));
     return o;
@@ -282,8 +284,8 @@ static void status_add_rates(json_t *st)
         json_array_foreach(json_object_get(st, "workers"), i, w)
         {
             json_t *e = json_object_get(w, "epoch");
-            if (strcmp(json_string_value(json_object_get(w, "kind")), "fanout") == 0 &&
-                json_is_integer(e) && json_integer_value(e) > leader_epoch)
+            int fanout = strcmp(json_string_value(json_object_get(w, "kind")), "fanout") == 0;
+            if (fanout && json_is_integer(e) && json_integer_value(e) > leader_epoch)
                 leader_epoch = json_integer_value(e);
         }
     }
@@ -339,17 +341,15 @@ json_t *sup_status_json(void)
         }
         json_array_append_new(workers, w);
     }
-    json_t *st = json_pack("{s:s, s:s, s:I, s:s, s:s, s:s, s:I, s:I, s:o, s:o, s:I, s:b, s:b, s:{s:s, s:s}, s:I}",
-                     "instance", sup.cfg->service.instance, "role", role_name(), "epoch",
-                     (json_int_t)sup_epoch(), "leader", sup.leader_id, "leader_relay",
-                     sup.leader_relay, "session", sup.session_state, "transitions",
-                     (json_int_t)sup.transitions, "since_transition_s",
-                     (json_int_t)(sup.last_transition_ms ? (now - sup.last_transition_ms) / 1000 : 0),
-                     "workers", workers, "exchanges", exchanges, "clients", clients, "ready",
-                     sup_is_ready(), "draining", sup.draining, "config", "profile",
-                     sup.cfg->profile ? sup.cfg->profile : "", "files",
-                     sup.cfg->files ? sup.cfg->files : "", "uptime_s",
-                     (json_int_t)((now - sup.started_ms) / 1000));
+    json_t *st = json_pack(
+        "{s:s, s:s, s:I, s:s, s:s, s:s, s:I, s:I, s:o, s:o, s:I, s:b, s:b, s:{s:s, s:s}, s:I}", "instance",
+        sup.cfg->service.instance, "role", role_name(), "epoch", (json_int_t)sup_epoch(), "leader",
+        sup.leader_id, "leader_relay", sup.leader_relay, "session", sup.session_state, "transitions",
+        (json_int_t)sup.transitions, "since_transition_s",
+        (json_int_t)(sup.last_transition_ms ? (now - sup.last_transition_ms) / 1000 : 0), "workers", workers,
+        "exchanges", exchanges, "clients", clients, "ready", sup_is_ready(), "draining", sup.draining,
+        "config", "profile", sup.cfg->profile ? sup.cfg->profile : "", "files",
+        sup.cfg->files ? sup.cfg->files : "", "uptime_s", (json_int_t)((now - sup.started_ms) / 1000));
     if (st != NULL)
         status_add_rates(st);
     return st;

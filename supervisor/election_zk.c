@@ -18,7 +18,7 @@
 #include "supervisor.h"
 #include "worker.h"
 
-enum { EV_SESSION = 1, EV_WATCH, EV_PARENTS, EV_CREATED, EV_CHILDREN, EV_EXISTS, EV_DATA };
+enum { EV_SESSION = 1, EV_WATCH, EV_PARENTS, EV_CREATED, EV_CHILDREN, EV_EXISTS, EV_DATA, EV_PING };
 
 typedef struct zev_s {
     struct zev_s *next;
@@ -39,7 +39,10 @@ typedef struct {
 static pthread_mutex_t q_lock = PTHREAD_MUTEX_INITIALIZER;
 static zev_t *q_head, *q_tail;
 static uv_async_t z_async;
-static uv_timer_t z_suspend_timer, z_retry_timer;
+static uv_timer_t z_suspend_timer, z_retry_timer, z_ping_timer;
+/* When the server last answered us (loop time, ms): the base of the bound on
+ * how long a disconnected leader may keep ingesting. */
+static uint64_t last_contact_ms;
 
 static zhandle_t *zh;
 static long zgen;           /* session generation: events of older sessions are ignored */
@@ -287,6 +290,24 @@ static void on_children(zev_t *e)
     zoo_aget(zh, lead, 0, on_data_done, ctx_new(EV_DATA, lead));
 }
 
+/* A cheap read every sixth of the session timeout: its answer proves the
+ * server heard from us, which is what its expiry clock counts from. */
+static void on_ping_timer(uv_timer_t *t)
+{
+    (void)t;
+    if (zh == NULL || !connected)
+        return;
+    int rc = zoo_aexists(zh, election_path, 0, on_stat_done, ctx_new(EV_PING, NULL));
+    if (rc != ZOK)
+        log_debug("zookeeper ping failed", "err=%s", zerror(rc));
+}
+
+static int session_timeout_ms(void)
+{
+    int t = zh != NULL ? zoo_recv_timeout(zh) : 0;
+    return t > 0 ? t : sup.cfg->zookeeper.session_timeout_ms;
+}
+
 static void on_suspend_timer(uv_timer_t *t)
 {
     (void)t;
@@ -321,7 +342,10 @@ static void on_session(zev_t *e)
         return;
     if (e->state == ZOO_CONNECTED_STATE) {
         connected = 1;
+        last_contact_ms = uv_now(sup.loop);
         uv_timer_stop(&z_suspend_timer);
+        uint64_t every = (uint64_t)session_timeout_ms() / 6;
+        uv_timer_start(&z_ping_timer, on_ping_timer, every < 100 ? 100 : every, every < 100 ? 100 : every);
         log_info(ever_connected ? "zookeeper reconnected" : "zookeeper connected",
                  "negotiated_timeout_ms=%d", zoo_recv_timeout(zh));
         ever_connected = 1;
@@ -333,13 +357,16 @@ static void on_session(zev_t *e)
             log_warn("zookeeper disconnected", "");
         connected = 0;
         set_session_state("disconnected");
+        uv_timer_stop(&z_ping_timer);
         if (sup.role == ROLE_LEADER) {
-            /* The client notices a lost server after 2/3 of the timeout
-             * without a reply; the server may expire us 1/3 later. */
-            int t = zoo_recv_timeout(zh) / 3 - 100;
-            if (t < 100)
-                t = 100;
-            uv_timer_start(&z_suspend_timer, on_suspend_timer, (uint64_t)t, 0);
+            /* The server expires the session one timeout after it last heard
+             * from us; we know a lower bound of that moment (our last answered
+             * request). Stop ingesting a margin before it. */
+            int64_t timeout = session_timeout_ms(), margin = timeout / 6 > 200 ? timeout / 6 : 200;
+            int64_t left = (int64_t)last_contact_ms + timeout - margin - (int64_t)uv_now(sup.loop);
+            log_warn("leader disconnected from zookeeper", "stop_ingest_in_ms=%lld timeout_ms=%lld",
+                     (long long)(left > 0 ? left : 0), (long long)timeout);
+            uv_timer_start(&z_suspend_timer, on_suspend_timer, (uint64_t)(left > 0 ? left : 0), 0);
         }
     } else if (e->state == ZOO_EXPIRED_SESSION_STATE || e->state == ZOO_AUTH_FAILED_STATE) {
         log_error("zookeeper session lost: stepping down and rejoining", "state=%s",
@@ -363,10 +390,13 @@ static void on_async(uv_async_t *a)
     pthread_mutex_unlock(&q_lock);
     while (e != NULL) {
         zev_t *next = e->next;
+        if (e->gen == zgen && !stopping && e->kind != EV_SESSION && e->rc == ZOK)
+            last_contact_ms = uv_now(sup.loop); /* any answer proves the server heard us */
         if (e->gen == zgen && !stopping) {
             metric_inc(metric_labels(m_events, "kind=\"%d\"", e->kind > 100 ? EV_PARENTS : e->kind));
             switch (e->kind) {
             case EV_SESSION: on_session(e); break;
+            case EV_PING: break;
             case EV_WATCH: request_children(); break;
             case EV_PARENTS:
                 if (e->rc != ZOK && e->rc != ZNODEEXISTS)
@@ -453,6 +483,7 @@ int election_zk_start(void)
     uv_async_init(sup.loop, &z_async, on_async);
     uv_timer_init(sup.loop, &z_suspend_timer);
     uv_timer_init(sup.loop, &z_retry_timer);
+    uv_timer_init(sup.loop, &z_ping_timer);
     log_info("joining election", "path=%s", log_q(election_path));
     session_start();
     return 0;
@@ -471,6 +502,8 @@ void election_zk_resign(void)
     session_close();
     uv_timer_stop(&z_suspend_timer);
     uv_timer_stop(&z_retry_timer);
+    uv_timer_stop(&z_ping_timer);
+    uv_close((uv_handle_t *)&z_ping_timer, NULL);
     uv_close((uv_handle_t *)&z_async, NULL);
     uv_close((uv_handle_t *)&z_suspend_timer, NULL);
     uv_close((uv_handle_t *)&z_retry_timer, NULL);

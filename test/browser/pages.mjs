@@ -9,7 +9,7 @@
 // message goes to stderr and the exit status is 1. Screenshots go to --out.
 //
 //   node pages.mjs --admin http://127.0.0.1:8090 --fanout http://127.0.0.1:8080 \
-//     --sim http://127.0.0.1:9100 --pid SERVICE_PID --out DIR [--step-timeout-ms N]
+//     --sim http://127.0.0.1:9100 --pid SERVICE_PID --out DIR [--admin-token T] [--step-timeout-ms N]
 //   node pages.mjs --scenario follower --admin FOLLOWER_ADMIN --leader-admin LEADER_ADMIN \
 //     --leader-pid LEADER_PID --out DIR      (the follower's page, then its promotion)
 import { chromium } from "playwright-core";
@@ -53,8 +53,13 @@ async function sim(path) {
   return r.json();
 }
 
+// With an [admin] token (--admin-token) the page is opened as /?token=T and
+// passes it on to its own /status requests.
+const ADMIN_Q = opt["admin-token"] ? "?token=" + encodeURIComponent(opt["admin-token"]) : "";
+
 async function getStatus(admin) {
-  const r = await fetch((admin || opt.admin) + "/status");
+  const r = await fetch((admin || opt.admin) + "/status" + ADMIN_Q);
+  if (!r.ok) throw new Error(`/status: HTTP ${r.status}`);
   return r.json();
 }
 
@@ -133,7 +138,11 @@ async function demoLive(page) {
 /* ---- the status page -------------------------------------------------------- */
 
 async function statusLive(page) {
-  await page.goto(opt.admin + "/");
+  if (ADMIN_Q) {
+    const r = await page.goto(opt.admin + "/");
+    if (r.status() !== 401) throw new Error(`status page without the admin token: HTTP ${r.status()}`);
+  }
+  await page.goto(opt.admin + "/" + ADMIN_Q);
   await until(page, "role leader", () => document.querySelector("#role").dataset.state === "leader");
   for (const ex of ["upbit", "binance"])
     await until(page, `${ex} connected on the board`, (ex) => {
@@ -312,7 +321,7 @@ try {
   if (results.page_errors) throw new Error(`JavaScript errors: ${results.page_errors}`);
 } catch (e) {
   failed = e;
-  for (const [name, p] of Object.entries(pages)) await shot(p, `FAILED-${name}`).catch(() => {});
+  for (const [name, p] of Object.entries(pages)) await shot(p, `FAILED-${SCENARIO}-${name}`).catch(() => {});
   for (const [name, p] of Object.entries(pages))
     results[`${name}_log`] = await p.evaluate(() => document.querySelector("#log, #err")?.textContent).catch(() => null);
 } finally {

@@ -35,8 +35,8 @@ static int fake_send(void *user, rbuf_t *frame, const void *tag)
     (void)tag;
     const unsigned char *p = (const unsigned char *)frame->data;
     FUZZ_CHECK(frame->len >= 2);
-    FUZZ_CHECK(p[0] == 0x81);            /* FIN + text */
-    FUZZ_CHECK((p[1] & 0x80) == 0);      /* server frames are not masked */
+    FUZZ_CHECK(p[0] == 0x81);       /* FIN + text */
+    FUZZ_CHECK((p[1] & 0x80) == 0); /* server frames are not masked */
     size_t h = 2, len = p[1] & 0x7f;
     if (len == 126) {
         FUZZ_CHECK(frame->len >= 4);
@@ -53,8 +53,7 @@ static int fake_send(void *user, rbuf_t *frame, const void *tag)
     json_error_t err;
     json_t *m = json_loadb(frame->data + h, len, 0, &err);
     if (m == NULL || !json_is_object(m)) {
-        fprintf(stderr, "client got a frame that is not a JSON object: %.*s\n", (int)len,
-                frame->data + h);
+        fprintf(stderr, "client got a frame that is not a JSON object: %.*s\n", (int)len, frame->data + h);
         abort();
     }
     json_decref(m);

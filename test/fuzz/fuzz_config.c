@@ -59,8 +59,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     FUZZ_CHECK(cfg_dump(c2, &d2, 0) == 0);
     if (d1.len != d2.len || memcmp(d1.data, d2.data, d1.len) != 0) {
-        fprintf(stderr, "dump changed over a round trip:\n--- first ---\n%s\n--- second ---\n%s\n",
-                d1.data, d2.data);
+        fprintf(stderr, "dump changed over a round trip:\n--- first ---\n%s\n--- second ---\n%s\n", d1.data,
+                d2.data);
         abort();
     }
     FUZZ_CHECK(cfg_ingest_changed(c, c2) == 0);

@@ -57,8 +57,8 @@ static void f_emit(void *arg, const char *channel, const char *json, size_t len)
     json_error_t err;
     json_t *m = json_loadb(json, len, JSON_REJECT_DUPLICATES, &err);
     if (m == NULL || !json_is_object(m)) {
-        fprintf(stderr, "connector %s emitted invalid JSON (%s): %.*s\n", r->exchange, err.text,
-                (int)len, json);
+        fprintf(stderr, "connector %s emitted invalid JSON (%s): %.*s\n", r->exchange, err.text, (int)len,
+                json);
         abort();
     }
     const char *ch = json_string_value(json_object_get(m, "channel"));
@@ -66,8 +66,7 @@ static void f_emit(void *arg, const char *channel, const char *json, size_t len)
     const char *ex = json_string_value(json_object_get(m, "exchange"));
     json_t *seq = json_object_get(m, "seq"), *epoch = json_object_get(m, "epoch");
     FUZZ_CHECK(ch != NULL && strcmp(ch, channel) == 0);
-    FUZZ_CHECK(type != NULL && strncmp(channel, type, strlen(type)) == 0 &&
-               channel[strlen(type)] == '.');
+    FUZZ_CHECK(type != NULL && strncmp(channel, type, strlen(type)) == 0 && channel[strlen(type)] == '.');
     FUZZ_CHECK(ex != NULL && strcmp(ex, r->exchange) == 0);
     FUZZ_CHECK(json_is_integer(epoch) && json_integer_value(epoch) == EPOCH);
     /* seq is taken from the sink just before the message is built. */

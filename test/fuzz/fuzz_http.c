@@ -42,8 +42,8 @@ static void inspect(const http_req_t *r)
         FUZZ_CHECK(strlen(accept) == 28);
     buf_t resp;
     buf_init(&resp);
-    FUZZ_CHECK(http_response(&resp, r->error ? r->error : 200, "text/plain", r->body.data,
-                             r->body.len, "") == 0);
+    FUZZ_CHECK(http_response(&resp, r->error ? r->error : 200, "text/plain", r->body.data, r->body.len, "") ==
+               0);
     buf_free(&resp);
 }
 

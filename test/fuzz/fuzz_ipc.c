@@ -16,9 +16,9 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 typedef struct {
-    uint64_t hash;   /* FNV over (len, payload) of every frame */
+    uint64_t hash; /* FNV over (len, payload) of every frame */
     int frames;
-    int fail_at;     /* return -EINVAL for this frame (1-based), 0: never */
+    int fail_at; /* return -EINVAL for this frame (1-based), 0: never */
 } sink_t;
 
 static int on_frame(void *arg, const char *payload, size_t n)
@@ -76,10 +76,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (rc1 == 0) {
         /* What is left over is the incomplete tail: same either way. */
         FUZZ_CHECK(in1.len == in2.len);
-        FUZZ_CHECK(in1.len < 4 || in1.len < 4 + (size_t)((unsigned char)in1.data[0] << 24 |
-                                                          (unsigned char)in1.data[1] << 16 |
-                                                          (unsigned char)in1.data[2] << 8 |
-                                                          (unsigned char)in1.data[3]));
+        FUZZ_CHECK(in1.len < 4 ||
+                   in1.len <
+                       4 + (size_t)((unsigned char)in1.data[0] << 24 | (unsigned char)in1.data[1] << 16 |
+                                    (unsigned char)in1.data[2] << 8 | (unsigned char)in1.data[3]));
         /* Round trip: re-encoding what we got and decoding it again works. */
         buf_t enc;
         buf_init(&enc);

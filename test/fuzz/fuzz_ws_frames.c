@@ -46,7 +46,7 @@ static uv_pipe_t listener;
 static wss_ctx_t *ctxs[NCTX];
 static wss_ctx_t *cur_ctx;
 static char sock_path[108];
-static rbuf_t *tagged;   /* one conflatable frame shared like a broadcast */
+static rbuf_t *tagged; /* one conflatable frame shared like a broadcast */
 static const char TAG_A[] = "a", TAG_B[] = "b";
 static size_t max_msg[NCTX] = {1 << 20, 1024};
 
@@ -92,9 +92,7 @@ static void on_message(wss_conn_t *c, int opcode, const char *msg, size_t len)
         wss_close(c, 1000 + (len > 1 ? (unsigned char)msg[1] % 16 : 0), msg + (len > 1),
                   len > 2 && msg[2] == 'd');
         break;
-    case 'a':
-        wss_abort(c);
-        break;
+    case 'a': wss_abort(c); break;
     case 'f': /* flood: fill the queue until it refuses */
         for (int i = 0; i < 64; i++) {
             int r = wss_send(c, tagged, (i & 1) ? TAG_A : TAG_B);
@@ -162,10 +160,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
                           .queue_bytes = 4096,
                           .close_timeout_ms = 20,
                           .handshake_timeout_ms = 50};
-    wss_callbacks_t cbs = {.on_request = on_request,
-                           .on_open = on_open,
-                           .on_message = on_message,
-                           .on_close = on_close};
+    wss_callbacks_t cbs = {
+        .on_request = on_request, .on_open = on_open, .on_message = on_message, .on_close = on_close};
     FUZZ_CHECK(wss_ctx_new(&loop, &big, &cbs, &ctxs[LIM_BIG]) == 0);
     FUZZ_CHECK(wss_ctx_new(&loop, &small, &cbs, &ctxs[LIM_SMALL]) == 0);
     static const char payload[] = "{\"channel\":\"ticker.upbit.BTC-KRW\",\"seq\":1}";

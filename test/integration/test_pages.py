@@ -19,6 +19,7 @@ from harness.service import REPO
 BROWSER_DIR = os.path.join(REPO, "test", "browser")
 CHROMIUM = "/usr/bin/chromium"
 NODE = shutil.which("node")
+ADMIN_TOKEN = "pages-admin-token"
 
 
 def need_browser():
@@ -33,10 +34,20 @@ def need_browser():
         pytest.fail("browser test tools missing: %s; run `make deps`" % ", ".join(missing))
 
 
-def keep_screenshots(paths):
+def admin_status(svc, token=None):
+    st, _, body = svc.get("/status" + ("?token=" + token if token else ""))
+    assert st == 200, "status %s" % st
+    return json.loads(body)
+
+
+def keep_screenshots(paths, scenario):
+    """Copy this run's screenshots to build/screenshots/, replacing the
+    previous run's of the same scenario (names start with its pages)."""
     dest = os.path.join(build_dir(), "screenshots")
-    shutil.rmtree(dest, ignore_errors=True)
     os.makedirs(dest, exist_ok=True)
+    for old in os.listdir(dest):
+        if old.startswith("FAILED-%s-" % scenario) or old in {os.path.basename(p) for p in paths}:
+            os.unlink(os.path.join(dest, old))
     for p in paths:
         if os.path.exists(p):
             shutil.copy(p, dest)
@@ -44,17 +55,18 @@ def keep_screenshots(paths):
 
 
 def run_pages(tmp_path, args, timeout=50):
+    scenario = args[args.index("--scenario") + 1] if "--scenario" in args else "main"
     out = tmp_path / "screenshots"
     argv = [NODE, os.path.join(BROWSER_DIR, "pages.mjs"), "--out", str(out)] + list(args)
     try:
         r = subprocess.run(argv, cwd=BROWSER_DIR, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
         shots = sorted(str(p) for p in out.glob("*.png")) if out.exists() else []
-        keep_screenshots(shots)
+        keep_screenshots(shots, scenario)
         pytest.fail("pages.mjs ran over %ss\nstdout: %s\nstderr: %s" % (timeout, e.stdout, e.stderr))
     lines = [l for l in r.stdout.splitlines() if l.startswith("{")]
     res = json.loads(lines[-1]) if lines else {}
-    keep_screenshots(res.get("screenshots") or sorted(str(p) for p in out.glob("*.png")))
+    keep_screenshots(res.get("screenshots") or sorted(str(p) for p in out.glob("*.png")), scenario)
     assert r.returncode == 0, "browser test failed:\n%s\nresults: %s" % (r.stderr[-4000:], json.dumps(res, indent=1)[-4000:])
     return res
 
@@ -66,13 +78,14 @@ def test_status_and_demo_pages_in_chromium(tmp_path, service_factory, sim_factor
                             "--binance-markets", "BTCUSDT,ETHUSDT", "--rate", "10"])
     svc = service_factory(name="pages", sim_ports=sim.ports, overrides={
         "fanout": {"workers": 2},
+        "admin": {"token": ADMIN_TOKEN},
         "exchange.upbit": {"markets": "KRW-BTC,KRW-ETH", "reconnect_min_ms": 100, "reconnect_max_ms": 500},
         "exchange.binance": {"markets": "BTCUSDT,ETHUSDT"},
     })
     svc.wait_ready()
 
     def flowing():
-        st = svc.status()
+        st = admin_status(svc, ADMIN_TOKEN)
         ex = st.get("exchanges", {})
         fan = [w for w in st["workers"] if w["kind"] == "fanout"]
         return (all(ex.get(n, {}).get("state") in ("connected", "subscribed") for n in ("upbit", "binance"))
@@ -80,7 +93,7 @@ def test_status_and_demo_pages_in_chromium(tmp_path, service_factory, sim_factor
     util.wait_until(flowing, timeout=15, what="data flowing to the fanout workers")
 
     # The page is served from the binary, on both ports, with no external reference.
-    for url in (svc.admin + "/", "http://127.0.0.1:%d/" % svc.port):
+    for url in (svc.admin + "/?token=" + ADMIN_TOKEN, "http://127.0.0.1:%d/" % svc.port):
         st, hdrs, body = util.http_get(url)
         text = body.decode() if isinstance(body, bytes) else body
         assert st == 200 and "<html" in text, (url, st)
@@ -89,7 +102,8 @@ def test_status_and_demo_pages_in_chromium(tmp_path, service_factory, sim_factor
     assert util.http_get("http://127.0.0.1:%d/nope" % svc.port)[0] == 404
 
     res = run_pages(tmp_path, ["--admin", svc.admin, "--fanout", "http://127.0.0.1:%d" % svc.port,
-                               "--sim", "http://127.0.0.1:%d" % sim.ports["control"], "--pid", str(svc.pid)])
+                               "--sim", "http://127.0.0.1:%d" % sim.ports["control"], "--pid", str(svc.pid),
+                               "--admin-token", ADMIN_TOKEN])
     steps = {s["step"]: s for s in res["steps"]}
     assert steps["status: live values"]["clients"] == 1
     assert steps["upbit down"]["status_page"] in ("disconnected", "error")
@@ -99,7 +113,7 @@ def test_status_and_demo_pages_in_chromium(tmp_path, service_factory, sim_factor
     assert len(res["screenshots"]) >= 6
 
     # What the page showed is what /status says.
-    st = svc.status()
+    st = admin_status(svc, ADMIN_TOKEN)
     assert st["latency_ms"]["p50"] is not None and st["latency_ms"]["p99"] >= st["latency_ms"]["p50"]
     assert st["exchanges"]["upbit"]["messages_per_s"] > 0
     assert all(w["messages_in_per_s"] is not None for w in st["workers"] if w["kind"] == "fanout")

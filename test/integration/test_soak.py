@@ -40,7 +40,7 @@ from harness import util
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "120"))
 CLIENTS = int(os.environ.get("SOAK_CLIENTS", "2000"))
 SAMPLE_S = 2.0
-RSS_BOUND_MB = 48
+RSS_BOUND_MB = 16
 ASAN_RSS_BOUND_MB = 400
 INGEST_FD_SLACK = 4
 MAX_GAP_S = 5.0

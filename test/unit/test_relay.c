@@ -17,9 +17,9 @@
 static void test_token(void **state)
 {
     (void)state;
-    assert_true(relay_token_ok("", NULL, NULL));            /* no token configured */
+    assert_true(relay_token_ok("", NULL, NULL)); /* no token configured */
     assert_true(relay_token_ok(NULL, "Bearer x", NULL));
-    assert_false(relay_token_ok("s3cret", NULL, NULL));     /* nothing presented */
+    assert_false(relay_token_ok("s3cret", NULL, NULL)); /* nothing presented */
     assert_true(relay_token_ok("s3cret", "Bearer s3cret", NULL));
     assert_true(relay_token_ok("s3cret", "bearer   s3cret", NULL));
     assert_false(relay_token_ok("s3cret", "Bearer s3cre", NULL));
@@ -50,8 +50,12 @@ static void test_scan(void **state)
     assert_int_equal(seq, 42);
     assert_int_equal(epoch, 7);
     static const char *bad[] = {
-        "", "{}", "{\"channel\":\"a.b\"}", "{\"type\":\"t\",\"channel\":\"a\",\"seq\":1,\"epoch\":1}",
-        "{\"channel\":\"a\\\"b\",\"seq\":1,\"epoch\":1}", "{\"channel\":\"a.b\",\"seq\":x,\"epoch\":1}",
+        "",
+        "{}",
+        "{\"channel\":\"a.b\"}",
+        "{\"type\":\"t\",\"channel\":\"a\",\"seq\":1,\"epoch\":1}",
+        "{\"channel\":\"a\\\"b\",\"seq\":1,\"epoch\":1}",
+        "{\"channel\":\"a.b\",\"seq\":x,\"epoch\":1}",
         "{\"channel\":\"\",\"seq\":1,\"epoch\":1}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
@@ -63,8 +67,12 @@ static void test_decide(void **state)
 {
     (void)state;
     const char *why = NULL;
-    switch_input_t in = {.mode = SWITCH_KAFKA, .have_kafka = 1, .kafka_ok = 1, .kafka_held_ms = 100000,
-                         .fallback_after_ms = 1000, .recover_after_ms = 2000};
+    switch_input_t in = {.mode = SWITCH_KAFKA,
+                         .have_kafka = 1,
+                         .kafka_ok = 1,
+                         .kafka_held_ms = 100000,
+                         .fallback_after_ms = 1000,
+                         .recover_after_ms = 2000};
     /* Kafka mode: healthy stays; unhealthy switches only after fallback_after_ms. */
     assert_int_equal(switch_decide(&in, &why), SWITCH_KAFKA);
     in.kafka_ok = 0;

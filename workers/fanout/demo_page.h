@@ -8,7 +8,6 @@
 /* For a request that is not a WebSocket upgrade: 200 with the page in body
  * and its headers in extra when path is / or /demo (GET or HEAD), else 0.
  * ws_path is the client endpoint the page connects to ([fanout] path). */
-int demo_page_answer(const http_req_t *req, const char *path, const char *ws_path, buf_t *extra,
-                     buf_t *body);
+int demo_page_answer(const http_req_t *req, const char *path, const char *ws_path, buf_t *extra, buf_t *body);
 
 #endif

@@ -30,7 +30,7 @@ typedef struct {
     void *resume_arg;
     wsc_t *wsc;
     char addr[256];
-    int open;      /* upgraded and resume sent */
+    int open;        /* upgraded and resume sent */
     int last_status; /* of the last refused upgrade, logged once per change */
     int have_msg;
     uint64_t last_msg, opened_at;
@@ -195,11 +195,12 @@ int source_relay_new(uv_loop_t *loop, const cfg_t *cfg, const char *addr, const 
     s->resume = resume;
     s->resume_arg = resume_arg;
     snprintf(s->addr, sizeof s->addr, "%s", addr);
-    s->m_msgs = metric_labels(metric_counter("exchange_fanout_source_messages_total",
-                                             "Messages received from the data source"),
-                              "source=\"relay\"");
-    s->m_healthy = metric_labels(metric_gauge("exchange_fanout_source_healthy", "1 when the data source can deliver"),
-                                 "source=\"relay\"");
+    s->m_msgs = metric_labels(
+        metric_counter("exchange_fanout_source_messages_total", "Messages received from the data source"),
+        "source=\"relay\"");
+    s->m_healthy =
+        metric_labels(metric_gauge("exchange_fanout_source_healthy", "1 when the data source can deliver"),
+                      "source=\"relay\"");
     auth[0] = '\0';
     if (cfg->relay.token != NULL && cfg->relay.token[0] != '\0')
         snprintf(auth, sizeof auth, "Authorization: Bearer %s\r\n", cfg->relay.token);
@@ -212,8 +213,8 @@ int source_relay_new(uv_loop_t *loop, const cfg_t *cfg, const char *addr, const 
         .connect_timeout_ms = RELAY_CONNECT_TIMEOUT_MS,
         .extra_headers = auth,
     };
-    wsc_callbacks_t cb = {.on_open = on_open, .on_message = on_message, .on_close = on_close,
-                          .on_stopped = on_stopped};
+    wsc_callbacks_t cb = {
+        .on_open = on_open, .on_message = on_message, .on_close = on_close, .on_stopped = on_stopped};
     if ((r = wsc_start(loop, &o, &cb, s, &s->wsc)) < 0) {
         log_error("relay source not started", "addr=%s err=%s", log_q(addr), uv_strerror(r));
         free(s);

@@ -110,7 +110,8 @@ static int scan_int(const char *json, size_t len, const char *key, size_t klen, 
  * "epoch":N,...} (msg_begin). Inside a JSON string a quote is always
  * escaped, so the first `,"seq":` is the top-level key. -1 if the text does
  * not look like that (the hub judges such messages itself). */
-int switch_scan_meta(const char *json, size_t len, const char **ch, size_t *chlen, int64_t *seq, int64_t *epoch)
+int switch_scan_meta(const char *json, size_t len, const char **ch, size_t *chlen, int64_t *seq,
+                     int64_t *epoch)
 {
     static const char pre[] = "{\"channel\":\"";
     if (len < sizeof(pre) || memcmp(json, pre, sizeof(pre) - 1) != 0)
@@ -211,8 +212,8 @@ static json_t *build_resume(void *arg)
                 json_object_set_new(since, t->name, json_integer(t->seq));
     int tail = s->cfg->fanout.history > 0 ? s->cfg->fanout.history : 1;
     log_info("relay resume", "epoch=%" PRId64 " channels=%zu", s->max_epoch, json_object_size(since));
-    return json_pack("{s:s, s:I, s:o, s:i}", "op", "resume", "epoch", (json_int_t)s->max_epoch, "since", since,
-                     "tail", tail);
+    return json_pack("{s:s, s:I, s:o, s:i}", "op", "resume", "epoch", (json_int_t)s->max_epoch, "since",
+                     since, "tail", tail);
 }
 
 /* ---- sinks (loop thread) ----------------------------------------------------- */

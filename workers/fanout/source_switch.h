@@ -9,12 +9,12 @@
 enum { SWITCH_KAFKA = 0, SWITCH_RELAY = 1 };
 
 typedef struct {
-    int mode;                /* SWITCH_KAFKA / SWITCH_RELAY now */
-    int have_kafka;          /* [kafka] brokers set */
-    int kafka_ok;            /* Kafka source healthy now */
-    uint64_t kafka_held_ms;  /* how long kafka_ok has held */
-    int kafka_caught_up;     /* since healthy, Kafka delivered a message at the head of its channel */
-    int relay_quiet;         /* relay not connected, or silent for recover_after_ms */
+    int mode;               /* SWITCH_KAFKA / SWITCH_RELAY now */
+    int have_kafka;         /* [kafka] brokers set */
+    int kafka_ok;           /* Kafka source healthy now */
+    uint64_t kafka_held_ms; /* how long kafka_ok has held */
+    int kafka_caught_up;    /* since healthy, Kafka delivered a message at the head of its channel */
+    int relay_quiet;        /* relay not connected, or silent for recover_after_ms */
     int fallback_after_ms, recover_after_ms;
 } switch_input_t;
 

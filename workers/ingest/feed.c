@@ -385,6 +385,10 @@ static void ws_on_close(wsc_t *wsc, const char *cause, void *arg)
     (void)wsc;
     metric_set(f->m_connected, 0);
     f->ops->on_close(f->conn);
+    /* A feed cut for silence says so first: clients mark its channels stale
+     * until it is subscribed again. */
+    if (cause != NULL && strcmp(cause, "stale") == 0)
+        sink_status(f, f->name, "stale", "no data within stale_after_ms; reconnecting");
     sink_status(f, f->name, "disconnected", cause ? cause : "");
 }
 

@@ -16,6 +16,11 @@
 
 enum { RC_HANDSHAKE = 0, RC_AWAIT_RESUME, RC_LIVE, RC_CLOSING };
 
+/* Close code for a relay client that fell behind. 1013 (try again later)
+ * would say it best, but wslay, under the fanout's wsclient, only accepts
+ * 1000-1011 and 3000-4999 and would report a protocol error instead. */
+#define RELAY_CLOSE_SLOW 1008
+
 typedef struct rconn_s rconn_t;
 struct rconn_s {
     relay_t *r;
@@ -108,7 +113,7 @@ static int send_frame(rconn_t *c, rbuf_t *frame, int replay)
         metric_inc(metric_labels(r->m_disconnects, "reason=\"slow\""));
         log_warn("relay client too slow, disconnected", "peer=%s queued=%zu", wss_peer(c->conn),
                  wss_queued_bytes(c->conn));
-        wss_close(c->conn, 1013, "relay queue limit exceeded; resume again", 1);
+        wss_close(c->conn, RELAY_CLOSE_SLOW, "relay queue limit exceeded; resume again", 1);
     }
     if (!replay)
         set_state(c, RC_CLOSING);
@@ -156,20 +161,49 @@ static void hook_epoch(void *arg, int64_t epoch)
 
 enum { FROM_SINCE, FROM_TAIL, FROM_ALL, FROM_NONE };
 
+/* The replay is queued in one loop turn, so it must fit the connection's
+ * bound: it may use half of [relay] client_queue_bytes (the other half is
+ * for the live stream while it drains). When what the client is missing is
+ * bigger, every channel keeps its newest messages in proportion and the
+ * older part is a gap, reported: a replay that can never fit would
+ * otherwise disconnect the client on every attempt. */
 typedef struct {
     rconn_t *c;
     json_t *since;
     int mode;
+    int pass; /* 0: count bytes, 1: send */
     int64_t tail;
+    uint64_t budget;     /* bytes the replay may queue */
+    uint64_t total;      /* pass 0: bytes missing over every channel */
+    uint64_t chan_bytes; /* bytes missing on the current channel */
+    uint64_t skip;       /* bytes of the current channel's oldest to leave out */
     int overflow;
     uint64_t sent;
-    int gaps;
+    int gaps, trimmed;
 } replay_t;
+
+static uint64_t frame_bytes(const rbuf_t *msg)
+{
+    return (uint64_t)(msg->len + wss_frame_header_len(msg->len));
+}
+
+static int count_msg(void *arg, int64_t seq, rbuf_t *msg)
+{
+    replay_t *rp = arg;
+    (void)seq;
+    rp->chan_bytes += frame_bytes(msg);
+    return 0;
+}
 
 static int replay_msg(void *arg, int64_t seq, rbuf_t *msg)
 {
     replay_t *rp = arg;
     (void)seq;
+    if (rp->skip > 0) {
+        uint64_t n = frame_bytes(msg);
+        rp->skip = rp->skip > n ? rp->skip - n : 0;
+        return 0;
+    }
     rbuf_t *frame = wss_frame(WSS_OP_TEXT, msg->data, msg->len);
     if (frame == NULL) {
         rp->overflow = 1;
@@ -188,6 +222,7 @@ static int replay_msg(void *arg, int64_t seq, rbuf_t *msg)
 static int replay_chan(void *arg, const char *channel, int64_t last_seq, rbuf_t *latest)
 {
     replay_t *rp = arg;
+    ingest_t *in = rp->c->r->in;
     (void)latest;
     int64_t from = 0;
     int expect_all = 1;
@@ -203,12 +238,26 @@ static int replay_chan(void *arg, const char *channel, int64_t last_seq, rbuf_t 
     }
     if (from >= last_seq)
         return 0;
-    int rc = ingest_history(rp->c->r->in, channel, from, replay_msg, rp);
-    if (rc == -ERANGE && expect_all && !rp->overflow) {
+    rp->chan_bytes = 0;
+    int rc = ingest_history(in, channel, from, count_msg, rp);
+    if (rp->pass == 0) {
+        rp->total += rp->chan_bytes;
+        return 0;
+    }
+    rp->skip = 0;
+    if (rp->total > rp->budget) {
+        /* keep = chan_bytes * budget / total, without overflowing 64 bits */
+        uint64_t keep = (uint64_t)((double)rp->chan_bytes * (double)rp->budget / (double)rp->total);
+        rp->skip = rp->chan_bytes - (keep < rp->chan_bytes ? keep : rp->chan_bytes);
+        if (rp->skip > 0 && expect_all)
+            rp->trimmed++;
+    }
+    (void)ingest_history(in, channel, from, replay_msg, rp);
+    if ((rc == -ERANGE || rp->skip > 0) && expect_all && !rp->overflow) {
         rp->gaps++;
         metric_inc(rp->c->r->m_gaps);
-        log_info("relay replay cannot reach back far enough: gap for the client", "peer=%s channel=%s since=%" PRId64,
-                 wss_peer(rp->c->conn), log_q(channel), from);
+        log_info("relay replay cannot fill the client's gap", "peer=%s channel=%s since=%" PRId64 " why=%s",
+                 wss_peer(rp->c->conn), log_q(channel), from, rc == -ERANGE ? "ring" : "client_queue_bytes");
     }
     return rp->overflow;
 }
@@ -232,25 +281,30 @@ static void handle_resume(rconn_t *c, json_t *req)
         rp.mode = FROM_ALL; /* every channel restarted at seq 1 in our epoch */
     else
         rp.mode = FROM_NONE; /* the client has seen a newer leader: we are stale, it fences us */
-    if (rp.mode != FROM_NONE)
+    rp.budget = (uint64_t)r->in->cfg->relay.client_queue_bytes / 2;
+    if (rp.mode != FROM_NONE) {
+        ingest_channels(r->in, replay_chan, &rp); /* pass 0: how much is missing */
+        rp.pass = 1;
         ingest_channels(r->in, replay_chan, &rp);
+    }
     if (rp.overflow) {
         /* Keep what is queued (it is progress for the client), close after it. */
         metric_inc(metric_labels(r->m_disconnects, "reason=\"replay_overflow\""));
         log_warn("relay replay exceeds client_queue_bytes; client must resume again", "peer=%s sent=%" PRIu64,
                  wss_peer(c->conn), rp.sent);
-        wss_close(c->conn, 1013, "replay exceeds the relay queue; resume again", 0);
+        wss_close(c->conn, RELAY_CLOSE_SLOW, "replay exceeds the relay queue; resume again", 0);
         set_state(c, RC_CLOSING);
         return;
     }
     set_state(c, RC_LIVE);
-    log_info("relay client resumed", "peer=%s mode=%s client_epoch=%" PRId64 " epoch=%" PRId64
-             " replayed=%" PRIu64 " gaps=%d",
-             wss_peer(c->conn), rp.mode == FROM_SINCE  ? "since"
+    log_info("relay client resumed",
+             "peer=%s mode=%s client_epoch=%" PRId64 " epoch=%" PRId64 " replayed=%" PRIu64 " gaps=%d",
+             wss_peer(c->conn),
+             rp.mode == FROM_SINCE  ? "since"
              : rp.mode == FROM_TAIL ? "tail"
              : rp.mode == FROM_ALL  ? "all"
-                                    : "none", epoch,
-             r->in->epoch, rp.sent, rp.gaps);
+                                    : "none",
+             epoch, r->in->epoch, rp.sent, rp.gaps);
 }
 
 /* ---- wss callbacks ------------------------------------------------------------ */
@@ -275,7 +329,8 @@ static int on_request(wss_conn_t *conn, const http_req_t *req, buf_t *extra, buf
         return st;
     }
     int has_q = http_req_query(req, "token", qtok, sizeof qtok) == 0;
-    if (!relay_token_ok(r->in->cfg->relay.token, http_req_header(req, "authorization"), has_q ? qtok : NULL)) {
+    if (!relay_token_ok(r->in->cfg->relay.token, http_req_header(req, "authorization"),
+                        has_q ? qtok : NULL)) {
         buf_puts(extra, "WWW-Authenticate: Bearer realm=\"relay\"\r\n");
         buf_puts(body, "relay token required");
         return 401;
@@ -329,7 +384,7 @@ static void on_close(wss_conn_t *conn, wss_end_t why, int code)
     rconn_t *c = wss_conn_data(conn);
     relay_t *r = c->r;
     if (!c->counted) {
-        const char *reason = why == WSS_END_REJECTED ? reject_reason(code)
+        const char *reason = why == WSS_END_REJECTED  ? reject_reason(code)
                              : why == WSS_END_TIMEOUT ? "handshake_timeout"
                                                       : "aborted";
         metric_inc(metric_labels(r->m_rejected, "reason=\"%s\"", reason));
@@ -338,14 +393,15 @@ static void on_close(wss_conn_t *conn, wss_end_t why, int code)
     } else {
         if (c->state != RC_CLOSING)
             metric_inc(metric_labels(r->m_disconnects, "reason=\"%s\"",
-                                     why == WSS_END_TIMEOUT ? "pong_timeout"
+                                     why == WSS_END_TIMEOUT    ? "pong_timeout"
                                      : why == WSS_END_PROTOCOL ? "protocol"
-                                     : why == WSS_END_LOCAL  ? "server"
-                                                             : "peer"));
+                                     : why == WSS_END_LOCAL    ? "server"
+                                                               : "peer"));
         set_state(c, RC_CLOSING);
         r->nclients--;
         metric_set(r->m_clients, r->nclients);
-        log_info("relay client disconnected", "peer=%s code=%d clients=%d", wss_peer(conn), code, r->nclients);
+        log_info("relay client disconnected", "peer=%s code=%d clients=%d", wss_peer(conn), code,
+                 r->nclients);
     }
     list_del(c);
     free(c);
@@ -413,7 +469,8 @@ int relay_start(ingest_t *in, relay_t **out)
     r->m_replayed = metric_counter("exchange_relay_replayed_total",
                                    "Messages replayed from the channel rings to resuming relay clients");
     r->m_rejected = metric_counter("exchange_relay_rejected_total", "Relay connections refused, by reason");
-    r->m_disconnects = metric_counter("exchange_relay_disconnects_total", "Relay clients disconnected, by reason");
+    r->m_disconnects =
+        metric_counter("exchange_relay_disconnects_total", "Relay clients disconnected, by reason");
     r->m_gaps = metric_counter("exchange_relay_replay_gaps_total",
                                "Channels whose ring no longer reached back to a resuming client's position");
     metric_set(r->m_clients, 0);
@@ -428,7 +485,8 @@ int relay_start(ingest_t *in, relay_t **out)
     rc = strchr(host, ':') != NULL ? uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss)
                                    : uv_ip4_addr(host, port, (struct sockaddr_in *)&ss);
     if (rc < 0) {
-        log_error("bad [relay] listen address", "listen=%s err=%s", log_q(cfg->relay.listen), uv_strerror(rc));
+        log_error("bad [relay] listen address", "listen=%s err=%s", log_q(cfg->relay.listen),
+                  uv_strerror(rc));
         goto fail;
     }
     wss_limits_t lim = {
@@ -458,8 +516,8 @@ int relay_start(ingest_t *in, relay_t **out)
     r->hook.publish = hook_publish;
     r->hook.epoch_changed = hook_epoch;
     ingest_set_relay(in, &r->hook);
-    log_info("relay listening", "listen=%s path=%s token=%s queue_bytes=%d", log_q(cfg->relay.listen), RELAY_PATH,
-             cfg->relay.token[0] ? "set" : "none", cfg->relay.client_queue_bytes);
+    log_info("relay listening", "listen=%s path=%s token=%s queue_bytes=%d", log_q(cfg->relay.listen),
+             RELAY_PATH, cfg->relay.token[0] ? "set" : "none", cfg->relay.client_queue_bytes);
     *out = r;
     return 0;
 fail:

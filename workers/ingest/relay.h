@@ -19,9 +19,13 @@
  *   Replay and live are queued in the same loop turn, so the client sees each
  *   channel's seq strictly increasing; where the ring no longer reaches back
  *   to since+1 the client sees a gap (logged here, visible there by seq).
+ *   The replay uses at most half of [relay] client_queue_bytes: when more is
+ *   missing, each channel keeps its newest part in proportion and the rest
+ *   is a gap too (counted in exchange_relay_replay_gaps_total), so a resume
+ *   always succeeds instead of overflowing again on every attempt.
  * Messages are the producer's text, framed once per live message and shared by
  * every connection (rbuf). A connection whose unsent bytes would exceed
- * [relay] client_queue_bytes is closed (1013); the worker reconnects and
+ * [relay] client_queue_bytes is closed (1008); the worker reconnects and
  * resumes, so one slow fanout never holds memory or time of the others. */
 #ifndef INGEST_RELAY_H
 #define INGEST_RELAY_H
