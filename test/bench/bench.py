@@ -39,20 +39,20 @@ CPUS = os.cpu_count() or 2
 PER_CH = 100
 FANOUT_N = [1000] if QUICK else [1000, 10000]
 SIZES = [0, 1024]  # 0: the natural trade message (no padding, ~240 B)
-STEP_WARM, STEP_S = (1.0, 2.0) if QUICK else (1.0, 3.0)
+STEP_WARM, STEP_S = (0.5, 1.5) if QUICK else (1.0, 3.0)
 REPS = 1 if QUICK else 3
 # Latency: a load below every system's saturation here, and the goal's load
 # (10k clients, 1k msg/s published = 100k msgs/s delivered).
 LAT_N, LAT_RATES = (1000, [250, 1000]) if QUICK else (10000, [250, 1000])
 # Efficiency at equal load: every system at this delivered rate.
 EQ_RATE = 25000 // PER_CH
-IDLE_N = 6000 if QUICK else 20000
+IDLE_N = 4000 if QUICK else 20000
 SYS_N = 1000
 # The mock broker (test-kafka-broker) holds a fetch for fetch.wait.max.ms even
 # when data is there; a real broker answers at once. [kafka]
 # fetch_wait_max_ms = 1 keeps that artifact out of the latency figures.
 FETCH_WAIT_MS = int(os.environ.get("BENCH_FETCH_WAIT_MS", "1"))
-FAIL_REPS = 3 if QUICK else 10
+FAIL_REPS = 2 if QUICK else 10
 # Delivered messages/s targets of the ramp; the publish rate is target / PER_CH.
 RAMP = [25000, 50000, 100000, 200000, 400000, 800000, 1600000]
 
@@ -343,8 +343,28 @@ def drain(lg, pub, limit=60):
     return False
 
 
+def strace_writes(pids, secs):
+    """Fallback without perf: strace -c (slows the server while attached,
+    the count per message stays right)."""
+    argv = ["strace", "-c", "-f", "-e", "trace=write,writev,sendto,sendmsg,sendmmsg"]
+    for p in pids:
+        argv += ["-p", str(p)]
+    st = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(secs)
+    st.send_signal(signal.SIGINT)
+    _, err = st.communicate(timeout=30)
+    counts = {}
+    for line in err.splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[-1] in ("write", "writev", "sendto", "sendmsg", "sendmmsg"):
+            counts[parts[-1]] = int(parts[3])
+    return counts or None
+
+
 def perf_writes(pids, secs):
     """write-type syscalls of every thread of pids over secs (perf tracepoints)."""
+    if not shutil.which("perf"):
+        return strace_writes(pids, secs) if shutil.which("strace") else None
     evs = ["syscalls:sys_enter_%s" % s for s in ("write", "writev", "sendto", "sendmsg", "sendmmsg")]
     argv = ["perf", "stat", "-x", ",", "-e", ",".join(evs), "-p", ",".join(str(p) for p in pids),
             "--", "sleep", "%g" % secs]
@@ -393,7 +413,7 @@ def run_fanout(cls):
                         out["latency"].append(row)
                         log("%s latency: %s" % (cls.name, {k: v for k, v in row.items() if k != "runs"}))
                         drain(lg, pub)
-                if size == SIZES[0] and n == SYS_N and "4" in ONLY and shutil.which("perf"):
+                if size == SIZES[0] and n == SYS_N and "4" in ONLY:
                     rate = 50000 // PER_CH
                     pub.send("rate %d" % rate)
                     time.sleep(STEP_WARM)
@@ -412,8 +432,10 @@ def run_fanout(cls):
                     continue
                 steps = []
                 lgpid = lg.p.pid
-                for target in RAMP:
-                    rate = target // PER_CH
+                retried = False
+                ramp = list(RAMP)
+                while ramp:
+                    rate = ramp[0] // PER_CH
                     pub.send("rate %d" % rate)
                     time.sleep(STEP_WARM)
                     c0, b0 = proc_cpu(lgpid), aux_cpu(sysobj)
@@ -430,7 +452,14 @@ def run_fanout(cls):
                            r["lat_us"]["p99"], r["lost"], r["closed"]))
                     if (r["msgs_per_s"] < 0.9 * expected or r["lat_us"]["p99"] > 2000000
                             or r["clients"] < 0.98 * n):
-                        break
+                        # The machine is shared and noisy: a step must fail twice to end the ramp.
+                        if retried or r["clients"] < 0.98 * n:
+                            break
+                        retried = True
+                        drain(lg, pub)
+                        continue
+                    retried = False
+                    ramp.pop(0)
                 best = max(steps, key=lambda s: s["msgs_per_s"])
                 runs = [best]
                 for _ in range(REPS - 1):
@@ -460,7 +489,7 @@ def run_fanout(cls):
                        "msgs_per_cpu_s": med([r["msgs"] / r["cpu_s"] if r["cpu_s"] > 0 else None for r in runs]),
                        "p99_us": med([r["lat_us"]["p99"] for r in runs]),
                        "lost": sum(r["lost"] for r in runs), "ooo": sum(r["ooo"] for r in runs),
-                       "closed": runs[-1]["closed"], "saturated": best is not steps[-1] or len(steps) < len(RAMP),
+                       "closed": runs[-1]["closed"], "saturated": bool(ramp),
                        "loadgen_cpu": med([r.get("loadgen_cpu") for r in runs]),
                        "aux_cpu": med([r.get("aux_cpu") for r in runs]), "setup_rate": ready["setup_rate"],
                        "setup_failed": ready["failed"], "steps": steps, "runs": runs,
@@ -537,9 +566,9 @@ def print_table(res):
         " (BENCH_QUICK=1)" if QUICK else "", CPUS, cpu, res.get("loadavg_start"), res.get("loadavg_end")))
     L.append("")
     L.append("(1) fanout at saturation, %d clients per channel, median of %d run(s)" % (PER_CH, REPS))
-    hdr = "%-17s %7s %6s %10s %12s %9s %12s %9s %6s %6s %8s %8s" % (
+    hdr = "%-17s %7s %6s %10s %12s %9s %12s %9s %6s %6s %8s %8s %8s" % (
         "system", "clients", "msg B", "publish/s", "delivered/s", "cpu s/s", "msgs/cpu-s", "p99 ms", "lost",
-        "ooo", "conn/s", "lg cpu")
+        "ooo", "conn/s", "lg cpu", "feed cpu")
     L.append(hdr)
     rows = {}
     for name, r in sc.get("fanout", {}).items():
@@ -548,10 +577,11 @@ def print_table(res):
             continue
         for row in r:
             rows[(name, row["clients"], row["size"])] = row
-            L.append("%-17s %7d %6.0f %10d %12s %9.2f %12s %9.1f %6d %6d %8s %8s%s" % (
+            L.append("%-17s %7d %6.0f %10d %12s %9.2f %12s %9.1f %6d %6d %8s %8s %8s%s" % (
                 name, row["clients"], row["bytes_per_msg"], row["publish_rate"], fmt(row["msgs_per_s"]),
                 row["cpu_per_s"] or 0, fmt(row["msgs_per_cpu_s"]), (row["p99_us"] or 0) / 1000, row["lost"],
                 row["ooo"], fmt(row["setup_rate"]), fmt(row["loadgen_cpu"], "%.2f"),
+                fmt(row["aux_cpu"], "%.2f") if name == "exchange-service" else "-",
                 "" if row["saturated"] else "  (ramp top, not saturated)"))
     ours = "exchange-service"
     for peer in ("nginx+nchan", "node ws"):
@@ -666,7 +696,7 @@ def main():
                 r = run_fanout(cls)
                 sc["fanout"][cls.name] = r["fanout"] if "1" in ONLY else "n/a (not selected)"
                 sc["latency"][cls.name] = r["latency"] if "2" in ONLY else "n/a (not selected)"
-                sc["syscalls"][cls.name] = (r["syscalls"] or "n/a (perf gave no counts)") if "4" in ONLY \
+                sc["syscalls"][cls.name] = (r["syscalls"] or "n/a (no perf or strace counts)") if "4" in ONLY \
                     else "n/a (not selected)"
             except Exception as e:  # noqa: BLE001 - report and go on with the next system
                 log("%s fanout failed: %r" % (cls.name, e))

@@ -130,8 +130,10 @@ def test_kill9_ingest_only_keeps_leadership(zk_server, kafka_broker, sim_factory
     before = lead.status()
     victim = ingest_pids([lead])[0]
     os.kill(victim, signal.SIGKILL)
-    util.wait_until(lambda: len(ingest_pids(svcs)) == 1 and victim not in ingest_pids(svcs),
-                    timeout=10, what="ingest restarted")
+    def restarted():
+        pids = ingest_pids(svcs)
+        return len(pids) == 1 and victim not in pids
+    util.wait_until(restarted, timeout=10, what="ingest restarted")
     after = lead.status()
     assert after["role"] == "leader" and leaders(svcs) == [lead]
     # Same leadership (same ZooKeeper node), a higher epoch for the new process.

@@ -121,7 +121,7 @@ def raw_upgrade(port, path, headers=()):
 
 # ---- tests -------------------------------------------------------------------------
 
-def test_standalone_relay_end_to_end(service_factory, sim_factory):
+def test_standalone_relay_end_to_end(sim_factory, service_factory):
     """No Kafka (the local profile): simulator -> ingest -> relay -> fanout -> client."""
     sim = sim_upbit(sim_factory)
     svc = service_factory(name="solo", sim_ports=sim.ports, overrides={"exchange.upbit": {"markets": "KRW-BTC"}})
@@ -139,7 +139,7 @@ def test_standalone_relay_end_to_end(service_factory, sim_factory):
         c.close()
 
 
-def test_relay_token_required(service_factory, sim_factory):
+def test_relay_token_required(sim_factory, service_factory):
     sim = sim_upbit(sim_factory, rate=5)
     svc = service_factory(name="tok", sim_ports=sim.ports,
                           overrides={"exchange.upbit": {"markets": "KRW-BTC"}, "relay": {"token": TOKEN}})
@@ -162,7 +162,8 @@ def test_relay_token_required(service_factory, sim_factory):
         c.close()
 
 
-def test_kafka_outage_fallback_and_back(service_factory, zk_server, kafka_broker, sim_factory):
+def test_kafka_outage_fallback_and_back(kafka_broker, zk_server, sim_factory, service_factory):
+    # (Fixture order: services are torn down before the broker, so they can flush.)
     sim = sim_upbit(sim_factory, rate=20)
     svcs = cluster(service_factory, zk_server, sim, n=2, kafka=kafka_broker)
     clients = [WsClient(s.ws_url, subscribe=[TRADE, TICKER], name="c-" + s.name).start() for s in svcs]
@@ -228,7 +229,7 @@ def epoch_of(client):
 
 
 @pytest.mark.parametrize("kafka", ["no_brokers", "brokers_down"])
-def test_leader_change_followed_in_relay_mode(service_factory, zk_server, sim_factory, kafka_factory, kafka):
+def test_leader_change_followed_in_relay_mode(kafka_factory, zk_server, sim_factory, service_factory, kafka):
     """In relay mode (no brokers configured, or all of them down) the fanouts
     move to the new leader's relay when the leader goes."""
     sim = sim_upbit(sim_factory, rate=20)
@@ -263,6 +264,8 @@ def test_leader_change_followed_in_relay_mode(service_factory, zk_server, sim_fa
         assert seq_problems(new, check_gaps=True) == []
     finally:
         c.close()
+        if broker is not None:
+            broker.up()  # so the ingest worker's final flush does not wait at teardown
 
 
 def ws_text_frame(text):
@@ -278,7 +281,7 @@ def ws_text_frame(text):
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
 
 
-def test_slow_relay_client_is_cut_off_alone(service_factory, sim_factory):
+def test_slow_relay_client_is_cut_off_alone(sim_factory, service_factory):
     """A relay client that stops reading is disconnected at [relay]
     client_queue_bytes; the instance's own fanout keeps its stream whole."""
     sim = sim_upbit(sim_factory, rate=300)
@@ -316,7 +319,7 @@ def test_slow_relay_client_is_cut_off_alone(service_factory, sim_factory):
         c.close()
 
 
-def test_gap_beyond_relay_history_is_reported(service_factory, sim_factory, kafka_broker):
+def test_gap_beyond_relay_history_is_reported(kafka_broker, sim_factory, service_factory):
     """An outage longer than the relay's ring ([relay] history) cannot be
     filled: clients see the jump in seq (never a duplicate or a reorder) and
     the relay counts it."""
@@ -340,3 +343,4 @@ def test_gap_beyond_relay_history_is_reported(service_factory, sim_factory, kafk
         assert problems and all(p.startswith("gap ") for p in problems), problems
     finally:
         c.close()
+        kafka_broker.up()  # so the ingest worker's final flush does not wait at teardown

@@ -47,10 +47,13 @@ def test_killed_fanout_is_replaced(service_factory):
     before = fanout_pids(svc)
     victim = before[0]
     os.kill(victim, signal.SIGKILL)
-    util.wait_until(lambda: len(fanout_pids(svc)) == 2 and victim not in fanout_pids(svc),
-                    timeout=10, what="killed fanout replaced")
-    restarted = [w for w in svc.workers("fanout") if w["restarts"] >= 1]
-    assert len(restarted) == 1
+    def replaced():
+        pids = fanout_pids(svc)      # one snapshot, not two racing ones
+        return len(pids) == 2 and victim not in pids
+    util.wait_until(replaced, timeout=10, what="killed fanout replaced")
+    ws = svc.workers("fanout")
+    restarted = [w for w in ws if w["restarts"] >= 1]
+    assert len(restarted) == 1, (victim, before, [(w["pid"], w["state"], w["restarts"]) for w in ws])
     assert svc.metric("exchange_worker_restarts_total", {"kind": "fanout"}) >= 1
     # Serving again: the listener accepts connections.
     util.wait_until(lambda: util.port_open(svc.port), timeout=5, what="fanout port open")
@@ -81,8 +84,10 @@ def test_sighup_with_valid_change_replaces_workers(service_factory):
     svc.sections["fanout"]["workers"] = 2
     svc.write_ini()
     svc.sighup()
-    util.wait_until(lambda: len(fanout_pids(svc)) == 2 and not set(old) & set(fanout_pids(svc)),
-                    timeout=15, what="new generation of 2 workers, old gone")
+    def swapped():
+        pids = fanout_pids(svc)
+        return len(pids) == 2 and not set(old) & set(pids)
+    util.wait_until(swapped, timeout=15, what="new generation of 2 workers, old gone")
     util.wait_until(lambda: not util.pid_alive(old[0]), timeout=10, what="old worker exited")
     assert svc.metric("exchange_reloads_total", {"result": "ok"}) == 1
     assert svc.get("/readyz")[0] == 200

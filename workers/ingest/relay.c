@@ -109,14 +109,18 @@ static int send_frame(rconn_t *c, rbuf_t *frame, int replay)
         r->messages++;
         return 0;
     }
-    if (rc == -ENOBUFS && !replay) {
+    if (replay)
+        return rc; /* handle_resume decides */
+    if (rc == -ENOBUFS) {
         metric_inc(metric_labels(r->m_disconnects, "reason=\"slow\""));
         log_warn("relay client too slow, disconnected", "peer=%s queued=%zu", wss_peer(c->conn),
                  wss_queued_bytes(c->conn));
         wss_close(c->conn, RELAY_CLOSE_SLOW, "relay queue limit exceeded; resume again", 1);
+    } else if (rc != -EPIPE) {
+        /* Missed a message (no memory): never leave a hole in an open stream. */
+        wss_close(c->conn, 1011, "relay send failed; resume again", 1);
     }
-    if (!replay)
-        set_state(c, RC_CLOSING);
+    set_state(c, RC_CLOSING);
     return rc;
 }
 
