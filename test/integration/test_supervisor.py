@@ -12,6 +12,7 @@ import pytest
 
 from harness import util
 from harness.service import REPO
+from harness.wsclient import WsClient
 
 
 def fanout_pids(svc, state="running"):
@@ -95,14 +96,22 @@ def test_sighup_with_valid_change_replaces_workers(service_factory):
 
 def test_second_sigterm_exits_at_once(service_factory):
     svc = service_factory(overrides={"fanout": {"drain_ms": 30000}}).wait_ready()
+    # A connected client keeps the drain going (reconnect hints are spread
+    # over drain_ms), so only the second signal can end it early.
+    clients = [WsClient(svc.ws_url, name="c%d" % i).start() for i in range(3)]
     children = svc.tree()
+    t0 = time.monotonic()
     svc.signal(signal.SIGTERM)
-    util.wait_until(lambda: svc.get("/readyz", timeout=0.5)[0] == 503 or not svc.running(),
-                    timeout=5, interval=0.02, what="readiness false while draining")
+    util.wait_until(lambda: svc.get("/readyz", timeout=0.5)[0] == 503, timeout=5, interval=0.02,
+                    what="readiness false while draining")
+    assert svc.running()
     svc.signal(signal.SIGTERM)
     svc.proc.wait(timeout=5)
+    assert time.monotonic() - t0 < 10        # far less than the 30 s drain
     util.wait_until(lambda: not [p for p in children if util.pid_alive(p)], timeout=5,
                     what="no orphans after a second SIGTERM")
+    for c in clients:
+        c.close()
 
 
 def test_supervisor_killed_workers_exit(service_factory):
