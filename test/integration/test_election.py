@@ -145,7 +145,7 @@ def test_kill9_ingest_only_keeps_leadership(zk_server, kafka_broker, sim_factory
 def test_zookeeper_outages(zk_factory, kafka_broker, sim_factory, service_factory):
     zk = zk_factory()
     sim = sim_only_upbit(sim_factory)
-    session_ms = 4000
+    session_ms = 8000   # leaves room for a JVM restart (1-3 s here) inside the "short" outage
     svcs = cluster(service_factory, zk, kafka_broker, sim, n=2, session_ms=session_ms)
     lead = leaders(svcs)[0]
     base = lead.status()["epoch"] // 1000
