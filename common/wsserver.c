@@ -36,6 +36,9 @@ struct wss_ctx_s {
     wss_stats_t stats;
     tls_ctx_t *tls;          /* wss://: borrowed */
     char *plain;             /* decrypted input, consumed at once like rdbuf */
+    /* One gather list for every connection's flush: uv_write copies it, and
+     * TLS consumes it at once, so no connection needs its own (4 KB each). */
+    uv_buf_t iov[WSS_MAX_IOV];
 };
 
 struct wss_conn_s {
@@ -54,7 +57,7 @@ struct wss_conn_s {
     int opened;              /* on_open ran */
     int no_report;           /* uv_accept failed: no on_close */
     int shutdown_done;
-    http_req_t req;
+    http_req_t *req;         /* only during the handshake (idle memory) */
     int have_req;
     wslay_event_context_ptr ws;
     const char *rx;
@@ -63,7 +66,6 @@ struct wss_conn_s {
     buf_t msg;               /* NUL-terminated copy of an inbound message */
     qent_t *q;
     size_t qcap, qhead, qlen, qinflight, qbytes;
-    uv_buf_t *iov;
     wss_conn_t *dnext, *dprev;
     int in_dirty;
     uint64_t last_rx, ping_at;
@@ -338,11 +340,13 @@ static void on_handle_closed(uv_handle_t *h)
     while (c->qlen)
         q_pop(c);
     free(c->q);
-    free(c->iov);
     if (c->ws)
         wslay_event_context_free(c->ws);
-    if (c->have_req)
-        http_req_free(&c->req);
+    if (c->have_req) {
+        http_req_free(c->req);
+        free(c->req);
+        c->req = NULL;
+    }
     tls_conn_free(c->tls);
     buf_free(&c->tlsout);
     buf_free(&c->ctl);
@@ -489,16 +493,13 @@ static void conn_flush(wss_conn_t *c)
      * there is room for conflated frames when the peer stalls. */
     size_t budget = c->ctx->lim.queue_bytes ? c->ctx->lim.queue_bytes / 2 : (size_t)-1;
     size_t n = 0, bytes = 0;
-    if (c->iov == NULL && (c->iov = malloc(WSS_MAX_IOV * sizeof(uv_buf_t))) == NULL) {
-        conn_close_now(c, WSS_END_ERROR);
-        return;
-    }
+    uv_buf_t *iov = c->ctx->iov;
     while (n < max) {
         qent_t *e = q_at(c, n);
         if (n > 0 && bytes + e->b->len > budget)
             break;
         bytes += e->b->len;
-        c->iov[n++] = uv_buf_init(e->b->data, (unsigned)e->b->len);
+        iov[n++] = uv_buf_init(e->b->data, (unsigned)e->b->len);
     }
     c->qinflight = n;
     c->writing = 1;
@@ -509,7 +510,7 @@ static void conn_flush(wss_conn_t *c)
         buf_reset(&c->tlsout);
         r = 0;
         for (size_t i = 0; i < n && r == 0; i++)
-            r = tls_conn_write(c->tls, c->iov[i].base, c->iov[i].len);
+            r = tls_conn_write(c->tls, iov[i].base, iov[i].len);
         if (r == 0 && tls_conn_out(c->tls, &c->tlsout) < 0)
             r = -ENOMEM;
         if (r == 0) {
@@ -517,7 +518,7 @@ static void conn_flush(wss_conn_t *c)
             r = uv_write(&c->wr, (uv_stream_t *)&c->tcp, &cb, 1, on_write);
         }
     } else {
-        r = uv_write(&c->wr, (uv_stream_t *)&c->tcp, c->iov, (unsigned)n, on_write);
+        r = uv_write(&c->wr, (uv_stream_t *)&c->tcp, iov, (unsigned)n, on_write);
     }
     if (r < 0) {
         c->writing = 0;
@@ -742,9 +743,9 @@ static int conn_upgrade(wss_conn_t *c, const char *rest, size_t restn)
     buf_init(&extra);
     buf_init(&body);
     char accept[29];
-    int status = ctx->cbs.on_request ? ctx->cbs.on_request(c, &c->req, &extra, &body) : 0;
+    int status = ctx->cbs.on_request ? ctx->cbs.on_request(c, c->req, &extra, &body) : 0;
     if (status == 0) {
-        status = wss_check_upgrade(&c->req, accept);
+        status = wss_check_upgrade(c->req, accept);
         if (status == 426)
             buf_puts(&extra, "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n");
         else if (status == 400)
@@ -780,7 +781,9 @@ static int conn_upgrade(wss_conn_t *c, const char *rest, size_t restn)
         conn_close_now(c, WSS_END_ERROR);
         return -1;
     }
-    http_req_free(&c->req);
+    http_req_free(c->req);
+    free(c->req);
+    c->req = NULL;
     c->have_req = 0;
     c->state = ST_OPEN;
     c->last_rx = uv_now(ctx->loop);
@@ -799,12 +802,12 @@ static void conn_input(wss_conn_t *c, const char *data, size_t nread)
     if (c->state == ST_HTTP) {
         if (c->why == WSS_END_REJECTED)
             return; /* refused: the answer is on its way */
-        long used = http_req_feed(&c->req, data, nread);
+        long used = http_req_feed(c->req, data, nread);
         if (used < 0) {
-            conn_reject(c, c->req.error ? c->req.error : 400, "", NULL);
+            conn_reject(c, c->req->error ? c->req->error : 400, "", NULL);
             return;
         }
-        if (!c->req.complete)
+        if (!c->req->complete)
             return;
         conn_upgrade(c, data + used, nread - (size_t)used);
         return;
@@ -1009,7 +1012,12 @@ int wss_accept(wss_ctx_t *ctx, uv_stream_t *server, void *data, wss_conn_t **out
         conn_close_now(c, WSS_END_ERROR);
         return r;
     }
-    http_req_init(&c->req, ctx->lim.max_header_bytes);
+    if ((c->req = malloc(sizeof(*c->req))) == NULL) {
+        c->no_report = 1;
+        conn_close_now(c, WSS_END_ERROR);
+        return -ENOMEM;
+    }
+    http_req_init(c->req, ctx->lim.max_header_bytes);
     c->have_req = 1;
     c->state = ST_HTTP;
     uv_timer_start(&c->timer, on_timer, ctx->lim.handshake_timeout_ms, 0);
