@@ -1,6 +1,7 @@
 /* Server-side WebSocket connections over libuv: HTTP upgrade, wslay for the
- * inbound direction and control frames, and a write queue of pre-framed
- * refcounted buffers flushed once per loop iteration as one uv_write. */
+ * inbound direction and control frames (its context only while the peer is
+ * mid-message: idle clients hold none), and a write queue of pre-framed
+ * refcounted buffers flushed once per loop iteration as one gather write. */
 #include "wsserver.h"
 
 #include <errno.h>
@@ -36,6 +37,13 @@ struct wss_ctx_s {
     wss_stats_t stats;
     tls_ctx_t *tls;          /* wss://: borrowed */
     char *plain;             /* decrypted input, consumed at once like rdbuf */
+    /* wslay runs synchronously inside one connection's read or pump, so
+     * these are shared rather than kept per connection (idle memory). */
+    const char *rx;          /* input being fed to wslay */
+    size_t rxlen;
+    buf_t ctl;               /* control frames produced by wslay */
+    buf_t msg;               /* NUL-terminated copy of an inbound message */
+    rbuf_t *ping;            /* the idle ping, framed once and shared */
     /* One gather list for every connection's flush: uv_write copies it, and
      * TLS consumes it at once, so no connection needs its own (4 KB each). */
     uv_buf_t iov[WSS_MAX_IOV];
@@ -45,31 +53,36 @@ struct wss_conn_s {
     uv_tcp_t tcp;
     uv_timer_t timer;
     uv_write_t wr;
-    uv_shutdown_t sd;
     wss_ctx_t *ctx;
     void *data;
-    int state;
-    int handles;             /* open libuv handles; free at 0 */
-    int tcp_closing;
-    int writing;
-    int shutdown_started;
-    int fin_after_flush;     /* close frame (or HTTP refusal) queued: FIN after it */
-    int opened;              /* on_open ran */
-    int no_report;           /* uv_accept failed: no on_close */
-    int shutdown_done;
+    /* Flags as bits: every idle connection holds them. */
+    unsigned state : 2;
+    unsigned handles : 2;    /* open libuv handles; free at 0 */
+    unsigned tcp_closing : 1;
+    unsigned writing : 1;
+    unsigned shutdown_started : 1;
+    unsigned fin_after_flush : 1; /* close frame (or HTTP refusal) queued: FIN after it */
+    unsigned opened : 1;     /* on_open ran */
+    unsigned no_report : 1;  /* uv_accept failed: no on_close */
+    unsigned shutdown_done : 1;
+    unsigned have_req : 1;
+    unsigned in_dirty : 1;
+    unsigned ping_out : 1;
+    unsigned rx_limited : 1; /* closed for the input rate: input is dropped */
     http_req_t *req;         /* only during the handshake (idle memory) */
-    int have_req;
+    /* Only while the peer sends something (9 KB): created when input
+     * arrives, freed again between frames (see ws_release_idle). */
     wslay_event_context_ptr ws;
-    const char *rx;
-    size_t rxlen;
-    buf_t ctl;               /* control frames produced by wslay */
-    buf_t msg;               /* NUL-terminated copy of an inbound message */
+    /* Our own walk over the frame headers fed to wslay, so we know when
+     * it is between frames with no fragmented message in progress. */
+    uint64_t fleft;          /* payload bytes left of the current frame */
+    unsigned char fhdr[14];  /* the header being read */
+    unsigned char fhlen;     /* bytes of it read so far */
+    unsigned char frag;      /* a fragmented data message is in progress */
     qent_t *q;
     size_t qcap, qhead, qlen, qinflight, qbytes;
     wss_conn_t *dnext, *dprev;
-    int in_dirty;
     uint64_t last_rx, ping_at;
-    int ping_out;
     wss_end_t why;
     int close_code;
     char peer[64];
@@ -78,7 +91,6 @@ struct wss_conn_s {
     buf_t tlsout;            /* ciphertext of the write in progress */
     uint64_t rx_window_ms;   /* input rate: a one-second window */
     size_t rx_window_bytes;
-    int rx_limited;          /* closed for the input rate: input is dropped */
 };
 
 /* Ciphertext written outside the frame queue (handshake, alerts). */
@@ -164,6 +176,7 @@ rbuf_t *wss_frame(int opcode, const void *data, size_t len)
 /* ---- context --------------------------------------------------------------- */
 
 static void conn_flush(wss_conn_t *c);
+static int ws_ensure(wss_conn_t *c);
 static void tls_send_side(wss_conn_t *c);
 
 static void dirty_del(wss_conn_t *c)
@@ -223,6 +236,8 @@ int wss_ctx_new(uv_loop_t *loop, const wss_limits_t *lim, const wss_callbacks_t 
     if (ctx->lim.max_header_bytes == 0)
         ctx->lim.max_header_bytes = 8192;
     ctx->cbs = *cbs;
+    buf_init(&ctx->ctl);
+    buf_init(&ctx->msg);
     uv_check_init(loop, &ctx->check);
     ctx->check.data = ctx;
     uv_check_start(&ctx->check, on_check);
@@ -239,6 +254,10 @@ void wss_ctx_set_tls(wss_ctx_t *ctx, tls_ctx_t *tls)
 static void ctx_on_check_closed(uv_handle_t *h)
 {
     wss_ctx_t *ctx = h->data;
+    if (ctx->ping)
+        rbuf_unref(ctx->ping);
+    buf_free(&ctx->ctl);
+    buf_free(&ctx->msg);
     free(ctx->plain);
     free(ctx->rdbuf);
     free(ctx);
@@ -272,7 +291,9 @@ static qent_t *q_at(wss_conn_t *c, size_t i)
 
 static int q_grow(wss_conn_t *c)
 {
-    size_t ncap = c->qcap ? c->qcap * 2 : 16;
+    /* Frames are written as they come (uv_try_write), so a client that
+     * keeps up rarely holds more than a few: start small (idle memory). */
+    size_t ncap = c->qcap ? c->qcap * 2 : 4;
     qent_t *nq = malloc(ncap * sizeof(*nq));
     if (nq == NULL)
         return -ENOMEM;
@@ -349,8 +370,6 @@ static void on_handle_closed(uv_handle_t *h)
     }
     tls_conn_free(c->tls);
     buf_free(&c->tlsout);
-    buf_free(&c->ctl);
-    buf_free(&c->msg);
     free(c);
     ctx->nconns--;
     ctx_maybe_free(ctx);
@@ -376,6 +395,7 @@ void wss_abort(wss_conn_t *c)
 static void on_shutdown(uv_shutdown_t *req, int status)
 {
     wss_conn_t *c = req->data;
+    free(req);
     c->shutdown_done = 1;
     if (c->tcp_closing)
         return;
@@ -448,9 +468,17 @@ static void maybe_finish(wss_conn_t *c)
         if (c->tcp_closing)
             return;
     }
-    c->sd.data = c;
-    if (uv_shutdown(&c->sd, (uv_stream_t *)&c->tcp, on_shutdown) < 0)
+    /* Once per connection: not kept in every idle one. */
+    uv_shutdown_t *sd = malloc(sizeof *sd);
+    if (sd == NULL) {
         conn_close_now(c, WSS_END_ERROR);
+        return;
+    }
+    sd->data = c;
+    if (uv_shutdown(sd, (uv_stream_t *)&c->tcp, on_shutdown) < 0) {
+        free(sd);
+        conn_close_now(c, WSS_END_ERROR);
+    }
 }
 
 /* ---- writing --------------------------------------------------------------- */
@@ -480,6 +508,46 @@ static void on_write(uv_write_t *req, int status)
         maybe_finish(c);
 }
 
+/* Plain TCP: write the batch at once with uv_try_write. A uv_write that
+ * completes at once still costs an epoll_ctl and a callback in the next
+ * iteration; only the rest of a partial write goes through uv_write. */
+static void conn_write_plain(wss_conn_t *c, uv_buf_t *iov, size_t n)
+{
+    int r = uv_try_write((uv_stream_t *)&c->tcp, iov, (unsigned)n);
+    if (r < 0 && r != UV_EAGAIN) {
+        conn_close_now(c, WSS_END_ERROR);
+        return;
+    }
+    size_t done = r > 0 ? (size_t)r : 0, i = 0;
+    /* Frames written whole leave the queue now. */
+    while (i < n && done >= iov[i].len) {
+        done -= iov[i].len;
+        if (c->state != ST_HTTP) {
+            c->ctx->stats.frames_sent++;
+            c->ctx->stats.bytes_sent += iov[i].len;
+        }
+        q_pop(c);
+        i++;
+    }
+    if (i == n) {
+        if (c->qlen > 0)
+            dirty_add(c); /* more than one gather list: on_check goes on */
+        else
+            maybe_finish(c);
+        return;
+    }
+    iov[i].base += done;
+    iov[i].len -= done;
+    c->qinflight = n - i;
+    c->writing = 1;
+    c->wr.data = c;
+    if ((r = uv_write(&c->wr, (uv_stream_t *)&c->tcp, iov + i, (unsigned)(n - i), on_write)) < 0) {
+        c->writing = 0;
+        c->qinflight = 0;
+        conn_close_now(c, WSS_END_ERROR);
+    }
+}
+
 static void conn_flush(wss_conn_t *c)
 {
     if (c->writing || c->tcp_closing)
@@ -501,24 +569,23 @@ static void conn_flush(wss_conn_t *c)
         bytes += e->b->len;
         iov[n++] = uv_buf_init(e->b->data, (unsigned)e->b->len);
     }
+    if (c->tls == NULL) {
+        conn_write_plain(c, iov, n);
+        return;
+    }
     c->qinflight = n;
     c->writing = 1;
     c->wr.data = c;
-    int r;
-    if (c->tls != NULL) {
-        /* Encrypt the batch into one ciphertext buffer, held until on_write. */
-        buf_reset(&c->tlsout);
-        r = 0;
-        for (size_t i = 0; i < n && r == 0; i++)
-            r = tls_conn_write(c->tls, iov[i].base, iov[i].len);
-        if (r == 0 && tls_conn_out(c->tls, &c->tlsout) < 0)
-            r = -ENOMEM;
-        if (r == 0) {
-            uv_buf_t cb = uv_buf_init(c->tlsout.data, (unsigned)c->tlsout.len);
-            r = uv_write(&c->wr, (uv_stream_t *)&c->tcp, &cb, 1, on_write);
-        }
-    } else {
-        r = uv_write(&c->wr, (uv_stream_t *)&c->tcp, iov, (unsigned)n, on_write);
+    /* TLS: encrypt the batch into one ciphertext buffer, held until on_write. */
+    buf_reset(&c->tlsout);
+    int r = 0;
+    for (size_t i = 0; i < n && r == 0; i++)
+        r = tls_conn_write(c->tls, iov[i].base, iov[i].len);
+    if (r == 0 && tls_conn_out(c->tls, &c->tlsout) < 0)
+        r = -ENOMEM;
+    if (r == 0) {
+        uv_buf_t cb = uv_buf_init(c->tlsout.data, (unsigned)c->tlsout.len);
+        r = uv_write(&c->wr, (uv_stream_t *)&c->tcp, &cb, 1, on_write);
     }
     if (r < 0) {
         c->writing = 0;
@@ -534,9 +601,10 @@ static void ws_pump(wss_conn_t *c)
         return;
     if (wslay_event_want_write(c->ws))
         (void)wslay_event_send(c->ws);
-    if (c->ctl.len > 0) {
-        rbuf_t *b = rbuf_new(c->ctl.data, c->ctl.len);
-        buf_reset(&c->ctl);
+    buf_t *ctl = &c->ctx->ctl;
+    if (ctl->len > 0) {
+        rbuf_t *b = rbuf_new(ctl->data, ctl->len);
+        buf_reset(ctl);
         if (b == NULL || q_push(c, b, NULL) < 0) {
             conn_close_now(c, WSS_END_ERROR);
             return;
@@ -619,6 +687,10 @@ void wss_close(wss_conn_t *c, int code, const char *reason, int drop_queued)
     size_t rl = reason ? strlen(reason) : 0;
     if (rl > 123)
         rl = 123;
+    if (ws_ensure(c) < 0) {
+        conn_close_now(c, WSS_END_ERROR);
+        return;
+    }
     (void)wslay_event_queue_close(c->ws, (uint16_t)code, (const uint8_t *)reason, rl);
     enter_closing(c);
     ws_pump(c);
@@ -630,14 +702,15 @@ static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
 {
     wss_conn_t *c = user;
     (void)flags;
-    if (c->rxlen == 0) {
+    wss_ctx_t *x = c->ctx;
+    if (x->rxlen == 0) {
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
         return -1;
     }
-    size_t n = len < c->rxlen ? len : c->rxlen;
-    memcpy(buf, c->rx, n);
-    c->rx += n;
-    c->rxlen -= n;
+    size_t n = len < x->rxlen ? len : x->rxlen;
+    memcpy(buf, x->rx, n);
+    x->rx += n;
+    x->rxlen -= n;
     return (ssize_t)n;
 }
 
@@ -646,7 +719,7 @@ static ssize_t ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size
 {
     wss_conn_t *c = user;
     (void)flags;
-    if (buf_append(&c->ctl, data, len) < 0) {
+    if (buf_append(&c->ctx->ctl, data, len) < 0) {
         wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
         return -1;
     }
@@ -662,10 +735,11 @@ static void ws_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_m
         return;
     if (c->state != ST_OPEN || c->ctx->cbs.on_message == NULL)
         return;
-    buf_reset(&c->msg);
-    if (buf_append(&c->msg, arg->msg, arg->msg_length) < 0)
+    buf_t *m = &c->ctx->msg;
+    buf_reset(m);
+    if (buf_append(m, arg->msg, arg->msg_length) < 0)
         return;
-    c->ctx->cbs.on_message(c, arg->opcode, c->msg.data ? c->msg.data : "", arg->msg_length);
+    c->ctx->cbs.on_message(c, arg->opcode, m->data ? m->data : "", arg->msg_length);
 }
 
 /* ---- reading --------------------------------------------------------------- */
@@ -712,17 +786,87 @@ static void conn_reject(wss_conn_t *c, int status, const char *extra, const char
     uv_timer_start(&c->timer, on_timer, c->ctx->lim.close_timeout_ms, 0);
 }
 
+/* Follow the frame headers in the bytes wslay is about to read. Only
+ * exact for a valid stream; on anything else wslay closes the connection,
+ * and a closing connection keeps its context. */
+static void fw_walk(wss_conn_t *c, const unsigned char *p, size_t n)
+{
+    while (n > 0) {
+        if (c->fleft > 0) {
+            size_t k = c->fleft < n ? (size_t)c->fleft : n;
+            c->fleft -= k;
+            p += k;
+            n -= k;
+            if (c->fleft == 0 && (c->fhdr[0] & 0x08) == 0)
+                c->frag = !(c->fhdr[0] & 0x80); /* data frame: FIN ends the message */
+            continue;
+        }
+        c->fhdr[c->fhlen++] = *p++;
+        n--;
+        if (c->fhlen < 2)
+            continue;
+        unsigned l7 = c->fhdr[1] & 0x7f;
+        size_t need = 2 + (l7 == 126 ? 2 : l7 == 127 ? 8 : 0) + ((c->fhdr[1] & 0x80) ? 4 : 0);
+        if (c->fhlen < need)
+            continue;
+        uint64_t len = l7;
+        if (l7 == 126) {
+            len = (uint64_t)c->fhdr[2] << 8 | c->fhdr[3];
+        } else if (l7 == 127) {
+            len = 0;
+            for (int i = 0; i < 8; i++)
+                len = len << 8 | c->fhdr[2 + i];
+        }
+        c->fhlen = 0;
+        c->fleft = len;
+        if (len == 0 && (c->fhdr[0] & 0x08) == 0)
+            c->frag = !(c->fhdr[0] & 0x80);
+    }
+}
+
+static int ws_ensure(wss_conn_t *c)
+{
+    if (c->ws != NULL)
+        return 0;
+    struct wslay_event_callbacks cbs = {.recv_callback = ws_recv_cb,
+                                        .send_callback = ws_send_cb,
+                                        .on_msg_recv_callback = ws_msg_cb};
+    if (wslay_event_context_server_init(&c->ws, &cbs, c) != 0) {
+        c->ws = NULL;
+        return -ENOMEM;
+    }
+    if (c->ctx->lim.max_message_bytes)
+        wslay_event_config_set_max_recv_msg_length(c->ws, c->ctx->lim.max_message_bytes);
+    return 0;
+}
+
+/* An idle client sends only pongs: drop wslay's context once it is
+ * between frames, has no fragmented message open and nothing to write. */
+static void ws_release_idle(wss_conn_t *c)
+{
+    if (c->ws == NULL || c->state != ST_OPEN || c->tcp_closing || c->fhlen || c->fleft || c->frag ||
+        c->ctx->ctl.len > 0 || wslay_event_want_write(c->ws))
+        return;
+    wslay_event_context_free(c->ws);
+    c->ws = NULL;
+}
+
 static void ws_feed(wss_conn_t *c, const char *data, size_t n)
 {
-    c->rx = data;
-    c->rxlen = n;
+    if (ws_ensure(c) < 0) {
+        conn_close_now(c, WSS_END_ERROR);
+        return;
+    }
+    fw_walk(c, (const unsigned char *)data, n);
+    c->ctx->rx = data;
+    c->ctx->rxlen = n;
     if (wslay_event_want_read(c->ws) && wslay_event_recv(c->ws) != 0) {
-        c->rxlen = 0;
+        c->ctx->rxlen = 0;
         c->ctx->stats.protocol_errors++;
         conn_close_now(c, WSS_END_ERROR);
         return;
     }
-    c->rxlen = 0;
+    c->ctx->rxlen = 0;
     if (c->tcp_closing)
         return;
     ws_pump(c);
@@ -758,16 +902,6 @@ static int conn_upgrade(wss_conn_t *c, const char *rest, size_t restn)
         return -1;
     }
     buf_free(&body);
-    struct wslay_event_callbacks cbs = {.recv_callback = ws_recv_cb,
-                                        .send_callback = ws_send_cb,
-                                        .on_msg_recv_callback = ws_msg_cb};
-    if (wslay_event_context_server_init(&c->ws, &cbs, c) != 0) {
-        buf_free(&extra);
-        conn_close_now(c, WSS_END_ERROR);
-        return -1;
-    }
-    if (ctx->lim.max_message_bytes)
-        wslay_event_config_set_max_recv_msg_length(c->ws, ctx->lim.max_message_bytes);
     buf_t resp;
     buf_init(&resp);
     buf_printf(&resp,
@@ -791,8 +925,11 @@ static int conn_upgrade(wss_conn_t *c, const char *rest, size_t restn)
     c->opened = 1;
     if (ctx->cbs.on_open)
         ctx->cbs.on_open(c);
-    if (!c->tcp_closing && c->state == ST_OPEN && restn > 0)
+    if (!c->tcp_closing && c->state == ST_OPEN && restn > 0) {
         ws_feed(c, rest, restn);
+        if (!c->tcp_closing)
+            ws_release_idle(c);
+    }
     return 0;
 }
 
@@ -812,7 +949,7 @@ static void conn_input(wss_conn_t *c, const char *data, size_t nread)
         conn_upgrade(c, data + used, nread - (size_t)used);
         return;
     }
-    if (c->ws && wslay_event_want_read(c->ws)) {
+    if (c->state == ST_OPEN || (c->ws && wslay_event_want_read(c->ws))) {
         ws_feed(c, data, nread);
         if (!c->tcp_closing && c->ws && wslay_event_get_close_received(c->ws) &&
             wslay_event_get_close_sent(c->ws)) {
@@ -821,6 +958,8 @@ static void conn_input(wss_conn_t *c, const char *data, size_t nread)
             else
                 maybe_finish(c);
         }
+        if (!c->tcp_closing)
+            ws_release_idle(c);
     }
     /* else: closing and wslay is done reading; wait for EOF. */
 }
@@ -947,11 +1086,11 @@ static void on_timer(uv_timer_t *t)
     }
     uint64_t idle = now - c->last_rx;
     if (idle >= ctx->lim.idle_timeout_ms) {
-        struct wslay_event_msg m = {.opcode = WSLAY_PING, .msg = (const uint8_t *)"", .msg_length = 0};
-        if (wslay_event_queue_msg(c->ws, &m) == 0) {
+        /* Pre-framed like data, so an idle client needs no wslay context. */
+        if (ctx->ping == NULL)
+            ctx->ping = wss_frame(WSS_OP_PING, "", 0);
+        if (ctx->ping != NULL && q_push(c, rbuf_ref(ctx->ping), NULL) == 0)
             ctx->stats.pings_sent++;
-            ws_pump(c);
-        }
         c->ping_out = 1;
         c->ping_at = now;
         uv_timer_start(t, on_timer, ctx->lim.pong_timeout_ms ? ctx->lim.pong_timeout_ms : 1, 0);
@@ -970,8 +1109,6 @@ int wss_accept(wss_ctx_t *ctx, uv_stream_t *server, void *data, wss_conn_t **out
         return -ENOMEM;
     c->ctx = ctx;
     c->data = data;
-    buf_init(&c->ctl);
-    buf_init(&c->msg);
     if ((r = uv_tcp_init(ctx->loop, &c->tcp)) < 0) {
         free(c);
         return r;

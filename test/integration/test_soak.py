@@ -255,8 +255,11 @@ def test_soak_clients_churn(more_fds, sim_factory, service_factory, build_dir):
                    abs(now[k] - fds_before[k]) <= INGEST_FD_SLACK for k in now)
     try:
         util.wait_until(fds_back, timeout=20, what="file descriptors back to the baseline")
-    finally:
-        fds_after = {k: fd_count(p) if util.pid_alive(p) else -1 for k, p in procs.items()}
+    except AssertionError as e:
+        now = {k: fd_count(p) if util.pid_alive(p) else -1 for k, p in procs.items()}
+        raise AssertionError("%s: before %s, now %s, status clients %s" % (
+            e, fds_before, now, svc.status().get("clients"))) from None
+    fds_after = {k: fd_count(p) if util.pid_alive(p) else -1 for k, p in procs.items()}
     time.sleep(SAMPLE_S)
     final = {k: rss_kb(p) for k, p in procs.items()}
 

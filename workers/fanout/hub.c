@@ -81,7 +81,8 @@ static int grow(void **arr, int *cap, int need, size_t elem)
 {
     if (need <= *cap)
         return 0;
-    int ncap = *cap ? *cap * 2 : 8;
+    /* Start small: most clients hold one subscription (idle memory). */
+    int ncap = *cap ? *cap * 2 : 2;
     while (ncap < need)
         ncap *= 2;
     void *n = realloc(*arr, (size_t)ncap * elem);
@@ -315,6 +316,9 @@ const char *hub_channel_known(const hub_t *h, int i)
         return NULL;
     return h->chans[i]->name;
 }
+
+/* ---- routing fields -------------------------------------------------------- */
+
 
 static void deliver(hub_t *h, edge_t *e, rbuf_t *frame, const void *tag)
 {

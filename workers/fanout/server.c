@@ -35,7 +35,7 @@ struct client_s {
     int auth_checked;         /* [auth] enabled: auth_result holds the verdict */
     jwt_result_t auth_result;
     auth_grant_t grant;
-    char forbidden[160];      /* a URL channel outside the grant */
+    int forbidden;            /* 1 + index in url_chans of a channel outside the grant */
 };
 
 /* ---- metrics ------------------------------------------------------------- */
@@ -254,9 +254,9 @@ static int on_request(wss_conn_t *conn, const http_req_t *req, buf_t *extra, buf
         cfg_free_list(names, n);
         return 400;
     }
-    for (int i = 0; i < n && c->forbidden[0] == '\0'; i++)
+    for (int i = 0; i < n && c->forbidden == 0; i++)
         if (!auth_channel_allowed(&c->grant, names[i]))
-            snprintf(c->forbidden, sizeof c->forbidden, "%s", names[i]);
+            c->forbidden = i + 1;
     c->url_chans = names;
     c->n_url = n;
     c->upgraded = 1;
@@ -297,8 +297,8 @@ static void on_open(wss_conn_t *conn)
         auth_fail(c, 4001, jwt_result_name(c->auth_result), NULL);
         return;
     }
-    if (c->forbidden[0] != '\0') {
-        auth_fail(c, 4003, "forbidden_channel", c->forbidden);
+    if (c->forbidden > 0) {
+        auth_fail(c, 4003, "forbidden_channel", c->url_chans[c->forbidden - 1]);
         return;
     }
     if (c->n_url > 0)
