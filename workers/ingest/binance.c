@@ -168,13 +168,8 @@ static const char *on_trade(connector_t *c, json_t *d, int64_t recv_ts)
         return "missing_field";
     if (!json_is_boolean(m))
         return "wrong_type";
-    buf_reset(&c->body);
-    msg_str(&c->body, "price", price);
-    msg_str(&c->body, "qty", qty);
     /* m: the buyer is the maker, so the taker sold */
-    msg_str(&c->body, "side", json_is_true(m) ? "sell" : "buy");
-    msg_str(&c->body, "trade_id", id);
-    conn_emit(c, "trade", sym, ts, recv_ts);
+    conn_emit_trade(c, sym, price, qty, json_is_true(m) ? "sell" : "buy", id, ts, recv_ts);
     return NULL;
 bad:
     return why;

@@ -302,12 +302,7 @@ static const char *on_trade(connector_t *c, json_t *t, int64_t ts, int64_t recv_
         if (conn_rfc3339_ms(time, &ts) < 0)
             return "bad_time";
     }
-    buf_reset(&c->body);
-    msg_str(&c->body, "price", price);
-    msg_str(&c->body, "qty", qty);
-    msg_str(&c->body, "side", side);
-    msg_str(&c->body, "trade_id", id);
-    conn_emit(c, "trade", sym, ts, recv_ts);
+    conn_emit_trade(c, sym, price, qty, side, id, ts, recv_ts);
     return NULL;
 bad:
     return why;

@@ -441,6 +441,17 @@ void conn_emit(connector_t *c, const char *type, const char *symbol, int64_t ts,
         s->emit(s->arg, ch, c->out.data, c->out.len);
 }
 
+void conn_emit_trade(connector_t *c, const char *symbol, const char *price, const char *qty,
+                     const char *side, const char *trade_id, int64_t ts, int64_t recv_ts)
+{
+    buf_reset(&c->body);
+    msg_str(&c->body, "price", price);
+    msg_str(&c->body, "qty", qty);
+    msg_str(&c->body, "side", side);
+    msg_str(&c->body, "trade_id", trade_id);
+    conn_emit(c, "trade", symbol, ts, recv_ts);
+}
+
 void conn_data_seen(connector_t *c)
 {
     if (c->subscribed)

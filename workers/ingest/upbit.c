@@ -165,12 +165,7 @@ static const char *on_trade(connector_t *c, json_t *root, int64_t recv_ts)
         return "bad_side";
     NEED(conn_id(get2(root, "sequential_id", "sid"), id, sizeof(id)));
     NEED(conn_ts(get2(root, "trade_timestamp", "ttms"), &ts));
-    buf_reset(&c->body);
-    msg_str(&c->body, "price", price);
-    msg_str(&c->body, "qty", qty);
-    msg_str(&c->body, "side", side);
-    msg_str(&c->body, "trade_id", id);
-    conn_emit(c, "trade", sym, ts, recv_ts);
+    conn_emit_trade(c, sym, price, qty, side, id, ts, recv_ts);
     return NULL;
 bad:
     return why;
