@@ -13,13 +13,13 @@ typedef struct {
 
 void buf_init(buf_t *b);
 void buf_free(buf_t *b);
-void buf_reset(buf_t *b);                 /* len = 0, keeps memory */
-int buf_reserve(buf_t *b, size_t extra);  /* 0 or -ENOMEM */
+void buf_reset(buf_t *b);                /* len = 0, keeps memory */
+int buf_reserve(buf_t *b, size_t extra); /* 0 or -ENOMEM */
 int buf_append(buf_t *b, const void *p, size_t n);
 int buf_puts(buf_t *b, const char *s);
 int buf_printf(buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int buf_vprintf(buf_t *b, const char *fmt, va_list ap);
-void buf_consume(buf_t *b, size_t n);     /* drop n bytes from the front */
+void buf_consume(buf_t *b, size_t n); /* drop n bytes from the front */
 /* The escape sequence for byte c inside a quoted string (\" \\ \n \r \t \b \f,
  * other control bytes \u00XX) written to esc; 0 when c stands as it is. */
 size_t buf_escape_byte(unsigned char c, char esc[8]);

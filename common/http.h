@@ -10,7 +10,7 @@
 #define HTTP_MAX_HEADERS 64
 
 typedef struct {
-    char *name;   /* lower-cased */
+    char *name; /* lower-cased */
     char *value;
 } http_header_t;
 
@@ -24,9 +24,9 @@ typedef struct {
     buf_t body;
     http_header_t headers[HTTP_MAX_HEADERS];
     int nheaders;
-    int complete;     /* message complete (or headers complete for upgrade) */
-    int upgrade;      /* Connection: upgrade seen */
-    int error;        /* HTTP status to answer with: 400, 431, 413 */
+    int complete; /* message complete (or headers complete for upgrade) */
+    int upgrade;  /* Connection: upgrade seen */
+    int error;    /* HTTP status to answer with: 400, 431, 413 */
     int in_value;
     buf_t cur_name, cur_value;
 } http_req_t;

@@ -17,10 +17,9 @@ typedef void (*ipc_msg_cb)(ipc_t *ipc, json_t *msg, void *arg);
  * err is 0 for EOF. The ipc_t is freed after this returns. */
 typedef void (*ipc_close_cb)(ipc_t *ipc, int err, void *arg);
 
-int ipc_open(uv_loop_t *loop, int fd, ipc_msg_cb on_msg, ipc_close_cb on_close, void *arg,
-             ipc_t **out);
-int ipc_send(ipc_t *ipc, json_t *msg);   /* does not steal the reference */
-void ipc_close(ipc_t *ipc);              /* on_close is not called */
+int ipc_open(uv_loop_t *loop, int fd, ipc_msg_cb on_msg, ipc_close_cb on_close, void *arg, ipc_t **out);
+int ipc_send(ipc_t *ipc, json_t *msg); /* does not steal the reference */
+void ipc_close(ipc_t *ipc);            /* on_close is not called */
 /* Bytes queued for writing and not yet written (ipc_send fails with
  * -ENOBUFS past 64 MiB). The peer closing makes writes raise SIGPIPE:
  * processes using ipc must ignore SIGPIPE. */

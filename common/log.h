@@ -10,9 +10,9 @@
 
 typedef enum { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR } log_level_t;
 
-void log_init(const char *role);            /* "supervisor", "ingest", "fanout", ... */
-int log_set_level(const char *name);        /* debug|info|warn|error; -EINVAL otherwise */
-int log_set_format(const char *name);       /* logfmt|json; -EINVAL otherwise */
+void log_init(const char *role);      /* "supervisor", "ingest", "fanout", ... */
+int log_set_level(const char *name);  /* debug|info|warn|error; -EINVAL otherwise */
+int log_set_format(const char *name); /* logfmt|json; -EINVAL otherwise */
 log_level_t log_get_level(void);
 int log_enabled(log_level_t lvl);
 
@@ -29,7 +29,11 @@ const char *log_q(const char *s);
  * and format into b without writing it; log_write uses it (tests too). */
 void log_format_line(buf_t *b, log_level_t lvl, const char *msg, const char *fields);
 
-#define log_debug(msg, ...) do { if (log_enabled(LOG_DEBUG)) log_write(LOG_DEBUG, msg, __VA_ARGS__); } while (0)
+#define log_debug(msg, ...)                                                                                  \
+    do {                                                                                                     \
+        if (log_enabled(LOG_DEBUG))                                                                          \
+            log_write(LOG_DEBUG, msg, __VA_ARGS__);                                                          \
+    } while (0)
 #define log_info(msg, ...) log_write(LOG_INFO, msg, __VA_ARGS__)
 #define log_warn(msg, ...) log_write(LOG_WARN, msg, __VA_ARGS__)
 #define log_error(msg, ...) log_write(LOG_ERROR, msg, __VA_ARGS__)

@@ -13,7 +13,7 @@ typedef struct metric_s metric_t; /* one series (a family's unlabelled series or
 
 metrics_registry_t *metrics_registry_new(void);
 void metrics_registry_free(metrics_registry_t *r);
-metrics_registry_t *metrics_default(void);  /* the process-wide registry */
+metrics_registry_t *metrics_default(void); /* the process-wide registry */
 
 /* Register (or find) a family in the default registry. Names are prefixed by
  * the caller (exchange_...). Counters should end in _total. The returned
@@ -24,20 +24,19 @@ metric_t *metric_gauge(const char *name, const char *help);
  * buckets in seconds (0.0005 .. 10). */
 metric_t *metric_histogram(const char *name, const char *help, const double *buckets, int n);
 /* Same in a given registry. */
-metric_t *metrics_reg_family(metrics_registry_t *r, metric_type_t t, const char *name,
-                             const char *help, const double *buckets, int n);
+metric_t *metrics_reg_family(metrics_registry_t *r, metric_type_t t, const char *name, const char *help,
+                             const double *buckets, int n);
 
 /* Child series with labels, created on first use; labels_fmt formats to
  * Prometheus label pairs without braces: `exchange="upbit",reason="stale"`.
  * Cache the result on hot paths. */
-metric_t *metric_labels(metric_t *family, const char *labels_fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+metric_t *metric_labels(metric_t *family, const char *labels_fmt, ...) __attribute__((format(printf, 2, 3)));
 
 void metric_inc(metric_t *m);
 void metric_add(metric_t *m, double v);
 void metric_set(metric_t *m, double v);
 void metric_observe(metric_t *m, double v);
-double metric_value(const metric_t *m);  /* counter/gauge value; histogram count */
+double metric_value(const metric_t *m); /* counter/gauge value; histogram count */
 
 /* Prometheus text exposition format (version 0.0.4) of a registry. */
 int metrics_render(metrics_registry_t *r, buf_t *out);

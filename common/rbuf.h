@@ -10,9 +10,13 @@ typedef struct rbuf_s {
     char data[];
 } rbuf_t;
 
-rbuf_t *rbuf_new(const void *data, size_t len);   /* refs = 1 */
-rbuf_t *rbuf_alloc(size_t len);                   /* uninitialised data */
-static inline rbuf_t *rbuf_ref(rbuf_t *b) { b->refs++; return b; }
+rbuf_t *rbuf_new(const void *data, size_t len); /* refs = 1 */
+rbuf_t *rbuf_alloc(size_t len);                 /* uninitialised data */
+static inline rbuf_t *rbuf_ref(rbuf_t *b)
+{
+    b->refs++;
+    return b;
+}
 void rbuf_unref(rbuf_t *b);
 
 #endif

@@ -40,12 +40,12 @@ void worker_send(worker_t *w, json_t *msg)
 static void on_stats_timer(uv_timer_t *t)
 {
     worker_t *w = t->data;
-    json_t *status = json_pack("{s:i, s:s, s:b}", "pid", (int)getpid(), "role", w->ops->role,
-                               "draining", w->draining);
+    json_t *status =
+        json_pack("{s:i, s:s, s:b}", "pid", (int)getpid(), "role", w->ops->role, "draining", w->draining);
     if (w->ops->on_status != NULL)
         w->ops->on_status(w, status);
-    json_t *msg = json_pack("{s:s, s:o, s:o}", "t", "stats", "metrics",
-                            metrics_snapshot(metrics_default()), "status", status);
+    json_t *msg = json_pack("{s:s, s:o, s:o}", "t", "stats", "metrics", metrics_snapshot(metrics_default()),
+                            "status", status);
     worker_send(w, msg);
     json_decref(msg);
 }
@@ -161,9 +161,9 @@ static void usage(const char *prog)
 int worker_main(int argc, char **argv, const worker_ops_t *ops, void *data)
 {
     static const struct option opts[] = {
-        {"ipc-fd", required_argument, NULL, 'i'}, {"conf-dir", required_argument, NULL, 'd'},
+        {"ipc-fd", required_argument, NULL, 'i'},  {"conf-dir", required_argument, NULL, 'd'},
         {"profile", required_argument, NULL, 'p'}, {"config", required_argument, NULL, 'c'},
-        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0}};
     static worker_t w;
     int ipc_fd = -1, c;
     cfg_opts_t copts = {.use_env = 1};

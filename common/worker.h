@@ -24,20 +24,20 @@
 typedef struct worker_s worker_t;
 
 typedef struct {
-    const char *role;                                   /* "fanout" / "ingest" */
-    int (*on_start)(worker_t *w);                       /* config is in w->cfg */
+    const char *role;                                        /* "fanout" / "ingest" */
+    int (*on_start)(worker_t *w);                            /* config is in w->cfg */
     void (*on_msg)(worker_t *w, const char *t, json_t *msg); /* other messages */
-    void (*on_drain)(worker_t *w, int drain_ms);       /* must end with worker_exit() */
-    void (*on_status)(worker_t *w, json_t *status);    /* add fields to the stats status */
-    void (*on_stop)(worker_t *w);                      /* parent gone / SIGTERM standalone: quick exit */
+    void (*on_drain)(worker_t *w, int drain_ms);             /* must end with worker_exit() */
+    void (*on_status)(worker_t *w, json_t *status);          /* add fields to the stats status */
+    void (*on_stop)(worker_t *w); /* parent gone / SIGTERM standalone: quick exit */
 } worker_ops_t;
 
 struct worker_s {
     uv_loop_t *loop;
     cfg_t *cfg;
-    ipc_t *ipc;              /* NULL when standalone */
+    ipc_t *ipc; /* NULL when standalone */
     const worker_ops_t *ops;
-    void *data;              /* the worker's own state */
+    void *data; /* the worker's own state */
     int draining;
     int exit_code;
     uv_timer_t stats_timer;
@@ -45,8 +45,8 @@ struct worker_s {
 };
 
 int worker_main(int argc, char **argv, const worker_ops_t *ops, void *data);
-void worker_send(worker_t *w, json_t *msg);   /* no-op when standalone */
-void worker_exit(worker_t *w, int code);      /* close handles, stop the loop */
-uint64_t worker_now_ms(void);                 /* wall clock, ms since epoch */
+void worker_send(worker_t *w, json_t *msg); /* no-op when standalone */
+void worker_exit(worker_t *w, int code);    /* close handles, stop the loop */
+uint64_t worker_now_ms(void);               /* wall clock, ms since epoch */
 
 #endif

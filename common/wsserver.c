@@ -31,19 +31,19 @@ struct wss_ctx_s {
     uv_check_t check;
     int nconns;
     int freeing;
-    wss_conn_t *dirty;       /* connections with frames to write */
-    char *rdbuf;             /* one read buffer: every read is consumed at once */
+    wss_conn_t *dirty; /* connections with frames to write */
+    char *rdbuf;       /* one read buffer: every read is consumed at once */
     int rdbuf_busy;
     wss_stats_t stats;
-    tls_ctx_t *tls;          /* wss://: borrowed */
-    char *plain;             /* decrypted input, consumed at once like rdbuf */
+    tls_ctx_t *tls; /* wss://: borrowed */
+    char *plain;    /* decrypted input, consumed at once like rdbuf */
     /* wslay runs synchronously inside one connection's read or pump, so
      * these are shared rather than kept per connection (idle memory). */
-    const char *rx;          /* input being fed to wslay */
+    const char *rx; /* input being fed to wslay */
     size_t rxlen;
-    buf_t ctl;               /* control frames produced by wslay */
-    buf_t msg;               /* NUL-terminated copy of an inbound message */
-    rbuf_t *ping;            /* the idle ping, framed once and shared */
+    buf_t ctl;    /* control frames produced by wslay */
+    buf_t msg;    /* NUL-terminated copy of an inbound message */
+    rbuf_t *ping; /* the idle ping, framed once and shared */
     /* One gather list for every connection's flush: uv_write copies it, and
      * TLS consumes it at once, so no connection needs its own (4 KB each). */
     uv_buf_t iov[WSS_MAX_IOV];
@@ -57,13 +57,13 @@ struct wss_conn_s {
     void *data;
     /* Flags as bits: every idle connection holds them. */
     unsigned state : 2;
-    unsigned handles : 2;    /* open libuv handles; free at 0 */
+    unsigned handles : 2; /* open libuv handles; free at 0 */
     unsigned tcp_closing : 1;
     unsigned writing : 1;
     unsigned shutdown_started : 1;
     unsigned fin_after_flush : 1; /* close frame (or HTTP refusal) queued: FIN after it */
-    unsigned opened : 1;     /* on_open ran */
-    unsigned no_report : 1;  /* uv_accept failed: no on_close */
+    unsigned opened : 1;          /* on_open ran */
+    unsigned no_report : 1;       /* uv_accept failed: no on_close */
     unsigned shutdown_done : 1;
     unsigned have_req : 1;
     unsigned in_dirty : 1;
@@ -75,10 +75,10 @@ struct wss_conn_s {
     wslay_event_context_ptr ws;
     /* Our own walk over the frame headers fed to wslay, so we know when
      * it is between frames with no fragmented message in progress. */
-    uint64_t fleft;          /* payload bytes left of the current frame */
-    unsigned char fhdr[14];  /* the header being read */
-    unsigned char fhlen;     /* bytes of it read so far */
-    unsigned char frag;      /* a fragmented data message is in progress */
+    uint64_t fleft;         /* payload bytes left of the current frame */
+    unsigned char fhdr[14]; /* the header being read */
+    unsigned char fhlen;    /* bytes of it read so far */
+    unsigned char frag;     /* a fragmented data message is in progress */
     qent_t *q;
     size_t qcap, qhead, qlen, qinflight, qbytes;
     wss_conn_t *dnext, *dprev;
@@ -87,9 +87,9 @@ struct wss_conn_s {
     int close_code;
     char peer[64];
     char ip[INET6_ADDRSTRLEN];
-    tls_conn_t *tls;         /* wss:// */
-    buf_t tlsout;            /* ciphertext of the write in progress */
-    uint64_t rx_window_ms;   /* input rate: a one-second window */
+    tls_conn_t *tls;       /* wss:// */
+    buf_t tlsout;          /* ciphertext of the write in progress */
+    uint64_t rx_window_ms; /* input rate: a one-second window */
     size_t rx_window_bytes;
 };
 
@@ -103,8 +103,8 @@ typedef struct {
 
 static int b64char(int ch)
 {
-    return (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
-           ch == '+' || ch == '/';
+    return (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '+' ||
+           ch == '/';
 }
 
 int wss_accept_key(const char *key, char out[29])
@@ -714,8 +714,7 @@ static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
     return (ssize_t)n;
 }
 
-static ssize_t ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
-                          void *user)
+static ssize_t ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags, void *user)
 {
     wss_conn_t *c = user;
     (void)flags;
@@ -726,8 +725,7 @@ static ssize_t ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size
     return (ssize_t)len;
 }
 
-static void ws_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
-                      void *user)
+static void ws_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg, void *user)
 {
     wss_conn_t *c = user;
     (void)ctx;
@@ -828,9 +826,8 @@ static int ws_ensure(wss_conn_t *c)
 {
     if (c->ws != NULL)
         return 0;
-    struct wslay_event_callbacks cbs = {.recv_callback = ws_recv_cb,
-                                        .send_callback = ws_send_cb,
-                                        .on_msg_recv_callback = ws_msg_cb};
+    struct wslay_event_callbacks cbs = {
+        .recv_callback = ws_recv_cb, .send_callback = ws_send_cb, .on_msg_recv_callback = ws_msg_cb};
     if (wslay_event_context_server_init(&c->ws, &cbs, c) != 0) {
         c->ws = NULL;
         return -ENOMEM;

@@ -23,28 +23,28 @@
 /* Why a connection ended, for metrics and logs. */
 typedef enum {
     WSS_END_NONE = 0,
-    WSS_END_PEER,       /* peer closed (close frame or EOF) */
-    WSS_END_LOCAL,      /* wss_close() by the application */
-    WSS_END_PROTOCOL,   /* bad frame, bad UTF-8 (1007), too big (1009) */
-    WSS_END_TIMEOUT,    /* no pong before the deadline */
-    WSS_END_ERROR,      /* socket error */
-    WSS_END_REJECTED,   /* the HTTP upgrade was refused */
-    WSS_END_RATE,       /* sent more than limits.max_rx_bytes_per_sec (close 1008) */
-    WSS_END_TLS,        /* the TLS handshake failed */
+    WSS_END_PEER,     /* peer closed (close frame or EOF) */
+    WSS_END_LOCAL,    /* wss_close() by the application */
+    WSS_END_PROTOCOL, /* bad frame, bad UTF-8 (1007), too big (1009) */
+    WSS_END_TIMEOUT,  /* no pong before the deadline */
+    WSS_END_ERROR,    /* socket error */
+    WSS_END_REJECTED, /* the HTTP upgrade was refused */
+    WSS_END_RATE,     /* sent more than limits.max_rx_bytes_per_sec (close 1008) */
+    WSS_END_TLS,      /* the TLS handshake failed */
 } wss_end_t;
 
 typedef struct wss_conn_s wss_conn_t;
 
 typedef struct {
-    size_t max_header_bytes;     /* HTTP request header bound (431 over it) */
-    size_t max_message_bytes;    /* inbound message bound (close 1009) */
-    size_t queue_bytes;          /* outbound bound; 0 = unbounded */
-    uint64_t idle_timeout_ms;    /* ping after this long without input; 0 = never */
-    uint64_t pong_timeout_ms;    /* close if nothing arrives this long after the ping */
-    uint64_t close_timeout_ms;   /* wait this long for the close handshake/flush */
+    size_t max_header_bytes;       /* HTTP request header bound (431 over it) */
+    size_t max_message_bytes;      /* inbound message bound (close 1009) */
+    size_t queue_bytes;            /* outbound bound; 0 = unbounded */
+    uint64_t idle_timeout_ms;      /* ping after this long without input; 0 = never */
+    uint64_t pong_timeout_ms;      /* close if nothing arrives this long after the ping */
+    uint64_t close_timeout_ms;     /* wait this long for the close handshake/flush */
     uint64_t handshake_timeout_ms; /* whole HTTP request must arrive within this */
-    size_t max_rx_bytes_per_sec; /* bytes read from one peer per second (every frame, and TLS
-                                    records as received); over it close 1008; 0 = no limit */
+    size_t max_rx_bytes_per_sec;   /* bytes read from one peer per second (every frame, and TLS
+                                      records as received); over it close 1008; 0 = no limit */
 } wss_limits_t;
 
 typedef struct {
@@ -81,9 +81,9 @@ int wss_accept(wss_ctx_t *ctx, uv_stream_t *server, void *data, wss_conn_t **out
 
 void *wss_conn_data(const wss_conn_t *c);
 void wss_conn_set_data(wss_conn_t *c, void *data);
-int wss_conn_is_open(const wss_conn_t *c);   /* upgraded and not closing */
+int wss_conn_is_open(const wss_conn_t *c); /* upgraded and not closing */
 size_t wss_queued_bytes(const wss_conn_t *c);
-const char *wss_peer(const wss_conn_t *c);   /* "ip:port" */
+const char *wss_peer(const wss_conn_t *c);    /* "ip:port" */
 const char *wss_peer_ip(const wss_conn_t *c); /* "ip" */
 /* wss:// only: the negotiated protocol ("TLSv1.3"), else "". */
 const char *wss_tls_version(const wss_conn_t *c);
@@ -119,7 +119,7 @@ size_t wss_frame_header_len(size_t len);
 
 /* Counters kept by every context since start (for metrics). */
 typedef struct {
-    uint64_t frames_sent;     /* frames fully written */
+    uint64_t frames_sent; /* frames fully written */
     uint64_t bytes_sent;
     uint64_t conflated;
     uint64_t pings_sent;
@@ -128,8 +128,8 @@ typedef struct {
     uint64_t bad_utf8;        /* 1007 */
     uint64_t protocol_errors; /* 1002 and other wslay errors */
     uint64_t tls_handshake_failures;
-    uint64_t rx_rate_closes;  /* over max_rx_bytes_per_sec */
-    size_t queued_bytes;      /* now, over all connections */
+    uint64_t rx_rate_closes; /* over max_rx_bytes_per_sec */
+    size_t queued_bytes;     /* now, over all connections */
 } wss_stats_t;
 const wss_stats_t *wss_ctx_stats(const wss_ctx_t *ctx);
 

@@ -296,7 +296,10 @@ static void status_add_rates(json_t *st)
     json_object_set_new(st, "exchange_latency_ms", latency_json(1));
 }
 
-static const char *role_name(void) { return sup.role == ROLE_LEADER ? "leader" : "follower"; }
+static const char *role_name(void)
+{
+    return sup.role == ROLE_LEADER ? "leader" : "follower";
+}
 
 int sup_is_ready(void)
 {
@@ -319,12 +322,11 @@ json_t *sup_status_json(void)
     for (proc_t *p = sup.procs; p != NULL; p = p->next) {
         if (p->state == PS_EXITED && !p->want_restart)
             continue;
-        json_t *w = json_pack("{s:s, s:i, s:s, s:i, s:I, s:i, s:i, s:b}", "kind",
-                              proc_kind_name(p->kind), "pid", (int)p->pid, "state",
-                              p->state == PS_EXITED ? "backoff" : proc_state_name(p->state),
-                              "restarts", p->restarts, "uptime_s",
-                              (json_int_t)((now - p->started_ms) / 1000), "slot", p->slot,
-                              "generation", p->generation, "crashloop", p->crashloop);
+        json_t *w =
+            json_pack("{s:s, s:i, s:s, s:i, s:I, s:i, s:i, s:b}", "kind", proc_kind_name(p->kind), "pid",
+                      (int)p->pid, "state", p->state == PS_EXITED ? "backoff" : proc_state_name(p->state),
+                      "restarts", p->restarts, "uptime_s", (json_int_t)((now - p->started_ms) / 1000), "slot",
+                      p->slot, "generation", p->generation, "crashloop", p->crashloop);
         if (p->status != NULL) {
             const char *k;
             json_t *v;
@@ -372,14 +374,14 @@ int sup_render_metrics(buf_t *out)
                                              "1 while the worker's slot is in a crash loop.", NULL, 0);
     metric_t *clients = metrics_reg_family(agg, METRIC_GAUGE, "exchange_worker_clients",
                                            "Clients connected to each fanout worker.", NULL, 0);
-    metric_t *role = metrics_reg_family(agg, METRIC_GAUGE, "exchange_leader",
-                                        "1 while this instance leads.", NULL, 0);
+    metric_t *role =
+        metrics_reg_family(agg, METRIC_GAUGE, "exchange_leader", "1 while this instance leads.", NULL, 0);
     metric_t *epoch = metrics_reg_family(agg, METRIC_GAUGE, "exchange_epoch",
                                          "The current leader epoch (fencing token).", NULL, 0);
     metric_t *trans = metrics_reg_family(agg, METRIC_COUNTER, "exchange_leader_transitions_total",
                                          "Leadership changes seen by this instance.", NULL, 0);
-    metric_t *ready = metrics_reg_family(agg, METRIC_GAUGE, "exchange_ready",
-                                         "1 while /readyz answers 200.", NULL, 0);
+    metric_t *ready =
+        metrics_reg_family(agg, METRIC_GAUGE, "exchange_ready", "1 while /readyz answers 200.", NULL, 0);
     metric_set(role, sup.role == ROLE_LEADER);
     metric_set(epoch, (double)sup_epoch());
     metric_add(trans, (double)sup.transitions);

@@ -4,7 +4,7 @@
 #define ELECTION_H
 
 int election_start(void);
-void election_resign(void);   /* SIGTERM: delete our node first */
+void election_resign(void); /* SIGTERM: delete our node first */
 void election_stop(void);
 
 #endif

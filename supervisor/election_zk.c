@@ -45,7 +45,7 @@ static uv_timer_t z_suspend_timer, z_retry_timer, z_ping_timer;
 static uint64_t last_contact_ms;
 
 static zhandle_t *zh;
-static long zgen;           /* session generation: events of older sessions are ignored */
+static long zgen; /* session generation: events of older sessions are ignored */
 static int connected, ever_connected, creating, resigned, stopping;
 static char election_path[512], node_prefix[300], my_node[1024];
 static int64_t my_seq = -1;
@@ -285,8 +285,7 @@ static void on_children(zev_t *e)
     sup.zk_seq = node_seq(e->list[0]); /* the leader's, for /status */
     zoo_awexists(zh, pred, on_node_watch, (void *)(intptr_t)zgen, on_stat_done, ctx_new(EV_EXISTS, pred));
     if (mine - 1 != 0)
-        zoo_awexists(zh, lead, on_node_watch, (void *)(intptr_t)zgen, on_stat_done,
-                     ctx_new(EV_EXISTS, lead));
+        zoo_awexists(zh, lead, on_node_watch, (void *)(intptr_t)zgen, on_stat_done, ctx_new(EV_EXISTS, lead));
     zoo_aget(zh, lead, 0, on_data_done, ctx_new(EV_DATA, lead));
 }
 
@@ -346,8 +345,8 @@ static void on_session(zev_t *e)
         uv_timer_stop(&z_suspend_timer);
         uint64_t every = (uint64_t)session_timeout_ms() / 6;
         uv_timer_start(&z_ping_timer, on_ping_timer, every < 100 ? 100 : every, every < 100 ? 100 : every);
-        log_info(ever_connected ? "zookeeper reconnected" : "zookeeper connected",
-                 "negotiated_timeout_ms=%d", zoo_recv_timeout(zh));
+        log_info(ever_connected ? "zookeeper reconnected" : "zookeeper connected", "negotiated_timeout_ms=%d",
+                 zoo_recv_timeout(zh));
         ever_connected = 1;
         set_session_state("connected");
         if (!resigned)
@@ -427,7 +426,8 @@ static void on_async(uv_async_t *a)
                     json_t *d = json_loads(e->value, 0, NULL);
                     const char *id = json_string_value(json_object_get(d, "instance"));
                     const char *relay = json_string_value(json_object_get(d, "relay"));
-                    if (id != NULL && (strcmp(id, sup.leader_id) != 0 || strcmp(relay ? relay : "", sup.leader_relay) != 0)) {
+                    if (id != NULL && (strcmp(id, sup.leader_id) != 0 ||
+                                       strcmp(relay ? relay : "", sup.leader_relay) != 0)) {
                         log_info("following", "leader=%s relay=%s", log_q(id), log_q(relay ? relay : ""));
                         sup_become_follower(id, relay);
                     }

@@ -83,8 +83,7 @@ static void reload(void)
     cfg_t *nc = cfg_load(&sup.cfg_opts, &err);
     if (nc == NULL) {
         metric_inc(metric_labels(m_reloads, "result=\"failed\""));
-        log_error("reload failed, keeping the old configuration", "err=%s",
-                  log_q(err.data ? err.data : ""));
+        log_error("reload failed, keeping the old configuration", "err=%s", log_q(err.data ? err.data : ""));
         goto out;
     }
     if (cfg_diff_restart_keys(sup.cfg, nc, &why)) {
@@ -155,11 +154,13 @@ static int find_exe_dir(void)
 
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"profile", required_argument, NULL, 'p'}, {"config", required_argument, NULL, 'c'},
-        {"conf-dir", required_argument, NULL, 'd'}, {"check-config", no_argument, NULL, 'k'},
-        {"print-ini", no_argument, NULL, 'P'},      {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"profile", required_argument, NULL, 'p'},
+                                         {"config", required_argument, NULL, 'c'},
+                                         {"conf-dir", required_argument, NULL, 'd'},
+                                         {"check-config", no_argument, NULL, 'k'},
+                                         {"print-ini", no_argument, NULL, 'P'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
     int c, check = 0, r;
     buf_t err, out;
 
@@ -227,8 +228,7 @@ int main(int argc, char **argv)
              log_q(sup.cfg->service.instance), log_q(sup.cfg->profile ? sup.cfg->profile : ""),
              log_q(sup.cfg->files ? sup.cfg->files : ""), (int)getpid());
     if ((r = admin_start(sup.cfg->admin.listen)) < 0) {
-        log_error("admin listen failed", "addr=%s err=%s", sup.cfg->admin.listen,
-                  log_q(uv_strerror(r)));
+        log_error("admin listen failed", "addr=%s err=%s", sup.cfg->admin.listen, log_q(uv_strerror(r)));
         return 1;
     }
     spawn_fanouts();

@@ -25,7 +25,10 @@ const char *proc_state_name(proc_state_t s)
     return n[s];
 }
 
-const char *proc_kind_name(proc_kind_t k) { return k == PROC_INGEST ? "ingest" : "fanout"; }
+const char *proc_kind_name(proc_kind_t k)
+{
+    return k == PROC_INGEST ? "ingest" : "fanout";
+}
 
 static void init_metrics(void)
 {
@@ -43,9 +46,8 @@ static void init_metrics(void)
 
 json_t *procs_leader_msg(void)
 {
-    return json_pack("{s:s, s:I, s:s, s:s, s:b}", "t", "leader", "epoch", (json_int_t)sup_epoch(),
-                     "leader", sup.leader_id, "relay", sup.leader_relay, "is_self",
-                     sup.role == ROLE_LEADER);
+    return json_pack("{s:s, s:I, s:s, s:s, s:b}", "t", "leader", "epoch", (json_int_t)sup_epoch(), "leader",
+                     sup.leader_id, "relay", sup.leader_relay, "is_self", sup.role == ROLE_LEADER);
 }
 
 static void send_config(proc_t *p)
@@ -53,8 +55,8 @@ static void send_config(proc_t *p)
     buf_t ini;
     buf_init(&ini);
     cfg_dump(sup.cfg, &ini, 0);
-    json_t *msg = json_pack("{s:s, s:s, s:s}", "t", "config", "ini", ini.data ? ini.data : "",
-                            "name", "supervisor");
+    json_t *msg =
+        json_pack("{s:s, s:s, s:s}", "t", "config", "ini", ini.data ? ini.data : "", "name", "supervisor");
     ipc_send(p->ipc, msg);
     json_decref(msg);
     buf_free(&ini);
@@ -74,8 +76,8 @@ static void on_worker_msg(ipc_t *ipc, json_t *msg, void *arg)
     if (strcmp(t, "ready") == 0) {
         if (p->state == PS_STARTING)
             p->state = PS_RUNNING;
-        log_info("worker ready", "kind=%s pid=%d slot=%d generation=%d", proc_kind_name(p->kind),
-                 (int)p->pid, p->slot, p->generation);
+        log_info("worker ready", "kind=%s pid=%d slot=%d generation=%d", proc_kind_name(p->kind), (int)p->pid,
+                 p->slot, p->generation);
         /* Reload: the new generation is serving, drain the old one. */
         if (p->kind == PROC_FANOUT) {
             for (proc_t *o = sup.procs; o != NULL; o = o->next)
@@ -111,7 +113,10 @@ static void on_worker_close(ipc_t *ipc, int err, void *arg)
         log_warn("worker ipc closed with error", "pid=%d err=%d", (int)p->pid, err);
 }
 
-static uint64_t now_ms(void) { return worker_now_ms(); }
+static uint64_t now_ms(void)
+{
+    return worker_now_ms();
+}
 
 int procs_spawn(proc_kind_t kind, int slot)
 {
@@ -176,8 +181,8 @@ int procs_spawn(proc_kind_t kind, int slot)
     }
     send_config(p);
     metric_inc(metric_labels(m_spawns, "kind=\"%s\"", proc_kind_name(kind)));
-    log_info("worker spawned", "kind=%s pid=%d slot=%d generation=%d", proc_kind_name(kind),
-             (int)pid, slot, p->generation);
+    log_info("worker spawned", "kind=%s pid=%d slot=%d generation=%d", proc_kind_name(kind), (int)pid, slot,
+             p->generation);
     return 0;
 }
 
@@ -242,7 +247,10 @@ void procs_kill_all(int sig)
             kill(p->pid, sig);
 }
 
-static void on_restart_timer_close(uv_handle_t *h) { free(h); }
+static void on_restart_timer_close(uv_handle_t *h)
+{
+    free(h);
+}
 
 static void on_restart_timer(uv_timer_t *t)
 {
@@ -293,8 +301,8 @@ static uint64_t restart_delay(proc_t *p)
         if (!p->crashloop) {
             metric_inc(metric_labels(m_crashloops, "kind=\"%s\"", proc_kind_name(p->kind)));
             log_error("worker crash loop", "kind=%s slot=%d crashes=%d window_ms=%d retry_ms=%d",
-                      proc_kind_name(p->kind), p->slot, p->crashes_in_window,
-                      c->supervisor.crash_window_ms, c->supervisor.restart_max_ms);
+                      proc_kind_name(p->kind), p->slot, p->crashes_in_window, c->supervisor.crash_window_ms,
+                      c->supervisor.restart_max_ms);
         }
         p->crashloop = 1;
         d = (uint64_t)c->supervisor.restart_max_ms;
@@ -327,8 +335,8 @@ static void on_exit_proc(proc_t *p, int status)
         uv_timer_start(p->restart_timer, on_restart_timer, d, 0);
     } else {
         p->want_restart = 0;
-        log_info("worker exited", "kind=%s pid=%d slot=%d %s", proc_kind_name(p->kind), (int)p->pid,
-                 p->slot, how);
+        log_info("worker exited", "kind=%s pid=%d slot=%d %s", proc_kind_name(p->kind), (int)p->pid, p->slot,
+                 how);
         if (p->kind == PROC_INGEST && !sup.draining)
             sup_start_ingest_if_leader(); /* a reload or leadership change stopped it */
     }

@@ -18,20 +18,20 @@ typedef enum { PS_STARTING = 0, PS_RUNNING, PS_DRAINING, PS_EXITED, PS_BACKOFF }
 typedef struct proc_s {
     struct proc_s *next;
     proc_kind_t kind;
-    int slot;              /* fanout slot index; 0 for ingest */
-    int generation;        /* config generation it runs */
+    int slot;       /* fanout slot index; 0 for ingest */
+    int generation; /* config generation it runs */
     pid_t pid;
     proc_state_t state;
     ipc_t *ipc;
     uint64_t started_ms;
-    int restarts;          /* restarts of this slot */
+    int restarts; /* restarts of this slot */
     int crashes_in_window;
     uint64_t window_start_ms;
     int crashloop;
     unsigned backoff_attempt;
-    int want_restart;      /* exit is unexpected: restart the slot */
-    json_t *metrics;       /* last snapshot */
-    json_t *status;        /* last status */
+    int want_restart; /* exit is unexpected: restart the slot */
+    json_t *metrics;  /* last snapshot */
+    json_t *status;   /* last status */
     uv_timer_t *restart_timer;
 } proc_t;
 
@@ -51,8 +51,8 @@ typedef struct {
 
     /* leadership */
     role_t role;
-    int64_t zk_seq;         /* our leadership's sequence (fencing base) */
-    int ingest_gen;         /* ingest starts within this leadership */
+    int64_t zk_seq; /* our leadership's sequence (fencing base) */
+    int ingest_gen; /* ingest starts within this leadership */
     char leader_id[256];
     char leader_relay[256];
     char session_state[32];
@@ -62,7 +62,7 @@ typedef struct {
     uv_signal_t sig_term, sig_int, sig_hup, sig_chld;
     uv_timer_t drain_timer;
     uv_timer_t reload_timer;
-    metrics_registry_t *reg;  /* the supervisor's own metrics */
+    metrics_registry_t *reg; /* the supervisor's own metrics */
 } sup_t;
 
 extern sup_t sup;

@@ -104,22 +104,10 @@ static const struct {
     const char *name;
     int key;
 } api_keys[] = {
-    {"Produce", 0},
-    {"Fetch", 1},
-    {"ListOffsets", 2},
-    {"Metadata", 3},
-    {"OffsetCommit", 8},
-    {"OffsetFetch", 9},
-    {"FindCoordinator", 10},
-    {"JoinGroup", 11},
-    {"Heartbeat", 12},
-    {"LeaveGroup", 13},
-    {"SyncGroup", 14},
-    {"ApiVersions", 18},
-    {"CreateTopics", 19},
-    {"InitProducerId", 22},
-    {"AddPartitionsToTxn", 24},
-    {"EndTxn", 26},
+    {"Produce", 0},       {"Fetch", 1},           {"ListOffsets", 2},         {"Metadata", 3},
+    {"OffsetCommit", 8},  {"OffsetFetch", 9},     {"FindCoordinator", 10},    {"JoinGroup", 11},
+    {"Heartbeat", 12},    {"LeaveGroup", 13},     {"SyncGroup", 14},          {"ApiVersions", 18},
+    {"CreateTopics", 19}, {"InitProducerId", 22}, {"AddPartitionsToTxn", 24}, {"EndTxn", 26},
 };
 
 static int parse_api_key(const char *s)
@@ -222,8 +210,8 @@ static void status_line(struct app *a, char *out, size_t len)
 {
     size_t off = 0;
     int i, first = 1;
-    off += (size_t)snprintf(out + off, len - off, "{\"bootstrap\":\"%s\",\"brokers\":%d,\"down\":[", a->bootstrap,
-                            a->nbrokers);
+    off += (size_t)snprintf(out + off, len - off, "{\"bootstrap\":\"%s\",\"brokers\":%d,\"down\":[",
+                            a->bootstrap, a->nbrokers);
     for (i = 1; i <= a->nbrokers && off < len; i++) {
         if (a->b[i].up)
             continue;
@@ -340,7 +328,8 @@ static int handle(struct app *a, char *line)
         reply("ok topic-error %s %s", argv[1], rd_kafka_err2name(e));
     } else if (strcmp(argv[0], "leader") == 0) {
         long id;
-        if (argc != 4 || parse_int(argv[2], 0, 100000, &v) < 0 || parse_int(argv[3], -1, a->nbrokers, &id) < 0) {
+        if (argc != 4 || parse_int(argv[2], 0, 100000, &v) < 0 ||
+            parse_int(argv[3], -1, a->nbrokers, &id) < 0) {
             reply("error usage: leader TOPIC PARTITION ID");
             return 0;
         }

@@ -21,7 +21,7 @@ typedef struct {
     char *text[MAXF];
     const void *tag[MAXF];
     int n;
-    int refuse;      /* return -ENOBUFS */
+    int refuse; /* return -ENOBUFS */
 } fake_t;
 
 static int fake_send(void *user, rbuf_t *frame, const void *tag)
@@ -59,7 +59,9 @@ static hub_t *mkhub(int history, int maxsubs)
 static int pub(hub_t *h, const char *ch, long seq, long epoch)
 {
     char buf[512];
-    const char *t = strncmp(ch, "trade", 5) == 0 ? "trade" : strncmp(ch, "orderbook", 9) == 0 ? "orderbook" : "ticker";
+    const char *t = strncmp(ch, "trade", 5) == 0       ? "trade"
+                    : strncmp(ch, "orderbook", 9) == 0 ? "orderbook"
+                                                       : "ticker";
     snprintf(buf, sizeof buf,
              "{\"channel\":\"%s\",\"type\":\"%s\",\"exchange\":\"x\",\"symbol\":\"A-B\",\"seq\":%ld,"
              "\"epoch\":%ld,\"ts\":1,\"recv_ts\":2}",

@@ -13,21 +13,21 @@
 typedef struct client_s client_t;
 
 typedef struct {
-    metric_t *clients;            /* gauge */
-    metric_t *accepted;           /* counter */
-    metric_t *rejected;           /* family, reason= */
-    metric_t *limit_hits;         /* family, limit= */
-    metric_t *disconnects;        /* family, reason= */
+    metric_t *clients;     /* gauge */
+    metric_t *accepted;    /* counter */
+    metric_t *rejected;    /* family, reason= */
+    metric_t *limit_hits;  /* family, limit= */
+    metric_t *disconnects; /* family, reason= */
     metric_t *messages_sent, *bytes_sent;
-    metric_t *received;           /* messages from the source */
-    metric_t *dropped;            /* family, reason= */
+    metric_t *received; /* messages from the source */
+    metric_t *dropped;  /* family, reason= */
     metric_t *drop_fenced, *drop_duplicate, *drop_conflated, *drop_invalid;
     metric_t *slow_closes;
-    metric_t *queue_bytes;        /* gauge */
-    metric_t *channels;           /* gauge */
+    metric_t *queue_bytes; /* gauge */
+    metric_t *channels;    /* gauge */
     metric_t *latency_ts, *latency_recv;
-    metric_t *max_epoch;          /* gauge */
-    metric_t *auth_failures;      /* family, reason= (4001 jwt reasons, 4003 forbidden_channel) */
+    metric_t *max_epoch;     /* gauge */
+    metric_t *auth_failures; /* family, reason= (4001 jwt reasons, 4003 forbidden_channel) */
 } fanout_metrics_t;
 
 typedef struct fanout_s {
@@ -39,19 +39,19 @@ typedef struct fanout_s {
     wss_ctx_t *wss;
     uv_tcp_t listener;
     int listening;
-    int port;                     /* bound port */
+    int port; /* bound port */
     char **origins;
     int norigins;
-    client_t *active;             /* open clients (not yet told to drain) */
-    client_t *drained;            /* told to reconnect, closing */
-    int nclients;                 /* upgraded, not yet closed */
+    client_t *active;  /* open clients (not yet told to drain) */
+    client_t *drained; /* told to reconnect, closing */
+    int nclients;      /* upgraded, not yet closed */
     int draining;
     int drain_total, drain_per_tick;
     uv_timer_t drain_timer, deadline_timer, sync_timer;
     int timers_init;
     fanout_metrics_t m;
-    struct limits_s *limits;      /* per-IP connection limits (limits.h) */
-    tls_ctx_t *tls;               /* wss:// serving ([tls] cert), read at start */
+    struct limits_s *limits; /* per-IP connection limits (limits.h) */
+    tls_ctx_t *tls;          /* wss:// serving ([tls] cert), read at start */
     /* last values copied from wss/hub stats into counters */
     uint64_t synced_frames, synced_bytes, synced_conflated;
 } fanout_t;

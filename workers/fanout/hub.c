@@ -16,8 +16,8 @@ typedef struct edge_s {
     hub_client_t *c;
     hub_channel_t *ch;
     int count;
-    int ci;  /* index in ch->subs */
-    int ki;  /* index in c->edges */
+    int ci; /* index in ch->subs */
+    int ki; /* index in c->edges */
 } edge_t;
 
 typedef struct {
@@ -27,23 +27,23 @@ typedef struct {
 
 struct hub_channel_s {
     char *name;
-    int snap;           /* keeps a snapshot and conflates (everything but trades) */
-    int known;          /* has data */
+    int snap;  /* keeps a snapshot and conflates (everything but trades) */
+    int known; /* has data */
     int has_seq;
     int64_t epoch, last_seq;
     rbuf_t *snapshot;
-    hist_t *hist;       /* ring of h->opts.history entries */
+    hist_t *hist; /* ring of h->opts.history entries */
     int hstart, hlen;
     edge_t **subs;
     int nsubs, capsubs;
     hub_channel_t *hnext;
-    int index;          /* in h->chans */
+    int index; /* in h->chans */
 };
 
 typedef struct {
     char *pattern;
     int wildcard;
-    int pi;             /* index in h->pats when wildcard */
+    int pi; /* index in h->pats when wildcard */
 } sub_t;
 
 struct hub_client_s {
@@ -57,7 +57,7 @@ struct hub_client_s {
 
 typedef struct {
     hub_client_t *c;
-    int si;             /* index in c->subs */
+    int si; /* index in c->subs */
 } pat_t;
 
 struct hub_s {
@@ -318,7 +318,6 @@ const char *hub_channel_known(const hub_t *h, int i)
 }
 
 /* ---- routing fields -------------------------------------------------------- */
-
 
 static void deliver(hub_t *h, edge_t *e, rbuf_t *frame, const void *tag)
 {

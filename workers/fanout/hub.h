@@ -22,29 +22,29 @@ typedef struct {
 } hub_ops_t;
 
 typedef struct {
-    int history;            /* messages kept per channel (0: none) */
-    int max_subscriptions;  /* per client (0: unlimited) */
+    int history;           /* messages kept per channel (0: none) */
+    int max_subscriptions; /* per client (0: unlimited) */
 } hub_opts_t;
 
 /* Outcome of hub_publish. */
 enum {
     HUB_ACCEPTED = 0,
-    HUB_FENCED = 1,     /* epoch below the highest seen */
-    HUB_DUPLICATE = 2,  /* seq not above the channel's last in this epoch */
+    HUB_FENCED = 1,    /* epoch below the highest seen */
+    HUB_DUPLICATE = 2, /* seq not above the channel's last in this epoch */
 };
 
 typedef struct {
     uint64_t accepted, fenced, duplicate, invalid;
-    uint64_t deliveries;     /* frames handed to clients */
-    uint64_t conflated;      /* sends that replaced an older frame */
-    uint64_t send_failures;  /* sends refused (slow or closing clients) */
+    uint64_t deliveries;    /* frames handed to clients */
+    uint64_t conflated;     /* sends that replaced an older frame */
+    uint64_t send_failures; /* sends refused (slow or closing clients) */
 } hub_stats_t;
 
 hub_t *hub_new(const hub_opts_t *opts, const hub_ops_t *ops);
-void hub_free(hub_t *h);   /* clients must be freed first */
+void hub_free(hub_t *h); /* clients must be freed first */
 const hub_stats_t *hub_stats(const hub_t *h);
 int64_t hub_max_epoch(const hub_t *h);
-int hub_channel_count(const hub_t *h);   /* known channels (with data) */
+int hub_channel_count(const hub_t *h); /* known channels (with data) */
 int hub_max_subscriptions(const hub_t *h);
 
 /* One normalized message from the source. Parses the routing fields, fences,
@@ -55,7 +55,7 @@ int hub_publish(hub_t *h, const char *json, size_t len, int64_t *ts_out, int64_t
 
 /* Clients. */
 hub_client_t *hub_client_new(hub_t *h, void *user);
-void hub_client_free(hub_client_t *c);   /* drops every subscription */
+void hub_client_free(hub_client_t *c); /* drops every subscription */
 void *hub_client_user(const hub_client_t *c);
 hub_t *hub_client_hub(const hub_client_t *c);
 int hub_client_sub_count(const hub_client_t *c);

@@ -213,8 +213,7 @@ static void do_list(hub_client_t *c, json_t *id)
     }
     for (int i = 0; i < hub_client_sub_count(c); i++)
         json_array_append_new(subs, json_string(hub_client_sub(c, i)));
-    json_t *reply =
-        json_pack("{s:s, s:o, s:o}", "type", "list", "channels", chans, "subscriptions", subs);
+    json_t *reply = json_pack("{s:s, s:o, s:o}", "type", "list", "channels", chans, "subscriptions", subs);
     if (id != NULL)
         json_object_set(reply, "id", id);
     send_json(c, reply);

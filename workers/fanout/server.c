@@ -24,18 +24,18 @@ struct client_s {
     wss_conn_t *conn;
     hub_client_t *hc;
     proto_rate_t rate;
-    int upgraded;             /* counted in f->nclients */
+    int upgraded; /* counted in f->nclients */
     char **url_chans;
     int n_url;
-    int in_list;              /* 1: active, 2: drained */
+    int in_list; /* 1: active, 2: drained */
     client_t *prev, *next;
-    char ip[48];              /* counted in f->limits when ip_counted */
+    char ip[48]; /* counted in f->limits when ip_counted */
     int ip_counted;
-    int limited;              /* LIMITS_* verdict at accept */
-    int auth_checked;         /* [auth] enabled: auth_result holds the verdict */
+    int limited;      /* LIMITS_* verdict at accept */
+    int auth_checked; /* [auth] enabled: auth_result holds the verdict */
     jwt_result_t auth_result;
     auth_grant_t grant;
-    int forbidden;            /* 1 + index in url_chans of a channel outside the grant */
+    int forbidden; /* 1 + index in url_chans of a channel outside the grant */
 };
 
 /* ---- metrics ------------------------------------------------------------- */
@@ -46,19 +46,17 @@ void fanout_metrics_init(fanout_metrics_t *m)
                                          0.25,  0.5,    1,     2.5,  5,     10,   30};
     int nb = (int)(sizeof lat_buckets / sizeof lat_buckets[0]);
     m->clients = metric_gauge("exchange_fanout_clients", "Connected WebSocket clients");
-    m->accepted = metric_counter("exchange_fanout_connections_accepted_total",
-                                 "WebSocket upgrades accepted");
+    m->accepted = metric_counter("exchange_fanout_connections_accepted_total", "WebSocket upgrades accepted");
     m->rejected = metric_counter("exchange_fanout_connections_rejected_total",
                                  "Connections refused at the upgrade, by reason");
-    m->limit_hits = metric_counter("exchange_fanout_limit_hits_total",
-                                   "Client limits hit, by limit");
-    m->disconnects = metric_counter("exchange_fanout_disconnects_total",
-                                    "Client connections ended, by reason");
-    m->messages_sent = metric_counter("exchange_fanout_messages_sent_total",
-                                      "WebSocket frames written to clients");
+    m->limit_hits = metric_counter("exchange_fanout_limit_hits_total", "Client limits hit, by limit");
+    m->disconnects =
+        metric_counter("exchange_fanout_disconnects_total", "Client connections ended, by reason");
+    m->messages_sent =
+        metric_counter("exchange_fanout_messages_sent_total", "WebSocket frames written to clients");
     m->bytes_sent = metric_counter("exchange_fanout_bytes_sent_total", "Bytes written to clients");
-    m->received = metric_counter("exchange_fanout_messages_received_total",
-                                 "Messages received from the data source");
+    m->received =
+        metric_counter("exchange_fanout_messages_received_total", "Messages received from the data source");
     m->dropped = metric_counter("exchange_fanout_dropped_total",
                                 "Messages dropped, by reason (fenced, duplicate, conflated, invalid)");
     m->drop_fenced = metric_labels(m->dropped, "reason=\"fenced\"");
@@ -71,9 +69,9 @@ void fanout_metrics_init(fanout_metrics_t *m)
     m->channels = metric_gauge("exchange_fanout_channels", "Channels with data");
     m->latency_ts = metric_histogram("exchange_fanout_exchange_latency_seconds",
                                      "Receive time minus the exchange timestamp (ts)", lat_buckets, nb);
-    m->latency_recv = metric_histogram("exchange_fanout_ingest_latency_seconds",
-                                       "Receive time minus the ingest receive time (recv_ts)",
-                                       lat_buckets, nb);
+    m->latency_recv =
+        metric_histogram("exchange_fanout_ingest_latency_seconds",
+                         "Receive time minus the ingest receive time (recv_ts)", lat_buckets, nb);
     m->max_epoch = metric_gauge("exchange_fanout_epoch", "Highest leader epoch seen");
     m->auth_failures = metric_counter("exchange_fanout_auth_failures_total",
                                       "Clients closed by [auth]: 4001 (missing, malformed, bad_alg, "
@@ -161,8 +159,7 @@ int server_client_send(void *user, rbuf_t *frame, const void *tag)
          * the write in progress. The other clients are not affected. */
         metric_inc(c->f->m.slow_closes);
         limit_hit(c->f, "client_queue_bytes");
-        log_info("slow client closed", "peer=%s queued=%zu", wss_peer(c->conn),
-                 wss_queued_bytes(c->conn));
+        log_info("slow client closed", "peer=%s queued=%zu", wss_peer(c->conn), wss_queued_bytes(c->conn));
         wss_close(c->conn, 1013, "slow client: queue limit exceeded", 1);
     }
     return r;
@@ -271,8 +268,8 @@ static void auth_fail(client_t *c, int code, const char *reason, const char *cha
 {
     char msg[124];
     metric_inc(metric_labels(c->f->m.auth_failures, "reason=\"%s\"", reason));
-    log_info("client refused by auth", "peer=%s code=%d reason=%s channel=%s", wss_peer(c->conn), code, reason,
-             log_q(channel ? channel : ""));
+    log_info("client refused by auth", "peer=%s code=%d reason=%s channel=%s", wss_peer(c->conn), code,
+             reason, log_q(channel ? channel : ""));
     if (code == 4003)
         snprintf(msg, sizeof msg, "forbidden channel: %.90s", channel ? channel : "");
     else
@@ -327,8 +324,8 @@ static void on_message(wss_conn_t *conn, int opcode, const char *data, size_t le
         }
     }
     int limited = 0;
-    int r = proto_handle(c->hc, &c->rate, f->cfg->fanout.max_requests_per_sec, data, len,
-                         worker_now_ms(), &limited);
+    int r = proto_handle(c->hc, &c->rate, f->cfg->fanout.max_requests_per_sec, data, len, worker_now_ms(),
+                         &limited);
     if (limited)
         limit_hit(f, "max_requests_per_sec");
     if (r == PROTO_CLOSE_POLICY) {
@@ -533,8 +530,8 @@ static int server_tls_start(fanout_t *f)
         f->tls = NULL;
     }
     if (r < 0) {
-        log_error("cannot serve wss://", "cert=%s key=%s ca=%s err=%s", log_q(cfg->tls.cert), log_q(cfg->tls.key),
-                  log_q(cfg->tls.ca), log_q(err));
+        log_error("cannot serve wss://", "cert=%s key=%s ca=%s err=%s", log_q(cfg->tls.cert),
+                  log_q(cfg->tls.key), log_q(cfg->tls.ca), log_q(err));
         return r;
     }
     wss_ctx_set_tls(f->wss, f->tls);
@@ -606,7 +603,9 @@ static void drain_one(fanout_t *f, client_t *c)
     list_add(c, 2);
     /* Spread the reconnects a little too, so a drained instance does not
      * send every client to the others in the same millisecond. */
-    int after = f->cfg->fanout.drain_ms > 0 ? rand() % (f->cfg->fanout.drain_ms < 1000 ? f->cfg->fanout.drain_ms : 1000) : 0;
+    int after = f->cfg->fanout.drain_ms > 0
+                    ? rand() % (f->cfg->fanout.drain_ms < 1000 ? f->cfg->fanout.drain_ms : 1000)
+                    : 0;
     char *msg = proto_reconnect_msg("drain", after);
     if (msg != NULL) {
         (void)wss_send_text(c->conn, msg, strlen(msg));

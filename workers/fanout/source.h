@@ -53,7 +53,13 @@ int source_switch_new(uv_loop_t *loop, const cfg_t *cfg, const source_sink_t *si
 /* The supervisor's "leader" message: the current leader's relay address. */
 void source_switch_set_leader(source_t *s, const char *relay_addr, int64_t epoch);
 
-static inline const char *source_name(const source_t *s) { return s ? s->vt->name : "none"; }
-static inline int source_healthy(const source_t *s) { return s ? s->vt->healthy(s) : 0; }
+static inline const char *source_name(const source_t *s)
+{
+    return s ? s->vt->name : "none";
+}
+static inline int source_healthy(const source_t *s)
+{
+    return s ? s->vt->healthy(s) : 0;
+}
 
 #endif

@@ -37,15 +37,15 @@ typedef struct {
     int start_tail;
     int pipefd[2];
     uv_poll_t poll;
-    uv_timer_t timer;      /* metadata refresh */
-    uv_idle_t idle;        /* more messages than one turn drains */
+    uv_timer_t timer; /* metadata refresh */
+    uv_idle_t idle;   /* more messages than one turn drains */
     int handles;
-    int partitions;        /* started 0..partitions-1 */
+    int partitions; /* started 0..partitions-1 */
     uint64_t refresh_ms, meta_timeout_ms, stale_ms;
     /* metadata on the thread pool */
     uv_work_t work;
     int meta_busy;
-    int meta_partitions;   /* result: -1 unknown topic */
+    int meta_partitions; /* result: -1 unknown topic */
     rd_kafka_resp_err_t meta_err;
     /* health (uv_now ms) */
     uint64_t last_msg, last_ok, last_err;
@@ -175,12 +175,12 @@ static void start_partitions(ksrc_t *k, int n)
     for (int p = k->partitions; p < n; p++) {
         /* At start: the tail, so snapshots are warm. A partition added later
          * is read from its beginning: nothing in it was seen yet. */
-        int64_t off = k->partitions == 0 ? (k->start_tail > 0 ? RD_KAFKA_OFFSET_TAIL(k->start_tail)
-                                                              : RD_KAFKA_OFFSET_END)
-                                         : RD_KAFKA_OFFSET_BEGINNING;
+        int64_t off = k->partitions == 0
+                          ? (k->start_tail > 0 ? RD_KAFKA_OFFSET_TAIL(k->start_tail) : RD_KAFKA_OFFSET_END)
+                          : RD_KAFKA_OFFSET_BEGINNING;
         if (k->partitions > 0 || p == 0)
-            log_info("kafka partitions assigned", "topic=%s from=%d to=%d offset=%s", log_q(k->topic),
-                     p, n - 1, k->partitions == 0 ? "tail" : "beginning");
+            log_info("kafka partitions assigned", "topic=%s from=%d to=%d offset=%s", log_q(k->topic), p,
+                     n - 1, k->partitions == 0 ? "tail" : "beginning");
         if (rd_kafka_consume_start_queue(k->rkt, p, off, k->q) < 0) {
             note_error(k, "assign", rd_kafka_last_error(), NULL);
             n = p;
@@ -343,14 +343,14 @@ int source_kafka_new(uv_loop_t *loop, const cfg_t *cfg, const source_sink_t *sin
     k->meta_timeout_ms = k->refresh_ms * 2 < 1000 ? 1000 : k->refresh_ms * 2;
     k->stale_ms = k->refresh_ms * 2 + k->meta_timeout_ms;
 
-    k->m_msgs = metric_labels(metric_counter("exchange_fanout_source_messages_total",
-                                             "Messages received from the data source"),
-                              "source=\"kafka\"");
-    k->m_errors = metric_counter("exchange_fanout_source_errors_total",
-                                 "Data source errors by source and error name");
-    k->m_healthy = metric_labels(metric_gauge("exchange_fanout_source_healthy",
-                                              "1 when the data source can deliver"),
-                                 "source=\"kafka\"");
+    k->m_msgs = metric_labels(
+        metric_counter("exchange_fanout_source_messages_total", "Messages received from the data source"),
+        "source=\"kafka\"");
+    k->m_errors =
+        metric_counter("exchange_fanout_source_errors_total", "Data source errors by source and error name");
+    k->m_healthy =
+        metric_labels(metric_gauge("exchange_fanout_source_healthy", "1 when the data source can deliver"),
+                      "source=\"kafka\"");
     k->m_partitions = metric_gauge("exchange_fanout_kafka_partitions", "Kafka partitions consumed");
 
     conf = rd_kafka_conf_new();
@@ -361,17 +361,12 @@ int source_kafka_new(uv_loop_t *loop, const cfg_t *cfg, const source_sink_t *sin
      * committed (each worker reads the whole topic from its tail). Logs and
      * errors go to the main queue, served on the loop thread. */
     if (set(conf, "bootstrap.servers", cfg->kafka.brokers) < 0 ||
-        set(conf, "client.id", "exchange-fanout") < 0 ||
-        set(conf, "fetch.wait.max.ms", num) < 0 || set(conf, "fetch.min.bytes", "1") < 0 ||
-        set(conf, "fetch.error.backoff.ms", "100") < 0 ||
-        set(conf, "queued.min.messages", "10000") < 0 ||
-        set(conf, "socket.nagle.disable", "true") < 0 ||
-        set(conf, "socket.keepalive.enable", "true") < 0 ||
-        set(conf, "reconnect.backoff.ms", "100") < 0 ||
-        set(conf, "reconnect.backoff.max.ms", "2000") < 0 ||
-        set(conf, "enable.partition.eof", "false") < 0 ||
-        set(conf, "enable.auto.commit", "false") < 0 ||
-        set(conf, "enable.auto.offset.store", "false") < 0 ||
+        set(conf, "client.id", "exchange-fanout") < 0 || set(conf, "fetch.wait.max.ms", num) < 0 ||
+        set(conf, "fetch.min.bytes", "1") < 0 || set(conf, "fetch.error.backoff.ms", "100") < 0 ||
+        set(conf, "queued.min.messages", "10000") < 0 || set(conf, "socket.nagle.disable", "true") < 0 ||
+        set(conf, "socket.keepalive.enable", "true") < 0 || set(conf, "reconnect.backoff.ms", "100") < 0 ||
+        set(conf, "reconnect.backoff.max.ms", "2000") < 0 || set(conf, "enable.partition.eof", "false") < 0 ||
+        set(conf, "enable.auto.commit", "false") < 0 || set(conf, "enable.auto.offset.store", "false") < 0 ||
         set(conf, "auto.offset.reset", "latest") < 0 || set(conf, "log.queue", "true") < 0)
         goto fail;
     if (cfg->kafka.security_protocol && *cfg->kafka.security_protocol &&

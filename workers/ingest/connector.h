@@ -101,8 +101,8 @@ int conn_symbol_dash(const char *sym, char *out, size_t outsz);
  * next seq from the sink only now, so a skipped message leaves no gap. */
 void conn_emit(connector_t *c, const char *type, const char *symbol, int64_t ts, int64_t recv_ts);
 /* A trade: the one field set every exchange maps to (exchanges.md). */
-void conn_emit_trade(connector_t *c, const char *symbol, const char *price, const char *qty,
-                     const char *side, const char *trade_id, int64_t ts, int64_t recv_ts);
+void conn_emit_trade(connector_t *c, const char *symbol, const char *price, const char *qty, const char *side,
+                     const char *trade_id, int64_t ts, int64_t recv_ts);
 /* A data frame arrived: sends status "subscribed" once per connection. */
 void conn_data_seen(connector_t *c);
 void conn_malformed(connector_t *c, const char *reason);

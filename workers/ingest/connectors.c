@@ -441,8 +441,8 @@ void conn_emit(connector_t *c, const char *type, const char *symbol, int64_t ts,
         s->emit(s->arg, ch, c->out.data, c->out.len);
 }
 
-void conn_emit_trade(connector_t *c, const char *symbol, const char *price, const char *qty,
-                     const char *side, const char *trade_id, int64_t ts, int64_t recv_ts)
+void conn_emit_trade(connector_t *c, const char *symbol, const char *price, const char *qty, const char *side,
+                     const char *trade_id, int64_t ts, int64_t recv_ts)
 {
     buf_reset(&c->body);
     msg_str(&c->body, "price", price);
