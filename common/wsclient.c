@@ -4,6 +4,7 @@
  * callback may reconnect or stop at any point without freeing memory that
  * is still on the stack. */
 #include "wsclient.h"
+#include "wsproto.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -26,7 +27,6 @@
 #define WSC_MAX_RESPONSE_HEADER 16384
 #define WSC_MAX_UNSENT (16u << 20)
 #define WSC_STOP_CLOSE_MS 2000
-#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 enum { ST_RESOLVING, ST_CONNECTING, ST_TLS, ST_UPGRADE, ST_OPEN, ST_CLOSING };
 
@@ -182,21 +182,6 @@ int wsc_url_parse(const char *url, wsc_url_t *out)
 
 /* ------------------------------------------------------------- upgrade */
 
-void wsc_accept_key(const char *key, char out[29])
-{
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
-    EVP_MD_CTX *mc = EVP_MD_CTX_new();
-    if (!mc || EVP_DigestInit_ex(mc, EVP_sha1(), NULL) != 1 || EVP_DigestUpdate(mc, key, strlen(key)) != 1 ||
-        EVP_DigestUpdate(mc, WS_GUID, sizeof WS_GUID - 1) != 1 || EVP_DigestFinal_ex(mc, md, &mdlen) != 1 ||
-        mdlen != 20) {
-        out[0] = '\0'; /* matches no server answer */
-    } else {
-        EVP_EncodeBlock((unsigned char *)out, md, 20);
-    }
-    EVP_MD_CTX_free(mc);
-}
-
 /* True if the comma-separated list value contains token (any case). */
 static int has_token(const char *value, const char *token)
 {
@@ -346,7 +331,8 @@ int wsc_upgrade_verify(const wsc_upgrade_t *u, const char *key)
     if (!has_token(u->upgrade, "websocket") || !has_token(u->connection, "upgrade") || u->has_extensions)
         return -EPROTO;
     char want[29];
-    wsc_accept_key(key, want);
+    if (ws_accept_key(key, want) < 0)
+        want[0] = '\0'; /* matches no server answer */
     const char *a = u->accept;
     while (*a == ' ' || *a == '\t')
         a++;
@@ -538,15 +524,7 @@ static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
 {
     (void)flags;
     wsc_conn_t *c = ud;
-    if (c->rx_len == 0) {
-        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
-        return -1;
-    }
-    size_t n = len < c->rx_len ? len : c->rx_len;
-    memcpy(buf, c->rx, n);
-    c->rx += n;
-    c->rx_len -= n;
-    return (ssize_t)n;
+    return ws_feed_recv(ctx, buf, len, &c->rx, &c->rx_len);
 }
 
 static ssize_t ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags, void *ud)

@@ -99,9 +99,6 @@ typedef struct {
  * over-long parts with -EINVAL. */
 int wsc_url_parse(const char *url, wsc_url_t *out);
 
-/* base64(SHA1(key + RFC 6455 GUID)) into out (29 bytes incl. NUL). */
-void wsc_accept_key(const char *key, char out[29]);
-
 /* Incremental parser for the server's upgrade answer (http_parser,
  * HTTP_RESPONSE), bounded to max_bytes of header. */
 typedef struct {

@@ -3,6 +3,7 @@
  * mid-message: idle clients hold none), and a write queue of pre-framed
  * refcounted buffers flushed once per loop iteration as one gather write. */
 #include "wsserver.h"
+#include "wsproto.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -15,7 +16,6 @@
 
 #define WSS_MAX_IOV 256
 #define WSS_READ_BUF (64 * 1024)
-#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 typedef struct {
     rbuf_t *b;
@@ -39,7 +39,7 @@ struct wss_ctx_s {
     char *plain;    /* decrypted input, consumed at once like rdbuf */
     /* wslay runs synchronously inside one connection's read or pump, so
      * these are shared rather than kept per connection (idle memory). */
-    const char *rx; /* input being fed to wslay */
+    const uint8_t *rx; /* input being fed to wslay */
     size_t rxlen;
     buf_t ctl;    /* control frames produced by wslay */
     buf_t msg;    /* NUL-terminated copy of an inbound message */
@@ -107,21 +107,6 @@ static int b64char(int ch)
            ch == '/';
 }
 
-int wss_accept_key(const char *key, char out[29])
-{
-    unsigned char sha[EVP_MAX_MD_SIZE];
-    unsigned int shalen = 0;
-    char in[128];
-    int n = snprintf(in, sizeof in, "%s%s", key, WS_GUID);
-    if (n < 0 || (size_t)n >= sizeof in)
-        return -EINVAL;
-    if (!EVP_Digest(in, (size_t)n, sha, &shalen, EVP_sha1(), NULL) || shalen != 20)
-        return -EIO;
-    EVP_EncodeBlock((unsigned char *)out, sha, 20);
-    out[28] = '\0';
-    return 0;
-}
-
 int wss_check_upgrade(const http_req_t *req, char accept[29])
 {
     const char *up = http_req_header(req, "upgrade");
@@ -141,7 +126,7 @@ int wss_check_upgrade(const http_req_t *req, char accept[29])
     for (int i = 0; i < 22; i++)
         if (!b64char((unsigned char)key[i]))
             return 400;
-    return wss_accept_key(key, accept);
+    return ws_accept_key(key, accept);
 }
 
 size_t wss_frame_header_len(size_t len)
@@ -702,16 +687,7 @@ static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
 {
     wss_conn_t *c = user;
     (void)flags;
-    wss_ctx_t *x = c->ctx;
-    if (x->rxlen == 0) {
-        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
-        return -1;
-    }
-    size_t n = len < x->rxlen ? len : x->rxlen;
-    memcpy(buf, x->rx, n);
-    x->rx += n;
-    x->rxlen -= n;
-    return (ssize_t)n;
+    return ws_feed_recv(ctx, buf, len, &c->ctx->rx, &c->ctx->rxlen);
 }
 
 static ssize_t ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags, void *user)
@@ -855,7 +831,7 @@ static void ws_feed(wss_conn_t *c, const char *data, size_t n)
         return;
     }
     fw_walk(c, (const unsigned char *)data, n);
-    c->ctx->rx = data;
+    c->ctx->rx = (const uint8_t *)data;
     c->ctx->rxlen = n;
     if (wslay_event_want_read(c->ws) && wslay_event_recv(c->ws) != 0) {
         c->ctx->rxlen = 0;

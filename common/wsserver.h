@@ -111,7 +111,6 @@ void wss_abort(wss_conn_t *c);
  * is not an upgrade at all or 400 for a bad key, version or method. */
 int wss_check_upgrade(const http_req_t *req, char accept[29]);
 /* Sec-WebSocket-Accept for a client key. */
-int wss_accept_key(const char *key, char out[29]);
 /* Frame a message once (server frames are unmasked). */
 rbuf_t *wss_frame(int opcode, const void *data, size_t len);
 /* Header length for a payload of len bytes. */

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include "wsproto.h"
 
 #include "../../workers/fanout/hub.h"
 #include "../../workers/fanout/protocol.h"
@@ -429,7 +430,7 @@ static void test_frame_header(void **state)
     rbuf_unref(b);
     char acc[29];
     /* RFC 6455 section 1.3 example */
-    wss_accept_key("dGhlIHNhbXBsZSBub25jZQ==", acc);
+    ws_accept_key("dGhlIHNhbXBsZSBub25jZQ==", acc);
     assert_string_equal(acc, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
 }
 

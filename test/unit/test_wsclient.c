@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include "wsproto.h"
 
 #include "wsclient.h"
 
@@ -107,7 +108,7 @@ static void test_accept_rfc6455(void **state)
 {
     (void)state;
     char out[29];
-    wsc_accept_key("dGhlIHNhbXBsZSBub25jZQ==", out);
+    ws_accept_key("dGhlIHNhbXBsZSBub25jZQ==", out);
     assert_string_equal(out, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
 }
 
