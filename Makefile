@@ -13,9 +13,12 @@ CC ?= cc
 SAN ?=
 
 PKGS := libuv rdkafka jansson inih openssl
-PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lwslay -lzookeeper_mt -lhttp_parser -lm -lpthread
-CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null)
+# Asked of pkg-config when first used (inside a recipe), not when the Makefile
+# is parsed: on a new machine `make test` parses this file before `deps` has
+# installed the -dev packages, and `test`/`run` build in a sub-make after it.
+PKG_CFLAGS = $(eval PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS)))$(PKG_CFLAGS)
+PKG_LIBS = $(eval PKG_LIBS := $(shell pkg-config --libs $(PKGS)) -lwslay -lzookeeper_mt -lhttp_parser -lm -lpthread)$(PKG_LIBS)
+CMOCKA_LIBS = $(eval CMOCKA_LIBS := $(shell pkg-config --libs cmocka))$(CMOCKA_LIBS)
 
 CFLAGS ?= -O2 -g
 ALL_CFLAGS = $(CFLAGS) -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -Icommon $(PKG_CFLAGS) $(SAN)
@@ -53,7 +56,12 @@ DEB_PKGS := build-essential pkg-config libuv1-dev librdkafka-dev libzookeeper-mt
   zookeeper default-jre-headless python3 python3-pytest python3-websockets python3-kazoo \
   python3-confluent-kafka nginx-light libnginx-mod-nchan prometheus clang libclang-rt-14-dev \
   openssl yamllint procps iproute2 ca-certificates clang-format cppcheck strace \
-  docker-compose python3-jsonschema systemd chromium
+  docker-compose python3-jsonschema systemd chromium maven kcat stress-ng
+# Apache Kafka's broker (test fixtures, make cluster, bench): jars from Maven
+# Central, pinned in test/kafka/pom.xml, copied once into $(KAFKA_LIBS).
+KAFKA_LIBS := $(abspath .deps/kafka/libs)
+KAFKA_STAMP := $(KAFKA_LIBS)/.pom-$(shell cksum < test/kafka/pom.xml | cut -d' ' -f1)
+export KAFKA_LIBS
 deps:
 	@missing=""; \
 	for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
@@ -66,6 +74,11 @@ deps:
 	  if [ ! -d $$d/node_modules ] || [ $$d/package-lock.json -nt $$d/node_modules ]; then \
 	    echo "deps: npm ci in $$d"; npm ci --prefix $$d --no-audit --no-fund --loglevel=error && touch $$d/node_modules; \
 	  fi; done
+	@if [ ! -f $(KAFKA_STAMP) ]; then \
+	  echo "deps: Apache Kafka broker jars (Maven Central) -> $(KAFKA_LIBS)"; \
+	  rm -rf $(KAFKA_LIBS) && mvn -q -B -f test/kafka/pom.xml dependency:copy-dependencies \
+	    -DincludeScope=runtime -DoutputDirectory=$(KAFKA_LIBS) && touch $(KAFKA_STAMP); \
+	else echo "deps: Kafka broker jars present"; fi
 
 # ---- build --------------------------------------------------------------
 $(BUILD)/obj/%.o: %.c
@@ -109,7 +122,9 @@ $(BUILD)/bench/%: $(BUILD)/obj/test/bench/%.o $(ALL_LIBS)
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 
 # ---- run / test ---------------------------------------------------------
-run: deps all
+# `run` and `test` build in a sub-make: it reads pkg-config after deps ran.
+run: deps
+	$(MAKE) all
 	test/sim/run-local.sh $(BUILD)
 
 unit: all
@@ -142,7 +157,8 @@ asan:
 	  echo "sanitizer reports:"; head -n 40 $(ASAN_REPORTS)/*; exit 1; \
 	else echo "asan: no sanitizer reports"; fi
 
-test: deps all
+test: deps
+	$(MAKE) all
 	$(MAKE) unit
 	$(MAKE) check-conf
 	$(MAKE) integration
@@ -186,7 +202,8 @@ fuzz: fuzz-build
 fuzz-smoke: fuzz-build
 	test/fuzz/run.sh build-fuzz $(FUZZ_SMOKE_SECONDS)
 
-bench: deps all
+bench: deps
+	$(MAKE) all
 	test/bench/run.sh $(BUILD)
 
 clean:
