@@ -27,6 +27,7 @@ typedef struct {
     metric_t *channels;    /* gauge */
     metric_t *latency_ts, *latency_recv;
     metric_t *max_epoch;     /* gauge */
+    metric_t *source_gaps;   /* counter */
     metric_t *auth_failures; /* family, reason= (4001 jwt reasons, 4003 forbidden_channel) */
 } fanout_metrics_t;
 

@@ -2,7 +2,14 @@
  * kept in both the channel's subscriber array and the client's edge array
  * (each edge knows its index in both, so removal is O(1)); its count is how
  * many of the client's subscriptions cover the channel, so a message reaches
- * a client once however many patterns match. */
+ * a client once however many patterns match.
+ *
+ * Order and resume: a channel accepts a higher epoch (any seq) or a higher
+ * seq in its epoch. Its history keeps (epoch, seq) across epochs and marks
+ * each entry that follows its predecessor without loss, so a resume is
+ * answered from history only over an unbroken run. A client's since is also
+ * its floor on that channel (edge gate): nothing at or below it is sent,
+ * which keeps a client that resumes on a lagging instance from going back. */
 #include "hub.h"
 
 #include <errno.h>
@@ -16,13 +23,16 @@ typedef struct edge_s {
     hub_client_t *c;
     hub_channel_t *ch;
     int count;
-    int ci; /* index in ch->subs */
-    int ki; /* index in c->edges */
+    int ci;    /* index in ch->subs */
+    int ki;    /* index in c->edges */
+    int gated; /* messages at or below (fepoch, fseq) are not sent */
+    int64_t fepoch, fseq;
 } edge_t;
 
 typedef struct {
     rbuf_t *b;
-    int64_t seq;
+    int64_t epoch, seq;
+    int cont; /* follows the message accepted before it with nothing missing */
 } hist_t;
 
 struct hub_channel_s {
@@ -30,6 +40,7 @@ struct hub_channel_s {
     int snap;  /* keeps a snapshot and conflates (everything but trades) */
     int known; /* has data */
     int has_seq;
+    int brk; /* the source may have lost messages before the next one */
     int64_t epoch, last_seq;
     rbuf_t *snapshot;
     hist_t *hist; /* ring of h->opts.history entries */
@@ -46,6 +57,13 @@ typedef struct {
     int pi; /* index in h->pats when wildcard */
 } sub_t;
 
+/* A since ahead of this instance, kept so that a later cover of the channel
+ * (pattern, resubscribe) is gated too; dropped once the channel passes it. */
+typedef struct {
+    char *channel;
+    int64_t epoch, seq;
+} floor_t;
+
 struct hub_client_s {
     hub_t *h;
     void *user;
@@ -53,6 +71,8 @@ struct hub_client_s {
     int nsubs, capsubs;
     edge_t **edges;
     int nedges, capedges;
+    floor_t *floors;
+    int nfloors, capfloors;
 };
 
 typedef struct {
@@ -91,6 +111,14 @@ static int grow(void **arr, int *cap, int need, size_t elem)
     *arr = n;
     *cap = ncap;
     return 0;
+}
+
+/* (e1, s1) compared with (e2, s2): <0, 0, >0. */
+static int pos_cmp(int64_t e1, int64_t s1, int64_t e2, int64_t s2)
+{
+    if (e1 != e2)
+        return e1 < e2 ? -1 : 1;
+    return s1 < s2 ? -1 : s1 > s2;
 }
 
 static size_t hash_str(const char *s)
@@ -132,16 +160,15 @@ static int rehash(hub_t *h, size_t nb)
     return 0;
 }
 
-static void hist_clear(hub_channel_t *ch, int cap)
+static hist_t *hist_at(const hub_t *h, const hub_channel_t *ch, int i)
 {
-    for (int i = 0; i < ch->hlen; i++)
-        rbuf_unref(ch->hist[(ch->hstart + i) % cap].b);
-    ch->hstart = ch->hlen = 0;
+    return &ch->hist[(ch->hstart + i) % h->opts.history];
 }
 
 static void chan_destroy(hub_t *h, hub_channel_t *ch)
 {
-    hist_clear(ch, h->opts.history);
+    for (int i = 0; i < ch->hlen; i++)
+        rbuf_unref(hist_at(h, ch, i)->b);
     free(ch->hist);
     rbuf_unref(ch->snapshot);
     free(ch->subs);
@@ -235,6 +262,14 @@ static int edge_attach(hub_client_t *c, hub_channel_t *ch, edge_t **out)
     ch->subs[ch->nsubs++] = e;
     e->ki = c->nedges;
     c->edges[c->nedges++] = e;
+    for (int i = 0; i < c->nfloors; i++) {
+        if (strcmp(c->floors[i].channel, ch->name) == 0) {
+            e->gated = 1;
+            e->fepoch = c->floors[i].epoch;
+            e->fseq = c->floors[i].seq;
+            break;
+        }
+    }
     if (out)
         *out = e;
     return 0;
@@ -317,6 +352,72 @@ const char *hub_channel_known(const hub_t *h, int i)
     return h->chans[i]->name;
 }
 
+/* ---- floors --------------------------------------------------------------- */
+
+static int floor_find(const hub_client_t *c, const char *channel)
+{
+    for (int i = 0; i < c->nfloors; i++)
+        if (strcmp(c->floors[i].channel, channel) == 0)
+            return i;
+    return -1;
+}
+
+static void floor_remove(hub_client_t *c, const char *channel)
+{
+    int i = floor_find(c, channel);
+    if (i < 0)
+        return;
+    free(c->floors[i].channel);
+    c->floors[i] = c->floors[--c->nfloors];
+}
+
+/* Remember a since ahead of this instance. At most max_subscriptions (1024
+ * when unlimited) per client: the oldest goes first. Best effort on ENOMEM:
+ * the edge gate still holds while the channel stays covered. */
+static void floor_set(hub_client_t *c, const char *channel, int64_t epoch, int64_t seq)
+{
+    int i = floor_find(c, channel);
+    if (i >= 0) {
+        if (pos_cmp(epoch, seq, c->floors[i].epoch, c->floors[i].seq) > 0) {
+            c->floors[i].epoch = epoch;
+            c->floors[i].seq = seq;
+        }
+        return;
+    }
+    int cap = c->h->opts.max_subscriptions > 0 ? c->h->opts.max_subscriptions : 1024;
+    if (c->nfloors >= cap) {
+        free(c->floors[0].channel);
+        memmove(c->floors, c->floors + 1, (size_t)--c->nfloors * sizeof(*c->floors));
+    }
+    char *name = strdup(channel);
+    if (name == NULL || grow((void **)&c->floors, &c->capfloors, c->nfloors + 1, sizeof(*c->floors)) < 0) {
+        free(name);
+        return;
+    }
+    c->floors[c->nfloors++] = (floor_t){.channel = name, .epoch = epoch, .seq = seq};
+}
+
+static void gate_raise(edge_t *e, int64_t epoch, int64_t seq)
+{
+    if (!e->gated || pos_cmp(epoch, seq, e->fepoch, e->fseq) > 0) {
+        e->gated = 1;
+        e->fepoch = epoch;
+        e->fseq = seq;
+    }
+}
+
+/* Does a message at (epoch, seq) pass e's floor? Once one does, every later
+ * one does too (the channel only moves forward): the floor is dropped. */
+static int gate_pass(edge_t *e, int64_t epoch, int64_t seq)
+{
+    if (pos_cmp(epoch, seq, e->fepoch, e->fseq) <= 0)
+        return 0;
+    e->gated = 0;
+    if (e->c->nfloors > 0)
+        floor_remove(e->c, e->ch->name);
+    return 1;
+}
+
 /* ---- routing fields -------------------------------------------------------- */
 
 static void deliver(hub_t *h, edge_t *e, rbuf_t *frame, const void *tag)
@@ -331,6 +432,18 @@ static void deliver(hub_t *h, edge_t *e, rbuf_t *frame, const void *tag)
         h->stats.conflated++;
 }
 
+void hub_channel_break(hub_t *h, const char *channel, size_t len)
+{
+    char name[MSG_CHANNEL_MAX];
+    if (len >= sizeof name)
+        return;
+    memcpy(name, channel, len);
+    name[len] = '\0';
+    hub_channel_t *ch = chan_find(h, name);
+    if (ch != NULL && ch->has_seq)
+        ch->brk = 1;
+}
+
 int hub_publish(hub_t *h, const char *json, size_t len, int64_t *ts_out, int64_t *recv_ts_out)
 {
     msg_meta_t m;
@@ -342,28 +455,39 @@ int hub_publish(hub_t *h, const char *json, size_t len, int64_t *ts_out, int64_t
         *ts_out = m.ts;
     if (recv_ts_out)
         *recv_ts_out = m.recv_ts;
-    /* Fencing: a zombie leader's messages (older epoch) never reach clients. */
-    if (h->has_epoch && m.epoch < h->max_epoch) {
-        h->stats.fenced++;
-        return HUB_FENCED;
-    }
-    h->max_epoch = m.epoch;
-    h->has_epoch = 1;
+    /* Order per channel: a zombie leader's messages (older epoch on this
+     * channel) and repeats never reach clients; other channels, which may
+     * lag on other partitions, are judged on their own. */
     hub_channel_t *ch = chan_find(h, m.channel);
+    if (ch != NULL && ch->has_seq) {
+        if (m.epoch < ch->epoch) {
+            h->stats.fenced++;
+            return HUB_FENCED;
+        }
+        if (m.epoch == ch->epoch && m.seq <= ch->last_seq) {
+            h->stats.duplicate++;
+            return HUB_DUPLICATE;
+        }
+    }
     if (ch == NULL && (ch = chan_create(h, m.channel)) == NULL)
         return -ENOMEM;
-    if (ch->has_seq && ch->epoch == m.epoch && m.seq <= ch->last_seq) {
-        h->stats.duplicate++;
-        return HUB_DUPLICATE;
-    }
-    if (ch->has_seq && m.epoch != ch->epoch)
-        hist_clear(ch, h->opts.history); /* history holds the current epoch only */
     rbuf_t *frame = wss_frame(WSS_OP_TEXT, json, len);
     if (frame == NULL)
         return -ENOMEM;
+    /* A new epoch restarts every channel at seq 1. */
+    int cont = ch->has_seq && !ch->brk && (m.epoch == ch->epoch ? m.seq == ch->last_seq + 1 : m.seq == 1);
+    if (ch->has_seq && !cont) {
+        h->stats.gaps++;
+        if (h->ops.gap)
+            h->ops.gap(ch->name, ch->epoch, ch->last_seq, m.epoch, m.seq);
+    }
+    ch->brk = 0;
     ch->epoch = m.epoch;
     ch->last_seq = m.seq;
     ch->has_seq = 1;
+    if (!h->has_epoch || m.epoch > h->max_epoch)
+        h->max_epoch = m.epoch;
+    h->has_epoch = 1;
     if (!ch->known) {
         ch->known = 1;
         h->nknown++;
@@ -379,15 +503,21 @@ int hub_publish(hub_t *h, const char *json, size_t len, int64_t *ts_out, int64_t
             ch->hstart = (ch->hstart + 1) % cap;
             ch->hlen--;
         }
-        hist_t *e = &ch->hist[(ch->hstart + ch->hlen) % cap];
+        hist_t *e = hist_at(h, ch, ch->hlen);
         e->b = rbuf_ref(frame);
+        e->epoch = m.epoch;
         e->seq = m.seq;
+        e->cont = cont;
         ch->hlen++;
     }
     h->stats.accepted++;
     const void *tag = ch->snap ? ch : NULL;
-    for (int i = 0; i < ch->nsubs; i++)
-        deliver(h, ch->subs[i], frame, tag);
+    for (int i = 0; i < ch->nsubs; i++) {
+        edge_t *e = ch->subs[i];
+        if (e->gated && !gate_pass(e, m.epoch, m.seq))
+            continue;
+        deliver(h, e, frame, tag);
+    }
     rbuf_unref(frame);
     return HUB_ACCEPTED;
 }
@@ -425,6 +555,9 @@ void hub_client_free(hub_client_t *c)
             pat_remove(h, c->subs[i].pi);
         free(c->subs[i].pattern);
     }
+    for (int i = 0; i < c->nfloors; i++)
+        free(c->floors[i].channel);
+    free(c->floors);
     free(c->subs);
     free(c->edges);
     free(c);
@@ -473,51 +606,142 @@ int hub_client_send_text(hub_client_t *c, const char *text, size_t len)
     return r;
 }
 
-static int chan_can_recover(const hub_channel_t *ch, int cap, int64_t since)
+/* ---- resume ----------------------------------------------------------------- */
+
+enum {
+    RESUME_NONE,   /* the channel has no data here */
+    RESUME_REPLAY, /* history from index *from on fills the gap (maybe nothing) */
+    RESUME_AHEAD,  /* since is past this instance's newest message */
+    RESUME_GAP,    /* missed messages this instance does not hold */
+};
+
+static int resume_plan(const hub_t *h, const hub_channel_t *ch, int64_t epoch, int64_t seq, int *from)
 {
+    *from = ch->hlen;
     if (!ch->known)
-        return 0;
-    if (since == ch->last_seq)
-        return 1;
-    if (since > ch->last_seq || ch->hlen == 0)
-        return 0;
-    /* Everything after the oldest entry we hold is in the history. */
-    return ch->hist[ch->hstart % cap].seq <= since + 1;
+        return RESUME_NONE;
+    int c = pos_cmp(epoch, seq, ch->epoch, ch->last_seq);
+    if (c >= 0)
+        return c > 0 ? RESUME_AHEAD : RESUME_REPLAY;
+    int n = ch->hlen, i = 0;
+    while (i < n && pos_cmp(hist_at(h, ch, i)->epoch, hist_at(h, ch, i)->seq, epoch, seq) <= 0)
+        i++;
+    if (i == n)
+        return RESUME_GAP; /* no history */
+    /* The first entry after since must follow it: the next seq of its epoch,
+     * or an unbroken successor of since itself (across an epoch change). */
+    const hist_t *x = hist_at(h, ch, i), *prev = i > 0 ? hist_at(h, ch, i - 1) : NULL;
+    int follows = (x->epoch == epoch && x->seq == seq + 1) ||
+                  (prev != NULL && x->cont && prev->epoch == epoch && prev->seq == seq);
+    if (!follows)
+        return RESUME_GAP;
+    for (int k = i + 1; k < n; k++)
+        if (!hist_at(h, ch, k)->cont)
+            return RESUME_GAP; /* this instance skipped something after since */
+    *from = i;
+    return RESUME_REPLAY;
 }
 
-int hub_can_recover(hub_t *h, const char *channel, int64_t since)
+/* The plan for a since on ch, its position resolved into (epoch, seq); -1
+ * when it gives no position. A legacy since is a seq in the channel's
+ * current epoch here. One past this instance's newest message cannot be told
+ * from a seq of an older epoch, so it is a gap (snapshot), never a floor
+ * that could silence the channel. */
+static int since_plan(const hub_t *h, const hub_channel_t *ch, const hub_pos_t *p, int64_t *epoch,
+                      int64_t *seq, int *from)
 {
-    const hub_channel_t *ch = chan_find(h, channel);
-    return ch != NULL && chan_can_recover(ch, h->opts.history, since);
+    *from = ch->hlen;
+    if (!p->has_epoch && !ch->has_seq)
+        return -1;
+    *epoch = p->has_epoch ? p->epoch : ch->epoch;
+    *seq = p->seq;
+    int plan = resume_plan(h, ch, *epoch, *seq, from);
+    if (!p->has_epoch && plan == RESUME_AHEAD)
+        return RESUME_GAP;
+    return plan;
 }
 
-/* What a client gets when it starts covering a channel: the history after
- * since when that fills the gap, else the latest snapshot. */
-static void send_initial(hub_t *h, edge_t *e, int has_since, int64_t since)
+int hub_resume_check(const hub_client_t *c, const char *channel, const hub_pos_t *since)
+{
+    const hub_channel_t *ch = chan_find(c->h, channel);
+    int64_t epoch, seq;
+    int from;
+    int plan = ch ? since_plan(c->h, ch, since, &epoch, &seq, &from) : -1;
+    if (plan < 0)
+        return 0;
+    if (edge_find(c, ch) != NULL) /* already live here: nothing is replayed */
+        return plan == RESUME_AHEAD || (plan == RESUME_REPLAY && from == ch->hlen);
+    return plan == RESUME_REPLAY || plan == RESUME_AHEAD;
+}
+
+static const hub_since_t *since_for(const hub_since_t *since, int n, const char *channel)
+{
+    for (int i = 0; i < n; i++)
+        if (strcmp(since[i].channel, channel) == 0)
+            return &since[i];
+    return NULL;
+}
+
+static void deliver_at(hub_t *h, edge_t *e, rbuf_t *frame, const void *tag, int64_t epoch, int64_t seq)
+{
+    if (e->gated && !gate_pass(e, epoch, seq))
+        return;
+    deliver(h, e, frame, tag);
+}
+
+/* since on a channel: the connection's floor there, and remembered by the
+ * client while this instance has not reached it. Returns the resume plan,
+ * or -1 for a since that gives no position (legacy, no data here). */
+static int apply_since(hub_t *h, edge_t *e, const hub_since_t *since, int *from)
 {
     hub_channel_t *ch = e->ch;
-    if (!ch->known)
+    int64_t epoch, seq;
+    int plan = since_plan(h, ch, &since->pos, &epoch, &seq, from);
+    if (plan < 0 || (plan == RESUME_GAP && !since->pos.has_epoch))
+        return plan; /* a legacy gap: no floor, see since_plan */
+    gate_raise(e, epoch, seq);
+    if (plan == RESUME_AHEAD || plan == RESUME_NONE)
+        floor_set(e->c, ch->name, epoch, seq);
+    return plan;
+}
+
+/* What a client gets when it starts covering a channel: with a since, the
+ * history after it when that fills the gap, nothing when since is ahead of
+ * this instance, else (and without since) the latest snapshot. */
+static void send_initial(hub_t *h, edge_t *e, const hub_since_t *since)
+{
+    hub_channel_t *ch = e->ch;
+    int from;
+    int plan = since ? apply_since(h, e, since, &from) : -1;
+    if (!ch->known || plan == RESUME_AHEAD || plan == RESUME_NONE)
         return;
-    if (has_since && chan_can_recover(ch, h->opts.history, since)) {
-        for (int i = 0; i < ch->hlen; i++) {
-            hist_t *x = &ch->hist[(ch->hstart + i) % h->opts.history];
-            if (x->seq > since)
-                deliver(h, e, x->b, NULL);
+    if (plan == RESUME_REPLAY) {
+        for (int i = from; i < ch->hlen; i++) {
+            hist_t *x = hist_at(h, ch, i);
+            deliver_at(h, e, x->b, NULL, x->epoch, x->seq);
         }
         return;
     }
     if (ch->snap && ch->snapshot)
-        deliver(h, e, ch->snapshot, ch);
+        deliver_at(h, e, ch->snapshot, ch, ch->epoch, ch->last_seq);
 }
 
-int hub_subscribe(hub_client_t *c, const char *pattern, int has_since, int64_t since)
+int hub_subscribe(hub_client_t *c, const char *pattern, const hub_since_t *since, int nsince)
 {
     hub_t *h = c->h;
-    if (sub_index(c, pattern) >= 0)
+    int wildcard = strchr(pattern, '*') != NULL;
+    if (sub_index(c, pattern) >= 0) {
+        /* Already live on it: a since only raises the floor. */
+        const hub_since_t *s = wildcard ? NULL : since_for(since, nsince, pattern);
+        hub_channel_t *ch = s ? chan_find(h, pattern) : NULL;
+        edge_t *e = ch ? edge_find(c, ch) : NULL;
+        int from;
+        if (e != NULL)
+            (void)apply_since(h, e, s, &from);
         return 1;
+    }
     if (h->opts.max_subscriptions > 0 && c->nsubs >= h->opts.max_subscriptions)
         return -E2BIG;
-    int wildcard = strchr(pattern, '*') != NULL;
     if (grow((void **)&c->subs, &c->capsubs, c->nsubs + 1, sizeof(*c->subs)) < 0)
         return -ENOMEM;
     if (wildcard && grow((void **)&h->pats, &h->cappats, h->npats + 1, sizeof(*h->pats)) < 0)
@@ -538,8 +762,12 @@ int hub_subscribe(hub_client_t *c, const char *pattern, int has_since, int64_t s
             return -ENOMEM;
         }
         c->subs[c->nsubs++] = (sub_t){.pattern = dup, .wildcard = 0, .pi = -1};
+        const hub_since_t *s = since_for(since, nsince, pattern);
+        int from;
         if (e != NULL)
-            send_initial(h, e, has_since, since);
+            send_initial(h, e, s);
+        else if (s != NULL && (e = edge_find(c, ch)) != NULL)
+            (void)apply_since(h, e, s, &from); /* a pattern already covers it */
         return 0;
     }
     int si = c->nsubs++;
@@ -553,7 +781,7 @@ int hub_subscribe(hub_client_t *c, const char *pattern, int has_since, int64_t s
             continue;
         edge_t *e;
         if (edge_attach(c, ch, &e) == 0 && e != NULL)
-            send_initial(h, e, 0, 0);
+            send_initial(h, e, since_for(since, nsince, ch->name));
     }
     return 0;
 }

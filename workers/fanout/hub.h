@@ -1,8 +1,9 @@
-/* The fanout hub: channels (latest snapshot, short history, epoch/seq
- * fencing), client subscriptions (exact names and '*' patterns) and the
- * broadcast of each message, framed once, to every subscriber. Pure logic:
- * clients are opaque pointers and frames leave through hub_ops_t.send, so
- * unit tests drive it with fake clients. */
+/* The fanout hub: channels (latest snapshot, short history across epochs,
+ * per-channel epoch/seq order), client subscriptions (exact names and '*'
+ * patterns), resume from a client's position, and the broadcast of each
+ * message, framed once, to every subscriber. Pure logic: clients are opaque
+ * pointers and frames leave through hub_ops_t.send, so unit tests drive it
+ * with fake clients. */
 #ifndef FANOUT_HUB_H
 #define FANOUT_HUB_H
 #include <stddef.h>
@@ -19,6 +20,10 @@ typedef struct {
      * when queued (1: replaced an older frame), < 0 when the client could not
      * take it (the callee closes slow clients; the hub just moves on). */
     int (*send)(void *user, rbuf_t *frame, const void *tag);
+    /* Optional: a message was accepted that does not follow the channel's
+     * previous one without loss (seq jump, a new epoch not starting at 1, a
+     * break the source reported). from_* is the previous position. */
+    void (*gap)(const char *channel, int64_t from_epoch, int64_t from_seq, int64_t epoch, int64_t seq);
 } hub_ops_t;
 
 typedef struct {
@@ -29,12 +34,26 @@ typedef struct {
 /* Outcome of hub_publish. */
 enum {
     HUB_ACCEPTED = 0,
-    HUB_FENCED = 1,    /* epoch below the highest seen */
+    HUB_FENCED = 1,    /* epoch below the channel's last */
     HUB_DUPLICATE = 2, /* seq not above the channel's last in this epoch */
 };
 
+/* A position on a channel. has_epoch 0: a legacy since, a seq in the
+ * channel's current epoch on this instance. */
+typedef struct {
+    int64_t epoch, seq;
+    int has_epoch;
+} hub_pos_t;
+
+/* A client's resume position on one exact channel. */
+typedef struct {
+    const char *channel;
+    hub_pos_t pos;
+} hub_since_t;
+
 typedef struct {
     uint64_t accepted, fenced, duplicate, invalid;
+    uint64_t gaps;          /* accepted messages not continuous with the previous */
     uint64_t deliveries;    /* frames handed to clients */
     uint64_t conflated;     /* sends that replaced an older frame */
     uint64_t send_failures; /* sends refused (slow or closing clients) */
@@ -43,12 +62,14 @@ typedef struct {
 hub_t *hub_new(const hub_opts_t *opts, const hub_ops_t *ops);
 void hub_free(hub_t *h); /* clients must be freed first */
 const hub_stats_t *hub_stats(const hub_t *h);
-int64_t hub_max_epoch(const hub_t *h);
+int64_t hub_max_epoch(const hub_t *h); /* highest epoch accepted on any channel */
 int hub_channel_count(const hub_t *h); /* known channels (with data) */
 int hub_max_subscriptions(const hub_t *h);
 
-/* One normalized message from the source. Parses the routing fields, fences,
- * frames it once, stores snapshot/history, sends to subscribers.
+/* One normalized message from the source. Parses the routing fields, orders
+ * it on its channel (a higher epoch, any seq; or the same epoch, a higher
+ * seq; anything else is dropped), frames it once, stores snapshot/history,
+ * sends to subscribers.
  * Returns HUB_ACCEPTED/HUB_FENCED/HUB_DUPLICATE, or -EINVAL for a message
  * without valid routing fields. meta_out (may be NULL) gets ts/recv_ts. */
 int hub_publish(hub_t *h, const char *json, size_t len, int64_t *ts_out, int64_t *recv_ts_out);
@@ -64,14 +85,25 @@ int hub_client_has_sub(const hub_client_t *c, const char *pattern);
 /* Queue a reply (framed here, never conflated). */
 int hub_client_send_text(hub_client_t *c, const char *text, size_t len);
 
-/* Would a subscribe with since=SEQ on this exact channel be recoverable from
- * history (1) or not (0)? */
-int hub_can_recover(hub_t *h, const char *channel, int64_t since);
-/* Subscribe to a channel or pattern (validated by the caller). Newly covered
- * channels get their snapshot (or, with has_since on an exact channel, the
- * history after since when recoverable, else the snapshot). Returns 0, 1 when
- * already subscribed (nothing sent), -E2BIG over max_subscriptions, -ENOMEM. */
-int hub_subscribe(hub_client_t *c, const char *pattern, int has_since, int64_t since);
+/* The source may have lost messages on channel (len bytes, not terminated)
+ * before its next one: that message will not vouch for continuity. */
+void hub_channel_break(hub_t *h, const char *channel, size_t len);
+
+/* The "recovered" answer for a resume of c from since on an exact channel,
+ * given before hub_subscribe acts on it: 1 when this instance holds every
+ * message the client missed (it is in the history, contiguous from since, or
+ * since is at or ahead of the channel's newest message here and the channel
+ * has data), else 0 (the snapshot follows). On a channel c already covers
+ * nothing is replayed: 1 only when since is at or past the newest. */
+int hub_resume_check(const hub_client_t *c, const char *channel, const hub_pos_t *since);
+/* Subscribe to a channel or pattern (validated by the caller). Each channel
+ * the subscription newly covers gets, when since (n entries, exact names)
+ * names it, the history after that position (recoverable) or nothing (since
+ * ahead of this instance) or the snapshot (gap); otherwise its snapshot.
+ * A since position is also the connection's floor on that channel: no
+ * message at or below it is ever sent to c. Returns 0, 1 when already
+ * subscribed (nothing sent), -E2BIG over max_subscriptions, -ENOMEM. */
+int hub_subscribe(hub_client_t *c, const char *pattern, const hub_since_t *since, int n);
 /* 0, or -ENOENT when not subscribed. */
 int hub_unsubscribe(hub_client_t *c, const char *pattern);
 

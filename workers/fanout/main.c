@@ -1,6 +1,7 @@
 /* exchange-fanout: one fanout worker process. Wires the worker runtime
  * (common/worker.h) to the hub, the client server and the data source. */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,6 +35,22 @@ static void on_source_message(void *arg, const char *data, size_t len)
     }
 }
 
+static void on_source_gap(void *arg, const char *channel, size_t len)
+{
+    fanout_t *f = arg;
+    hub_channel_break(f->hub, channel, len);
+}
+
+/* A message that does not follow its channel's previous one: clients that
+ * resume from before it get recovered:false here. Rare (outages, failovers). */
+static void on_hub_gap(const char *channel, int64_t from_epoch, int64_t from_seq, int64_t epoch, int64_t seq)
+{
+    metric_inc(g_fanout.m.source_gaps);
+    log_info("channel not continuous at this instance",
+             "channel=%s from=%" PRId64 ":%" PRId64 " to=%" PRId64 ":%" PRId64, log_q(channel), from_epoch,
+             from_seq, epoch, seq);
+}
+
 static int fanout_start(worker_t *w)
 {
     fanout_t *f = w->data;
@@ -44,13 +61,13 @@ static int fanout_start(worker_t *w)
     fanout_metrics_init(&f->m);
     hub_opts_t ho = {.history = f->cfg->fanout.history,
                      .max_subscriptions = f->cfg->fanout.max_subscriptions};
-    hub_ops_t ops = {.send = server_client_send};
+    hub_ops_t ops = {.send = server_client_send, .gap = on_hub_gap};
     if ((f->hub = hub_new(&ho, &ops)) == NULL)
         return -ENOMEM;
     if ((r = server_start(f)) < 0)
         return r;
     /* Kafka with the relay fallback, or the relay alone without brokers. */
-    source_sink_t sink = {.on_message = on_source_message, .arg = f};
+    source_sink_t sink = {.on_message = on_source_message, .on_gap = on_source_gap, .arg = f};
     if ((r = source_switch_new(f->loop, f->cfg, &sink, &f->src)) < 0)
         return r;
     /* Without a supervisor no leader message comes: this instance's relay. */

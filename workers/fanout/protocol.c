@@ -30,13 +30,26 @@ static void send_error(hub_client_t *c, const char *code, const char *message, j
     send_json(c, o);
 }
 
-static int64_t since_value(json_t *v, int *ok)
+static int nonneg(json_t *v, int64_t *out)
 {
-    /* A number, or {"seq":N} (room for an epoch later). */
-    if (json_is_object(v))
-        v = json_object_get(v, "seq");
-    *ok = json_is_integer(v) && json_integer_value(v) >= 0;
-    return *ok ? (int64_t)json_integer_value(v) : 0;
+    if (!json_is_integer(v) || json_integer_value(v) < 0)
+        return -1;
+    *out = (int64_t)json_integer_value(v);
+    return 0;
+}
+
+/* A since value: {"epoch":E,"seq":S}, or a number S (legacy: a seq in the
+ * channel's current epoch here; {"seq":S} alike). 0 or -1. */
+static int since_value(json_t *v, hub_pos_t *pos)
+{
+    *pos = (hub_pos_t){0};
+    if (!json_is_object(v))
+        return nonneg(v, &pos->seq);
+    json_t *ep = json_object_get(v, "epoch");
+    if (nonneg(json_object_get(v, "seq"), &pos->seq) < 0 || (ep != NULL && nonneg(ep, &pos->epoch) < 0))
+        return -1;
+    pos->has_epoch = ep != NULL;
+    return 0;
 }
 
 /* Collect the channel names of a subscribe/unsubscribe: "channels" array (or
@@ -91,6 +104,8 @@ static void do_subscribe(hub_client_t *c, json_t *req, json_t *id)
     json_t *names = json_array();
     json_t *since = json_object_get(req, "since");
     json_t *recovered = NULL;
+    hub_since_t *pos = NULL;
+    int npos = 0;
     if (json_object_get(req, "channels") == NULL && json_object_get(req, "channel") == NULL &&
         since == NULL) {
         send_error(c, "bad_request", "subscribe needs channels", id);
@@ -102,24 +117,30 @@ static void do_subscribe(hub_client_t *c, json_t *req, json_t *id)
     }
     if (since != NULL) {
         if (!json_is_object(since)) {
-            send_error(c, "bad_request", "since must be an object {\"CHANNEL\": SEQ}", id);
+            send_error(c, "bad_request", "since must be an object {\"CHANNEL\": {\"epoch\":E,\"seq\":S}}",
+                       id);
+            goto out;
+        }
+        if ((pos = calloc(json_object_size(since) + 1, sizeof(*pos))) == NULL) {
+            send_error(c, "internal", "out of memory", id);
             goto out;
         }
         const char *k;
         json_t *v;
         json_object_foreach(since, k, v)
         {
-            int ok;
             if (!msg_channel_valid(k, 0)) {
                 snprintf(msg, sizeof msg, "bad channel name in since: %.128s (no wildcards)", k);
                 send_error(c, "bad_channel", msg, id);
                 goto out;
             }
-            (void)since_value(v, &ok);
-            if (!ok) {
-                send_error(c, "bad_request", "since values must be sequence numbers >= 0", id);
+            if (since_value(v, &pos[npos].pos) < 0) {
+                send_error(c, "bad_request",
+                           "since values must be {\"epoch\":E,\"seq\":S} or a seq, integers >= 0", id);
                 goto out;
             }
+            pos[npos++].channel = k;
+            /* A since names a channel to resume: it is subscribed. */
             if (!names_contain(names, k))
                 json_array_append_new(names, json_string(k));
         }
@@ -149,28 +170,20 @@ static void do_subscribe(hub_client_t *c, json_t *req, json_t *id)
     if (id != NULL)
         json_object_set(reply, "id", id);
     if (since != NULL) {
+        /* Answered before the hub acts; nothing reaches the hub in between,
+         * so the subscribes below do what these answers say. */
         recovered = json_object();
-        const char *k;
-        json_object_foreach(since, k, v)
-        {
-            int ok;
-            int64_t seq = since_value(v, &ok);
-            /* Already covered: nothing will be replayed, live continues. */
-            int r = hub_can_recover(h, k, seq);
-            json_object_set_new(recovered, k, json_boolean(r));
-        }
+        for (int k = 0; k < npos; k++)
+            json_object_set_new(recovered, pos[k].channel,
+                                json_boolean(hub_resume_check(c, pos[k].channel, &pos[k].pos)));
         json_object_set(reply, "recovered", recovered);
     }
     send_json(c, reply);
-    json_array_foreach(names, i, v)
-    {
-        const char *s = json_string_value(v);
-        json_t *sv = since ? json_object_get(since, s) : NULL;
-        int ok = 0;
-        int64_t seq = sv ? since_value(sv, &ok) : 0;
-        (void)hub_subscribe(c, s, sv != NULL && ok, seq);
-    }
+    /* Every since applies to whichever subscription first covers its
+     * channel, pattern or exact, in any order. */
+    json_array_foreach(names, i, v)(void) hub_subscribe(c, json_string_value(v), pos, npos);
 out:
+    free(pos);
     json_decref(recovered);
     json_decref(names);
 }
@@ -309,7 +322,7 @@ int proto_subscribe_names(hub_client_t *c, char **names, int n)
         json_array_append_new(arr, json_string(names[i]));
     send_json(c, json_pack("{s:s, s:o}", "type", "subscribed", "channels", arr));
     for (int i = 0; i < n; i++) {
-        int r = hub_subscribe(c, names[i], 0, 0);
+        int r = hub_subscribe(c, names[i], NULL, 0);
         if (r < 0 && r != -E2BIG)
             return r;
     }

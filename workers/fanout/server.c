@@ -73,6 +73,9 @@ void fanout_metrics_init(fanout_metrics_t *m)
         metric_histogram("exchange_fanout_ingest_latency_seconds",
                          "Receive time minus the ingest receive time (recv_ts)", lat_buckets, nb);
     m->max_epoch = metric_gauge("exchange_fanout_epoch", "Highest leader epoch seen");
+    m->source_gaps = metric_counter("exchange_fanout_source_gaps_total",
+                                    "Messages not continuous with their channel's previous one here (seq "
+                                    "jump, new epoch not from seq 1, source switch): no resume across them");
     m->auth_failures = metric_counter("exchange_fanout_auth_failures_total",
                                       "Clients closed by [auth]: 4001 (missing, malformed, bad_alg, "
                                       "bad_signature, expired, not_yet_valid) or 4003 (forbidden_channel)");

@@ -13,6 +13,9 @@
 typedef struct {
     /* One message; called on the loop thread. data is valid during the call. */
     void (*on_message)(void *arg, const char *data, size_t len);
+    /* Optional: messages on channel (len bytes, not terminated) may have been
+     * lost before the next one this source delivers on it. */
+    void (*on_gap)(void *arg, const char *channel, size_t len);
     void *arg;
 } source_sink_t;
 

@@ -151,12 +151,15 @@ static void grow(sw_t *s)
 
 /* Record one message; returns 1 when it is at or past the newest seen on its
  * channel (the source delivering it is at the head), 0 when behind, -1 when
- * it could not be read. */
-static int track(sw_t *s, const char *json, size_t len)
+ * it could not be read. *new_epoch (optional): 1 when it starts a higher
+ * epoch on a channel already seen in a lower one. */
+static int track(sw_t *s, const char *json, size_t len, int *new_epoch)
 {
     const char *ch;
     size_t n;
     int64_t seq, epoch;
+    if (new_epoch)
+        *new_epoch = 0;
     if (switch_scan_meta(json, len, &ch, &n, &seq, &epoch) < 0)
         return -1;
     if (s->nchans >= s->nbuckets)
@@ -176,11 +179,16 @@ static int track(sw_t *s, const char *json, size_t len)
         t->next = s->buckets[h & (s->nbuckets - 1)];
         s->buckets[h & (s->nbuckets - 1)] = t;
         s->nchans++;
+        t->epoch = -1; /* nothing seen yet */
     }
     if (epoch > s->max_epoch)
         s->max_epoch = epoch;
+    /* Positions are (epoch, seq) per channel: a higher epoch is ahead
+     * whatever its seq (each epoch restarts at 1). */
     if (epoch < t->epoch || (epoch == t->epoch && seq < t->seq))
         return 0;
+    if (new_epoch && t->epoch >= 0 && epoch > t->epoch)
+        *new_epoch = 1;
     t->epoch = epoch;
     t->seq = seq;
     return 1;
@@ -223,7 +231,7 @@ static void from_kafka(void *arg, const char *data, size_t len)
     sw_t *s = arg;
     if (s->closing)
         return;
-    if (track(s, data, len) == 1)
+    if (track(s, data, len, NULL) == 1)
         s->kafka_head_at = now_ms(s);
     s->up.on_message(s->up.arg, data, len);
 }
@@ -233,7 +241,18 @@ static void from_relay(void *arg, const char *data, size_t len)
     sw_t *s = arg;
     if (s->closing)
         return;
-    (void)track(s, data, len);
+    int new_epoch;
+    (void)track(s, data, len, &new_epoch);
+    if (new_epoch && s->up.on_gap != NULL) {
+        /* The relay serves its leader's epoch only: the end of the older
+         * epoch on this channel came (if at all) from another relay or from
+         * Kafka, and may have been cut off when that source went away. */
+        const char *ch;
+        size_t n;
+        int64_t seq, epoch;
+        if (switch_scan_meta(data, len, &ch, &n, &seq, &epoch) == 0)
+            s->up.on_gap(s->up.arg, ch, n);
+    }
     s->up.on_message(s->up.arg, data, len);
 }
 
