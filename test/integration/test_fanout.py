@@ -315,6 +315,140 @@ def test_since_recovery(fanout_factory, feed):
     run(go())
 
 
+def at(epoch, seq):
+    return {"epoch": epoch, "seq": seq}
+
+
+def test_resume_across_an_epoch_change(fanout_factory, feed):
+    f = fanout_factory(history=5)
+    ch, tk = "trade.upbit.BTC-KRW", "ticker.upbit.BTC-KRW"
+
+    async def go():
+        witness = await connect(f.port, "?channels=%s,%s" % (ch, tk))
+        await recv(witness)
+        # the leader changes after 1:3; the new one restarts the channel at 1
+        feed(*[msg(ch, i, epoch=1) for i in (1, 2, 3)] + [msg(ch, i, epoch=2) for i in (1, 2)] +
+             [msg(tk, i) for i in range(1, 11)])
+        seen = set()
+        await data_until(witness, lambda m: (m["channel"], m["epoch"], m["seq"]) in ((ch, 2, 2), (tk, 1, 10))
+                         and (seen.add(m["channel"]) or len(seen) == 2))
+        # a client that saw 1:2 elsewhere gets 1:3, 2:1, 2:2: everything it missed
+        ws = await connect(f.port)
+        r = await request(ws, {"op": "subscribe", "channels": [ch], "since": {ch: at(1, 2)}, "id": 1})
+        assert r["recovered"] == {ch: True}
+        got = [await recv(ws) for _ in range(3)]
+        assert seqs(got) == [(ch, 1, 3), (ch, 2, 1), (ch, 2, 2)]
+        # legacy numeric since: a seq in the channel's current epoch (2)
+        old = await connect(f.port)
+        r = await request(old, {"op": "subscribe", "channels": [ch], "since": {ch: 1}, "id": 2})
+        assert r["recovered"] == {ch: True}
+        assert seqs([await recv(old)]) == [(ch, 2, 2)]
+        # beyond the ring (5 tickers kept of 10): false, then the snapshot
+        gap = await connect(f.port)
+        r = await request(gap, {"op": "subscribe", "channels": [tk], "since": {tk: at(1, 3)}, "id": 3})
+        assert r["recovered"] == {tk: False}
+        assert seqs([await recv(gap)]) == [(tk, 1, 10)]
+        # a position in an epoch this instance has no end of: not vouched for
+        r = await request(gap, {"op": "subscribe", "channels": [ch], "since": {ch: at(1, 9)}, "id": 4})
+        assert r["recovered"] == {ch: False}
+        feed(msg(ch, 3, epoch=2))
+        for w in (witness, ws, old, gap):
+            assert seqs(await data_until(w, lambda m: m["channel"] == ch))[-1] == (ch, 2, 3)
+        assert await nothing_for(ws, 0.3) is None  # nothing twice
+        for w in (witness, ws, old, gap):
+            await w.close()
+
+    run(go())
+
+
+def test_resume_on_a_lagging_instance_never_goes_back(fanout_factory, feed, kafka_broker):
+    # Two instances on two topics: "ahead" already has epoch 2, "behind" does not.
+    kafka_broker.create_topic("ahead", 1)
+    kafka_broker.create_topic("behind", 1)
+    ahead = fanout_factory(topic="ahead")
+    behind = fanout_factory(topic="behind")
+    ch, tk = "trade.bithumb.ETH-KRW", "ticker.bithumb.ETH-KRW"
+    old_epoch = [msg(ch, i, epoch=1) for i in range(1, 6)] + [msg(tk, i, epoch=1) for i in range(1, 6)]
+
+    async def go():
+        wa = await connect(ahead.port, "?channels=%s,%s" % (ch, tk))
+        wb = await connect(behind.port, "?channels=%s,%s" % (ch, tk))
+        await recv(wa)
+        await recv(wb)
+        feed(*old_epoch + [msg(ch, i, epoch=2) for i in (1, 2, 3)] + [msg(tk, 1, epoch=2)], topic="ahead")
+        feed(*old_epoch, topic="behind")
+        await data_until(wa, lambda m: (m["channel"], m["epoch"], m["seq"]) == (ch, 2, 3))
+        await data_until(wb, lambda m: (m["channel"], m["epoch"], m["seq"]) == (ch, 1, 5))
+        # the client saw 2:3 (trade) and 2:1 (ticker) on "ahead", resumes on "behind"
+        ws = await connect(behind.port)
+        r = await request(ws, {"op": "subscribe", "channels": ["trade.*.ETH-KRW", tk],
+                               "since": {ch: at(2, 3), tk: at(2, 1)}, "id": 1})
+        assert r["recovered"] == {ch: True, tk: True}
+        assert await nothing_for(ws, 0.5) is None  # no history, no older snapshot
+        # "behind" catches up: the rest of epoch 1, then epoch 2 from 1
+        feed(*[msg(ch, i, epoch=1) for i in (6, 7)] + [msg(tk, 6, epoch=1)] +
+             [msg(ch, i, epoch=2) for i in (1, 2, 3, 4)] + [msg(tk, i, epoch=2) for i in (1, 2)],
+             topic="behind")
+        await data_until(wb, lambda m: (m["channel"], m["epoch"], m["seq"]) == (ch, 2, 4))
+        seen = set()
+        got = await data_until(ws, lambda m: (m["channel"], m["epoch"], m["seq"]) in ((ch, 2, 4), (tk, 2, 2))
+                               and (seen.add(m["channel"]) or len(seen) == 2))
+        assert sorted(seqs(got)) == [(tk, 2, 2), (ch, 2, 4)]
+        assert await nothing_for(ws, 0.3) is None
+        for w in (wa, wb, ws):
+            await w.close()
+
+    run(go())
+
+
+def test_resume_pattern_listed_before_exact(fanout_factory, feed):
+    f = fanout_factory(history=50)
+    a, b = "trade.upbit.XRP-KRW", "trade.bithumb.XRP-KRW"
+
+    async def go():
+        witness = await connect(f.port, "?channels=trade.*.XRP-KRW")
+        await recv(witness)
+        feed(*[msg(a, i) for i in range(1, 6)] + [msg(b, i) for i in range(1, 6)])
+        seen = set()
+        await data_until(witness, lambda m: m["seq"] == 5 and (seen.add(m["channel"]) or len(seen) == 2))
+        ws = await connect(f.port)
+        r = await request(ws, {"op": "subscribe", "channels": ["trade.*.XRP-KRW", a],
+                               "since": {a: at(1, 2), b: 4}, "id": 1})
+        assert r["recovered"] == {a: True, b: True}
+        seen = set()
+        got = await data_until(ws, lambda m: m["seq"] == 5 and (seen.add(m["channel"]) or len(seen) == 2))
+        assert [s for s in seqs(got) if s[0] == a] == [(a, 1, 3), (a, 1, 4), (a, 1, 5)]
+        assert [s for s in seqs(got) if s[0] == b] == [(b, 1, 5)]
+        feed(msg(a, 6))
+        assert seqs(await data_until(ws, lambda m: True)) == [(a, 1, 6)]  # once, though covered twice
+        assert await nothing_for(ws, 0.3) is None
+        await witness.close()
+        await ws.close()
+
+    run(go())
+
+
+def test_epoch_order_is_per_channel(fanout_factory, feed):
+    f = fanout_factory()
+    new, old = "trade.coinbase.ETH-USD", "trade.coinbase.SOL-USD"
+
+    async def go():
+        ws = await connect(f.port, "?channels=trade.coinbase.*")
+        await recv(ws)
+        # one channel reaches epoch 2 first ...
+        feed(msg(new, 1, epoch=2))
+        await data_until(ws, lambda m: m["channel"] == new)
+        # ... while another still delivers epoch 1 (queued on another partition)
+        feed(*[msg(old, i, epoch=1) for i in (1, 2, 3)] + [msg(old, 1, epoch=2), msg(old, 4, epoch=1)])
+        got = await data_until(ws, lambda m: (m["channel"], m["epoch"]) == (old, 2))
+        assert seqs(got) == [(old, 1, 1), (old, 1, 2), (old, 1, 3), (old, 2, 1)]
+        feed(msg(new, 2, epoch=2))  # 1:4 on SOL above was fenced, ETH carries on
+        assert seqs(await data_until(ws, lambda m: m["channel"] == new)) == [(new, 2, 2)]
+        await ws.close()
+
+    run(go())
+
+
 def test_bad_requests_get_errors_and_connection_survives(fanout_factory):
     f = fanout_factory(max_subscriptions=2)
     cases = [
