@@ -32,7 +32,7 @@ class WsClient:
         self._loop = None
         self._ws = None
         self._thread = None
-        self.last_seq = {}        # channel -> last seq seen (for resume)
+        self.last_seq = {}        # channel -> {"epoch", "seq"} last seen (the resume position)
 
     def start(self):
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
@@ -75,7 +75,8 @@ class WsClient:
                         with self.lock:
                             self.frames.append((time.time(), msg))
                             if isinstance(msg, dict) and "seq" in msg and "channel" in msg:
-                                self.last_seq[msg["channel"]] = msg["seq"]
+                                self.last_seq[msg["channel"]] = {"epoch": msg.get("epoch", 0),
+                                                                 "seq": msg["seq"]}
             except websockets.ConnectionClosed as e:
                 self.closes.append((e.code, e.reason))
             except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake) as e:
