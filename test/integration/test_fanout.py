@@ -26,10 +26,12 @@ TOPIC = "exchange"
 # ---- fixtures -----------------------------------------------------------------------
 
 class Fanout:
-    def __init__(self, procs, tmp_path, build_dir, bootstrap, port, extra, name, topic=TOPIC):
+    def __init__(self, procs, tmp_path, build_dir, bootstrap, port, extra, name, topic=TOPIC, relay=None):
         self.port = port
         ini = tmp_path / ("%s.ini" % name)
         text = "[kafka]\nbrokers = %s\ntopic = %s\nfallback_after_ms = 2000\n" % (bootstrap, topic)
+        if relay:  # the leader's relay this worker falls back to (the only source without brokers)
+            text += "[relay]\nadvertise = %s\n" % relay
         text += "[fanout]\nlisten = 127.0.0.1:%d\n" % port
         for k, v in extra.items():
             text += "%s = %s\n" % (k, v)
@@ -48,10 +50,10 @@ class Fanout:
 def fanout_factory(procs, tmp_path, build_dir, kafka_broker):
     made = []
 
-    def make(port=None, topic=TOPIC, **fanout_keys):
+    def make(port=None, topic=TOPIC, brokers=None, relay=None, **fanout_keys):
         port = port or free_port()
-        f = Fanout(procs, tmp_path, build_dir, kafka_broker.bootstrap, port, fanout_keys,
-                   "fanout%d" % len(made), topic=topic)
+        f = Fanout(procs, tmp_path, build_dir, kafka_broker.bootstrap if brokers is None else brokers, port,
+                   fanout_keys, "fanout%d" % len(made), topic=topic, relay=relay)
         made.append(f)
         return f
 
@@ -445,6 +447,56 @@ def test_epoch_order_is_per_channel(fanout_factory, feed):
         feed(msg(new, 2, epoch=2))  # 1:4 on SOL above was fenced, ETH carries on
         assert seqs(await data_until(ws, lambda m: m["channel"] == new)) == [(new, 2, 2)]
         await ws.close()
+
+    run(go())
+
+
+def test_relay_taking_over_at_a_new_epoch_breaks_the_history(fanout_factory):
+    """Relay only: the first relay ends after 1:3, the next one serves epoch 2
+    from 1. Whether epoch 1 went on after 1:3 this worker cannot know (another
+    instance may have had more of it), so no resume vouches across the change."""
+    ch = "trade.upbit.SOL-KRW"
+    rport = free_port()
+    resumes = []
+    epochs = [[msg(ch, i, epoch=1) for i in (1, 2, 3)], [msg(ch, i, epoch=2) for i in (1, 2)]]
+
+    ready = []
+
+    async def relay(ws, path=None):
+        resumes.append(json.loads(await ws.recv()))
+        await ready[0].wait()  # the witness is subscribed
+        batch = epochs[min(len(resumes), len(epochs)) - 1]
+        for m in batch:  # the ingest's compact form, channel first (the switch reads its prefix)
+            await ws.send(json.dumps(m, separators=(",", ":")))
+        if len(resumes) == 1:
+            await ws.close()  # this leader goes away
+        else:
+            await ws.wait_closed()
+
+    f = fanout_factory(brokers="", relay="127.0.0.1:%d" % rport, history=50)
+
+    async def go():
+        ready.append(asyncio.Event())
+        async with websockets.serve(relay, "127.0.0.1", rport):
+            witness = await connect(f.port, "?channels=" + ch)
+            await recv(witness)
+            ready[0].set()
+            got = await data_until(witness, lambda m: m["epoch"] == 2 and m["seq"] == 2, timeout=30)
+            assert seqs(got) == [(ch, 1, 1), (ch, 1, 2), (ch, 1, 3), (ch, 2, 1), (ch, 2, 2)]
+            # the reconnect resumed from this worker's position
+            assert len(resumes) == 2, resumes
+            assert resumes[1]["op"] == "resume" and resumes[1]["epoch"] == 1, resumes
+            assert resumes[1]["since"] == {ch: 3}
+            ws = await connect(f.port)
+            r = await request(ws, {"op": "subscribe", "channels": [ch],
+                                   "since": {ch: at(1, 2)}, "id": 1})
+            assert r["recovered"] == {ch: False}
+            r2 = await connect(f.port)
+            r = await request(r2, {"op": "subscribe", "channels": [ch], "since": {ch: at(2, 1)}, "id": 2})
+            assert r["recovered"] == {ch: True}
+            assert seqs([await recv(r2)]) == [(ch, 2, 2)]
+            for w in (witness, ws, r2):
+                await w.close()
 
     run(go())
 
