@@ -7,9 +7,11 @@
  * Order and resume: a channel accepts a higher epoch (any seq) or a higher
  * seq in its epoch. Its history keeps (epoch, seq) across epochs and marks
  * each entry that follows its predecessor without loss, so a resume is
- * answered from history only over an unbroken run. A client's since is also
- * its floor on that channel (edge gate): nothing at or below it is sent,
- * which keeps a client that resumes on a lagging instance from going back. */
+ * answered from history only over an unbroken run. A since ahead of this
+ * instance is the client's floor on that channel (its edge is gated):
+ * nothing at or below it is sent, so a client that resumes on a lagging
+ * instance never goes back. A since behind needs no floor: everything sent
+ * from then on is newer (history after it, the snapshot, live). */
 #include "hub.h"
 
 #include <errno.h>
@@ -25,8 +27,7 @@ typedef struct edge_s {
     int count;
     int ci;    /* index in ch->subs */
     int ki;    /* index in c->edges */
-    int gated; /* messages at or below (fepoch, fseq) are not sent */
-    int64_t fepoch, fseq;
+    int gated; /* the client has a floor on ch (c->floors) */
 } edge_t;
 
 typedef struct {
@@ -57,8 +58,9 @@ typedef struct {
     int pi; /* index in h->pats when wildcard */
 } sub_t;
 
-/* A since ahead of this instance, kept so that a later cover of the channel
- * (pattern, resubscribe) is gated too; dropped once the channel passes it. */
+/* A since ahead of this instance; kept on the client (not the edge, which
+ * stays small) so that a later cover of the channel (pattern, resubscribe)
+ * is gated too; dropped once the channel passes it. */
 typedef struct {
     char *channel;
     int64_t epoch, seq;
@@ -262,14 +264,8 @@ static int edge_attach(hub_client_t *c, hub_channel_t *ch, edge_t **out)
     ch->subs[ch->nsubs++] = e;
     e->ki = c->nedges;
     c->edges[c->nedges++] = e;
-    for (int i = 0; i < c->nfloors; i++) {
-        if (strcmp(c->floors[i].channel, ch->name) == 0) {
-            e->gated = 1;
-            e->fepoch = c->floors[i].epoch;
-            e->fseq = c->floors[i].seq;
-            break;
-        }
-    }
+    for (int i = 0; i < c->nfloors && !e->gated; i++)
+        e->gated = strcmp(c->floors[i].channel, ch->name) == 0;
     if (out)
         *out = e;
     return 0;
@@ -362,20 +358,20 @@ static int floor_find(const hub_client_t *c, const char *channel)
     return -1;
 }
 
-static void floor_remove(hub_client_t *c, const char *channel)
+static void floor_remove(hub_client_t *c, int i)
 {
-    int i = floor_find(c, channel);
-    if (i < 0)
-        return;
     free(c->floors[i].channel);
-    c->floors[i] = c->floors[--c->nfloors];
+    memmove(c->floors + i, c->floors + i + 1, (size_t)(--c->nfloors - i) * sizeof(*c->floors));
 }
 
-/* Remember a since ahead of this instance. At most max_subscriptions (1024
- * when unlimited) per client: the oldest goes first. Best effort on ENOMEM:
- * the edge gate still holds while the channel stays covered. */
-static void floor_set(hub_client_t *c, const char *channel, int64_t epoch, int64_t seq)
+/* Remember a since ahead of this instance and gate e on it. At most
+ * max_subscriptions (1024 when unlimited) per client: the oldest goes first;
+ * without memory there is no floor (the snapshot rules then). */
+static void floor_set(edge_t *e, int64_t epoch, int64_t seq)
 {
+    hub_client_t *c = e->c;
+    const char *channel = e->ch->name;
+    e->gated = 1;
     int i = floor_find(c, channel);
     if (i >= 0) {
         if (pos_cmp(epoch, seq, c->floors[i].epoch, c->floors[i].seq) > 0) {
@@ -385,10 +381,8 @@ static void floor_set(hub_client_t *c, const char *channel, int64_t epoch, int64
         return;
     }
     int cap = c->h->opts.max_subscriptions > 0 ? c->h->opts.max_subscriptions : 1024;
-    if (c->nfloors >= cap) {
-        free(c->floors[0].channel);
-        memmove(c->floors, c->floors + 1, (size_t)--c->nfloors * sizeof(*c->floors));
-    }
+    if (c->nfloors >= cap)
+        floor_remove(c, 0); /* oldest first: the list is kept in order */
     char *name = strdup(channel);
     if (name == NULL || grow((void **)&c->floors, &c->capfloors, c->nfloors + 1, sizeof(*c->floors)) < 0) {
         free(name);
@@ -397,24 +391,16 @@ static void floor_set(hub_client_t *c, const char *channel, int64_t epoch, int64
     c->floors[c->nfloors++] = (floor_t){.channel = name, .epoch = epoch, .seq = seq};
 }
 
-static void gate_raise(edge_t *e, int64_t epoch, int64_t seq)
-{
-    if (!e->gated || pos_cmp(epoch, seq, e->fepoch, e->fseq) > 0) {
-        e->gated = 1;
-        e->fepoch = epoch;
-        e->fseq = seq;
-    }
-}
-
-/* Does a message at (epoch, seq) pass e's floor? Once one does, every later
- * one does too (the channel only moves forward): the floor is dropped. */
+/* Does a message at (epoch, seq) pass gated e's floor? Once one does, every
+ * later one does too (the channel only moves forward): the floor is dropped. */
 static int gate_pass(edge_t *e, int64_t epoch, int64_t seq)
 {
-    if (pos_cmp(epoch, seq, e->fepoch, e->fseq) <= 0)
+    int i = floor_find(e->c, e->ch->name);
+    if (i >= 0 && pos_cmp(epoch, seq, e->c->floors[i].epoch, e->c->floors[i].seq) <= 0)
         return 0;
     e->gated = 0;
-    if (e->c->nfloors > 0)
-        floor_remove(e->c, e->ch->name);
+    if (i >= 0)
+        floor_remove(e->c, i);
     return 1;
 }
 
@@ -689,19 +675,15 @@ static void deliver_at(hub_t *h, edge_t *e, rbuf_t *frame, const void *tag, int6
     deliver(h, e, frame, tag);
 }
 
-/* since on a channel: the connection's floor there, and remembered by the
- * client while this instance has not reached it. Returns the resume plan,
- * or -1 for a since that gives no position (legacy, no data here). */
+/* since on a channel: ahead of this instance (or on a channel without data
+ * here) it is the connection's floor there. Returns the resume plan, or -1
+ * for a since that gives no position (legacy, no data here). */
 static int apply_since(hub_t *h, edge_t *e, const hub_since_t *since, int *from)
 {
-    hub_channel_t *ch = e->ch;
     int64_t epoch, seq;
-    int plan = since_plan(h, ch, &since->pos, &epoch, &seq, from);
-    if (plan < 0 || (plan == RESUME_GAP && !since->pos.has_epoch))
-        return plan; /* a legacy gap: no floor, see since_plan */
-    gate_raise(e, epoch, seq);
+    int plan = since_plan(h, e->ch, &since->pos, &epoch, &seq, from);
     if (plan == RESUME_AHEAD || plan == RESUME_NONE)
-        floor_set(e->c, ch->name, epoch, seq);
+        floor_set(e, epoch, seq);
     return plan;
 }
 
