@@ -100,9 +100,10 @@ int hub_resume_check(const hub_client_t *c, const char *channel, const hub_pos_t
  * the subscription newly covers gets, when since (n entries, exact names)
  * names it, the history after that position (recoverable) or nothing (since
  * ahead of this instance) or the snapshot (gap); otherwise its snapshot.
- * A since position is also the connection's floor on that channel: no
- * message at or below it is ever sent to c. Returns 0, 1 when already
- * subscribed (nothing sent), -E2BIG over max_subscriptions, -ENOMEM. */
+ * No message at or below a since is ever sent to c on that channel (one
+ * ahead of this instance is kept as c's floor there, also across an
+ * unsubscribe). Returns 0, 1 when already subscribed (nothing sent, a since
+ * only sets the floor), -E2BIG over max_subscriptions, -ENOMEM. */
 int hub_subscribe(hub_client_t *c, const char *pattern, const hub_since_t *since, int n);
 /* 0, or -ENOENT when not subscribed. */
 int hub_unsubscribe(hub_client_t *c, const char *pattern);
