@@ -121,8 +121,16 @@ static void do_subscribe(hub_client_t *c, json_t *req, json_t *id)
                        id);
             goto out;
         }
+        /* Every since channel becomes a subscription: bound it before
+         * allocating. */
+        int maxs = hub_max_subscriptions(hub_client_hub(c));
+        if (maxs > 0 && json_object_size(since) > (size_t)maxs) {
+            snprintf(msg, sizeof msg, "at most %d subscriptions per connection", maxs);
+            send_error(c, "too_many_subscriptions", msg, id);
+            goto out;
+        }
         if ((pos = calloc(json_object_size(since) + 1, sizeof(*pos))) == NULL) {
-            send_error(c, "internal", "out of memory", id);
+            send_error(c, "too_many_subscriptions", "out of memory for this many since entries", id);
             goto out;
         }
         const char *k;
