@@ -454,6 +454,35 @@ static void test_resume_pattern_before_exact(void **state)
     hub_free(h);
 }
 
+static void test_resume_on_a_channel_already_covered(void **state)
+{
+    (void)state;
+    hub_t *h = mkhub(10, 0);
+    fake_t a = {0};
+    const char *ch = "trade.x.A-B";
+    for (int i = 1; i <= 5; i++)
+        pub(h, ch, i, 1);
+    hub_client_t *ca = hub_client_new(h, &a);
+    hub_subscribe(ca, "trade.*.A-B", NULL, 0);
+    /* live on it already: nothing is replayed, so only a since at or past
+     * the newest is recovered */
+    assert_false(check(ca, at(ch, 1, 3)));
+    assert_true(check(ca, at(ch, 1, 5)));
+    assert_true(check(ca, at(ch, 1, 8)));
+    hub_since_t s = at(ch, 1, 3);
+    assert_int_equal(hub_subscribe(ca, ch, &s, 1), 0);
+    assert_int_equal(a.n, 0);
+    /* a since ahead sets the floor on the live edge */
+    s = at(ch, 1, 7);
+    assert_int_equal(hub_subscribe(ca, ch, &s, 1), 1);
+    for (int i = 6; i <= 8; i++)
+        pub(h, ch, i, 1);
+    assert_string_equal(positions(&a, 0), "1:8");
+    hub_client_free(ca);
+    fake_reset(&a);
+    hub_free(h);
+}
+
 static void test_max_subscriptions(void **state)
 {
     (void)state;
@@ -649,6 +678,7 @@ int main(void)
         cmocka_unit_test(test_resume_across_epochs),
         cmocka_unit_test(test_resume_on_lagging_instance),
         cmocka_unit_test(test_resume_pattern_before_exact),
+        cmocka_unit_test(test_resume_on_a_channel_already_covered),
         cmocka_unit_test(test_max_subscriptions),
         cmocka_unit_test(test_refusing_client_does_not_block_others),
         cmocka_unit_test(test_protocol_errors),
