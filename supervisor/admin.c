@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "http.h"
@@ -314,6 +315,23 @@ int sup_is_ready(void)
     return fanouts > 0;
 }
 
+/* {"soft": N, "hard": N, "supervisor_open_fds": N}: the open-files limit the
+ * workers inherit (raised at start, main.c). */
+static json_t *nofile_json(void)
+{
+    struct rlimit rl = {0, 0};
+    (void)getrlimit(RLIMIT_NOFILE, &rl);
+    return json_pack("{s:I, s:I, s:i}", "soft", (json_int_t)rl.rlim_cur, "hard", (json_int_t)rl.rlim_max,
+                     "supervisor_open_fds", worker_open_fds(0));
+}
+
+/* A live worker's open file descriptors (/proc/PID/fd); -1 when gone. */
+static int proc_open_fds(const proc_t *p)
+{
+    int n = p->state == PS_EXITED || p->pid <= 0 ? -1 : worker_open_fds((int)p->pid);
+    return n < 0 ? -1 : n;
+}
+
 json_t *sup_status_json(void)
 {
     uint64_t now = worker_now_ms();
@@ -327,6 +345,8 @@ json_t *sup_status_json(void)
                       (int)p->pid, "state", p->state == PS_EXITED ? "backoff" : proc_state_name(p->state),
                       "restarts", p->restarts, "uptime_s", (json_int_t)((now - p->started_ms) / 1000), "slot",
                       p->slot, "generation", p->generation, "crashloop", p->crashloop);
+        int fds = proc_open_fds(p);
+        json_object_set_new(w, "open_fds", fds >= 0 ? json_integer(fds) : json_null());
         if (p->status != NULL) {
             const char *k;
             json_t *v;
@@ -352,8 +372,10 @@ json_t *sup_status_json(void)
         "exchanges", exchanges, "clients", clients, "ready", sup_is_ready(), "draining", sup.draining,
         "config", "profile", sup.cfg->profile ? sup.cfg->profile : "", "files",
         sup.cfg->files ? sup.cfg->files : "", "uptime_s", (json_int_t)((now - sup.started_ms) / 1000));
-    if (st != NULL)
+    if (st != NULL) {
+        json_object_set_new(st, "nofile", nofile_json());
         status_add_rates(st);
+    }
     return st;
 }
 
@@ -382,6 +404,14 @@ int sup_render_metrics(buf_t *out)
                                          "Leadership changes seen by this instance.", NULL, 0);
     metric_t *ready =
         metrics_reg_family(agg, METRIC_GAUGE, "exchange_ready", "1 while /readyz answers 200.", NULL, 0);
+    metric_t *fds = metrics_reg_family(agg, METRIC_GAUGE, "exchange_worker_open_fds",
+                                       "Open file descriptors of each worker process.", NULL, 0);
+    metric_t *nofile =
+        metrics_reg_family(agg, METRIC_GAUGE, "exchange_open_files_limit",
+                           "The soft open-files limit (RLIMIT_NOFILE) workers run with.", NULL, 0);
+    struct rlimit rl = {0, 0};
+    (void)getrlimit(RLIMIT_NOFILE, &rl);
+    metric_set(nofile, (double)rl.rlim_cur);
     metric_set(role, sup.role == ROLE_LEADER);
     metric_set(epoch, (double)sup_epoch());
     metric_add(trans, (double)sup.transitions);
@@ -396,6 +426,9 @@ int sup_render_metrics(buf_t *out)
                    (double)(now - p->started_ms) / 1000.0);
         metric_set(metric_labels(restarts, "kind=\"%s\",slot=\"%d\"", k, p->slot), p->restarts);
         metric_set(metric_labels(crashloop, "kind=\"%s\",slot=\"%d\"", k, p->slot), p->crashloop);
+        int nfd = proc_open_fds(p);
+        if (nfd >= 0)
+            metric_set(metric_labels(fds, "kind=\"%s\",slot=\"%d\"", k, p->slot), nfd);
         if (p->kind == PROC_FANOUT && p->status != NULL) {
             json_t *c = json_object_get(p->status, "clients");
             metric_set(metric_labels(clients, "slot=\"%d\",pid=\"%d\"", p->slot, (int)p->pid),

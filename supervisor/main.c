@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "election.h"
@@ -30,6 +31,37 @@ static void usage(FILE *f)
           "  --check-config   validate, print the effective configuration with sources, exit\n"
           "  --print-ini      print the commented default configuration (conf/exchange.ini)\n",
           f);
+}
+
+/* Container runtimes start processes with a soft open-files limit of 1024
+ * (Kubernetes has no ulimit field); every client is a file descriptor.
+ * Raise the soft limit to the hard one (the workers inherit it) and say
+ * what we got, warning when the fanout workers could run out before
+ * [fanout] max_clients. */
+static void raise_nofile_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0) {
+        log_warn("cannot read the open-files limit", "err=%s", log_q(strerror(errno)));
+        return;
+    }
+    unsigned long long was = (unsigned long long)rl.rlim_cur;
+    if (rl.rlim_cur < rl.rlim_max) {
+        struct rlimit want = {rl.rlim_max, rl.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &want) == 0)
+            rl = want;
+        else
+            log_warn("cannot raise the open-files limit", "soft=%llu hard=%llu err=%s", was,
+                     (unsigned long long)rl.rlim_max, log_q(strerror(errno)));
+    }
+    log_info("open-files limit", "soft=%llu hard=%llu soft_before=%llu", (unsigned long long)rl.rlim_cur,
+             (unsigned long long)rl.rlim_max, was);
+    unsigned long long want = (unsigned long long)sup.cfg->fanout.max_clients + 256;
+    if ((unsigned long long)rl.rlim_cur < want)
+        log_warn(
+            "open-files limit below what a fanout worker may need: clients beyond it wait in the backlog",
+            "soft=%llu max_clients=%d needed=%llu", (unsigned long long)rl.rlim_cur,
+            sup.cfg->fanout.max_clients, want);
 }
 
 static void spawn_fanouts(void)
@@ -203,6 +235,7 @@ int main(int argc, char **argv)
     (void)log_set_level(sup.cfg->log.level);
     (void)log_set_format(sup.cfg->log.format);
     signal(SIGPIPE, SIG_IGN);
+    raise_nofile_limit();
     if ((r = find_exe_dir()) < 0) {
         log_error("cannot find own executable", "err=%s", log_q(strerror(-r)));
         return 1;

@@ -1,0 +1,178 @@
+"""Operations (issue 15): the open-files limit, counters that never go
+backwards, the systemd unit, build info, profile alias, ZooKeeper auth."""
+import base64
+import json
+import os
+import re
+import select
+import signal
+import socket
+import struct
+import time
+
+import pytest
+
+from harness import util
+
+# ---- raw WebSocket clients (hundreds of sockets, no threads) -------------------
+
+
+class RawWs:
+    """One client socket: sends the upgrade at once, reads the 101 later."""
+
+    def __init__(self, port, path="/ws/exchange"):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.sock.setblocking(False)
+        self.buf = b""
+        self.upgraded = False
+        self.closed = False
+        key = base64.b64encode(os.urandom(16)).decode()
+        req = ("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (path, key))
+        self.sock.sendall(req.encode())
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def pump(self):
+        """Reads what is there; returns False once the server closed."""
+        while not self.closed:
+            try:
+                d = self.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.closed = True
+                break
+            if not d:
+                self.closed = True
+                break
+            self.buf += d
+        if not self.upgraded and b"\r\n\r\n" in self.buf:
+            head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101"), head[:200]
+            self.upgraded = True
+        return not self.closed
+
+    def send_text(self, text):
+        data = text.encode()
+        mask = os.urandom(4)
+        n = len(data)
+        hdr = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack("!H", n))
+        body = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+        self.sock.setblocking(True)
+        self.sock.sendall(hdr + mask + body)
+        self.sock.setblocking(False)
+
+    def texts(self):
+        """Complete unmasked server text frames read so far."""
+        out, b = [], self.buf
+        while len(b) >= 2:
+            n, off = b[1] & 0x7F, 2
+            if n == 126:
+                if len(b) < 4:
+                    break
+                n, off = struct.unpack("!H", b[2:4])[0], 4
+            elif n == 127:
+                if len(b) < 10:
+                    break
+                n, off = struct.unpack("!Q", b[2:10])[0], 10
+            if len(b) < off + n:
+                break
+            if b[0] & 0x0F == 1:
+                out.append(b[off:off + n].decode())
+            b = b[off + n:]
+        return out
+
+    def close(self):
+        self.sock.close()
+        self.closed = True
+
+
+def pump_all(clients, timeout=0.2):
+    live = [c for c in clients if not c.closed]
+    if live:
+        r, _, _ = select.select(live, [], [], timeout)
+        for c in r:
+            c.pump()
+
+
+def stderr_has(svc, pattern):
+    return re.search(pattern, svc.stderr()) is not None
+
+
+# ---- 1: the open-files limit ---------------------------------------------------
+
+LOW_NOFILE = 96
+
+
+def test_low_open_files_limit(service_factory):
+    """Soft and hard limit both low (so raising the soft one cannot help):
+    more clients than descriptors. The worker logs and counts the failed
+    accept, pauses instead of spinning, keeps serving its clients, and takes
+    the waiting ones once descriptors free up."""
+    svc = service_factory(start=False, overrides={"fanout": {"workers": 1, "max_clients": 1000}})
+    svc.proc.argv = ["prlimit", "--nofile=%d:%d" % (LOW_NOFILE, LOW_NOFILE), "--"] + svc.proc.argv
+    svc.start().wait_ready()
+    util.wait_until(lambda: stderr_has(svc, r"open-files limit.*soft=%d hard=%d" % (LOW_NOFILE, LOW_NOFILE)),
+                    timeout=5, what="open-files limit logged")
+    assert stderr_has(svc, r"open-files limit below what a fanout worker may need")
+    st = svc.status()
+    assert st["nofile"]["soft"] == LOW_NOFILE and st["nofile"]["hard"] == LOW_NOFILE
+    [w] = svc.workers("fanout", "running")
+    base = w["open_fds"]
+    assert isinstance(base, int) and 5 <= base < LOW_NOFILE - 20, w
+    assert svc.metric("exchange_open_files_limit") == LOW_NOFILE
+
+    # More clients than the worker has descriptors left.
+    n = LOW_NOFILE - base + 30
+    clients = []
+    for _ in range(n):
+        clients.append(RawWs(svc.port))
+    first = []
+
+    def settled():
+        pump_all(clients)
+        first[:] = [c for c in clients if c.upgraded and not c.closed]
+        errs = svc.metric("exchange_fanout_accept_errors_total", {"reason": "emfile"}) or 0
+        return errs >= 1 and len(first) >= LOW_NOFILE - base - 10
+    util.wait_until(settled, timeout=20, what="worker at its limit, accept errors counted")
+    assert stderr_has(svc, r"accept failed, pausing accepts.*Too many open files.*nofile_soft=%d" % LOW_NOFILE)
+    waiting = [c for c in clients if not c.upgraded]
+    assert waiting, "every client got in: the limit was not reached"
+    assert not [c for c in clients if c.closed], "a waiting client was dropped"
+    [w] = svc.workers("fanout", "running")
+    assert w["open_fds"] >= LOW_NOFILE - 3, w
+    util.wait_until(lambda: svc.workers("fanout", "running")[0]["clients"] == len(first), timeout=5,
+                    what="status counts the connected clients")
+
+    # Paused, not spinning: at most one retry per pause (250 ms) over a window.
+    e0, t0 = svc.metric("exchange_fanout_accept_errors_total", {"reason": "emfile"}), time.monotonic()
+    # The connected clients are still served meanwhile.
+    probe = first[:5]
+    for i, c in enumerate(probe):
+        c.send_text(json.dumps({"op": "subscribe", "channels": ["trade.upbit.BTC-KRW"], "id": i}))
+
+    def answered():
+        pump_all(probe)
+        return all(any('"subscribed"' in t for t in c.texts()) for c in probe)
+    util.wait_until(answered, timeout=10, what="connected clients answered while at the limit")
+    util.wait_until(lambda: time.monotonic() - t0 >= 2.0, timeout=5, what="2 s window")
+    e1, t1 = svc.metric("exchange_fanout_accept_errors_total", {"reason": "emfile"}), time.monotonic()
+    # +2 for the snapshot lag (stats every 200 ms) at both ends.
+    assert e1 - e0 <= (t1 - t0) / 0.25 + 2, (e0, e1, t1 - t0)
+
+    # Descriptors free up: the waiting clients are accepted.
+    for c in first:
+        c.close()
+
+    def all_in():
+        pump_all(waiting)
+        return all(c.upgraded for c in waiting)
+    util.wait_until(all_in, timeout=20, what="waiting clients accepted once fds freed")
+    assert not [c for c in waiting if c.closed]
+    util.wait_until(lambda: stderr_has(svc, r"accepting again.*pauses="), timeout=5, what="resume logged")
+    util.wait_until(lambda: svc.workers("fanout", "running")[0]["clients"] == len(waiting), timeout=10,
+                    what="status counts the accepted clients")
+    for c in waiting:
+        c.close()
