@@ -379,12 +379,49 @@ json_t *sup_status_json(void)
     return st;
 }
 
+/* ---- retired workers' counters -----------------------------------------------
+ * /metrics sums the live workers' snapshots. A worker that exits (reload,
+ * drain, crash) would take its counts with it and every _total would drop:
+ * rate() reads that as a reset. So the last snapshot of each exited worker
+ * is added here, counters and histograms only (gauges describe the live
+ * process), and /metrics adds this registry to the live sums. */
+static metrics_registry_t *retired;
+
+void admin_retire_worker(const proc_t *p)
+{
+    size_t i;
+    json_t *f, *keep;
+    if (p->metrics == NULL)
+        return;
+    if (retired == NULL && (retired = metrics_registry_new()) == NULL) {
+        log_error("cannot keep an exited worker's counters", "pid=%d err=%s", (int)p->pid,
+                  log_q(strerror(ENOMEM)));
+        return;
+    }
+    keep = json_array();
+    json_array_foreach(json_object_get(p->metrics, "families"), i, f)
+    {
+        const char *t = json_string_value(json_object_get(f, "type"));
+        if (t != NULL && strcmp(t, "gauge") != 0)
+            json_array_append(keep, f);
+    }
+    json_t *snap = json_pack("{s:o}", "families", keep);
+    if (snap == NULL || metrics_merge(retired, snap, NULL) < 0)
+        log_warn("an exited worker's counters were not all kept", "pid=%d", (int)p->pid);
+    json_decref(snap);
+}
+
 int sup_render_metrics(buf_t *out)
 {
     metrics_registry_t *agg = metrics_registry_new();
     json_t *own = metrics_snapshot(sup.reg);
     metrics_merge(agg, own, NULL);
     json_decref(own);
+    if (retired != NULL) {
+        json_t *old = metrics_snapshot(retired);
+        metrics_merge(agg, old, NULL);
+        json_decref(old);
+    }
     /* Per-worker series of the supervisor's own view. */
     metric_t *up = metrics_reg_family(agg, METRIC_GAUGE, "exchange_worker_up",
                                       "1 for each live worker process.", NULL, 0);

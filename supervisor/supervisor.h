@@ -87,6 +87,7 @@ void admin_stop(void);
 int sup_is_ready(void);
 json_t *sup_status_json(void);
 int sup_render_metrics(buf_t *out);
+void admin_retire_worker(const proc_t *p); /* keep its counters in /metrics */
 
 /* sdnotify.c */
 void sd_notify_msg(const char *msg);
