@@ -1252,6 +1252,70 @@ static void apply_env(cfg_t *c, errs_t *e)
     }
 }
 
+const char *cfg_spring_profile(char *out, size_t n)
+{
+    const char *v = getenv("SPRING_PROFILES_ACTIVE");
+    if (v == NULL || n == 0)
+        return NULL;
+    while (*v == ' ')
+        v++;
+    size_t len = strcspn(v, ", ");
+    if (len == 0 || len >= n)
+        return NULL;
+    memcpy(out, v, len);
+    out[len] = '\0';
+    return out;
+}
+
+/* A secret key's value "file:NAME" is read from the file NAME (relative:
+ * in $CREDENTIALS_DIRECTORY, where systemd's LoadCredential= puts them,
+ * else the working directory); one trailing newline is dropped. Read at
+ * every load, so a SIGHUP picks up a rotated secret. */
+static void resolve_secret_files(cfg_t *c, errs_t *e)
+{
+    for (int i = 0; i < g_nslots; i++) {
+        if (!(g_slots[i].k->flags & CF_SECRET) || g_slots[i].k->type != T_STR)
+            continue;
+        char **v = slot_str(c, i);
+        if (*v == NULL || strncmp(*v, "file:", 5) != 0)
+            continue;
+        const char *name = *v + 5, *dir = getenv("CREDENTIALS_DIRECTORY");
+        char path[4096];
+        if (name[0] != '/' && dir != NULL && dir[0] != '\0')
+            snprintf(path, sizeof path, "%s/%s", dir, name);
+        else
+            snprintf(path, sizeof path, "%s", name);
+        FILE *f = fopen(path, "rb");
+        char secret[4096];
+        size_t len = 0;
+        if (f != NULL) {
+            len = fread(secret, 1, sizeof secret - 1, f);
+            fclose(f);
+        }
+        if (f == NULL || len == 0 || len == sizeof secret - 1) {
+            add_err(e, "%s: [%s] %s: cannot read the secret file %s: %s", c->source[i], g_slots[i].section,
+                    g_slots[i].k->name, path,
+                    f == NULL  ? strerror(errno)
+                    : len == 0 ? "empty"
+                               : "longer than 4 KiB");
+            continue;
+        }
+        secret[len] = '\0';
+        if (secret[len - 1] == '\n')
+            secret[--len] = '\0';
+        if (len > 0 && secret[len - 1] == '\r')
+            secret[--len] = '\0';
+        free(*v);
+        *v = xstrdup(secret);
+        char *src = malloc(strlen(c->source[i]) + strlen(path) + 16);
+        if (src == NULL)
+            abort();
+        sprintf(src, "%s (file %s)", c->source[i], path);
+        free(c->source[i]);
+        c->source[i] = src;
+    }
+}
+
 static int valid_profile(const char *p)
 {
     if (*p == '\0' || strlen(p) > 64)
@@ -1284,6 +1348,10 @@ cfg_t *cfg_load(const cfg_opts_t *opts, buf_t *err)
         profile = getenv("EXCHANGE_PROFILE");
         profile_src = "env EXCHANGE_PROFILE";
     }
+    char spring[65];
+    if ((profile == NULL || *profile == '\0') && opts->use_env &&
+        (profile = cfg_spring_profile(spring, sizeof spring)) != NULL)
+        profile_src = "env SPRING_PROFILES_ACTIVE";
     if (profile == NULL || *profile == '\0') {
         profile = "local";
         profile_src = "default";
@@ -1311,6 +1379,7 @@ cfg_t *cfg_load(const cfg_opts_t *opts, buf_t *err)
         (void)load_file(c, opts->extra_file, &e, "cannot read --config file");
     if (opts->use_env)
         apply_env(c, &e);
+    resolve_secret_files(c, &e);
     finalize(c, &e);
     if (e.nerr > 0) {
         cfg_free(c);

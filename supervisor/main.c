@@ -25,7 +25,8 @@ static void usage(FILE *f)
 {
     fputs("usage: exchange-service [--profile NAME] [--config FILE] [--conf-dir DIR]\n"
           "                        [--check-config] [--print-ini]\n"
-          "  --profile NAME   local|docker|prod overlay (default $EXCHANGE_PROFILE or local)\n"
+          "  --profile NAME   local|docker|prod overlay (default $EXCHANGE_PROFILE,\n"
+          "                   else the first of $SPRING_PROFILES_ACTIVE, else local)\n"
           "  --config FILE    a last overlay file\n"
           "  --conf-dir DIR   where exchange.ini and the profiles live ($EXCHANGE_CONF_DIR, conf)\n"
           "  --check-config   validate, print the effective configuration with sources, exit\n"
@@ -62,6 +63,18 @@ static void raise_nofile_limit(void)
             "open-files limit below what a fanout worker may need: clients beyond it wait in the backlog",
             "soft=%llu max_clients=%d needed=%llu", (unsigned long long)rl.rlim_cur,
             sup.cfg->fanout.max_clients, want);
+}
+
+/* The plan's manifests set SPRING_PROFILES_ACTIVE; it stands in for
+ * EXCHANGE_PROFILE (config.c), said once at start. */
+static void log_profile_alias(void)
+{
+    char spring[65];
+    const char *ep = getenv("EXCHANGE_PROFILE");
+    if (sup.cfg_opts.profile == NULL && (ep == NULL || ep[0] == '\0') &&
+        cfg_spring_profile(spring, sizeof spring) != NULL)
+        log_info("profile from SPRING_PROFILES_ACTIVE, an alias of EXCHANGE_PROFILE", "profile=%s value=%s",
+                 log_q(spring), log_q(getenv("SPRING_PROFILES_ACTIVE")));
 }
 
 static void spawn_fanouts(void)
@@ -257,6 +270,7 @@ int main(int argc, char **argv)
     uv_signal_start(&sup.sig_hup, on_signal, SIGHUP);
     uv_signal_start(&sup.sig_chld, on_signal, SIGCHLD);
 
+    log_profile_alias();
     log_info("exchange-service starting", "instance=%s profile=%s files=%s pid=%d",
              log_q(sup.cfg->service.instance), log_q(sup.cfg->profile ? sup.cfg->profile : ""),
              log_q(sup.cfg->files ? sup.cfg->files : ""), (int)getpid());
@@ -264,6 +278,7 @@ int main(int argc, char **argv)
         log_error("admin listen failed", "addr=%s err=%s", sup.cfg->admin.listen, log_q(uv_strerror(r)));
         return 1;
     }
+    sd_watchdog_start(sup.loop);
     spawn_fanouts();
     if ((r = election_start()) < 0) {
         log_error("election start failed", "err=%s", log_q(uv_strerror(r)));

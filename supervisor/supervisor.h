@@ -91,6 +91,7 @@ void admin_retire_worker(const proc_t *p); /* keep its counters in /metrics */
 
 /* sdnotify.c */
 void sd_notify_msg(const char *msg);
+void sd_watchdog_start(uv_loop_t *loop); /* WATCHDOG=1 while $WATCHDOG_USEC is set */
 
 /* supervisor.c */
 void sup_start_ingest_if_leader(void);

@@ -8,11 +8,13 @@ import select
 import signal
 import socket
 import struct
+import subprocess
 import time
 
 import pytest
 
 from harness import util
+from harness.service import REPO
 
 # ---- raw WebSocket clients (hundreds of sockets, no threads) -------------------
 
@@ -252,3 +254,105 @@ def test_counters_monotonic_across_reload_and_crash(service_factory, sim_factory
     assert not problems, problems[:20]
     assert svc.metric("exchange_worker_exits_total", {"kind": "fanout"}) >= 3
     client.close()
+
+
+# ---- 9: the systemd unit ---------------------------------------------------------
+
+UNIT = os.path.join(REPO, "conf", "exchange-service.service")
+
+
+def installed_unit(tmp_path, build_dir):
+    """The unit as `make install` writes it, with PREFIX pointing at the build."""
+    (tmp_path / "bin").mkdir()
+    os.symlink(os.path.join(build_dir, "exchange-service"), str(tmp_path / "bin" / "exchange-service"))
+    text = open(UNIT).read().replace("@PREFIX@", str(tmp_path))
+    path = tmp_path / "exchange-service.service"
+    path.write_text(text)
+    return str(path), text
+
+
+def test_systemd_unit_security_and_settings(tmp_path, build_dir):
+    path, text = installed_unit(tmp_path, build_dir)
+    for line in ("RestartPreventExitStatus=2", "EnvironmentFile=-/etc/exchange-service/env",
+                 "LoadCredential=relay-token:", "Environment=EXCHANGE_RELAY_TOKEN=file:relay-token",
+                 "WatchdogSec=", "Type=notify"):
+        assert line in text, line
+    v = subprocess.run(["systemd-analyze", "verify", path], capture_output=True, text=True, timeout=60)
+    assert v.returncode == 0, v.stderr
+    r = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", path],
+                       capture_output=True, text=True, timeout=60)
+    m = re.search(r"Overall exposure level for \S+: ([0-9.]+) (\w+)", r.stdout)
+    assert m, r.stdout[-2000:] + r.stderr
+    score = float(m.group(1))
+    print("systemd-analyze security exposure: %s %s" % (score, m.group(2)))
+    assert score < 3.0, r.stdout
+
+
+def test_config_error_exits_2(tmp_path, build_dir):
+    """RestartPreventExitStatus=2 relies on it."""
+    bad = tmp_path / "bad.ini"
+    bad.write_text("[fanout]\nworkers = 0\n")
+    r = subprocess.run([os.path.join(build_dir, "exchange-service"), "--conf-dir", os.path.join(REPO, "conf"),
+                        "--profile", "local", "--config", str(bad)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "workers" in r.stderr
+
+
+def test_watchdog_and_ready_notifications(service_factory, tmp_path):
+    sock_path = str(tmp_path / "notify.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(sock_path)
+    s.settimeout(0.2)
+    svc = service_factory(env={"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "400000"}).wait_ready()
+    got = []
+
+    def pings():
+        try:
+            got.append(s.recv(256).decode())
+        except socket.timeout:
+            pass
+        return "READY=1" in got and got.count("WATCHDOG=1") >= 3
+    util.wait_until(pings, timeout=10, what="READY=1 and WATCHDOG=1 pings")
+    assert "systemd watchdog on" in svc.stderr()
+    s.close()
+
+
+def test_secret_from_credentials_directory(service_factory, tmp_path):
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "admin-token").write_text("s3cret-admin-token\n")
+    svc = service_factory(env={"CREDENTIALS_DIRECTORY": str(creds),
+                               "EXCHANGE_ADMIN_TOKEN": "file:admin-token"}).wait_ready()
+    assert svc.get("/status")[0] == 401
+    st, _, _ = util.http_get(svc.admin + "/status", headers={"Authorization": "Bearer s3cret-admin-token"})
+    assert st == 200
+    # A missing file is a configuration error naming the file.
+    r = subprocess.run([svc.proc.argv[0], "--conf-dir", os.path.join(REPO, "conf"), "--profile", "local",
+                        "--check-config"], capture_output=True, text=True, timeout=30,
+                       env=dict(os.environ, CREDENTIALS_DIRECTORY=str(creds), EXCHANGE_RELAY_TOKEN="file:nope"))
+    assert r.returncode == 2 and "%s/nope" % creds in r.stderr, r.stderr
+
+
+# ---- 10: SPRING_PROFILES_ACTIVE ---------------------------------------------------
+
+
+def test_spring_profiles_active_selects_the_profile(service_factory, build_dir):
+    env = {k: v for k, v in os.environ.items() if k != "EXCHANGE_PROFILE"}
+    env["SPRING_PROFILES_ACTIVE"] = "docker,kafka"
+    r = subprocess.run([os.path.join(build_dir, "exchange-service"), "--conf-dir", os.path.join(REPO, "conf"),
+                        "--check-config"], capture_output=True, text=True, timeout=30, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "; profile: docker" in r.stdout
+    env["EXCHANGE_PROFILE"] = "local"
+    r = subprocess.run([os.path.join(build_dir, "exchange-service"), "--conf-dir", os.path.join(REPO, "conf"),
+                        "--check-config"], capture_output=True, text=True, timeout=30, env=env)
+    assert "; profile: local" in r.stdout          # EXCHANGE_PROFILE wins
+    svc = service_factory(start=False)
+    svc.proc.argv = [a for a in svc.proc.argv if a not in ("--profile", "local")]
+    svc.env = svc.proc.env = {"SPRING_PROFILES_ACTIVE": "local", "EXCHANGE_PROFILE": ""}
+    svc.start().wait_ready()
+    assert svc.status()["config"]["profile"] == "local"
+    assert svc.stderr().count("an alias of EXCHANGE_PROFILE") == 1
+    svc.sighup()
+    util.wait_until(lambda: "reload applied" in svc.stderr(), timeout=10, what="reload")
+    assert svc.stderr().count("an alias of EXCHANGE_PROFILE") == 1
