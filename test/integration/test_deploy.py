@@ -409,3 +409,77 @@ def test_dashboard_and_alert_metrics_exist(service_factory, kafka_broker):
         lines = ["%s (used by %s)" % (n, ", ".join(sorted(set(w)))) for n, w in sorted(missing.items())]
         pytest.fail("metrics used by deploy/ but not exported by the service:\n  " + "\n  ".join(lines)
                     + "\nexported: " + " ".join(sorted(have)))
+
+
+# ---- the image: build context, runtime stage, labels (issue 15 item 11) ------------
+
+def dockerignore_rules():
+    rules = []
+    with open(os.path.join(REPO, ".dockerignore")) as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                neg = line.startswith("!")
+                rules.append((line.lstrip("!").strip("/"), neg))
+    return rules
+
+
+def docker_ignored(rel, rules):
+    """Docker's rule: the last pattern that matches the path or one of its
+    parent directories decides (fnmatch is close enough for our patterns)."""
+    import fnmatch
+    parts = rel.split("/")
+    cands = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    out = False
+    for pat, neg in rules:
+        if any(fnmatch.fnmatchcase(c, pat) for c in cands):
+            out = not neg
+    return out
+
+
+def test_image_build_context_and_runtime_stage(tmp_path):
+    rules = dockerignore_rules()
+    size, files = 0, []
+    for d, dirs, names in os.walk(REPO):
+        for n in names:
+            p = os.path.join(d, n)
+            rel = os.path.relpath(p, REPO)
+            if not docker_ignored(rel, rules) and os.path.isfile(p):
+                size += os.path.getsize(p)
+                files.append(rel)
+    print("docker build context: %d files, %.1f KiB" % (len(files), size / 1024))
+    assert size < 3 * 1024 * 1024, size
+    assert not [f for f in files if f.startswith(("test/", ".git", "build", "node_modules"))
+                or "/node_modules/" in f or f.endswith((".o", ".a"))], files
+    with open(os.path.join(REPO, "Dockerfile")) as f:
+        df = f.read()
+    stages = re.split(r"(?m)^FROM ", df)[1:]
+    assert len(stages) == 2, "a build and a runtime stage"
+    build, runtime = stages
+    # Everything the build stage copies is in the context.
+    for m in re.finditer(r"(?m)^COPY (?!--from)(.+) \S+$", build):
+        for src in m.group(1).split():
+            assert src in files or any(f.startswith(src.rstrip("/") + "/") for f in files), src
+    assert " bins" in build, "the build stage builds the programs only (make bins)"
+    for bad in ("test/", "tools", "curl", "cmocka", "build-essential"):
+        assert bad not in runtime, bad
+    for label in ("title", "description", "version", "revision", "licenses"):
+        assert "org.opencontainers.image.%s" % label in runtime, label
+    assert '"--healthcheck"' in runtime
+    # The same build, offline: the context alone builds and installs `make bins`.
+    ctx = tmp_path / "ctx"
+    for rel in files:
+        dst = ctx / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(os.path.join(REPO, rel), dst)
+    r = run(["make", "-j2", "BUILD=%s" % (tmp_path / "out"), "VERSION=9.9.9", "COMMIT=abc1234",
+             "install", "PREFIX=/opt/exchange-service", "DESTDIR=%s" % (tmp_path / "stage")],
+            cwd=str(ctx), timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "No such file" not in r.stderr, r.stderr
+    exe = tmp_path / "stage" / "opt" / "exchange-service" / "bin" / "exchange-service"
+    out = run([str(exe), "--version"]).stdout
+    assert out.strip() == "exchange-service 9.9.9 (commit abc1234)", out
+    installed = sorted(os.path.relpath(os.path.join(d, n), tmp_path / "stage")
+                       for d, _, ns in os.walk(tmp_path / "stage") for n in ns)
+    assert not [f for f in installed if "test" in f or "tool" in f or "bench" in f], installed

@@ -356,3 +356,27 @@ def test_spring_profiles_active_selects_the_profile(service_factory, build_dir):
     svc.sighup()
     util.wait_until(lambda: "reload applied" in svc.stderr(), timeout=10, what="reload")
     assert svc.stderr().count("an alias of EXCHANGE_PROFILE") == 1
+
+
+# ---- 11: version, build info, the image's healthcheck ----------------------------
+
+
+def test_version_build_info_and_healthcheck(service_factory, build_dir):
+    exe = os.path.join(build_dir, "exchange-service")
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10).stdout
+    m = re.match(r"exchange-service (\S+) \(commit (\S+)\)$", out.strip())
+    assert m, out
+    version, commit = m.groups()
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                          text=True).stdout.strip()
+    if head:                       # a checkout: the Makefile asked git
+        assert commit != "unknown" and version != "unknown"
+    svc = service_factory().wait_ready()
+    assert svc.metric("exchange_build_info", {"version": version, "commit": commit}) == 1
+    hc = [exe, "--healthcheck", "--conf-dir", os.path.join(REPO, "conf"), "--profile", "local",
+          "--config", svc.ini_path]
+    r = subprocess.run(hc, capture_output=True, text=True, timeout=10)
+    assert r.returncode == 0 and "healthy" in r.stdout, (r.returncode, r.stdout, r.stderr)
+    svc.stop()
+    r = subprocess.run(hc, capture_output=True, text=True, timeout=10)
+    assert r.returncode == 1 and "unhealthy" in r.stderr
