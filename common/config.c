@@ -82,6 +82,9 @@ static const cfg_key_t main_keys[] = {
       "ZooKeeper session timeout; a disconnected leader stops ingesting before it can expire"),
     K(zookeeper, root, T_STR, CF_PATH, 0, 0, NULL, "/exchange-service",
       "ZooKeeper path under which ROOT/CLUSTER/election lives"),
+    K(zookeeper, auth, T_STR, CF_SECRET, 0, 0, NULL, "",
+      "Digest credentials user:password (or file:NAME, or an absolute path to a file holding them); the "
+      "election nodes are then created creator-only (ZOO_CREATOR_ALL_ACL). Empty: no auth, open ACL"),
 
     K(kafka, brokers, T_ADDRLIST, R, 0, 0, NULL, "",
       "Kafka bootstrap brokers; empty: no Kafka, the relay is the only path"),
@@ -1196,6 +1199,13 @@ static void finalize(cfg_t *c, errs_t *e)
                     sec, x->reconnect_min_ms, x->reconnect_max_ms);
         }
     }
+    if (c->zookeeper.auth[0] != '\0' &&
+        (c->zookeeper.auth[0] == ':' || strchr(c->zookeeper.auth, ':') == NULL)) {
+        int i = find_slot("zookeeper", "auth");
+        add_err(e,
+                "%s: [zookeeper] auth: must be user:password (digest), a file:NAME or a /path holding that",
+                c->source[i]);
+    }
     if (c->supervisor.restart_min_ms > c->supervisor.restart_max_ms) {
         int i = find_slot("supervisor", "restart_max_ms");
         add_err(e, "%s: [supervisor] restart_max_ms: must be >= restart_min_ms (%d), got %d", c->source[i],
@@ -1277,9 +1287,11 @@ static void resolve_secret_files(cfg_t *c, errs_t *e)
         if (!(g_slots[i].k->flags & CF_SECRET) || g_slots[i].k->type != T_STR)
             continue;
         char **v = slot_str(c, i);
-        if (*v == NULL || strncmp(*v, "file:", 5) != 0)
+        /* [zookeeper] auth also takes a bare absolute path (user:password never starts with '/'). */
+        int zk_path = *v != NULL && (*v)[0] == '/' && i == find_slot("zookeeper", "auth");
+        if (*v == NULL || (strncmp(*v, "file:", 5) != 0 && !zk_path))
             continue;
-        const char *name = *v + 5, *dir = getenv("CREDENTIALS_DIRECTORY");
+        const char *name = zk_path ? *v : *v + 5, *dir = getenv("CREDENTIALS_DIRECTORY");
         char path[4096];
         if (name[0] != '/' && dir != NULL && dir[0] != '\0')
             snprintf(path, sizeof path, "%s/%s", dir, name);

@@ -37,6 +37,7 @@ typedef struct {
         char *connect;
         int session_timeout_ms;
         char *root;
+        char *auth; /* digest user:password, resolved from file: / a path; "" none */
     } zookeeper;
     struct {
         char *brokers;

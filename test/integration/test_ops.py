@@ -380,3 +380,62 @@ def test_version_build_info_and_healthcheck(service_factory, build_dir):
     svc.stop()
     r = subprocess.run(hc, capture_output=True, text=True, timeout=10)
     assert r.returncode == 1 and "unhealthy" in r.stderr
+
+
+# ---- 6: ZooKeeper digest auth and a creator-only ACL ------------------------------
+
+
+def test_zookeeper_auth_creator_only_acl(service_factory, zk_server, tmp_path):
+    from kazoo.client import KazooClient
+    from kazoo.exceptions import NoAuthError
+    from kazoo.security import make_digest_acl_credential
+    secret_file = tmp_path / "zk-auth"
+    secret_file.write_text("exchange:zk-s3cret\n")
+    root = "/ops-acl-%d" % os.getpid()
+    svc = service_factory(overrides={
+        "service": {"cluster": "acl"},
+        "zookeeper": {"connect": zk_server.connect, "session_timeout_ms": 4000, "root": root,
+                      "auth": str(secret_file)}}).wait_ready()
+    util.wait_until(lambda: svc.status()["role"] == "leader", timeout=20, what="leader")
+    assert "auth=digest acl=creator_all" in svc.stderr()
+    assert "zk-s3cret" not in svc.stderr()
+    election = root + "/acl/election"
+
+    owner = KazooClient(hosts=zk_server.connect, auth_data=[("digest", "exchange:zk-s3cret")])
+    stranger = KazooClient(hosts=zk_server.connect)
+    wrong = KazooClient(hosts=zk_server.connect, auth_data=[("digest", "exchange:guess")])
+    for c in (owner, stranger, wrong):
+        c.start(timeout=15)
+    try:
+        [node] = owner.get_children(election)
+        ident = make_digest_acl_credential("exchange", "zk-s3cret")
+        for path in (root, root + "/acl", election, election + "/" + node):
+            acls, _ = owner.get_acls(path)
+            assert [(a.id.scheme, a.id.id, a.perms) for a in acls] == [("digest", ident, 31)], (path, acls)
+        for c in (stranger, wrong):
+            with pytest.raises(NoAuthError):
+                c.delete(election + "/" + node)
+            with pytest.raises(NoAuthError):
+                c.create(election + "/n_intruder_0000000000", b'{"id":"intruder"}', ephemeral=True,
+                         sequence=False)
+            with pytest.raises(NoAuthError):
+                c.get_children(election)
+            with pytest.raises(NoAuthError):
+                c.delete(election, recursive=False)
+        # Still the one leader, still the same node.
+        assert owner.get_children(election) == [node]
+        assert svc.status()["role"] == "leader"
+    finally:
+        for c in (owner, stranger, wrong):
+            c.stop()
+            c.close()
+
+
+def test_zookeeper_auth_must_be_user_password(build_dir):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXCHANGE_")}
+    env["EXCHANGE_ZOOKEEPER_AUTH"] = "no-colon"
+    r = subprocess.run([os.path.join(build_dir, "exchange-service"), "--conf-dir", os.path.join(REPO, "conf"),
+                        "--profile", "local", "--check-config"], capture_output=True, text=True, timeout=30,
+                       env=env)
+    assert r.returncode == 2 and "[zookeeper] auth: must be user:password" in r.stderr, r.stderr
+    assert "no-colon" not in r.stderr
