@@ -40,6 +40,7 @@ struct client_s {
     jwt_result_t auth_result;
     auth_grant_t grant;
     int forbidden; /* 1 + index in url_chans of a channel outside the grant */
+    int shed;      /* over [fanout] max_clients: hint "shed" and close at open */
 };
 
 /* ---- metrics ------------------------------------------------------------- */
@@ -216,10 +217,15 @@ static int on_request(wss_conn_t *conn, const http_req_t *req, buf_t *extra, buf
         return 503;
     }
     if (f->nclients >= f->cfg->fanout.max_clients) {
+        /* Over this worker's share: upgrade, then a reconnect hint (on_open)
+         * sends the client to another pod through the Service. A browser
+         * never sees an HTTP status; it does see the hint. */
         limit_hit(f, "max_clients");
-        buf_puts(extra, "Retry-After: 1\r\n");
-        buf_puts(body, "too many clients on this worker");
-        return 503;
+        metric_inc(metric_labels(f->m.rejected, "reason=\"shed\""));
+        c->shed = 1;
+        c->upgraded = 1;
+        f->nclients++;
+        return 0;
     }
     if (c->limited != LIMITS_OK) {
         int conns = c->limited == LIMITS_CONNECTIONS;
@@ -285,10 +291,29 @@ static void auth_fail(client_t *c, int code, const char *reason, const char *cha
     wss_close(c->conn, code, msg, 0);
 }
 
+/* Sent elsewhere: {"type":"reconnect","reason":"shed","after_ms":N} (N
+ * spread over a second), then close 1001. */
+static void shed_client(client_t *c)
+{
+    char *msg = proto_reconnect_msg("shed", rand() % 1000);
+    if (msg != NULL) {
+        (void)wss_send_text(c->conn, msg, strlen(msg));
+        free(msg);
+    }
+    log_debug("client shed", "peer=%s clients=%d max_clients=%d", wss_peer(c->conn), c->f->nclients,
+              c->f->cfg->fanout.max_clients);
+    wss_close(c->conn, 1001, "over capacity: reconnect", 0);
+}
+
 static void on_open(wss_conn_t *conn)
 {
     client_t *c = wss_conn_data(conn);
     fanout_t *f = c->f;
+    if (c->shed) {
+        list_add(c, 2);
+        shed_client(c);
+        return;
+    }
     metric_inc(f->m.accepted);
     metric_set(f->m.clients, f->nclients);
     list_add(c, 1);
@@ -394,7 +419,7 @@ static void on_close(wss_conn_t *conn, wss_end_t why, int code)
     case WSS_END_LOCAL:
         reason = code == 1013   ? "slow"
                  : code == 1008 ? "rate"
-                 : code == 1001 ? "drain"
+                 : code == 1001 ? (c->shed ? "shed" : "drain")
                  : code == 4001 ? "unauthenticated"
                  : code == 4003 ? "forbidden"
                                 : "server";
