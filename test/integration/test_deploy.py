@@ -24,7 +24,7 @@ sys.path.insert(0, DEPLOY)
 import kustomize  # noqa: E402
 
 COMPOSE_FILES = ["compose/docker-compose.yml", "compose/docker-compose-local.yml"]
-OVERLAYS = ["k8s/base", "k8s/overlays/prod"]
+OVERLAYS = ["k8s/base", "k8s/overlays/prod", "k8s/overlays/prod-gateway"]
 DASHBOARD = os.path.join(REPO, "deploy", "grafana", "exchange-service.json")
 ALERTS = os.path.join(REPO, "deploy", "prometheus", "alerts.yml")
 
@@ -54,6 +54,13 @@ def rendered():
     return {o: kustomize.build(os.path.join(REPO, o)) for o in OVERLAYS}
 
 
+def config_cm(objs):
+    """The service's ConfigMap (generated, name with a hash suffix)."""
+    hits = [o for o in objs if o["kind"] == "ConfigMap" and "prod.ini" in o.get("data", {})]
+    assert len(hits) == 1, [o["metadata"]["name"] for o in objs if o["kind"] == "ConfigMap"]
+    return hits[0]
+
+
 def find(objs, kind, name=None):
     hits = [o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
     assert len(hits) == 1, "expected one %s %s, found %d" % (kind, name or "", len(hits))
@@ -79,6 +86,8 @@ def test_compose_config(path):
     svcs = cfg["services"]
     for name in ("zookeeper", "kafka", "kafka-ui"):
         assert name in svcs, name
+    # provectuslabs/kafka-ui is unmaintained: its successor.
+    assert svcs["kafka-ui"]["image"].startswith("kafbat/kafka-ui:"), svcs["kafka-ui"]["image"]
     assert "healthcheck" in svcs["zookeeper"] and "healthcheck" in svcs["kafka"]
     if path.endswith("docker-compose-local.yml"):
         ports = {p["published"] if isinstance(p, dict) else p for p in svcs["kafka"]["ports"]}
@@ -147,6 +156,12 @@ def test_k8s_copies_in_sync():
     with open(os.path.join(REPO, "k8s", "base", "prometheusrule.yaml")) as f:
         rule = yaml.safe_load(f)
     assert rule["spec"]["groups"] == groups, "k8s/base/prometheusrule.yaml differs from alerts.yml: " + hint
+    with open(os.path.join(REPO, "k8s", "base", "grafana-dashboard.yaml")) as f:
+        cm = yaml.safe_load(f)
+    with open(DASHBOARD) as f:
+        assert cm["data"]["exchange-service.json"] == f.read().rstrip("\n"), \
+            "k8s/base/grafana-dashboard.yaml differs from deploy/grafana/exchange-service.json: " + hint
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
 
 
 def test_kustomize_render_matches_kubectl(rendered):
@@ -183,7 +198,8 @@ def test_k8s_deployment_contract(rendered):
     assert all(o["metadata"].get("namespace") == "exchange" for o in objs if o["kind"] != "Namespace")
     d = find(objs, "Deployment")
     spec = d["spec"]
-    assert spec["replicas"] == 3
+    # The HPA owns the count: a replicas field would reset it on every apply.
+    assert "replicas" not in spec, spec.get("replicas")
     assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     pod = spec["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
@@ -207,7 +223,7 @@ def test_k8s_deployment_contract(rendered):
     assert env["EXCHANGE_SERVICE_INSTANCE"]["value"] == "$(POD_NAME)"
     assert env["EXCHANGE_RELAY_ADVERTISE"]["value"] == "$(POD_IP):8091"
     assert env["EXCHANGE_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
-    cm = find(objs, "ConfigMap")
+    cm = config_cm(objs)
     vol = [v for v in pod["volumes"] if "configMap" in v][0]
     assert vol["configMap"]["name"] == cm["metadata"]["name"]
     assert find(objs, "ServiceAccount")["automountServiceAccountToken"] is False
@@ -228,13 +244,59 @@ def test_k8s_deployment_contract(rendered):
     assert cert["spec"]["issuerRef"]["name"] == find(objs, "Issuer")["metadata"]["name"]
     np_ = find(objs, "NetworkPolicy")["spec"]
     ports_in = sorted(p["port"] for rule in np_["ingress"] for p in rule["ports"])
-    assert ports_in == [8080, 8090, 8091]
+    assert ports_in == [8080, 8080, 8090, 8091]
+    # In-cluster clients (ws://exchange-service.exchange): a labelled namespace.
+    assert any(f.get("namespaceSelector", {}).get("matchLabels") == {"exchange-service.io/client": "true"}
+               and "podSelector" not in f and [p["port"] for p in rule["ports"]] == [8080]
+               for rule in np_["ingress"] for f in rule["from"])
     egress_ports = sorted({p["port"] for rule in np_["egress"] for p in rule["ports"]})
     assert egress_ports == [53, 443, 2181, 8091, 9096, 9443], egress_ports
-    assert find(objs, "HorizontalPodAutoscaler")["spec"]["minReplicas"] == 3
+    hpa = find(objs, "HorizontalPodAutoscaler")["spec"]
+    assert hpa["minReplicas"] == 3
+    # Clients per pod (the Prometheus adapter's Pods metric), CPU as the ceiling.
+    pods = [m for m in hpa["metrics"] if m["type"] == "Pods"]
+    assert [m["pods"]["metric"]["name"] for m in pods] == ["exchange_fanout_clients"]
+    assert pods[0]["pods"]["target"]["type"] == "AverageValue"
+    assert [m["resource"]["name"] for m in hpa["metrics"] if m["type"] == "Resource"] == ["cpu"]
+    with open(os.path.join(REPO, "deploy", "prometheus-adapter", "values.yaml")) as f:
+        adapter = yaml.safe_load(f)
+    names = [r["name"]["as"] for r in adapter["rules"]["custom"]]
+    assert "exchange_fanout_clients" in names
+    # Monitoring: the label kube-prometheus-stack selects by, set by the overlay.
+    for kind in ("ServiceMonitor", "PrometheusRule"):
+        assert find(objs, kind)["metadata"]["labels"]["release"] == "kube-prometheus-stack", kind
+        assert "release" not in find(rendered["k8s/base"], kind)["metadata"]["labels"], kind
+    dash = find(objs, "ConfigMap", "exchange-service-dashboard")
+    assert dash["metadata"]["labels"]["grafana_dashboard"] == "1"
+    json.loads(dash["data"]["exchange-service.json"])
+    endpoint = find(objs, "ServiceMonitor")["spec"]["endpoints"][0]
+    assert {"targetLabel": "job", "replacement": "exchange-service"} in endpoint["relabelings"]
     sm = find(objs, "ServiceMonitor")["spec"]
     assert sm["endpoints"][0]["port"] == "metrics"
     assert sm["selector"]["matchLabels"].items() <= headless["metadata"]["labels"].items()
+
+
+def test_k8s_gateway_overlay(rendered):
+    """The Gateway API alternative: an HTTPRoute instead of the Ingress, the
+    rest as in prod."""
+    objs = rendered["k8s/overlays/prod-gateway"]
+    prod = rendered["k8s/overlays/prod"]
+    kinds = {o["kind"] for o in objs}
+    assert not kinds & {"Ingress", "Certificate", "Issuer"}, kinds
+    assert kinds == {o["kind"] for o in prod} - {"Ingress", "Certificate", "Issuer"} | {"HTTPRoute"}
+    route = find(objs, "HTTPRoute")
+    assert route["metadata"]["namespace"] == "exchange"
+    (rule,) = route["spec"]["rules"]
+    assert rule["timeouts"] == {"request": "0s"}          # WebSocket: no whole-request timeout
+    (backend,) = rule["backendRefs"]
+    svc = find(objs, "Service", backend["name"])
+    assert backend["port"] in [p["port"] for p in svc["spec"]["ports"]]
+    assert rule["matches"][0]["path"]["value"] == find(prod, "Ingress")["spec"]["rules"][0]["http"]["paths"][0]["path"]
+    assert route["spec"]["hostnames"] == [find(prod, "Ingress")["spec"]["rules"][0]["host"]]
+    np_ = find(objs, "NetworkPolicy")["spec"]
+    assert np_["ingress"][0]["from"] == [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "gateway-infra"}}}]
+    assert find(objs, "Deployment") == find(prod, "Deployment")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -242,7 +304,7 @@ def test_k8s_configmap_and_env_pass_check_config(build_dir, rendered, overlay, t
     """The ConfigMap, the container args and env (downward API values and
     Secrets filled in) make a configuration the service accepts."""
     objs = rendered[overlay]
-    cm = find(objs, "ConfigMap")
+    cm = config_cm(objs)
     c = find(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     conf = tmp_path / "etc"
     conf.mkdir()
@@ -266,6 +328,40 @@ def test_promtool_rules():
     r = run(["promtool", "check", "rules", ALERTS])
     assert r.returncode == 0, r.stdout + r.stderr
     assert "SUCCESS" in r.stdout + r.stderr
+
+
+def test_promtool_alert_unit_tests():
+    """Scoping by (namespace, job): test/deploy/alerts_test.yml."""
+    tool("promtool", "prometheus")
+    r = run(["promtool", "test", "rules", os.path.join(DEPLOY, "alerts_test.yml")])
+    assert r.returncode == 0 and "SUCCESS" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def readme_anchors(section):
+    """GitHub anchors of the ### headings in README.md's ## section."""
+    with open(os.path.join(REPO, "README.md")) as f:
+        text = f.read()
+    m = re.search(r"(?ms)^## %s\n(.*?)(?=^## )" % re.escape(section), text + "\n## end\n")
+    assert m, "README has no ## %s section" % section
+    heads = re.findall(r"(?m)^### (.+)$", m.group(1))
+    return {re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
+def test_alerts_scoped_with_runbooks():
+    with open(ALERTS) as f:
+        rules = [r for g in yaml.safe_load(f)["groups"] for r in g["rules"]]
+    names = {r["alert"] for r in rules}
+    for want in ("ExchangeServiceDown", "ExchangeServiceReadyBelowMinimum", "ExchangeKafkaDrops",
+                 "ExchangeRelayReplayGaps", "ExchangeLatencyHigh"):
+        assert want in names, want
+    anchors = readme_anchors("Runbooks")
+    for r in rules:
+        expr = re.sub(r"\s+", " ", r["expr"])
+        if r["alert"] != "ExchangeServiceDown":     # up is per target already
+            assert re.search(r"\bby \((namespace, job)[,)]", expr), (r["alert"], expr)
+        url = r["annotations"]["runbook_url"]
+        assert url.endswith("README.md#" + r["alert"].lower()), url
+        assert r["alert"].lower() in anchors, "README Runbooks has no ### %s" % r["alert"]
 
 
 def test_promtool_config(tmp_path):
@@ -302,6 +398,8 @@ def test_systemd_unit_verifies(build_dir, tmp_path):
 
 # ---- metric names used by the dashboard and the alerts exist ----------------------
 
+# Series Prometheus writes itself for every target.
+PROMETHEUS_OWN = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
                 "unless", "bool", "offset", "inf", "nan", "le"}
 
@@ -394,7 +492,7 @@ def test_dashboard_and_alert_metrics_exist(service_factory, kafka_broker):
     svc = service_factory(overrides=overrides)
     want = {}
     for what, e in dashboard_exprs()[1] + alert_exprs():
-        for n in promql_metric_names(e):
+        for n in promql_metric_names(e) - PROMETHEUS_OWN:
             want.setdefault(n, []).append(what)
 
     def all_present():
