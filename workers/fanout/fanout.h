@@ -28,7 +28,7 @@ typedef struct {
     metric_t *latency_ts, *latency_recv;
     metric_t *max_epoch;     /* gauge */
     metric_t *auth_failures; /* family, reason= (4001 jwt reasons, 4003 forbidden_channel) */
-    metric_t *accept_errors; /* family, reason= (emfile, enfile, enobufs, enomem, other) */
+    metric_t *accept_errors; /* family, reason= (emfile, enfile, enobufs, enomem, setup, other) */
 } fanout_metrics_t;
 
 typedef struct fanout_s {

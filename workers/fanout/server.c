@@ -464,6 +464,7 @@ static void accept_client(fanout_t *f, int fd)
     c->f = f;
     int r = wss_accept_fd(f->wss, fd, c, &c->conn);
     if (r < 0) {
+        metric_inc(metric_labels(f->m.accept_errors, "reason=\"setup\""));
         log_warn("accept failed", "err=%s", uv_strerror(r));
         free(c);
         return;
