@@ -108,6 +108,8 @@ def test_compose_config(path):
         for dep in ("zookeeper", "kafka"):
             assert s["depends_on"][dep]["condition"] == "service_healthy", (b, dep)
         assert "healthcheck" in s
+        # Only what the runtime image holds (no curl): its own --healthcheck.
+        assert s["healthcheck"]["test"][1:] == ["/opt/exchange-service/bin/exchange-service", "--healthcheck"]
     sim = svcs["sim"]
     assert "0.0.0.0" in " ".join(sim.get("entrypoint") or []) or "0.0.0.0" in open(
         os.path.join(REPO, "compose", "sim", "Dockerfile")).read()
