@@ -108,6 +108,20 @@ def stderr_has(svc, pattern):
 LOW_NOFILE = 96
 
 
+def test_soft_open_files_limit_raised_to_hard(service_factory):
+    svc = service_factory(start=False)
+    svc.proc.argv = ["prlimit", "--nofile=200:4096", "--"] + svc.proc.argv
+    svc.start().wait_ready()
+    util.wait_until(lambda: stderr_has(svc, r"open-files limit.*soft=4096 hard=4096 soft_before=200"),
+                    timeout=5, what="raise logged")
+    assert svc.status()["nofile"]["soft"] == 4096
+    # The workers inherit it.
+    for w in svc.workers():
+        with open("/proc/%d/limits" % w["pid"]) as f:
+            line = [ln for ln in f if ln.startswith("Max open files")][0]
+        assert line.split()[3:5] == ["4096", "4096"], line
+
+
 def test_low_open_files_limit(service_factory):
     """Soft and hard limit both low (so raising the soft one cannot help):
     more clients than descriptors. The worker logs and counts the failed
