@@ -1,26 +1,43 @@
-# exchange-service container image: build stage with the Makefile, runtime
-# stage with only the shared libraries the binaries need.
-FROM debian:bookworm-slim AS build
+# exchange-service container image: build stage with the Makefile (the three
+# programs only), runtime stage with the shared libraries they need and
+# nothing else: no tests, tools, compilers or curl (the HEALTHCHECK is the
+# binary's own --healthcheck). The build context is cut down by .dockerignore.
+#
+#   docker build --build-arg VERSION=$(git describe --tags --always) \
+#                --build-arg COMMIT=$(git rev-parse --short HEAD) -t exchange-service .
+#
+# Production pins the base images by digest (debian:bookworm-slim@sha256:...)
+# and deploys this image by digest: see k8s/overlays/prod/kustomization.yaml.
+ARG BASE_IMAGE=debian:bookworm-slim
+FROM ${BASE_IMAGE} AS build
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       build-essential pkg-config libuv1-dev librdkafka-dev libzookeeper-mt-dev libwslay-dev \
-      libjansson-dev libinih-dev libssl-dev libhttp-parser-dev libcmocka-dev \
+      libjansson-dev libinih-dev libssl-dev libhttp-parser-dev \
     && rm -rf /var/lib/apt/lists/*
+ARG VERSION=unknown
+ARG COMMIT=unknown
 WORKDIR /src
-COPY Makefile ./
+COPY Makefile LICENSE ./
 COPY common common
 COPY supervisor supervisor
 COPY workers workers
-COPY test/kafka test/kafka
-COPY test/unit test/unit
-COPY test/tools test/tools
 COPY conf conf
-RUN make -j"$(nproc)" BUILD=/out all \
-    && make install BUILD=/out PREFIX=/opt/exchange-service DESTDIR=/stage
+RUN make -j"$(nproc)" BUILD=/out VERSION="$VERSION" COMMIT="$COMMIT" bins \
+    && make install BUILD=/out VERSION="$VERSION" COMMIT="$COMMIT" PREFIX=/opt/exchange-service DESTDIR=/stage \
+    && install -D -m 644 LICENSE /stage/opt/exchange-service/share/doc/exchange-service/LICENSE
 
-FROM debian:bookworm-slim
+FROM ${BASE_IMAGE}
+ARG VERSION=unknown
+ARG COMMIT=unknown
+LABEL org.opencontainers.image.title="exchange-service" \
+      org.opencontainers.image.description="Market-data relay: exchange WebSockets to Kafka to WebSocket clients" \
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${COMMIT}" \
+      org.opencontainers.image.base.name="docker.io/library/debian:bookworm-slim"
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libuv1 librdkafka1 libzookeeper-mt2 libwslay1 libjansson4 libinih1 libssl3 libhttp-parser2.9 \
-      ca-certificates curl \
+      ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin exchange
 COPY --from=build /stage/opt/exchange-service /opt/exchange-service
@@ -29,7 +46,7 @@ ENV EXCHANGE_PROFILE=docker \
 USER 10001:10001
 EXPOSE 8080 8090 8091
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-  CMD curl -fsS http://127.0.0.1:8090/healthz || exit 1
+  CMD ["/opt/exchange-service/bin/exchange-service", "--healthcheck"]
 STOPSIGNAL SIGTERM
 # Exec form: the supervisor is PID 1, receives SIGTERM and reaps every child.
 ENTRYPOINT ["/opt/exchange-service/bin/exchange-service"]

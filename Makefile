@@ -45,8 +45,21 @@ TOOL_BIN := $(patsubst test/tools/%.c,$(BUILD)/tools/%,$(TOOL_SRC))
 BENCH_SRC := $(wildcard test/bench/*.c)
 BENCH_BIN := $(patsubst test/bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
-.PHONY: all deps run test unit integration lint install clean asan fuzz bench check-conf
+.PHONY: all bins deps run test unit integration lint install clean asan fuzz bench check-conf FORCE
 all: $(BINS) $(UNIT_BIN) $(TOOL_BIN) $(BENCH_BIN)
+# The three programs alone (what `make install` and the image need).
+bins: $(BUILD)/exchange-service $(BUILD)/exchange-ingest $(BUILD)/exchange-fanout
+
+# `exchange-service --version` and exchange_build_info: from git, "unknown"
+# outside a checkout (the image build passes VERSION= and COMMIT= instead).
+# Asked once, when first used; main.o is rebuilt when either changes.
+VERSION ?= $(eval VERSION := $(or $(shell git describe --tags --always --dirty 2>/dev/null),unknown))$(VERSION)
+COMMIT ?= $(eval COMMIT := $(or $(shell git rev-parse --short HEAD 2>/dev/null),unknown))$(COMMIT)
+$(BUILD)/version.txt: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(VERSION) $(COMMIT)' | cmp -s - $@ || echo '$(VERSION) $(COMMIT)' > $@
+$(BUILD)/obj/supervisor/main.o: $(BUILD)/version.txt
+$(BUILD)/obj/supervisor/main.o: ALL_CFLAGS += -DEXCHANGE_VERSION='"$(VERSION)"' -DEXCHANGE_COMMIT='"$(COMMIT)"'
 
 # ---- dependencies (Debian 12) ------------------------------------------
 NPM_DIRS := $(patsubst %/package-lock.json,%,$(wildcard test/*/package-lock.json))
@@ -59,7 +72,7 @@ DEB_PKGS := build-essential pkg-config libuv1-dev librdkafka-dev libzookeeper-mt
 # Apache Kafka's broker (test fixtures, make cluster, bench): jars from Maven
 # Central, pinned in test/kafka/pom.xml, copied once into $(KAFKA_LIBS).
 KAFKA_LIBS := $(abspath .deps/kafka/libs)
-KAFKA_STAMP := $(KAFKA_LIBS)/.pom-$(shell cksum < test/kafka/pom.xml | cut -d' ' -f1)
+KAFKA_STAMP := $(KAFKA_LIBS)/.pom-$(shell cksum 2>/dev/null < test/kafka/pom.xml | cut -d' ' -f1)
 export KAFKA_LIBS
 deps:
 	@missing=""; \
@@ -172,7 +185,7 @@ lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability --inline-suppr \
 	  --suppress=missingIncludeSystem -Icommon common supervisor workers
 
-install: all
+install: bins
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/etc/exchange-service $(DESTDIR)/lib/systemd/system
 	install -m 755 $(BUILD)/exchange-service $(BUILD)/exchange-ingest $(BUILD)/exchange-fanout $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 conf/*.ini $(DESTDIR)$(PREFIX)/etc/exchange-service/

@@ -82,6 +82,9 @@ static const cfg_key_t main_keys[] = {
       "ZooKeeper session timeout; a disconnected leader stops ingesting before it can expire"),
     K(zookeeper, root, T_STR, CF_PATH, 0, 0, NULL, "/exchange-service",
       "ZooKeeper path under which ROOT/CLUSTER/election lives"),
+    K(zookeeper, auth, T_STR, CF_SECRET, 0, 0, NULL, "",
+      "Digest credentials user:password (or file:NAME, or an absolute path to a file holding them); the "
+      "election nodes are then created creator-only (ZOO_CREATOR_ALL_ACL). Empty: no auth, open ACL"),
 
     K(kafka, brokers, T_ADDRLIST, R, 0, 0, NULL, "",
       "Kafka bootstrap brokers; empty: no Kafka, the relay is the only path"),
@@ -1196,6 +1199,13 @@ static void finalize(cfg_t *c, errs_t *e)
                     sec, x->reconnect_min_ms, x->reconnect_max_ms);
         }
     }
+    if (c->zookeeper.auth[0] != '\0' &&
+        (c->zookeeper.auth[0] == ':' || strchr(c->zookeeper.auth, ':') == NULL)) {
+        int i = find_slot("zookeeper", "auth");
+        add_err(e,
+                "%s: [zookeeper] auth: must be user:password (digest), a file:NAME or a /path holding that",
+                c->source[i]);
+    }
     if (c->supervisor.restart_min_ms > c->supervisor.restart_max_ms) {
         int i = find_slot("supervisor", "restart_max_ms");
         add_err(e, "%s: [supervisor] restart_max_ms: must be >= restart_min_ms (%d), got %d", c->source[i],
@@ -1252,6 +1262,72 @@ static void apply_env(cfg_t *c, errs_t *e)
     }
 }
 
+const char *cfg_spring_profile(char *out, size_t n)
+{
+    const char *v = getenv("SPRING_PROFILES_ACTIVE");
+    if (v == NULL || n == 0)
+        return NULL;
+    while (*v == ' ')
+        v++;
+    size_t len = strcspn(v, ", ");
+    if (len == 0 || len >= n)
+        return NULL;
+    memcpy(out, v, len);
+    out[len] = '\0';
+    return out;
+}
+
+/* A secret key's value "file:NAME" is read from the file NAME (relative:
+ * in $CREDENTIALS_DIRECTORY, where systemd's LoadCredential= puts them,
+ * else the working directory); one trailing newline is dropped. Read at
+ * every load, so a SIGHUP picks up a rotated secret. */
+static void resolve_secret_files(cfg_t *c, errs_t *e)
+{
+    for (int i = 0; i < g_nslots; i++) {
+        if (!(g_slots[i].k->flags & CF_SECRET) || g_slots[i].k->type != T_STR)
+            continue;
+        char **v = slot_str(c, i);
+        /* [zookeeper] auth also takes a bare absolute path (user:password never starts with '/'). */
+        int zk_path = *v != NULL && (*v)[0] == '/' && i == find_slot("zookeeper", "auth");
+        if (*v == NULL || (strncmp(*v, "file:", 5) != 0 && !zk_path))
+            continue;
+        const char *name = zk_path ? *v : *v + 5, *dir = getenv("CREDENTIALS_DIRECTORY");
+        char path[4096];
+        if (name[0] != '/' && dir != NULL && dir[0] != '\0')
+            snprintf(path, sizeof path, "%s/%s", dir, name);
+        else
+            snprintf(path, sizeof path, "%s", name);
+        FILE *f = fopen(path, "rb");
+        char secret[4096];
+        size_t len = 0;
+        if (f != NULL) {
+            len = fread(secret, 1, sizeof secret - 1, f);
+            fclose(f);
+        }
+        if (f == NULL || len == 0 || len == sizeof secret - 1) {
+            add_err(e, "%s: [%s] %s: cannot read the secret file %s: %s", c->source[i], g_slots[i].section,
+                    g_slots[i].k->name, path,
+                    f == NULL  ? strerror(errno)
+                    : len == 0 ? "empty"
+                               : "longer than 4 KiB");
+            continue;
+        }
+        secret[len] = '\0';
+        if (secret[len - 1] == '\n')
+            secret[--len] = '\0';
+        if (len > 0 && secret[len - 1] == '\r')
+            secret[--len] = '\0';
+        free(*v);
+        *v = xstrdup(secret);
+        char *src = malloc(strlen(c->source[i]) + strlen(path) + 16);
+        if (src == NULL)
+            abort();
+        sprintf(src, "%s (file %s)", c->source[i], path);
+        free(c->source[i]);
+        c->source[i] = src;
+    }
+}
+
 static int valid_profile(const char *p)
 {
     if (*p == '\0' || strlen(p) > 64)
@@ -1284,6 +1360,10 @@ cfg_t *cfg_load(const cfg_opts_t *opts, buf_t *err)
         profile = getenv("EXCHANGE_PROFILE");
         profile_src = "env EXCHANGE_PROFILE";
     }
+    char spring[65];
+    if ((profile == NULL || *profile == '\0') && opts->use_env &&
+        (profile = cfg_spring_profile(spring, sizeof spring)) != NULL)
+        profile_src = "env SPRING_PROFILES_ACTIVE";
     if (profile == NULL || *profile == '\0') {
         profile = "local";
         profile_src = "default";
@@ -1311,6 +1391,7 @@ cfg_t *cfg_load(const cfg_opts_t *opts, buf_t *err)
         (void)load_file(c, opts->extra_file, &e, "cannot read --config file");
     if (opts->use_env)
         apply_env(c, &e);
+    resolve_secret_files(c, &e);
     finalize(c, &e);
     if (e.nerr > 0) {
         cfg_free(c);

@@ -37,6 +37,7 @@ typedef struct {
         char *connect;
         int session_timeout_ms;
         char *root;
+        char *auth; /* digest user:password, resolved from file: / a path; "" none */
     } zookeeper;
     struct {
         char *brokers;
@@ -117,7 +118,7 @@ typedef struct {
 } cfg_t;
 
 typedef struct {
-    const char *profile;    /* NULL: $EXCHANGE_PROFILE, else "local" */
+    const char *profile;    /* NULL: $EXCHANGE_PROFILE, $SPRING_PROFILES_ACTIVE, "local" */
     const char *conf_dir;   /* NULL: $EXCHANGE_CONF_DIR, else "conf" */
     const char *extra_file; /* --config FILE, or NULL */
     int use_env;            /* apply EXCHANGE_* and LOG_LEVEL overrides */
@@ -127,6 +128,10 @@ typedef struct {
  * On error returns NULL and writes one line per problem into err
  * ("conf/prod.ini:12: [fanout] workers: must be 1..256, got 0"). */
 cfg_t *cfg_load(const cfg_opts_t *opts, buf_t *err);
+/* The profile the plan's manifests set: the first name in
+ * $SPRING_PROFILES_ACTIVE, used when neither --profile nor $EXCHANGE_PROFILE
+ * is given (use_env). NULL when unset. */
+const char *cfg_spring_profile(char *out, size_t n);
 /* Parse INI text (name is used in messages) over the defaults, no env. */
 cfg_t *cfg_load_string(const char *text, const char *name, buf_t *err);
 void cfg_free(cfg_t *c);

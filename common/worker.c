@@ -4,6 +4,7 @@
 #include "worker.h"
 
 #include <errno.h>
+#include <dirent.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -21,6 +22,21 @@ uint64_t worker_now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+int worker_open_fds(int pid)
+{
+    char path[64];
+    int n = 0;
+    snprintf(path, sizeof path, pid > 0 ? "/proc/%d/fd" : "/proc/self/fd", pid);
+    DIR *d = opendir(path);
+    if (d == NULL)
+        return -errno;
+    for (struct dirent *e = readdir(d); e != NULL; e = readdir(d))
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return pid > 0 ? n : n - 1; /* our own count leaves out the directory's fd */
 }
 
 static void apply_log_settings(const cfg_t *c)

@@ -48,5 +48,8 @@ int worker_main(int argc, char **argv, const worker_ops_t *ops, void *data);
 void worker_send(worker_t *w, json_t *msg); /* no-op when standalone */
 void worker_exit(worker_t *w, int code);    /* close handles, stop the loop */
 uint64_t worker_now_ms(void);               /* wall clock, ms since epoch */
+/* Open file descriptors of a process (pid <= 0: this one), from /proc;
+ * -errno when unreadable. */
+int worker_open_fds(int pid);
 
 #endif

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include <openssl/evp.h>
 #include <wslay/wslay.h>
@@ -1074,15 +1075,21 @@ static void on_timer(uv_timer_t *t)
 
 /* ---- accept ---------------------------------------------------------------- */
 
-int wss_accept(wss_ctx_t *ctx, uv_stream_t *server, void *data, wss_conn_t **out)
+/* server != NULL: uv_accept from it; else adopt fd (already accepted). */
+static int conn_accept(wss_ctx_t *ctx, uv_stream_t *server, int fd, void *data, wss_conn_t **out)
 {
     wss_conn_t *c = calloc(1, sizeof(*c));
     int r;
-    if (c == NULL)
+    if (c == NULL) {
+        if (fd >= 0)
+            close(fd);
         return -ENOMEM;
+    }
     c->ctx = ctx;
     c->data = data;
     if ((r = uv_tcp_init(ctx->loop, &c->tcp)) < 0) {
+        if (fd >= 0)
+            close(fd);
         free(c);
         return r;
     }
@@ -1092,7 +1099,10 @@ int wss_accept(wss_ctx_t *ctx, uv_stream_t *server, void *data, wss_conn_t **out
     c->timer.data = c;
     c->handles = 2;
     ctx->nconns++;
-    if ((r = uv_accept(server, (uv_stream_t *)&c->tcp)) < 0) {
+    r = server != NULL ? uv_accept(server, (uv_stream_t *)&c->tcp) : uv_tcp_open(&c->tcp, (uv_os_sock_t)fd);
+    if (r < 0) {
+        if (server == NULL)
+            close(fd); /* not adopted by the handle */
         c->why = WSS_END_ERROR;
         c->tcp_closing = 1;
         c->no_report = 1; /* never accepted: nothing to report */
@@ -1139,6 +1149,16 @@ int wss_accept(wss_ctx_t *ctx, uv_stream_t *server, void *data, wss_conn_t **out
     if (out)
         *out = c;
     return 0;
+}
+
+int wss_accept(wss_ctx_t *ctx, uv_stream_t *server, void *data, wss_conn_t **out)
+{
+    return conn_accept(ctx, server, -1, data, out);
+}
+
+int wss_accept_fd(wss_ctx_t *ctx, int fd, void *data, wss_conn_t **out)
+{
+    return conn_accept(ctx, NULL, fd, data, out);
 }
 
 void *wss_conn_data(const wss_conn_t *c)

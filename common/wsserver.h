@@ -78,6 +78,9 @@ void wss_ctx_set_tls(wss_ctx_t *ctx, tls_ctx_t *tls);
 /* Accept one pending connection from a listening stream. On failure nothing
  * is reported later (no on_close). */
 int wss_accept(wss_ctx_t *ctx, uv_stream_t *server, void *data, wss_conn_t **out);
+/* The same for a socket the caller accepted itself (accept4, non-blocking).
+ * The connection owns fd from now on, also on failure (it is closed). */
+int wss_accept_fd(wss_ctx_t *ctx, int fd, void *data, wss_conn_t **out);
 
 void *wss_conn_data(const wss_conn_t *c);
 void wss_conn_set_data(wss_conn_t *c, void *data);

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "http.h"
@@ -314,6 +315,23 @@ int sup_is_ready(void)
     return fanouts > 0;
 }
 
+/* {"soft": N, "hard": N, "supervisor_open_fds": N}: the open-files limit the
+ * workers inherit (raised at start, main.c). */
+static json_t *nofile_json(void)
+{
+    struct rlimit rl = {0, 0};
+    (void)getrlimit(RLIMIT_NOFILE, &rl);
+    return json_pack("{s:I, s:I, s:i}", "soft", (json_int_t)rl.rlim_cur, "hard", (json_int_t)rl.rlim_max,
+                     "supervisor_open_fds", worker_open_fds(0));
+}
+
+/* A live worker's open file descriptors (/proc/PID/fd); -1 when gone. */
+static int proc_open_fds(const proc_t *p)
+{
+    int n = p->state == PS_EXITED || p->pid <= 0 ? -1 : worker_open_fds((int)p->pid);
+    return n < 0 ? -1 : n;
+}
+
 json_t *sup_status_json(void)
 {
     uint64_t now = worker_now_ms();
@@ -327,6 +345,8 @@ json_t *sup_status_json(void)
                       (int)p->pid, "state", p->state == PS_EXITED ? "backoff" : proc_state_name(p->state),
                       "restarts", p->restarts, "uptime_s", (json_int_t)((now - p->started_ms) / 1000), "slot",
                       p->slot, "generation", p->generation, "crashloop", p->crashloop);
+        int fds = proc_open_fds(p);
+        json_object_set_new(w, "open_fds", fds >= 0 ? json_integer(fds) : json_null());
         if (p->status != NULL) {
             const char *k;
             json_t *v;
@@ -352,9 +372,43 @@ json_t *sup_status_json(void)
         "exchanges", exchanges, "clients", clients, "ready", sup_is_ready(), "draining", sup.draining,
         "config", "profile", sup.cfg->profile ? sup.cfg->profile : "", "files",
         sup.cfg->files ? sup.cfg->files : "", "uptime_s", (json_int_t)((now - sup.started_ms) / 1000));
-    if (st != NULL)
+    if (st != NULL) {
+        json_object_set_new(st, "nofile", nofile_json());
         status_add_rates(st);
+    }
     return st;
+}
+
+/* ---- retired workers' counters -----------------------------------------------
+ * /metrics sums the live workers' snapshots. A worker that exits (reload,
+ * drain, crash) would take its counts with it and every _total would drop:
+ * rate() reads that as a reset. So the last snapshot of each exited worker
+ * is added here, counters and histograms only (gauges describe the live
+ * process), and /metrics adds this registry to the live sums. */
+static metrics_registry_t *retired;
+
+void admin_retire_worker(const proc_t *p)
+{
+    size_t i;
+    json_t *f, *keep;
+    if (p->metrics == NULL)
+        return;
+    if (retired == NULL && (retired = metrics_registry_new()) == NULL) {
+        log_error("cannot keep an exited worker's counters", "pid=%d err=%s", (int)p->pid,
+                  log_q(strerror(ENOMEM)));
+        return;
+    }
+    keep = json_array();
+    json_array_foreach(json_object_get(p->metrics, "families"), i, f)
+    {
+        const char *t = json_string_value(json_object_get(f, "type"));
+        if (t != NULL && strcmp(t, "gauge") != 0)
+            json_array_append(keep, f);
+    }
+    json_t *snap = json_pack("{s:o}", "families", keep);
+    if (snap == NULL || metrics_merge(retired, snap, NULL) < 0)
+        log_warn("an exited worker's counters were not all kept", "pid=%d", (int)p->pid);
+    json_decref(snap);
 }
 
 int sup_render_metrics(buf_t *out)
@@ -363,6 +417,11 @@ int sup_render_metrics(buf_t *out)
     json_t *own = metrics_snapshot(sup.reg);
     metrics_merge(agg, own, NULL);
     json_decref(own);
+    if (retired != NULL) {
+        json_t *old = metrics_snapshot(retired);
+        metrics_merge(agg, old, NULL);
+        json_decref(old);
+    }
     /* Per-worker series of the supervisor's own view. */
     metric_t *up = metrics_reg_family(agg, METRIC_GAUGE, "exchange_worker_up",
                                       "1 for each live worker process.", NULL, 0);
@@ -382,6 +441,14 @@ int sup_render_metrics(buf_t *out)
                                          "Leadership changes seen by this instance.", NULL, 0);
     metric_t *ready =
         metrics_reg_family(agg, METRIC_GAUGE, "exchange_ready", "1 while /readyz answers 200.", NULL, 0);
+    metric_t *fds = metrics_reg_family(agg, METRIC_GAUGE, "exchange_worker_open_fds",
+                                       "Open file descriptors of each worker process.", NULL, 0);
+    metric_t *nofile =
+        metrics_reg_family(agg, METRIC_GAUGE, "exchange_open_files_limit",
+                           "The soft open-files limit (RLIMIT_NOFILE) workers run with.", NULL, 0);
+    struct rlimit rl = {0, 0};
+    (void)getrlimit(RLIMIT_NOFILE, &rl);
+    metric_set(nofile, (double)rl.rlim_cur);
     metric_set(role, sup.role == ROLE_LEADER);
     metric_set(epoch, (double)sup_epoch());
     metric_add(trans, (double)sup.transitions);
@@ -396,6 +463,9 @@ int sup_render_metrics(buf_t *out)
                    (double)(now - p->started_ms) / 1000.0);
         metric_set(metric_labels(restarts, "kind=\"%s\",slot=\"%d\"", k, p->slot), p->restarts);
         metric_set(metric_labels(crashloop, "kind=\"%s\",slot=\"%d\"", k, p->slot), p->crashloop);
+        int nfd = proc_open_fds(p);
+        if (nfd >= 0)
+            metric_set(metric_labels(fds, "kind=\"%s\",slot=\"%d\"", k, p->slot), nfd);
         if (p->kind == PROC_FANOUT && p->status != NULL) {
             json_t *c = json_object_get(p->status, "clients");
             metric_set(metric_labels(clients, "slot=\"%d\",pid=\"%d\"", p->slot, (int)p->pid),

@@ -196,6 +196,27 @@ static void request_children(void)
         log_warn("zookeeper get_children failed", "err=%s", zerror(rc));
 }
 
+/* [zookeeper] auth: digest credentials for the session, and the nodes we
+ * create are then creator-only (ZOO_CREATOR_ALL_ACL): a client without the
+ * same credentials can neither read, create under, change nor delete the
+ * election. Nodes that already exist keep their ACL. */
+static struct ACL_vector *zk_acl(void)
+{
+    return sup.cfg->zookeeper.auth[0] != '\0' ? &ZOO_CREATOR_ALL_ACL : &ZOO_OPEN_ACL_UNSAFE;
+}
+
+/* Queued before any other request of the session, so every create runs
+ * authenticated; the client library repeats it on each reconnect. */
+static void zk_add_auth(void)
+{
+    const char *a = sup.cfg->zookeeper.auth;
+    if (a[0] == '\0')
+        return;
+    int rc = zoo_add_auth(zh, "digest", a, (int)strlen(a), NULL, NULL);
+    if (rc != ZOK)
+        log_error("zookeeper add_auth failed", "scheme=digest err=%s", zerror(rc));
+}
+
 static void create_node(void)
 {
     char path[1024];
@@ -204,8 +225,8 @@ static void create_node(void)
     node_data(&d);
     snprintf(path, sizeof(path), "%s/%s", election_path, node_prefix);
     creating = 1;
-    int rc = zoo_acreate(zh, path, d.data, (int)d.len, &ZOO_OPEN_ACL_UNSAFE, ZOO_EPHEMERAL_SEQUENTIAL,
-                         on_string_done, ctx_new(EV_CREATED, path));
+    int rc = zoo_acreate(zh, path, d.data, (int)d.len, zk_acl(), ZOO_EPHEMERAL_SEQUENTIAL, on_string_done,
+                         ctx_new(EV_CREATED, path));
     if (rc != ZOK) {
         creating = 0;
         log_warn("zookeeper create failed", "err=%s", zerror(rc));
@@ -228,7 +249,7 @@ static void ensure_parents(void)
         size_t len = slash ? (size_t)(slash - election_path) : strlen(election_path);
         memcpy(acc, election_path, len);
         acc[len] = '\0';
-        zoo_acreate(zh, acc, "", 0, &ZOO_OPEN_ACL_UNSAFE, ZOO_PERSISTENT, on_string_done,
+        zoo_acreate(zh, acc, "", 0, zk_acl(), ZOO_PERSISTENT, on_string_done,
                     ctx_new(slash ? EV_PARENTS + 100 : EV_PARENTS, acc));
         if (!slash)
             break;
@@ -458,9 +479,12 @@ static void session_start(void)
         uv_timer_start(&z_retry_timer, on_retry_timer, 2000, 0);
         return;
     }
+    zk_add_auth();
     set_session_state("connecting");
-    log_info("zookeeper session starting", "connect=%s timeout_ms=%d", log_q(sup.cfg->zookeeper.connect),
-             sup.cfg->zookeeper.session_timeout_ms);
+    log_info("zookeeper session starting", "connect=%s timeout_ms=%d auth=%s acl=%s",
+             log_q(sup.cfg->zookeeper.connect), sup.cfg->zookeeper.session_timeout_ms,
+             sup.cfg->zookeeper.auth[0] ? "digest" : "none",
+             sup.cfg->zookeeper.auth[0] ? "creator_all" : "open");
 }
 
 int election_zk_start(void)

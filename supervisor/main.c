@@ -5,11 +5,15 @@
 #include <errno.h>
 #include <getopt.h>
 #include <libgen.h>
+#include <netdb.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "election.h"
@@ -17,19 +21,113 @@
 #include "supervisor.h"
 #include "worker.h"
 
+#ifndef EXCHANGE_VERSION
+#define EXCHANGE_VERSION "unknown"
+#endif
+#ifndef EXCHANGE_COMMIT
+#define EXCHANGE_COMMIT "unknown"
+#endif
+
 sup_t sup;
 static metric_t *m_reloads;
 
 static void usage(FILE *f)
 {
     fputs("usage: exchange-service [--profile NAME] [--config FILE] [--conf-dir DIR]\n"
-          "                        [--check-config] [--print-ini]\n"
-          "  --profile NAME   local|docker|prod overlay (default $EXCHANGE_PROFILE or local)\n"
+          "                        [--check-config] [--print-ini] [--healthcheck] [--version]\n"
+          "  --profile NAME   local|docker|prod overlay (default $EXCHANGE_PROFILE,\n"
+          "                   else the first of $SPRING_PROFILES_ACTIVE, else local)\n"
           "  --config FILE    a last overlay file\n"
           "  --conf-dir DIR   where exchange.ini and the profiles live ($EXCHANGE_CONF_DIR, conf)\n"
           "  --check-config   validate, print the effective configuration with sources, exit\n"
-          "  --print-ini      print the commented default configuration (conf/exchange.ini)\n",
+          "  --print-ini      print the commented default configuration (conf/exchange.ini)\n"
+          "  --healthcheck    GET /healthz on this configuration's admin port; exit 0 when 200\n"
+          "  --version        print the version and git commit\n",
           f);
+}
+
+/* Container runtimes start processes with a soft open-files limit of 1024
+ * (Kubernetes has no ulimit field); every client is a file descriptor.
+ * Raise the soft limit to the hard one (the workers inherit it) and say
+ * what we got, warning when the fanout workers could run out before
+ * [fanout] max_clients. */
+static void raise_nofile_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0) {
+        log_warn("cannot read the open-files limit", "err=%s", log_q(strerror(errno)));
+        return;
+    }
+    unsigned long long was = (unsigned long long)rl.rlim_cur;
+    if (rl.rlim_cur < rl.rlim_max) {
+        struct rlimit want = {rl.rlim_max, rl.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &want) == 0)
+            rl = want;
+        else
+            log_warn("cannot raise the open-files limit", "soft=%llu hard=%llu err=%s", was,
+                     (unsigned long long)rl.rlim_max, log_q(strerror(errno)));
+    }
+    log_info("open-files limit", "soft=%llu hard=%llu soft_before=%llu", (unsigned long long)rl.rlim_cur,
+             (unsigned long long)rl.rlim_max, was);
+    unsigned long long want = (unsigned long long)sup.cfg->fanout.max_clients + 256;
+    if ((unsigned long long)rl.rlim_cur < want)
+        log_warn(
+            "open-files limit below what a fanout worker may need: clients beyond it wait in the backlog",
+            "soft=%llu max_clients=%d needed=%llu", (unsigned long long)rl.rlim_cur,
+            sup.cfg->fanout.max_clients, want);
+}
+
+/* exchange_build_info{version,commit} 1, the usual Prometheus idiom. */
+static void register_build_info(void)
+{
+    metric_t *bi = metrics_reg_family(sup.reg, METRIC_GAUGE, "exchange_build_info",
+                                      "Always 1; the labels say which build runs.", NULL, 0);
+    metric_set(metric_labels(bi, "version=\"%s\",commit=\"%s\"", EXCHANGE_VERSION, EXCHANGE_COMMIT), 1);
+}
+
+/* For the image's HEALTHCHECK (no curl in the runtime image): one GET
+ * /healthz on the configured admin address, exit 0 on 200. */
+static int healthcheck(const cfg_t *c)
+{
+    char host[256], req[512], resp[64] = "";
+    int port, fd = -1, ok = 0;
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
+    struct timeval tv = {3, 0};
+    char ports[16];
+    if (cfg_parse_addr(c->admin.listen, host, sizeof host, &port) < 0)
+        return 1;
+    if (host[0] == '\0' || strcmp(host, "0.0.0.0") == 0 || strcmp(host, "*") == 0)
+        snprintf(host, sizeof host, "127.0.0.1");
+    else if (strcmp(host, "::") == 0)
+        snprintf(host, sizeof host, "::1");
+    snprintf(ports, sizeof ports, "%d", port);
+    if (getaddrinfo(host, ports, &hints, &ai) != 0 || ai == NULL)
+        return 1;
+    fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0 &&
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) == 0 &&
+        connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
+        int n = snprintf(req, sizeof req, "GET /healthz HTTP/1.0\r\nHost: %s\r\n\r\n", host);
+        if (write(fd, req, (size_t)n) == n && read(fd, resp, sizeof resp - 1) > 12)
+            ok = strncmp(resp, "HTTP/1.1 200", 12) == 0 || strncmp(resp, "HTTP/1.0 200", 12) == 0;
+    }
+    if (fd >= 0)
+        close(fd);
+    freeaddrinfo(ai);
+    fprintf(ok ? stdout : stderr, "%s: http://%s:%d/healthz\n", ok ? "healthy" : "unhealthy", host, port);
+    return ok ? 0 : 1;
+}
+
+/* The plan's manifests set SPRING_PROFILES_ACTIVE; it stands in for
+ * EXCHANGE_PROFILE (config.c), said once at start. */
+static void log_profile_alias(void)
+{
+    char spring[65];
+    const char *ep = getenv("EXCHANGE_PROFILE");
+    if (sup.cfg_opts.profile == NULL && (ep == NULL || ep[0] == '\0') &&
+        cfg_spring_profile(spring, sizeof spring) != NULL)
+        log_info("profile from SPRING_PROFILES_ACTIVE, an alias of EXCHANGE_PROFILE", "profile=%s value=%s",
+                 log_q(spring), log_q(getenv("SPRING_PROFILES_ACTIVE")));
 }
 
 static void spawn_fanouts(void)
@@ -159,9 +257,11 @@ int main(int argc, char **argv)
                                          {"conf-dir", required_argument, NULL, 'd'},
                                          {"check-config", no_argument, NULL, 'k'},
                                          {"print-ini", no_argument, NULL, 'P'},
+                                         {"healthcheck", no_argument, NULL, 'H'},
+                                         {"version", no_argument, NULL, 'V'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
-    int c, check = 0, r;
+    int c, check = 0, health = 0, r;
     buf_t err, out;
 
     sup.cfg_opts.use_env = 1;
@@ -177,6 +277,8 @@ int main(int argc, char **argv)
             fwrite(out.data, 1, out.len, stdout);
             buf_free(&out);
             return 0;
+        case 'H': health = 1; break;
+        case 'V': printf("exchange-service %s (commit %s)\n", EXCHANGE_VERSION, EXCHANGE_COMMIT); return 0;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -190,6 +292,8 @@ int main(int argc, char **argv)
         return 2;
     }
     buf_free(&err);
+    if (health)
+        return healthcheck(sup.cfg);
     if (check) {
         buf_init(&out);
         cfg_dump(sup.cfg, &out, 1);
@@ -203,6 +307,7 @@ int main(int argc, char **argv)
     (void)log_set_level(sup.cfg->log.level);
     (void)log_set_format(sup.cfg->log.format);
     signal(SIGPIPE, SIG_IGN);
+    raise_nofile_limit();
     if ((r = find_exe_dir()) < 0) {
         log_error("cannot find own executable", "err=%s", log_q(strerror(-r)));
         return 1;
@@ -212,6 +317,7 @@ int main(int argc, char **argv)
     sup.started_ms = worker_now_ms();
     sup.generation = 1;
     snprintf(sup.session_state, sizeof(sup.session_state), "none");
+    register_build_info();
     m_reloads = metrics_reg_family(sup.reg, METRIC_COUNTER, "exchange_reloads_total",
                                    "SIGHUP reloads by result.", NULL, 0);
     uv_timer_init(sup.loop, &sup.drain_timer);
@@ -224,13 +330,16 @@ int main(int argc, char **argv)
     uv_signal_start(&sup.sig_hup, on_signal, SIGHUP);
     uv_signal_start(&sup.sig_chld, on_signal, SIGCHLD);
 
-    log_info("exchange-service starting", "instance=%s profile=%s files=%s pid=%d",
-             log_q(sup.cfg->service.instance), log_q(sup.cfg->profile ? sup.cfg->profile : ""),
-             log_q(sup.cfg->files ? sup.cfg->files : ""), (int)getpid());
+    log_profile_alias();
+    log_info("exchange-service starting", "version=%s commit=%s instance=%s profile=%s files=%s pid=%d",
+             log_q(EXCHANGE_VERSION), log_q(EXCHANGE_COMMIT), log_q(sup.cfg->service.instance),
+             log_q(sup.cfg->profile ? sup.cfg->profile : ""), log_q(sup.cfg->files ? sup.cfg->files : ""),
+             (int)getpid());
     if ((r = admin_start(sup.cfg->admin.listen)) < 0) {
         log_error("admin listen failed", "addr=%s err=%s", sup.cfg->admin.listen, log_q(uv_strerror(r)));
         return 1;
     }
+    sd_watchdog_start(sup.loop);
     spawn_fanouts();
     if ((r = election_start()) < 0) {
         log_error("election start failed", "err=%s", log_q(uv_strerror(r)));

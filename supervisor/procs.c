@@ -319,6 +319,7 @@ static void on_exit_proc(proc_t *p, int status)
     else
         snprintf(how, sizeof(how), "signal=%d", WTERMSIG(status));
     p->state = PS_EXITED;
+    admin_retire_worker(p);
     if (p->ipc != NULL) {
         ipc_close(p->ipc);
         p->ipc = NULL;

@@ -87,9 +87,11 @@ void admin_stop(void);
 int sup_is_ready(void);
 json_t *sup_status_json(void);
 int sup_render_metrics(buf_t *out);
+void admin_retire_worker(const proc_t *p); /* keep its counters in /metrics */
 
 /* sdnotify.c */
 void sd_notify_msg(const char *msg);
+void sd_watchdog_start(uv_loop_t *loop); /* WATCHDOG=1 while $WATCHDOG_USEC is set */
 
 /* supervisor.c */
 void sup_start_ingest_if_leader(void);

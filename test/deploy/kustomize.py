@@ -2,8 +2,8 @@
 
 Supports what k8s/ uses: resources (files and directories), namespace,
 images, configMapGenerator (create/merge, files and literals, kustomize's
-content-hash name suffix and the references to it) and JSON 6902 patches
-with a target. Anything else in a kustomization.yaml is an error, so a
+content-hash name suffix and the references to it), JSON 6902 patches
+with a target and `$patch: delete` patches (remove the target). Anything else in a kustomization.yaml is an error, so a
 feature added to k8s/ cannot be silently ignored here.
 
     /usr/bin/python3 test/deploy/kustomize.py k8s/overlays/prod   # YAML on stdout
@@ -189,11 +189,15 @@ def _build(root):
                         c["image"] = "%s:%s" % (img.get("newName", name), img["newTag"])
     for p in k.get("patches", []):
         ops = yaml.safe_load(p["patch"]) if "patch" in p else None
-        if not isinstance(ops, list):
-            raise KustomizeError("only JSON 6902 patches (a list of ops) are supported")
         hits = [o for o in objs if _matches(o, p["target"])]
         if not hits:
             raise KustomizeError("patch target %s matches nothing" % p["target"])
+        if isinstance(ops, dict) and ops.get("$patch") == "delete":
+            # The one strategic-merge patch supported: delete the target.
+            objs = [o for o in objs if not any(o is h for h in hits)]
+            continue
+        if not isinstance(ops, list):
+            raise KustomizeError("only JSON 6902 patches (a list of ops) and $patch: delete are supported")
         for o in hits:
             apply_json6902(o, ops)
     return objs

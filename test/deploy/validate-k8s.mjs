@@ -1,6 +1,7 @@
 // Validate Kubernetes objects against the schemas shipped by the npm packages
-// kubernetes-models (core API), @kubernetes-models/cert-manager and
-// @kubernetes-models/prometheus-operator (CRDs). Offline.
+// kubernetes-models (core API), @kubernetes-models/cert-manager,
+// @kubernetes-models/prometheus-operator and @kubernetes-models/gateway-api
+// (CRDs). Offline.
 //   node test/deploy/validate-k8s.mjs < objects.json   (a JSON array)
 // Prints one line per object; exits 1 if any object is invalid or of a kind
 // with no schema here.
@@ -11,6 +12,7 @@ const CORE_GROUPS = new Set(["v1", "apps", "batch", "policy", "autoscaling", "ne
 const CRD_PACKAGES = {
   "cert-manager.io": "@kubernetes-models/cert-manager",
   "monitoring.coreos.com": "@kubernetes-models/prometheus-operator",
+  "gateway.networking.k8s.io": "@kubernetes-models/gateway-api",
 };
 
 function modulePath(apiVersion, kind) {

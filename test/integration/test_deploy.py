@@ -24,7 +24,7 @@ sys.path.insert(0, DEPLOY)
 import kustomize  # noqa: E402
 
 COMPOSE_FILES = ["compose/docker-compose.yml", "compose/docker-compose-local.yml"]
-OVERLAYS = ["k8s/base", "k8s/overlays/prod"]
+OVERLAYS = ["k8s/base", "k8s/overlays/prod", "k8s/overlays/prod-gateway"]
 DASHBOARD = os.path.join(REPO, "deploy", "grafana", "exchange-service.json")
 ALERTS = os.path.join(REPO, "deploy", "prometheus", "alerts.yml")
 
@@ -54,6 +54,13 @@ def rendered():
     return {o: kustomize.build(os.path.join(REPO, o)) for o in OVERLAYS}
 
 
+def config_cm(objs):
+    """The service's ConfigMap (generated, name with a hash suffix)."""
+    hits = [o for o in objs if o["kind"] == "ConfigMap" and "prod.ini" in o.get("data", {})]
+    assert len(hits) == 1, [o["metadata"]["name"] for o in objs if o["kind"] == "ConfigMap"]
+    return hits[0]
+
+
 def find(objs, kind, name=None):
     hits = [o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
     assert len(hits) == 1, "expected one %s %s, found %d" % (kind, name or "", len(hits))
@@ -79,6 +86,8 @@ def test_compose_config(path):
     svcs = cfg["services"]
     for name in ("zookeeper", "kafka", "kafka-ui"):
         assert name in svcs, name
+    # provectuslabs/kafka-ui is unmaintained: its successor.
+    assert svcs["kafka-ui"]["image"].startswith("kafbat/kafka-ui:"), svcs["kafka-ui"]["image"]
     assert "healthcheck" in svcs["zookeeper"] and "healthcheck" in svcs["kafka"]
     if path.endswith("docker-compose-local.yml"):
         ports = {p["published"] if isinstance(p, dict) else p for p in svcs["kafka"]["ports"]}
@@ -99,6 +108,8 @@ def test_compose_config(path):
         for dep in ("zookeeper", "kafka"):
             assert s["depends_on"][dep]["condition"] == "service_healthy", (b, dep)
         assert "healthcheck" in s
+        # Only what the runtime image holds (no curl): its own --healthcheck.
+        assert s["healthcheck"]["test"][1:] == ["/opt/exchange-service/bin/exchange-service", "--healthcheck"]
     sim = svcs["sim"]
     assert "0.0.0.0" in " ".join(sim.get("entrypoint") or []) or "0.0.0.0" in open(
         os.path.join(REPO, "compose", "sim", "Dockerfile")).read()
@@ -147,6 +158,12 @@ def test_k8s_copies_in_sync():
     with open(os.path.join(REPO, "k8s", "base", "prometheusrule.yaml")) as f:
         rule = yaml.safe_load(f)
     assert rule["spec"]["groups"] == groups, "k8s/base/prometheusrule.yaml differs from alerts.yml: " + hint
+    with open(os.path.join(REPO, "k8s", "base", "grafana-dashboard.yaml")) as f:
+        cm = yaml.safe_load(f)
+    with open(DASHBOARD) as f:
+        assert cm["data"]["exchange-service.json"] == f.read().rstrip("\n"), \
+            "k8s/base/grafana-dashboard.yaml differs from deploy/grafana/exchange-service.json: " + hint
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
 
 
 def test_kustomize_render_matches_kubectl(rendered):
@@ -183,7 +200,8 @@ def test_k8s_deployment_contract(rendered):
     assert all(o["metadata"].get("namespace") == "exchange" for o in objs if o["kind"] != "Namespace")
     d = find(objs, "Deployment")
     spec = d["spec"]
-    assert spec["replicas"] == 3
+    # The HPA owns the count: a replicas field would reset it on every apply.
+    assert "replicas" not in spec, spec.get("replicas")
     assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     pod = spec["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
@@ -207,7 +225,7 @@ def test_k8s_deployment_contract(rendered):
     assert env["EXCHANGE_SERVICE_INSTANCE"]["value"] == "$(POD_NAME)"
     assert env["EXCHANGE_RELAY_ADVERTISE"]["value"] == "$(POD_IP):8091"
     assert env["EXCHANGE_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
-    cm = find(objs, "ConfigMap")
+    cm = config_cm(objs)
     vol = [v for v in pod["volumes"] if "configMap" in v][0]
     assert vol["configMap"]["name"] == cm["metadata"]["name"]
     assert find(objs, "ServiceAccount")["automountServiceAccountToken"] is False
@@ -228,13 +246,59 @@ def test_k8s_deployment_contract(rendered):
     assert cert["spec"]["issuerRef"]["name"] == find(objs, "Issuer")["metadata"]["name"]
     np_ = find(objs, "NetworkPolicy")["spec"]
     ports_in = sorted(p["port"] for rule in np_["ingress"] for p in rule["ports"])
-    assert ports_in == [8080, 8090, 8091]
+    assert ports_in == [8080, 8080, 8090, 8091]
+    # In-cluster clients (ws://exchange-service.exchange): a labelled namespace.
+    assert any(f.get("namespaceSelector", {}).get("matchLabels") == {"exchange-service.io/client": "true"}
+               and "podSelector" not in f and [p["port"] for p in rule["ports"]] == [8080]
+               for rule in np_["ingress"] for f in rule["from"])
     egress_ports = sorted({p["port"] for rule in np_["egress"] for p in rule["ports"]})
     assert egress_ports == [53, 443, 2181, 8091, 9096, 9443], egress_ports
-    assert find(objs, "HorizontalPodAutoscaler")["spec"]["minReplicas"] == 3
+    hpa = find(objs, "HorizontalPodAutoscaler")["spec"]
+    assert hpa["minReplicas"] == 3
+    # Clients per pod (the Prometheus adapter's Pods metric), CPU as the ceiling.
+    pods = [m for m in hpa["metrics"] if m["type"] == "Pods"]
+    assert [m["pods"]["metric"]["name"] for m in pods] == ["exchange_fanout_clients"]
+    assert pods[0]["pods"]["target"]["type"] == "AverageValue"
+    assert [m["resource"]["name"] for m in hpa["metrics"] if m["type"] == "Resource"] == ["cpu"]
+    with open(os.path.join(REPO, "deploy", "prometheus-adapter", "values.yaml")) as f:
+        adapter = yaml.safe_load(f)
+    names = [r["name"]["as"] for r in adapter["rules"]["custom"]]
+    assert "exchange_fanout_clients" in names
+    # Monitoring: the label kube-prometheus-stack selects by, set by the overlay.
+    for kind in ("ServiceMonitor", "PrometheusRule"):
+        assert find(objs, kind)["metadata"]["labels"]["release"] == "kube-prometheus-stack", kind
+        assert "release" not in find(rendered["k8s/base"], kind)["metadata"]["labels"], kind
+    dash = find(objs, "ConfigMap", "exchange-service-dashboard")
+    assert dash["metadata"]["labels"]["grafana_dashboard"] == "1"
+    json.loads(dash["data"]["exchange-service.json"])
+    endpoint = find(objs, "ServiceMonitor")["spec"]["endpoints"][0]
+    assert {"targetLabel": "job", "replacement": "exchange-service"} in endpoint["relabelings"]
     sm = find(objs, "ServiceMonitor")["spec"]
     assert sm["endpoints"][0]["port"] == "metrics"
     assert sm["selector"]["matchLabels"].items() <= headless["metadata"]["labels"].items()
+
+
+def test_k8s_gateway_overlay(rendered):
+    """The Gateway API alternative: an HTTPRoute instead of the Ingress, the
+    rest as in prod."""
+    objs = rendered["k8s/overlays/prod-gateway"]
+    prod = rendered["k8s/overlays/prod"]
+    kinds = {o["kind"] for o in objs}
+    assert not kinds & {"Ingress", "Certificate", "Issuer"}, kinds
+    assert kinds == {o["kind"] for o in prod} - {"Ingress", "Certificate", "Issuer"} | {"HTTPRoute"}
+    route = find(objs, "HTTPRoute")
+    assert route["metadata"]["namespace"] == "exchange"
+    (rule,) = route["spec"]["rules"]
+    assert rule["timeouts"] == {"request": "0s"}          # WebSocket: no whole-request timeout
+    (backend,) = rule["backendRefs"]
+    svc = find(objs, "Service", backend["name"])
+    assert backend["port"] in [p["port"] for p in svc["spec"]["ports"]]
+    assert rule["matches"][0]["path"]["value"] == find(prod, "Ingress")["spec"]["rules"][0]["http"]["paths"][0]["path"]
+    assert route["spec"]["hostnames"] == [find(prod, "Ingress")["spec"]["rules"][0]["host"]]
+    np_ = find(objs, "NetworkPolicy")["spec"]
+    assert np_["ingress"][0]["from"] == [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "gateway-infra"}}}]
+    assert find(objs, "Deployment") == find(prod, "Deployment")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -242,7 +306,7 @@ def test_k8s_configmap_and_env_pass_check_config(build_dir, rendered, overlay, t
     """The ConfigMap, the container args and env (downward API values and
     Secrets filled in) make a configuration the service accepts."""
     objs = rendered[overlay]
-    cm = find(objs, "ConfigMap")
+    cm = config_cm(objs)
     c = find(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     conf = tmp_path / "etc"
     conf.mkdir()
@@ -266,6 +330,40 @@ def test_promtool_rules():
     r = run(["promtool", "check", "rules", ALERTS])
     assert r.returncode == 0, r.stdout + r.stderr
     assert "SUCCESS" in r.stdout + r.stderr
+
+
+def test_promtool_alert_unit_tests():
+    """Scoping by (namespace, job): test/deploy/alerts_test.yml."""
+    tool("promtool", "prometheus")
+    r = run(["promtool", "test", "rules", os.path.join(DEPLOY, "alerts_test.yml")])
+    assert r.returncode == 0 and "SUCCESS" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def readme_anchors(section):
+    """GitHub anchors of the ### headings in README.md's ## section."""
+    with open(os.path.join(REPO, "README.md")) as f:
+        text = f.read()
+    m = re.search(r"(?ms)^## %s\n(.*?)(?=^## )" % re.escape(section), text + "\n## end\n")
+    assert m, "README has no ## %s section" % section
+    heads = re.findall(r"(?m)^### (.+)$", m.group(1))
+    return {re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
+def test_alerts_scoped_with_runbooks():
+    with open(ALERTS) as f:
+        rules = [r for g in yaml.safe_load(f)["groups"] for r in g["rules"]]
+    names = {r["alert"] for r in rules}
+    for want in ("ExchangeServiceDown", "ExchangeServiceReadyBelowMinimum", "ExchangeKafkaDrops",
+                 "ExchangeRelayReplayGaps", "ExchangeLatencyHigh"):
+        assert want in names, want
+    anchors = readme_anchors("Runbooks")
+    for r in rules:
+        expr = re.sub(r"\s+", " ", r["expr"])
+        if r["alert"] != "ExchangeServiceDown":     # up is per target already
+            assert re.search(r"\bby \((namespace, job)[,)]", expr), (r["alert"], expr)
+        url = r["annotations"]["runbook_url"]
+        assert url.endswith("README.md#" + r["alert"].lower()), url
+        assert r["alert"].lower() in anchors, "README Runbooks has no ### %s" % r["alert"]
 
 
 def test_promtool_config(tmp_path):
@@ -302,6 +400,8 @@ def test_systemd_unit_verifies(build_dir, tmp_path):
 
 # ---- metric names used by the dashboard and the alerts exist ----------------------
 
+# Series Prometheus writes itself for every target.
+PROMETHEUS_OWN = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
                 "unless", "bool", "offset", "inf", "nan", "le"}
 
@@ -394,7 +494,7 @@ def test_dashboard_and_alert_metrics_exist(service_factory, kafka_broker):
     svc = service_factory(overrides=overrides)
     want = {}
     for what, e in dashboard_exprs()[1] + alert_exprs():
-        for n in promql_metric_names(e):
+        for n in promql_metric_names(e) - PROMETHEUS_OWN:
             want.setdefault(n, []).append(what)
 
     def all_present():
@@ -409,3 +509,77 @@ def test_dashboard_and_alert_metrics_exist(service_factory, kafka_broker):
         lines = ["%s (used by %s)" % (n, ", ".join(sorted(set(w)))) for n, w in sorted(missing.items())]
         pytest.fail("metrics used by deploy/ but not exported by the service:\n  " + "\n  ".join(lines)
                     + "\nexported: " + " ".join(sorted(have)))
+
+
+# ---- the image: build context, runtime stage, labels (issue 15 item 11) ------------
+
+def dockerignore_rules():
+    rules = []
+    with open(os.path.join(REPO, ".dockerignore")) as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                neg = line.startswith("!")
+                rules.append((line.lstrip("!").strip("/"), neg))
+    return rules
+
+
+def docker_ignored(rel, rules):
+    """Docker's rule: the last pattern that matches the path or one of its
+    parent directories decides (fnmatch is close enough for our patterns)."""
+    import fnmatch
+    parts = rel.split("/")
+    cands = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    out = False
+    for pat, neg in rules:
+        if any(fnmatch.fnmatchcase(c, pat) for c in cands):
+            out = not neg
+    return out
+
+
+def test_image_build_context_and_runtime_stage(tmp_path):
+    rules = dockerignore_rules()
+    size, files = 0, []
+    for d, dirs, names in os.walk(REPO):
+        for n in names:
+            p = os.path.join(d, n)
+            rel = os.path.relpath(p, REPO)
+            if not docker_ignored(rel, rules) and os.path.isfile(p):
+                size += os.path.getsize(p)
+                files.append(rel)
+    print("docker build context: %d files, %.1f KiB" % (len(files), size / 1024))
+    assert size < 3 * 1024 * 1024, size
+    assert not [f for f in files if f.startswith(("test/", ".git", "build", "node_modules"))
+                or "/node_modules/" in f or f.endswith((".o", ".a"))], files
+    with open(os.path.join(REPO, "Dockerfile")) as f:
+        df = f.read()
+    stages = re.split(r"(?m)^FROM ", df)[1:]
+    assert len(stages) == 2, "a build and a runtime stage"
+    build, runtime = stages
+    # Everything the build stage copies is in the context.
+    for m in re.finditer(r"(?m)^COPY (?!--from)(.+) \S+$", build):
+        for src in m.group(1).split():
+            assert src in files or any(f.startswith(src.rstrip("/") + "/") for f in files), src
+    assert " bins" in build, "the build stage builds the programs only (make bins)"
+    for bad in ("test/", "tools", "curl", "cmocka", "build-essential"):
+        assert bad not in runtime, bad
+    for label in ("title", "description", "version", "revision", "licenses"):
+        assert "org.opencontainers.image.%s" % label in runtime, label
+    assert '"--healthcheck"' in runtime
+    # The same build, offline: the context alone builds and installs `make bins`.
+    ctx = tmp_path / "ctx"
+    for rel in files:
+        dst = ctx / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(os.path.join(REPO, rel), dst)
+    r = run(["make", "-j2", "BUILD=%s" % (tmp_path / "out"), "VERSION=9.9.9", "COMMIT=abc1234",
+             "install", "PREFIX=/opt/exchange-service", "DESTDIR=%s" % (tmp_path / "stage")],
+            cwd=str(ctx), timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "No such file" not in r.stderr, r.stderr
+    exe = tmp_path / "stage" / "opt" / "exchange-service" / "bin" / "exchange-service"
+    out = run([str(exe), "--version"]).stdout
+    assert out.strip() == "exchange-service 9.9.9 (commit abc1234)", out
+    installed = sorted(os.path.relpath(os.path.join(d, n), tmp_path / "stage")
+                       for d, _, ns in os.walk(tmp_path / "stage") for n in ns)
+    assert not [f for f in installed if "test" in f or "tool" in f or "bench" in f], installed

@@ -587,7 +587,15 @@ def test_http_upgrade_checks(fanout_factory):
     a = RawWS(f.port, headers={"Origin": "https://ok.example"})
     b = RawWS(f.port)
     assert (a.status, b.status) == (101, 101)
-    assert RawWS(f.port).status == 503  # max_clients
+    # max_clients: upgraded, told to reconnect elsewhere ("shed"), closed 1001.
+    shed = RawWS(f.port)
+    assert shed.status == 101
+    op, data = shed.read_frame()
+    hint = json.loads(data)
+    assert op == 1 and hint["type"] == "reconnect" and hint["reason"] == "shed", hint
+    assert 0 <= hint["after_ms"] < 1000
+    assert shed.close_code() == 1001
+    shed.close()
     a.close()
     b.close()
     wait_until(lambda: RawWS(f.port).status == 101, timeout=10, what="a slot after closes")

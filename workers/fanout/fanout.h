@@ -29,6 +29,7 @@ typedef struct {
     metric_t *max_epoch;     /* gauge */
     metric_t *source_gaps;   /* counter */
     metric_t *auth_failures; /* family, reason= (4001 jwt reasons, 4003 forbidden_channel) */
+    metric_t *accept_errors; /* family, reason= (emfile, enfile, enobufs, enomem, setup, other) */
 } fanout_metrics_t;
 
 typedef struct fanout_s {
@@ -38,9 +39,12 @@ typedef struct fanout_s {
     hub_t *hub;
     source_t *src;
     wss_ctx_t *wss;
-    uv_tcp_t listener;
+    uv_poll_t listener; /* readable: accept4() on listen_fd (server.c) */
+    int listen_fd;
     int listening;
-    int port; /* bound port */
+    uv_timer_t accept_timer; /* resumes accepting after a pause (EMFILE) */
+    int accept_pauses;       /* pauses in a row, 0 once an accept succeeds */
+    int port;                /* bound port */
     char **origins;
     int norigins;
     client_t *active;  /* open clients (not yet told to drain) */

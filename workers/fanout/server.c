@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -18,6 +19,9 @@
 #include "protocol.h"
 
 #define DRAIN_TICK_MS 10
+#define LISTEN_BACKLOG 1024
+#define ACCEPT_PAUSE_MS 250 /* after EMFILE/ENFILE: a retry 4 times a second, not a spin */
+#define ACCEPT_BATCH 64     /* accepts per readable event; the loop runs between batches */
 
 struct client_s {
     fanout_t *f;
@@ -36,6 +40,7 @@ struct client_s {
     jwt_result_t auth_result;
     auth_grant_t grant;
     int forbidden; /* 1 + index in url_chans of a channel outside the grant */
+    int shed;      /* over [fanout] max_clients: hint "shed" and close at open */
 };
 
 /* ---- metrics ------------------------------------------------------------- */
@@ -79,6 +84,9 @@ void fanout_metrics_init(fanout_metrics_t *m)
     m->auth_failures = metric_counter("exchange_fanout_auth_failures_total",
                                       "Clients closed by [auth]: 4001 (missing, malformed, bad_alg, "
                                       "bad_signature, expired, not_yet_valid) or 4003 (forbidden_channel)");
+    m->accept_errors = metric_counter("exchange_fanout_accept_errors_total",
+                                      "accept() failures on the client port, by reason (emfile: the "
+                                      "open-files limit; enfile: the system's); accepting pauses briefly");
 }
 
 void server_sync_metrics(fanout_t *f)
@@ -212,10 +220,15 @@ static int on_request(wss_conn_t *conn, const http_req_t *req, buf_t *extra, buf
         return 503;
     }
     if (f->nclients >= f->cfg->fanout.max_clients) {
+        /* Over this worker's share: upgrade, then a reconnect hint (on_open)
+         * sends the client to another pod through the Service. A browser
+         * never sees an HTTP status; it does see the hint. */
         limit_hit(f, "max_clients");
-        buf_puts(extra, "Retry-After: 1\r\n");
-        buf_puts(body, "too many clients on this worker");
-        return 503;
+        metric_inc(metric_labels(f->m.rejected, "reason=\"shed\""));
+        c->shed = 1;
+        c->upgraded = 1;
+        f->nclients++;
+        return 0;
     }
     if (c->limited != LIMITS_OK) {
         int conns = c->limited == LIMITS_CONNECTIONS;
@@ -281,10 +294,29 @@ static void auth_fail(client_t *c, int code, const char *reason, const char *cha
     wss_close(c->conn, code, msg, 0);
 }
 
+/* Sent elsewhere: {"type":"reconnect","reason":"shed","after_ms":N} (N
+ * spread over a second), then close 1001. */
+static void shed_client(client_t *c)
+{
+    char *msg = proto_reconnect_msg("shed", rand() % 1000);
+    if (msg != NULL) {
+        (void)wss_send_text(c->conn, msg, strlen(msg));
+        free(msg);
+    }
+    log_debug("client shed", "peer=%s clients=%d max_clients=%d", wss_peer(c->conn), c->f->nclients,
+              c->f->cfg->fanout.max_clients);
+    wss_close(c->conn, 1001, "over capacity: reconnect", 0);
+}
+
 static void on_open(wss_conn_t *conn)
 {
     client_t *c = wss_conn_data(conn);
     fanout_t *f = c->f;
+    if (c->shed) {
+        list_add(c, 2);
+        shed_client(c);
+        return;
+    }
     metric_inc(f->m.accepted);
     metric_set(f->m.clients, f->nclients);
     list_add(c, 1);
@@ -390,7 +422,7 @@ static void on_close(wss_conn_t *conn, wss_end_t why, int code)
     case WSS_END_LOCAL:
         reason = code == 1013   ? "slow"
                  : code == 1008 ? "rate"
-                 : code == 1001 ? "drain"
+                 : code == 1001 ? (c->shed ? "shed" : "drain")
                  : code == 4001 ? "unauthenticated"
                  : code == 4003 ? "forbidden"
                                 : "server";
@@ -422,19 +454,20 @@ static const wss_callbacks_t wss_cbs = {
 
 /* ---- listener -------------------------------------------------------------- */
 
-static void on_connection(uv_stream_t *s, int status)
+/* Takes one accepted socket (non-blocking) into a client. */
+static void accept_client(fanout_t *f, int fd)
 {
-    fanout_t *f = s->data;
-    if (status < 0) {
-        log_warn("accept failed", "err=%s", uv_strerror(status));
+    client_t *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        close(fd);
+        metric_inc(metric_labels(f->m.accept_errors, "reason=\"enomem\""));
+        log_warn("accept failed", "err=%s", log_q(strerror(ENOMEM)));
         return;
     }
-    client_t *c = calloc(1, sizeof(*c));
-    if (c == NULL)
-        return;
     c->f = f;
-    int r = wss_accept(f->wss, s, c, &c->conn);
+    int r = wss_accept_fd(f->wss, fd, c, &c->conn);
     if (r < 0) {
+        metric_inc(metric_labels(f->m.accept_errors, "reason=\"setup\""));
         log_warn("accept failed", "err=%s", uv_strerror(r));
         free(c);
         return;
@@ -445,6 +478,91 @@ static void on_connection(uv_stream_t *s, int status)
         c->ip_counted = 1;
         c->limited = limits_connect(f->limits, c->ip, cfg->fanout.max_connections_per_ip,
                                     cfg->fanout.max_connections_per_sec_per_ip, uv_now(f->loop));
+    }
+}
+
+static void on_listen_readable(uv_poll_t *h, int status, int events);
+
+static void on_accept_resume(uv_timer_t *t)
+{
+    fanout_t *f = t->data;
+    if (f->listening)
+        (void)uv_poll_start(&f->listener, UV_READABLE, on_listen_readable);
+}
+
+static const char *accept_errno_reason(int err)
+{
+    switch (err) {
+    case EMFILE: return "emfile";
+    case ENFILE: return "enfile";
+    case ENOBUFS: return "enobufs";
+    case ENOMEM: return "enomem";
+    default: return "other";
+    }
+}
+
+/* accept() failed for want of a resource (EMFILE: our open-files limit,
+ * ENFILE: the system's, or kernel memory). libuv would close the waiting
+ * connections to get going again; we leave them in the backlog, stop
+ * watching the listen socket for ACCEPT_PAUSE_MS and try again. One log
+ * line per episode, every failure counted. */
+static void accept_pause(fanout_t *f, int err)
+{
+    metric_inc(metric_labels(f->m.accept_errors, "reason=\"%s\"", accept_errno_reason(err)));
+    if (f->accept_pauses++ == 0) {
+        struct rlimit rl = {0, 0};
+        (void)getrlimit(RLIMIT_NOFILE, &rl);
+        log_error("accept failed, pausing accepts",
+                  "err=%s clients=%d nofile_soft=%llu nofile_hard=%llu "
+                  "pause_ms=%d",
+                  log_q(strerror(err)), f->nclients, (unsigned long long)rl.rlim_cur,
+                  (unsigned long long)rl.rlim_max, ACCEPT_PAUSE_MS);
+    }
+    uv_poll_stop(&f->listener);
+    uv_timer_start(&f->accept_timer, on_accept_resume, ACCEPT_PAUSE_MS, 0);
+}
+
+static void on_listen_readable(uv_poll_t *h, int status, int events)
+{
+    fanout_t *f = h->data;
+    (void)events;
+    if (status < 0) {
+        log_warn("listen socket poll failed", "err=%s", uv_strerror(status));
+        accept_pause(f, -status);
+        return;
+    }
+    for (int i = 0; i < ACCEPT_BATCH && f->listening; i++) {
+        int fd = accept4(f->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return;
+            if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO)
+                continue; /* that connection is gone; the next may be fine */
+            accept_pause(f, errno);
+            return;
+        }
+        if (f->accept_pauses > 0) {
+            log_info("accepting again", "pauses=%d clients=%d", f->accept_pauses, f->nclients);
+            f->accept_pauses = 0;
+        }
+        accept_client(f, fd);
+    }
+}
+
+static void on_listener_closed(uv_handle_t *h)
+{
+    fanout_t *f = h->data;
+    close(f->listen_fd); /* uv_poll_t does not own the socket */
+    f->listen_fd = -1;
+}
+
+static void close_listener(fanout_t *f)
+{
+    if (f->listening) {
+        f->listening = 0;
+        if (f->timers_init)
+            uv_timer_stop(&f->accept_timer);
+        uv_close((uv_handle_t *)&f->listener, on_listener_closed);
     }
 }
 
@@ -489,19 +607,22 @@ static int open_listener(fanout_t *f)
         r = -errno;
         goto fail;
     }
-    if ((r = uv_tcp_init(f->loop, &f->listener)) < 0)
-        goto fail;
-    f->listener.data = f;
-    if ((r = uv_tcp_open(&f->listener, fd)) < 0) {
-        uv_close((uv_handle_t *)&f->listener, NULL);
+    if (listen(fd, LISTEN_BACKLOG) < 0) {
+        r = -errno;
         goto fail;
     }
+    /* Accepted here (accept4), not by uv_listen: libuv answers EMFILE by
+     * closing every waiting connection, unlogged (see accept_pause). */
+    if ((r = uv_poll_init_socket(f->loop, &f->listener, fd)) < 0)
+        goto fail;
+    f->listener.data = f;
+    f->listen_fd = fd;
     fd = -1;
     f->listening = 1;
-    if ((r = uv_listen((uv_stream_t *)&f->listener, 1024, on_connection)) < 0)
+    if ((r = uv_poll_start(&f->listener, UV_READABLE, on_listen_readable)) < 0)
         goto fail;
-    int nl = sizeof ss;
-    if (uv_tcp_getsockname(&f->listener, (struct sockaddr *)&ss, &nl) == 0)
+    socklen_t nl = sizeof ss;
+    if (getsockname(f->listen_fd, (struct sockaddr *)&ss, &nl) == 0)
         f->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                                  : ((struct sockaddr_in *)&ss)->sin_port);
     log_info("fanout listening", "listen=%s port=%d path=%s", log_q(f->cfg->fanout.listen), f->port,
@@ -511,10 +632,7 @@ fail:
     log_error("cannot listen", "listen=%s err=%s", log_q(f->cfg->fanout.listen), uv_strerror(r));
     if (fd >= 0)
         close(fd);
-    if (f->listening) {
-        uv_close((uv_handle_t *)&f->listener, NULL);
-        f->listening = 0;
-    }
+    close_listener(f);
     return r;
 }
 
@@ -568,7 +686,8 @@ int server_start(fanout_t *f)
     uv_timer_init(f->loop, &f->drain_timer);
     uv_timer_init(f->loop, &f->deadline_timer);
     uv_timer_init(f->loop, &f->sync_timer);
-    f->drain_timer.data = f->deadline_timer.data = f->sync_timer.data = f;
+    uv_timer_init(f->loop, &f->accept_timer);
+    f->drain_timer.data = f->deadline_timer.data = f->sync_timer.data = f->accept_timer.data = f;
     f->timers_init = 1;
     uv_timer_start(&f->sync_timer, on_sync_timer, 1000, 1000);
     uv_unref((uv_handle_t *)&f->sync_timer);
@@ -576,14 +695,6 @@ int server_start(fanout_t *f)
 }
 
 /* ---- drain / stop ------------------------------------------------------------ */
-
-static void close_listener(fanout_t *f)
-{
-    if (f->listening) {
-        uv_close((uv_handle_t *)&f->listener, NULL);
-        f->listening = 0;
-    }
-}
 
 static void drain_finish(fanout_t *f, const char *why)
 {
