@@ -33,6 +33,7 @@ enum {
     T_ADDR,     /* host:port */
     T_ADDRLIST, /* comma list of host:port */
     T_URL,      /* ws:// or wss:// URL */
+    T_HTTPURL,  /* http:// or https:// URL, or empty */
     T_SUB,      /* marker: the exchange sub-table goes here */
 };
 
@@ -220,6 +221,18 @@ static const cfg_key_t exchange_keys[] = {
       "Skip TLS certificate checks (tests against the simulator only)"),
     X(format, T_ENUM, R, 0, 0, "DEFAULT|SIMPLE", "DEFAULT", NULL, NULL, NULL, NULL,
       "Upbit/Bithumb message keys: DEFAULT or SIMPLE (short keys); ignored elsewhere"),
+    X(rest_url, T_HTTPURL, R, 0, 0, NULL, NULL, "https://api.upbit.com", "https://api.bithumb.com",
+      "https://api.binance.com", "https://api.coinbase.com",
+      "Public REST base URL: recent trades are backfilled from it after a takeover or a reconnect; empty: "
+      "no backfill"),
+    X(rest_rate, T_INT, R, 1, 1000, NULL, NULL, "8", "100", "3", "8",
+      "REST requests per second to this exchange (under its public limit: Upbit 10, Bithumb 150, Binance "
+      "240/min at weight 25, Coinbase 10)"),
+    X(backfill_max_ms, T_INT, R, 100, 600000, NULL, "10000", NULL, NULL, NULL, NULL,
+      "Bound on one channel's backfill; live trades of the channel wait meanwhile, what is not fetched by "
+      "then is announced as a gap"),
+    X(dedup_ids, T_INT, R, 16, 1000000, NULL, "4096", NULL, NULL, NULL, NULL,
+      "Exchange trade ids remembered per channel: a trade re-sent by the exchange is dropped"),
 };
 
 #undef R
@@ -665,6 +678,7 @@ static void describe_allowed(const cfg_key_t *k, char *out, size_t n)
         break;
     case T_ADDRLIST: snprintf(out, n, "a comma list of host:port"); break;
     case T_URL: snprintf(out, n, "a ws:// or wss:// URL"); break;
+    case T_HTTPURL: snprintf(out, n, "an http:// or https:// URL, or empty"); break;
     default:
         if (k->flags & CF_PATH)
             snprintf(out, n, "a path starting with /");
@@ -845,12 +859,16 @@ static int validate(const cfg_key_t *k, const char *v, int *ival, char **sval, c
         }
         break;
     }
-    case T_URL: {
+    case T_URL:
+    case T_HTTPURL: {
         const char *rest = NULL;
-        if (strncmp(v, "ws://", 5) == 0)
-            rest = v + 5;
-        else if (strncmp(v, "wss://", 6) == 0)
-            rest = v + 6;
+        int web = k->type == T_HTTPURL;
+        if (web && *v == '\0')
+            break;
+        if (strncmp(v, web ? "http://" : "ws://", web ? 7 : 5) == 0)
+            rest = v + (web ? 7 : 5);
+        else if (strncmp(v, web ? "https://" : "wss://", web ? 8 : 6) == 0)
+            rest = v + (web ? 8 : 6);
         if (rest == NULL || *rest == '\0' || *rest == '/' || *rest == ':' || strchr(v, ' ')) {
             snprintf(msg, n, "must be %s", allowed);
             return -1;

@@ -190,7 +190,15 @@ static void test_exchange_ini_is_defaults(void **state)
     assert_non_null(b);
     char *da = dump(a, 0), *db = dump(b, 0);
     assert_string_equal(da, db);
-    assert_string_equal(cfg_source(b, "fanout", "workers"), "conf/exchange.ini:282");
+    /* the source names the line that sets it, wherever the key table puts it */
+    const char *at = strstr(text.data, "\nworkers = auto\n");
+    assert_non_null(at);
+    int line = 2;
+    for (const char *p = text.data; p < at; p++)
+        line += *p == '\n';
+    char want[64];
+    snprintf(want, sizeof(want), "conf/exchange.ini:%d", line);
+    assert_string_equal(cfg_source(b, "fanout", "workers"), want);
     free(da);
     free(db);
     cfg_free(a);
