@@ -99,6 +99,11 @@ static const cfg_key_t main_keys[] = {
       "Consumer fetch.wait.max.ms: how long a broker may hold a fetch with no data (latency bound)"),
     K(kafka, start_tail, T_INT, R, 0, 1000000, NULL, "500",
       "Fanout workers start this many records before the end of each partition (warm snapshots)"),
+    K(kafka, ingest_tail, T_INT, R, 0, 10000000, NULL, "20000",
+      "Records per partition a starting ingest reads from the topic's end: the last trades per channel, "
+      "so a new leader neither repeats nor skips them (0: not read)"),
+    K(kafka, ingest_tail_ms, T_INT, R, 100, 600000, NULL, "5000",
+      "Bound on that read; Kafka unreachable by then: logged, the ingest starts without it"),
     K(kafka, buffer_messages, T_INT, R, 1000, 10000000, NULL, "100000",
       "Producer queue size in messages; when full a message is dropped and counted"),
     K(kafka, security_protocol, T_ENUM, R, 0, 0, "PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL", "PLAINTEXT",

@@ -52,6 +52,8 @@ typedef struct {
         int linger_ms;
         int fetch_wait_max_ms;
         int start_tail;
+        int ingest_tail;
+        int ingest_tail_ms;
         int buffer_messages;
         char *security_protocol;
         char *sasl_mechanism;

@@ -34,6 +34,9 @@ typedef struct ingest_s {
     uv_loop_t *loop;
     const cfg_t *cfg;
     int64_t epoch;
+    /* Highest epoch in the topic's tail read at start (tail.c); 0: none seen
+     * or not read. A new epoch must be above it. */
+    int64_t tail_max_epoch;
     int history;             /* ring size per channel ([relay] history) */
     producer_t *producer;    /* NULL when [kafka] brokers is empty */
     feed_t *feeds[EX_COUNT]; /* NULL for disabled exchanges */
