@@ -1238,6 +1238,22 @@ static void test_coinbase_snapshot_once_and_oldest_first(void **state)
     assert_int_equal(t->pubs.n, 4);
     assert_non_null(strstr(t->pubs.msg[2], "\"trade_id\":\"995098702\""));
     assert_non_null(strstr(t->pubs.msg[3], "\"trade_id\":\"995098703\""));
+    /* An unknown snapshot trade older than the last published one (its id
+     * left the bounded set, or another leader published it): dropped. The
+     * same trade live is published: exchanges do report trades late. */
+    static const char SNAP_OLD[] =
+        "{\"channel\":\"market_trades\",\"client_id\":\"\",\"timestamp\":\"2026-04-07T14:30:06Z\","
+        "\"sequence_num\":2,\"events\":[{\"type\":\"snapshot\",\"trades\":["
+        "{\"trade_id\":\"995098600\",\"product_id\":\"BTC-USD\",\"price\":\"68000\",\"size\":\"0.1\","
+        "\"side\":\"SELL\",\"time\":\"2026-04-07T14:29:00Z\"}]}]}";
+    feed_str(t, SNAP_OLD);
+    assert_int_equal(t->pubs.n, 4);
+    char *late = replace(SNAP_OLD, "\"snapshot\"", "\"update\"");
+    char *late2 = replace(late, "\"sequence_num\":2", "\"sequence_num\":3");
+    feed_str(t, late2);
+    assert_int_equal(t->pubs.n, 5);
+    free(late2);
+    free(late);
     free(snap2);
     free(snap);
     free(upd);

@@ -298,15 +298,26 @@ static metric_t *trade_metric(const char *name, const char *help, int ex)
 
 static void publish_counted(feed_t *f, const char *channel, const char *json, size_t len);
 
+/* Published before: counted. A re-sent snapshot trade older than the last
+ * one published was published before too (by this ingest or, learnt from the
+ * topic's tail, by the previous leader) even when its id has left the
+ * bounded set. */
+static int trade_dup(const trade_state_t *st, int ex, const norm_trade_t *t)
+{
+    if (!dedup_seen(&st->ids, t->trade_id, ex_ordered(ex)) &&
+        !(t->snapshot && st->last_id[0] != '\0' && t->ts < st->last_ts))
+        return 0;
+    metric_inc(trade_metric("exchange_ingest_trades_deduplicated_total",
+                            "Exchange trades dropped as re-sent (trade id already published)", ex));
+    return 1;
+}
+
 static void trade_publish(ingest_t *in, int ex, const char *channel, trade_state_t *st, const norm_trade_t *t)
 {
     static buf_t b; /* the loop thread's builder, reused */
     int ordered = ex_ordered(ex);
-    if (dedup_seen(&st->ids, t->trade_id, ordered)) {
-        metric_inc(trade_metric("exchange_ingest_trades_deduplicated_total",
-                                "Exchange trades dropped as re-sent (trade id already published)", ex));
+    if (trade_dup(st, ex, t))
         return;
-    }
     dedup_add(&st->ids, t->trade_id, ordered);
     snprintf(st->last_id, sizeof(st->last_id), "%s", t->trade_id);
     st->last_ts = t->ts;
@@ -334,11 +345,8 @@ void ingest_trade(ingest_t *in, int ex, const char *channel, const norm_trade_t 
         trade_publish(in, ex, channel, st, t);
         return;
     }
-    if (dedup_seen(&st->ids, t->trade_id, ex_ordered(ex))) {
-        metric_inc(trade_metric("exchange_ingest_trades_deduplicated_total",
-                                "Exchange trades dropped as re-sent (trade id already published)", ex));
+    if (trade_dup(st, ex, t))
         return;
-    }
     if (st->nheld == st->capheld) {
         int cap = st->capheld ? st->capheld * 2 : 256;
         norm_trade_t *n = cap <= HOLD_MAX ? realloc(st->held, sizeof(*n) * (size_t)cap) : NULL;
