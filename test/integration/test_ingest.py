@@ -499,8 +499,13 @@ def check_once(made, chans):
         first = ids.index(got[0])
         want = ids[first:]
         missing = sorted(set(want) - set(got), key=want.index)
-        assert not missing, "%s: %d trades made but not published, first %s (got %d of %d)" % (
-            ch, len(missing), missing[:5], len(got), len(want))
+        if missing:
+            i = want.index(missing[0])
+            near = [(v["trade_id"], v["epoch"], v["seq"], v.get("backfill", False)) for v in chans[ch]
+                    if v["trade_id"] in want[max(0, i - 3):i + 4]]
+            near.append(want[max(0, i - 3):i + 4])
+        assert not missing, "%s: %d trades made but not published, first %s (got %d of %d); around it: %s" % (
+            ch, len(missing), missing[:5], len(got), len(want), near)
         assert got == want[:len(got)] and len(got) == len(want), "%s: order differs" % ch
         backfilled += sum(1 for v in chans[ch] if v.get("backfill") is True)
     return backfilled

@@ -104,28 +104,39 @@ def made_ids(sim, exchange):
 
 
 def test_reconnect_backfill_through_429_and_gap_counted(kafka_broker, sim_factory, service_factory):
-    """Issue 14 on the exchange side, as a client sees it: after a dropped
-    connection the trades made meanwhile are backfilled over REST (waiting
-    out a 429), the trade re-sent as SNAPSHOT on the new subscribe is a
-    duplicate and dropped; the client gets every trade once. Then REST keeps
+    """Issue 14 on the exchange side, as a client sees it: the trade re-sent
+    as SNAPSHOT on a new subscribe is a duplicate and dropped; after a
+    dropped connection the trades made meanwhile are backfilled over REST
+    (waiting out a 429); the client gets every trade once. Then REST keeps
     only 3 trades and the feed is away longer: the span is announced on
     status.upbit (state gap) and counted."""
     sim = sim_factory(args=["--rate", "10", "--exchanges", "upbit"])
     svc = service(service_factory, sim, kafka_broker, upbit={"channels": "trade"})
     c = WsClient(svc.ws_url, subscribe=["status.upbit", "trade.upbit.*"], name="c").start()
     c.wait_for(lambda cl: len(cl.data("trade.upbit")) >= 10, timeout=20, what="upbit trading")
+    # No trade made while away: the SNAPSHOT each subscribe re-sends is the
+    # last trade published, a duplicate.
+    sim.control("POST", "/pause")
+    accepted = sim.control("GET", "/status")["accepted"]["upbit"]
+    sim.control("POST", "/drop?exchange=upbit")
+    util.wait_until(lambda: (svc.metric("exchange_ingest_trades_deduplicated_total",
+                                        {"exchange": "upbit"}) or 0) >= 2,
+                    timeout=20, what="the SNAPSHOT re-sends dropped as duplicates")
+    assert sim.control("GET", "/status")["accepted"]["upbit"] > accepted
+    sim.control("POST", "/resume")
+    # Trades made while away (the reconnect refused twice): backfilled,
+    # through a 429 answer.
+    def requests(result):
+        return svc.metric("exchange_ingest_backfill_requests_total", {"exchange": "upbit", "result": result}) or 0
+    util.wait_until(lambda: requests("ok") >= 2, timeout=10, what="the first reconnect's backfill")
+    ok = requests("ok")
     sim.control("POST", "/rest?exchange=upbit&limit429=2")
     sim.control("POST", "/refuse?exchange=upbit&count=2")
     sim.control("POST", "/drop?exchange=upbit")
-    util.wait_until(lambda: (svc.metric("exchange_ingest_backfill_requests_total",
-                                        {"exchange": "upbit", "result": "ok"}) or 0) >= 2,
-                    timeout=30, what="both channels backfilled")
-    assert svc.metric("exchange_ingest_backfill_requests_total",
-                      {"exchange": "upbit", "result": "rate_limited"}) >= 1
-    assert svc.metric("exchange_ingest_backfill_trades_total", {"exchange": "upbit"}) >= 2
-    util.wait_until(lambda: (svc.metric("exchange_ingest_trades_deduplicated_total",
-                                        {"exchange": "upbit"}) or 0) >= 1,
-                    timeout=10, what="the SNAPSHOT re-send dropped as a duplicate")
+    util.wait_until(lambda: requests("ok") >= ok + 2 and requests("rate_limited") >= 2, timeout=30,
+                    what="both channels backfilled, after two 429 answers")
+    util.wait_until(lambda: (svc.metric("exchange_ingest_backfill_trades_total", {"exchange": "upbit"}) or 0) >= 2,
+                    timeout=10, what="trades made while away backfilled")
     n = len(c.data("trade.upbit"))
     c.wait_for(lambda cl: len(cl.data("trade.upbit")) > n + 10, timeout=20, what="live trades again")
 

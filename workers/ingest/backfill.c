@@ -25,6 +25,11 @@
 #define BF_REQ_TIMEOUT_MS 5000
 #define BF_RETRY_MS 500
 #define BF_BAN_MS 60000 /* 418: Binance's ban is at least 2 minutes; wait a good while */
+/* A channel's first page is asked for once its first live trade is held, so
+ * the page reaches into the live stream (a page taken before the exchange
+ * applied the subscription would miss the trades between the two); a quiet
+ * market gets its page after this long. */
+#define BF_QUIET_MS 2000
 
 typedef struct {
     char market[48]; /* the exchange's spelling, for the URL */
@@ -32,7 +37,7 @@ typedef struct {
     int queued, active;
     char from_id[80]; /* last trade published when the job began */
     int64_t from_ts;
-    uint64_t deadline;
+    uint64_t begin, deadline;
     char cursor[80];
     int64_t cursor_num; /* Coinbase end / Binance fromId */
     norm_trade_t *got;
@@ -232,8 +237,13 @@ static void job_finish(backfill_t *b, job_t *j, int gap)
                          : (int64_t)worker_now_ms();
         feed_gap(b->feed, j->channel, j->from_ts, to, j->from_id);
     }
+    /* The newest REST trades are also live ones: those held go out with the
+     * held ones, unmarked and in the stream's order; those later than the
+     * first held trade are still on their way on the stream. */
+    int held = ingest_trade_first_held(b->in, j->channel, held_id, sizeof(held_id), &held_ts) == 0;
     for (int i = 0; i < j->ngot; i++)
-        ingest_trade(b->in, b->ex, j->channel, &j->got[i]);
+        if (!(held && j->got[i].ts > held_ts) && !ingest_trade_held(b->in, j->channel, j->got[i].trade_id))
+            ingest_trade(b->in, b->ex, j->channel, &j->got[i]);
     log_info("backfill done", "exchange=%s channel=%s trades=%d pages=%d gap=%d", b->name, log_q(j->channel),
              j->ngot, j->pages, gap);
     free(j->got);
@@ -381,18 +391,30 @@ static void kick(backfill_t *b)
         return;
     uint64_t now = worker_now_ms();
     if (b->cur < 0) {
+        int waiting = 0;
         for (int k = 0; k < b->njobs; k++) {
             int i = (b->next + k) % b->njobs;
-            if (b->jobs[i].queued) {
-                b->cur = i;
-                b->next = (i + 1) % b->njobs;
-                b->jobs[i].queued = 0;
-                b->jobs[i].active = 1;
-                break;
+            job_t *q = &b->jobs[i];
+            char id[80];
+            int64_t ts;
+            if (!q->queued)
+                continue;
+            if (ingest_trade_first_held(b->in, q->channel, id, sizeof(id), &ts) < 0 &&
+                now < q->begin + BF_QUIET_MS) {
+                waiting = 1; /* the live stream has not started on this channel yet */
+                continue;
             }
+            b->cur = i;
+            b->next = (i + 1) % b->njobs;
+            q->queued = 0;
+            q->active = 1;
+            break;
         }
-        if (b->cur < 0)
+        if (b->cur < 0) {
+            if (waiting)
+                wait_ms(b, 50);
             return;
+        }
     }
     job_t *j = &b->jobs[b->cur];
     if (now >= j->deadline && j->pages + j->failures > 0) {
@@ -442,6 +464,7 @@ void backfill_begin(backfill_t *b)
             continue; /* nothing published yet: nothing known to be missed */
         ingest_trade_hold(b->in, j->channel);
         j->queued = 1;
+        j->begin = now;
         j->deadline = now + (uint64_t)b->xcfg->backfill_max_ms;
         j->pages = j->failures = j->gap = 0;
         j->cursor[0] = '\0';

@@ -408,6 +408,17 @@ int ingest_trade_first_held(ingest_t *in, const char *channel, char *id, size_t 
     return 0;
 }
 
+int ingest_trade_held(ingest_t *in, const char *channel, const char *id)
+{
+    ingest_chan_t *c = chan_find(in, channel, 0);
+    if (c == NULL || c->tr == NULL)
+        return 0;
+    for (int i = 0; i < c->tr->nheld; i++)
+        if (strcmp(c->tr->held[i].trade_id, id) == 0)
+            return 1;
+    return 0;
+}
+
 void ingest_trade_release(ingest_t *in, int ex, const char *channel)
 {
     ingest_chan_t *c = chan_find(in, channel, 0);

@@ -94,6 +94,8 @@ int ingest_trade_last(ingest_t *in, const char *channel, char *id, size_t idsz, 
 void ingest_trade_hold(ingest_t *in, const char *channel);
 void ingest_trade_release(ingest_t *in, int ex, const char *channel);
 int ingest_trade_first_held(ingest_t *in, const char *channel, char *id, size_t idsz, int64_t *ts);
+/* Is id among the live trades held on channel? */
+int ingest_trade_held(ingest_t *in, const char *channel, const char *id);
 /* Has channel's trade id set seen id? */
 int ingest_trade_seen(ingest_t *in, int ex, const char *channel, const char *id);
 
