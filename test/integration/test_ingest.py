@@ -1,6 +1,6 @@
 """exchange-ingest end to end, standalone (no supervisor, no ZooKeeper):
 
-    test/sim/sim.py  --ws-->  exchange-ingest  --produce-->  test-kafka-broker
+    test/sim/sim.py  --ws-->  exchange-ingest  --produce-->  Kafka (real, KRaft)
                                                               --> confluent_kafka consumer
 
 The simulator records every frame it sends (--record JSONL); the tests compare
@@ -290,14 +290,14 @@ def sim(tmp_path):
 
 def test_trades_exactly_once_in_order(tmp_path, build_dir, sim, kafka_broker):
     conf = str(tmp_path / "ingest.ini")
-    # A topic the broker does not have yet: the ingest worker creates it.
-    write_conf(conf, sim, kafka_broker.bootstrap, "ingest-test", ("upbit", "binance"), partitions=4)
+    # A topic the broker does not have yet: the ingest worker creates it
+    # through the Admin API (the broker does not auto-create topics).
+    topic = kafka_broker.topic + "-new"
+    write_conf(conf, sim, kafka_broker.bootstrap, topic, ("upbit", "binance"), partitions=4)
     ing = start_ingest(build_dir, tmp_path / "logs", conf)
     try:
-        # Created through the Admin API, or (the test broker has no
-        # controller for CreateTopics) seen to exist by a delivery.
-        util.wait_until(lambda: "kafka topic created" in log_text(ing) or "kafka topic exists" in log_text(ing),
-                        timeout=20, what="the topic to be created or found")
+        util.wait_until(lambda: "kafka topic created" in log_text(ing), timeout=20, what="the topic to be created")
+        assert len(kafka_broker.topic_info(topic)) == 4
         wait_trades(sim, 40)
         sim.control("/malformed", exchange="upbit", count=5)
         sim.control("/malformed", exchange="binance", count=5)
@@ -312,7 +312,7 @@ def test_trades_exactly_once_in_order(tmp_path, build_dir, sim, kafka_broker):
     records = sim.records()
     sent = sent_trades(records, ("upbit", "binance"))
     total = sum(len(v) for v in sent.values())
-    msgs = consume_all(kafka_broker.bootstrap, "ingest-test", total)
+    msgs = consume_all(kafka_broker.bootstrap, topic, total)
     chans = check_stream(msgs, EPOCH)
     check_trades(sent, chans)
 
@@ -334,9 +334,10 @@ def test_trades_exactly_once_in_order(tmp_path, build_dir, sim, kafka_broker):
         assert "symbol" not in chans["status." + ex][0]
 
 
-def test_reconnect_and_kafka_outage(tmp_path, build_dir, sim, kafka_broker):
+def test_reconnect_and_kafka_outage(tmp_path, build_dir, sim, kafka_factory):
+    kafka_broker = kafka_factory()
     conf = str(tmp_path / "ingest.ini")
-    write_conf(conf, sim, kafka_broker.bootstrap, "exchange", ("upbit", "binance"))
+    write_conf(conf, sim, kafka_broker.bootstrap, kafka_broker.topic, ("upbit", "binance"))
     ing = start_ingest(build_dir, tmp_path / "logs", conf)
     try:
         wait_trades(sim, 30)
@@ -374,7 +375,7 @@ def test_reconnect_and_kafka_outage(tmp_path, build_dir, sim, kafka_broker):
     sent = sent_trades(records, ("upbit", "binance"))
     dropped = {c["id"] for c in first.values()}
     made = made_trades(sim)
-    msgs = consume_until(kafka_broker.bootstrap, "exchange", _published_all(made))
+    msgs = consume_until(kafka_broker.bootstrap, kafka_broker.topic, _published_all(made))
     chans = check_stream(msgs, EPOCH)
     # Nothing lost to the dropped connections (what they missed was
     # backfilled from REST), nothing twice (the SNAPSHOT re-sent on the new
@@ -557,7 +558,7 @@ def test_every_trade_once_across_reconnect_and_restart(tmp_path, build_dir, sim4
     ones marked "backfill":true."""
     sim = sim4
     conf = str(tmp_path / "ingest.ini")
-    write_conf(conf, sim, kafka_broker.bootstrap, "exchange", ALL4)
+    write_conf(conf, sim, kafka_broker.bootstrap, kafka_broker.topic, ALL4)
     ing = start_ingest(build_dir, tmp_path / "logs", conf, epoch=7)
     try:
         util.wait_until(lambda: log_text(ing).count('state=subscribed') >= 4, timeout=20,
@@ -591,7 +592,7 @@ def test_every_trade_once_across_reconnect_and_restart(tmp_path, build_dir, sim4
     assert m and int(m.group(3)) > 0 and int(m.group(4)) == 7, logs2[-3000:]
 
     made = made_trades(sim)
-    msgs = consume_until(kafka_broker.bootstrap, "exchange", _published_all(made))
+    msgs = consume_until(kafka_broker.bootstrap, kafka_broker.topic, _published_all(made))
     chans = trades_by_channel(msgs)
     backfilled = check_once(made, chans)
     assert backfilled > 0, "no trade was backfilled"
@@ -606,7 +607,7 @@ def test_gap_beyond_rest_window_is_announced(tmp_path, build_dir, kafka_broker):
               args=("--rest-window", "5")).start()
     try:
         conf = str(tmp_path / "ingest.ini")
-        write_conf(conf, sim, kafka_broker.bootstrap, "exchange", ("upbit", "binance"))
+        write_conf(conf, sim, kafka_broker.bootstrap, kafka_broker.topic, ("upbit", "binance"))
         ing = start_ingest(build_dir, tmp_path / "logs", conf, epoch=3)
         util.wait_until(lambda: log_text(ing).count('state=subscribed') >= 2, timeout=20,
                         what="feeds subscribed")
@@ -621,7 +622,7 @@ def test_gap_beyond_rest_window_is_announced(tmp_path, build_dir, kafka_broker):
         finally:
             assert stop_ingest(ing2) == 0
         made = made_trades(sim)
-        msgs = consume_until(kafka_broker.bootstrap, "exchange", _published_all(made))
+        msgs = consume_until(kafka_broker.bootstrap, kafka_broker.topic, _published_all(made))
         gaps = [json.loads(m["value"]) for m in msgs if m["key"].startswith(b"status.")]
         gaps = [g for g in gaps if g["state"] == "gap"]
         assert {g["gap"]["channel"] for g in gaps} == set(made), gaps
