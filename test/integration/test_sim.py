@@ -824,6 +824,14 @@ def test_rest_upbit_bithumb_ticks_newest_first_with_cursor(rest_sim):
         assert st == 200 and len(older) == 5
         i = made.index(str(page[-1]["sequential_id"]))
         assert [str(t["sequential_id"]) for t in older] == made[i - 5:i][::-1]
+    # one UTC day per request: the simulator's trades are all today's
+    if time.time() % 86400 > 120:  # the simulator started today (UTC), not just before midnight
+        st, _, page = rest_get(s, "upbit", "/v1/trades/ticks?market=KRW-BTC&count=5&days_ago=1")
+        assert st == 200 and page == []
+        st, _, page = rest_get(s, "bithumb", "/v1/trades/ticks?market=KRW-BTC&count=5&daysAgo=1")
+        assert st == 200 and page == []
+    st, _, body = rest_get(s, "upbit", "/v1/trades/ticks?market=KRW-BTC&days_ago=8")
+    assert st == 400
     # errors in Upbit's shape
     st, _, body = rest_get(s, "upbit", "/v1/trades/ticks")
     assert st == 400 and body["error"]["name"] == 400

@@ -85,7 +85,12 @@ class Rest:
         count = self._int(q, "count", 1, 1, 500)
         if count is None:
             return _resp(400, {"error": {"name": 400, "message": "count must be 1..500"}})
-        hist = list(mkt.history)
+        # one UTC day per request: today, or days_ago (Bithumb: daysAgo) 1..7
+        days = q.get("days_ago", q.get("daysAgo", "0"))
+        if not days.isdigit() or int(days) > 7:
+            return _resp(400, {"error": {"name": 400, "message": "days_ago must be 1..7"}})
+        day = (now_ms() // 86_400_000) - int(days)
+        hist = [t for t in mkt.history if t.ts // 86_400_000 == day]
         if "cursor" in q:
             ids = [trade_id(self.ex.name, mkt, t) for t in hist]
             try:

@@ -1368,16 +1368,22 @@ static void test_backfill_pages(void **state)
     int n;
     buf_t b;
     buf_init(&b);
-    assert_int_equal(backfill_page_path(EX_UPBIT, "KRW-BTC", "", &b), 0);
+    assert_int_equal(backfill_page_path(EX_UPBIT, "KRW-BTC", "", 0, &b), 0);
     assert_string_equal(b.data, "/v1/trades/ticks?market=KRW-BTC&count=200");
     buf_reset(&b);
-    backfill_page_path(EX_BITHUMB, "KRW-BTC", "17303368620470000", &b);
+    backfill_page_path(EX_BITHUMB, "KRW-BTC", "17303368620470000", 0, &b);
     assert_string_equal(b.data, "/v1/trades/ticks?market=KRW-BTC&count=200&cursor=17303368620470000");
     buf_reset(&b);
-    backfill_page_path(EX_BINANCE, "BTCUSDT", "28457", &b);
+    backfill_page_path(EX_UPBIT, "KRW-BTC", "", 1, &b);
+    assert_string_equal(b.data, "/v1/trades/ticks?market=KRW-BTC&count=200&days_ago=1");
+    buf_reset(&b);
+    backfill_page_path(EX_BITHUMB, "KRW-BTC", "5", 2, &b);
+    assert_string_equal(b.data, "/v1/trades/ticks?market=KRW-BTC&count=200&cursor=5&daysAgo=2");
+    buf_reset(&b);
+    backfill_page_path(EX_BINANCE, "BTCUSDT", "28457", 0, &b);
     assert_string_equal(b.data, "/api/v3/historicalTrades?symbol=BTCUSDT&limit=1000&fromId=28457");
     buf_reset(&b);
-    backfill_page_path(EX_COINBASE, "BTC-USD", "1700000000", &b);
+    backfill_page_path(EX_COINBASE, "BTC-USD", "1700000000", 0, &b);
     assert_string_equal(b.data, "/api/v3/brokerage/market/products/BTC-USD/ticker?limit=1000&end=1700000000");
     buf_free(&b);
 

@@ -44,6 +44,10 @@ typedef struct {
     int ngot, capgot;
     int pages, failures;
     int gap; /* the endpoint could not reach back to from_id */
+    /* Upbit/Bithumb serve one UTC day per request (days_ago, 0: today);
+     * day_ms: a time within the day being paged. */
+    int days_ago;
+    int64_t day_ms;
 } job_t;
 
 struct backfill_s {
@@ -74,7 +78,7 @@ static void count_req(backfill_t *b, const char *result)
 
 /* ---- pure parts ---------------------------------------------------------- */
 
-int backfill_page_path(int ex, const char *market, const char *cursor, buf_t *out)
+int backfill_page_path(int ex, const char *market, const char *cursor, int days_ago, buf_t *out)
 {
     switch (ex) {
     case EX_UPBIT:
@@ -82,6 +86,8 @@ int backfill_page_path(int ex, const char *market, const char *cursor, buf_t *ou
         buf_printf(out, "/v1/trades/ticks?market=%s&count=%d", market, BF_PAGE_UPBIT);
         if (*cursor)
             buf_printf(out, "&cursor=%s", cursor);
+        if (days_ago > 0) /* Bithumb's docs spell it daysAgo */
+            buf_printf(out, ex == EX_UPBIT ? "&days_ago=%d" : "&daysAgo=%d", days_ago);
         return 0;
     case EX_BINANCE:
         if (*cursor)
@@ -305,6 +311,15 @@ static int job_page(backfill_t *b, job_t *j, norm_trade_t *v, int n)
     if (reached)
         return 1;
     if (n == 0 || oldest_id == NULL) {
+        /* Upbit/Bithumb: the day is exhausted; the last trade was on an
+         * earlier UTC day (a takeover across midnight): page that day. */
+        int64_t day_start = j->day_ms - j->day_ms % 86400000;
+        if ((b->ex == EX_UPBIT || b->ex == EX_BITHUMB) && j->from_ts < day_start && j->days_ago < 7) {
+            j->days_ago++;
+            j->day_ms = day_start - 1;
+            j->cursor[0] = '\0';
+            return 0;
+        }
         j->gap = 1; /* the endpoint has nothing older: its window ends after the last trade */
         return 1;
     }
@@ -438,7 +453,7 @@ static void kick(backfill_t *b)
     b->tokens -= 1.0;
     buf_reset(&b->url);
     buf_puts(&b->url, b->base);
-    backfill_page_path(b->ex, j->market, j->cursor, &b->url);
+    backfill_page_path(b->ex, j->market, j->cursor, j->days_ago, &b->url);
     int r =
         httpc_get(b->in->loop, b->tls, b->url.data, BF_REQ_TIMEOUT_MS, BF_MAX_BODY, on_answer, b, &b->req);
     if (r < 0) {
@@ -469,6 +484,8 @@ void backfill_begin(backfill_t *b)
         j->pages = j->failures = j->gap = 0;
         j->cursor[0] = '\0';
         j->cursor_num = 0;
+        j->days_ago = 0;
+        j->day_ms = (int64_t)now;
         if (b->ex == EX_BINANCE) {
             int64_t last;
             if (dedup_id_num(j->from_id, &last) == 0) {

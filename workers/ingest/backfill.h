@@ -23,8 +23,8 @@ void backfill_stop(backfill_t *b);
 /* ---- pure, for unit tests ---- */
 /* The request path+query for a page of market (exchange spelling); cursor:
  * Upbit/Bithumb sequential_id, Binance fromId, Coinbase end (seconds), or
- * "" for the newest page. */
-int backfill_page_path(int ex, const char *market, const char *cursor, buf_t *out);
+ * "" for the newest page; days_ago: Upbit/Bithumb's UTC day (0: today). */
+int backfill_page_path(int ex, const char *market, const char *cursor, int days_ago, buf_t *out);
 /* Parse a 200 answer into trades (exchange order). 0 or the malformed reason
  * as a negative errno (-EPROTO). *out is malloc'ed. */
 int backfill_parse_page(int ex, const char *body, size_t len, norm_trade_t **out, int *n);
