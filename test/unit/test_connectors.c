@@ -1368,23 +1368,27 @@ static void test_backfill_pages(void **state)
     int n;
     buf_t b;
     buf_init(&b);
-    assert_int_equal(backfill_page_path(EX_UPBIT, "KRW-BTC", "", 0, &b), 0);
-    assert_string_equal(b.data, "/v1/trades/ticks?market=KRW-BTC&count=200");
-    buf_reset(&b);
-    backfill_page_path(EX_BITHUMB, "KRW-BTC", "17303368620470000", 0, &b);
-    assert_string_equal(b.data, "/v1/trades/ticks?market=KRW-BTC&count=200&cursor=17303368620470000");
-    buf_reset(&b);
-    backfill_page_path(EX_UPBIT, "KRW-BTC", "", 1, &b);
-    assert_string_equal(b.data, "/v1/trades/ticks?market=KRW-BTC&count=200&days_ago=1");
-    buf_reset(&b);
-    backfill_page_path(EX_BITHUMB, "KRW-BTC", "5", 2, &b);
-    assert_string_equal(b.data, "/v1/trades/ticks?market=KRW-BTC&count=200&cursor=5&daysAgo=2");
-    buf_reset(&b);
-    backfill_page_path(EX_BINANCE, "BTCUSDT", "28457", 0, &b);
-    assert_string_equal(b.data, "/api/v3/historicalTrades?symbol=BTCUSDT&limit=1000&fromId=28457");
-    buf_reset(&b);
-    backfill_page_path(EX_COINBASE, "BTC-USD", "1700000000", 0, &b);
-    assert_string_equal(b.data, "/api/v3/brokerage/market/products/BTC-USD/ticker?limit=1000&end=1700000000");
+    static const struct {
+        int ex, days;
+        const char *market, *cursor, *want;
+    } paths[] = {
+        {EX_UPBIT, 0, "KRW-BTC", "", "/v1/trades/ticks?market=KRW-BTC&count=200"},
+        {EX_BITHUMB, 0, "KRW-BTC", "17303368620470000",
+         "/v1/trades/ticks?market=KRW-BTC&count=200&cursor=17303368620470000"},
+        {EX_UPBIT, 1, "KRW-BTC", "", "/v1/trades/ticks?market=KRW-BTC&count=200&days_ago=1"},
+        {EX_BITHUMB, 2, "KRW-BTC", "5", "/v1/trades/ticks?market=KRW-BTC&count=200&cursor=5&daysAgo=2"},
+        {EX_BINANCE, 0, "BTCUSDT", "28457",
+         "/api/v3/historicalTrades?symbol=BTCUSDT&limit=1000&fromId=28457"},
+        {EX_BINANCE, 0, "BTCUSDT", "", "/api/v3/trades?symbol=BTCUSDT&limit=1000"},
+        {EX_COINBASE, 0, "BTC-USD", "1700000000",
+         "/api/v3/brokerage/market/products/BTC-USD/ticker?limit=1000&end=1700000000"},
+    };
+    for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); i++) {
+        buf_reset(&b);
+        assert_int_equal(backfill_page_path(paths[i].ex, paths[i].market, paths[i].cursor, paths[i].days, &b),
+                         0);
+        assert_string_equal(b.data, paths[i].want);
+    }
     buf_free(&b);
 
     /* Upbit: 17-digit sequential_id (> 2^53) kept exact, BID = buy */
