@@ -809,6 +809,14 @@ def made_ids(s, exchange, market):
 def test_rest_upbit_bithumb_ticks_newest_first_with_cursor(rest_sim):
     s = rest_sim
     wait_until(lambda: len(made_ids(s, "upbit", "KRW-BTC")) > 40, what="trades made")
+    s.ctl("/pause")  # the cursor must stay within the window between the two requests
+    try:
+        _ticks_and_cursor(s)
+    finally:
+        s.ctl("/resume")
+
+
+def _ticks_and_cursor(s):
     for ex in ("upbit", "bithumb"):
         st, hdr, page = rest_get(s, ex, "/v1/trades/ticks?market=KRW-BTC&count=10")
         assert st == 200 and len(page) == 10, (st, page)
