@@ -297,7 +297,9 @@ def test_trades_exactly_once_in_order(tmp_path, build_dir, sim, kafka_broker):
     ing = start_ingest(build_dir, tmp_path / "logs", conf)
     try:
         util.wait_until(lambda: "kafka topic created" in log_text(ing), timeout=20, what="the topic to be created")
-        assert len(kafka_broker.topic_info(topic)) == 4
+        # CreateTopics answered; the metadata of a fresh broker may lag it
+        util.wait_until(lambda: len(kafka_broker.topic_info(topic)) == 4, timeout=10,
+                        what="the new topic's 4 partitions in the metadata")
         wait_trades(sim, 40)
         sim.control("/malformed", exchange="upbit", count=5)
         sim.control("/malformed", exchange="binance", count=5)
