@@ -33,6 +33,7 @@ enum {
     T_ADDR,     /* host:port */
     T_ADDRLIST, /* comma list of host:port */
     T_URL,      /* ws:// or wss:// URL */
+    T_HTTPURL,  /* http:// or https:// URL, or empty */
     T_SUB,      /* marker: the exchange sub-table goes here */
 };
 
@@ -101,6 +102,11 @@ static const cfg_key_t main_keys[] = {
       "Consumer fetch.wait.max.ms: how long a broker may hold a fetch with no data (latency bound)"),
     K(kafka, start_tail, T_INT, R, 0, 1000000, NULL, "500",
       "Fanout workers start this many records before the end of each partition (warm snapshots)"),
+    K(kafka, ingest_tail, T_INT, R, 0, 10000000, NULL, "20000",
+      "Records per partition a starting ingest reads from the topic's end: the last trades per channel, "
+      "so a new leader neither repeats nor skips them (0: not read)"),
+    K(kafka, ingest_tail_ms, T_INT, R, 100, 600000, NULL, "5000",
+      "Bound on that read; Kafka unreachable by then: logged, the ingest starts without it"),
     K(kafka, buffer_messages, T_INT, R, 1000, 10000000, NULL, "100000",
       "Producer queue size in messages; when full a message is dropped and counted"),
     K(kafka, security_protocol, T_ENUM, R, 0, 0, "PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL", "PLAINTEXT",
@@ -223,6 +229,18 @@ static const cfg_key_t exchange_keys[] = {
       "Skip TLS certificate checks (tests against the simulator only)"),
     X(format, T_ENUM, R, 0, 0, "DEFAULT|SIMPLE", "DEFAULT", NULL, NULL, NULL, NULL,
       "Upbit/Bithumb message keys: DEFAULT or SIMPLE (short keys); ignored elsewhere"),
+    X(rest_url, T_HTTPURL, R, 0, 0, NULL, NULL, "https://api.upbit.com", "https://api.bithumb.com",
+      "https://api.binance.com", "https://api.coinbase.com",
+      "Public REST base URL: recent trades are backfilled from it after a takeover or a reconnect; empty: "
+      "no backfill"),
+    X(rest_rate, T_INT, R, 1, 1000, NULL, NULL, "8", "100", "3", "8",
+      "REST requests per second to this exchange (under its public limit: Upbit 10, Bithumb 150, Binance "
+      "240/min at weight 25, Coinbase 10)"),
+    X(backfill_max_ms, T_INT, R, 100, 600000, NULL, "10000", NULL, NULL, NULL, NULL,
+      "Bound on one channel's backfill; live trades of the channel wait meanwhile, what is not fetched by "
+      "then is announced as a gap"),
+    X(dedup_ids, T_INT, R, 16, 1000000, NULL, "4096", NULL, NULL, NULL, NULL,
+      "Exchange trade ids remembered per channel: a trade re-sent by the exchange is dropped"),
 };
 
 #undef R
@@ -668,6 +686,7 @@ static void describe_allowed(const cfg_key_t *k, char *out, size_t n)
         break;
     case T_ADDRLIST: snprintf(out, n, "a comma list of host:port"); break;
     case T_URL: snprintf(out, n, "a ws:// or wss:// URL"); break;
+    case T_HTTPURL: snprintf(out, n, "an http:// or https:// URL, or empty"); break;
     default:
         if (k->flags & CF_PATH)
             snprintf(out, n, "a path starting with /");
@@ -848,12 +867,16 @@ static int validate(const cfg_key_t *k, const char *v, int *ival, char **sval, c
         }
         break;
     }
-    case T_URL: {
+    case T_URL:
+    case T_HTTPURL: {
         const char *rest = NULL;
-        if (strncmp(v, "ws://", 5) == 0)
-            rest = v + 5;
-        else if (strncmp(v, "wss://", 6) == 0)
-            rest = v + 6;
+        int web = k->type == T_HTTPURL;
+        if (web && *v == '\0')
+            break;
+        if (strncmp(v, web ? "http://" : "ws://", web ? 7 : 5) == 0)
+            rest = v + (web ? 7 : 5);
+        else if (strncmp(v, web ? "https://" : "wss://", web ? 8 : 6) == 0)
+            rest = v + (web ? 8 : 6);
         if (rest == NULL || *rest == '\0' || *rest == '/' || *rest == ':' || strchr(v, ' ')) {
             snprintf(msg, n, "must be %s", allowed);
             return -1;

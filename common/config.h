@@ -25,7 +25,11 @@ typedef struct {
     int connect_timeout_ms; /* each of DNS+TCP, TLS handshake, upgrade */
     char *ca_file;
     int insecure_skip_verify;
-    char *format; /* upbit/bithumb: DEFAULT or SIMPLE */
+    char *format;        /* upbit/bithumb: DEFAULT or SIMPLE */
+    char *rest_url;      /* public REST base for backfill; empty: no backfill */
+    int rest_rate;       /* REST requests per second (token bucket) */
+    int backfill_max_ms; /* bound on one channel's backfill (live is buffered meanwhile) */
+    int dedup_ids;       /* trade ids remembered per channel */
 } cfg_exchange_t;
 
 typedef struct {
@@ -49,6 +53,8 @@ typedef struct {
         int linger_ms;
         int fetch_wait_max_ms;
         int start_tail;
+        int ingest_tail;
+        int ingest_tail_ms;
         int buffer_messages;
         char *security_protocol;
         char *sasl_mechanism;

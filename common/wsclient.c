@@ -755,11 +755,11 @@ static void on_eof(wsc_conn_t *c, const char *why)
     }
 }
 
-static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
+void wsc_slab_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
 {
     (void)h;
     (void)hint;
-    static __thread char slab[65536]; /* consumed by on_read before the next read */
+    static __thread char slab[65536]; /* consumed by the read callback before the next read */
     *b = uv_buf_init(slab, sizeof slab);
 }
 
@@ -842,7 +842,7 @@ static void on_connect(uv_connect_t *req, int status)
         conn_end(w, "error", "connect %s:%d: %s", c->u.host, c->u.port, uv_strerror(status));
         return;
     }
-    int r = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    int r = uv_read_start((uv_stream_t *)&c->tcp, wsc_slab_alloc, on_read);
     if (r < 0) {
         conn_end(w, "error", "read_start: %s", uv_strerror(r));
         return;

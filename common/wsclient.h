@@ -84,6 +84,10 @@ int wsc_last_http_status(const wsc_t *w);
 /* Milliseconds (uv_now) of the last data message, 0 if none. */
 uint64_t wsc_last_message_ms(const wsc_t *w);
 
+/* uv_alloc_cb for read callbacks that consume all data before returning
+ * (one per-thread slab; also used by common/httpc). */
+void wsc_slab_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b);
+
 /* ---- pure helpers, exposed for unit tests ---- */
 
 typedef struct {

@@ -97,3 +97,77 @@ def test_wrong_certificate_refused_unless_configured(kafka_broker, sim_factory, 
     c.wait_for(lambda cl: ("subscribed", "") in statuses(cl, "upbit"), timeout=15,
                what="subscribed over wss with the CA configured")
     c.close()
+
+
+def made_ids(sim, exchange):
+    return sim.control("GET", "/trades?exchange=%s" % exchange)["trades"][exchange]
+
+
+def test_reconnect_backfill_through_429_and_gap_counted(kafka_broker, sim_factory, service_factory):
+    """Issue 14 on the exchange side, as a client sees it: the trade re-sent
+    as SNAPSHOT on a new subscribe is a duplicate and dropped; after a
+    dropped connection the trades made meanwhile are backfilled over REST
+    (waiting out a 429); the client gets every trade once. Then REST keeps
+    only 3 trades and the feed is away longer: the span is announced on
+    status.upbit (state gap) and counted."""
+    sim = sim_factory(args=["--rate", "10", "--exchanges", "upbit"])
+    svc = service(service_factory, sim, kafka_broker, upbit={"channels": "trade"})
+    c = WsClient(svc.ws_url, subscribe=["status.upbit", "trade.upbit.*"], name="c").start()
+    c.wait_for(lambda cl: len(cl.data("trade.upbit")) >= 10, timeout=20, what="upbit trading")
+    # No trade made while away: the SNAPSHOT each subscribe re-sends is the
+    # last trade published, a duplicate.
+    sim.control("POST", "/pause")
+    accepted = sim.control("GET", "/status")["accepted"]["upbit"]
+    sim.control("POST", "/drop?exchange=upbit")
+    util.wait_until(lambda: (svc.metric("exchange_ingest_trades_deduplicated_total",
+                                        {"exchange": "upbit"}) or 0) >= 2,
+                    timeout=20, what="the SNAPSHOT re-sends dropped as duplicates")
+    assert sim.control("GET", "/status")["accepted"]["upbit"] > accepted
+    sim.control("POST", "/resume")
+    # Trades made while away (the reconnect refused twice): backfilled,
+    # through a 429 answer.
+    def requests(result):
+        return svc.metric("exchange_ingest_backfill_requests_total", {"exchange": "upbit", "result": result}) or 0
+    util.wait_until(lambda: requests("ok") >= 2, timeout=10, what="the first reconnect's backfill")
+    ok = requests("ok")
+    sim.control("POST", "/rest?exchange=upbit&limit429=2")
+    sim.control("POST", "/refuse?exchange=upbit&count=2")
+    sim.control("POST", "/drop?exchange=upbit")
+    util.wait_until(lambda: requests("ok") >= ok + 2 and requests("rate_limited") >= 2, timeout=30,
+                    what="both channels backfilled, after two 429 answers")
+    util.wait_until(lambda: (svc.metric("exchange_ingest_backfill_trades_total", {"exchange": "upbit"}) or 0) >= 2,
+                    timeout=10, what="trades made while away backfilled")
+    n = len(c.data("trade.upbit"))
+    c.wait_for(lambda cl: len(cl.data("trade.upbit")) > n + 10, timeout=20, what="live trades again")
+
+    # REST keeps 3 trades; away for a few reconnect intervals at 10/s.
+    sim.control("POST", "/rest?exchange=upbit&window=3")
+    sim.control("POST", "/refuse?exchange=upbit&count=3")
+    sim.control("POST", "/drop?exchange=upbit")
+    util.wait_until(lambda: (svc.metric("exchange_ingest_backfill_gaps_total", {"exchange": "upbit"}) or 0) >= 2,
+                    timeout=30, what="a gap counted per channel")
+    c.wait_for(lambda cl: len([m for m in cl.data("status.upbit") if m["state"] == "gap"]) >= 2, timeout=10,
+               what="the gaps announced to the client")
+    gaps = [m["gap"] for m in c.data("status.upbit") if m["state"] == "gap"]
+    assert {g["channel"] for g in gaps} == {"trade.upbit.BTC-KRW", "trade.upbit.ETH-KRW"}, gaps
+    sim.control("POST", "/pause")
+    made = made_ids(sim, "upbit")
+
+    def have_last(cl):
+        got = {m["trade_id"] for m in cl.data("trade.upbit")}
+        return all(ids[-1] in got for ids in made.values())
+    c.wait_for(have_last, timeout=20, what="the last trade made of each market")
+    for market, ids in made.items():
+        ch = "trade.upbit.%s-%s" % (market.split("-")[1], market.split("-")[0])
+        got = [m["trade_id"] for m in c.data(ch)]
+        assert len(got) == len(set(got)), "%s: a trade twice" % ch
+        want = ids[ids.index(got[0]):]
+        missing = [t for t in want if t not in got]
+        gap = next(g for g in gaps if g["channel"] == ch)
+        # Only the span announced is missing: after the gap's last trade id,
+        # before the first trade REST still had.
+        assert missing, "%s: the REST window should have cost trades" % ch
+        i = want.index(gap["last_trade_id"])
+        assert missing == want[i + 1:i + 1 + len(missing)], (ch, gap, missing[:5])
+        assert [m for m in c.data(ch) if m["trade_id"] in want[:i + 1]], ch
+    c.close()

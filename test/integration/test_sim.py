@@ -777,3 +777,175 @@ def test_tls_wrong_hostname_cert():
         for f in (cert, key):
             os.unlink(f)
         os.rmdir(d)
+
+
+# ------------------------------------------------------------------ REST recent trades
+
+def rest_get(s, exchange, path):
+    """(status, headers, parsed body) of a plain HTTP GET on an exchange port."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{s.info[exchange]}{path}", timeout=5) as r:
+            return r.status, dict(r.headers), json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        body = e.read()
+        try:
+            body = json.loads(body)
+        except ValueError:
+            body = body.decode()
+        return e.code, dict(e.headers), body
+
+
+@pytest.fixture(scope="module")
+def rest_sim():
+    s = SimProc("--rate", "40", "--rest-window", "30")
+    yield s
+    s.stop()
+
+
+def made_ids(s, exchange, market):
+    return s.ctl("/trades", method="GET", exchange=exchange, market=market)["trades"][exchange][market]
+
+
+def test_rest_upbit_bithumb_ticks_newest_first_with_cursor(rest_sim):
+    s = rest_sim
+    wait_until(lambda: len(made_ids(s, "upbit", "KRW-BTC")) > 40, what="trades made")
+    s.ctl("/pause")  # the cursor must stay within the window between the two requests
+    try:
+        _ticks_and_cursor(s)
+    finally:
+        s.ctl("/resume")
+
+
+def _ticks_and_cursor(s):
+    for ex in ("upbit", "bithumb"):
+        st, hdr, page = rest_get(s, ex, "/v1/trades/ticks?market=KRW-BTC&count=10")
+        assert st == 200 and len(page) == 10, (st, page)
+        assert {"market", "trade_date_utc", "trade_time_utc", "timestamp", "trade_price", "trade_volume",
+                "prev_closing_price", "change_price", "ask_bid", "sequential_id"} <= set(page[0])
+        ts = [t["timestamp"] for t in page]
+        assert ts == sorted(ts, reverse=True)
+        made = made_ids(s, ex, "KRW-BTC")
+        assert all(str(t["sequential_id"]) in made for t in page)
+        # cursor: the trades older than it, the next page joins the first
+        st, _, older = rest_get(s, ex, "/v1/trades/ticks?market=KRW-BTC&count=5&cursor=%d"
+                                % page[-1]["sequential_id"])
+        assert st == 200 and len(older) == 5
+        i = made.index(str(page[-1]["sequential_id"]))
+        assert [str(t["sequential_id"]) for t in older] == made[i - 5:i][::-1]
+    # one UTC day per request: the simulator's trades are all today's
+    if time.time() % 86400 > 120:  # the simulator started today (UTC), not just before midnight
+        st, _, page = rest_get(s, "upbit", "/v1/trades/ticks?market=KRW-BTC&count=5&days_ago=1")
+        assert st == 200 and page == []
+        st, _, page = rest_get(s, "bithumb", "/v1/trades/ticks?market=KRW-BTC&count=5&daysAgo=1")
+        assert st == 200 and page == []
+    st, _, body = rest_get(s, "upbit", "/v1/trades/ticks?market=KRW-BTC&days_ago=8")
+    assert st == 400
+    # errors in Upbit's shape
+    st, _, body = rest_get(s, "upbit", "/v1/trades/ticks")
+    assert st == 400 and body["error"]["name"] == 400
+    st, _, body = rest_get(s, "upbit", "/v1/trades/ticks?market=KRW-NOPE")
+    assert st == 404 and body["error"]["message"] == "Code not found"
+
+
+def test_rest_window_bounds_what_is_served(rest_sim):
+    s = rest_sim
+    wait_until(lambda: len(made_ids(s, "upbit", "KRW-ETH")) > 60, what="more trades made than the window")
+    st, _, page = rest_get(s, "upbit", "/v1/trades/ticks?market=KRW-ETH&count=500")
+    assert st == 200 and len(page) == 30, len(page)
+    # a cursor older than the window: nothing (the client sees it cannot reach back)
+    made = made_ids(s, "upbit", "KRW-ETH")
+    st, _, page = rest_get(s, "upbit", "/v1/trades/ticks?market=KRW-ETH&count=5&cursor=%s" % made[0])
+    assert st == 200 and page == []
+    st, _, page = rest_get(s, "binance", "/api/v3/historicalTrades?symbol=ETHUSDT&limit=1000&fromId=%s"
+                           % made_ids(s, "binance", "ETHUSDT")[0])
+    assert st == 200 and 0 < len(page) <= 30
+    assert page[0]["id"] > int(made_ids(s, "binance", "ETHUSDT")[0])  # the gap is visible
+
+
+def test_rest_binance_trades_and_historical(rest_sim):
+    s = rest_sim
+    s.ctl("/pause")  # ids[1] must stay within the window between the two requests
+    try:
+        _binance_pages(s)
+    finally:
+        s.ctl("/resume")
+
+
+def _binance_pages(s):
+    st, hdr, page = rest_get(s, "binance", "/api/v3/trades?symbol=BTCUSDT&limit=5")
+    assert st == 200 and len(page) == 5 and "X-MBX-USED-WEIGHT-1M" in hdr
+    ids = [t["id"] for t in page]
+    assert ids == list(range(ids[0], ids[0] + 5)), ids  # oldest first, consecutive
+    assert set(page[0]) == {"id", "price", "qty", "quoteQty", "time", "isBuyerMaker", "isBestMatch"}
+    st, _, hist = rest_get(s, "binance", "/api/v3/historicalTrades?symbol=BTCUSDT&limit=3&fromId=%d" % ids[1])
+    assert [t["id"] for t in hist] == ids[1:4]
+    st, _, body = rest_get(s, "binance", "/api/v3/trades?symbol=NOPE")
+    assert st == 400 and body == {"code": -1121, "msg": "Invalid symbol."}
+
+
+def test_rest_coinbase_ticker_trades(rest_sim):
+    s = rest_sim
+    st, _, body = rest_get(s, "coinbase", "/api/v3/brokerage/market/products/BTC-USD/ticker?limit=4")
+    assert st == 200 and len(body["trades"]) == 4 and body["best_bid"] and body["best_ask"]
+    t = body["trades"][0]
+    assert set(t) == {"trade_id", "product_id", "price", "size", "time", "side", "exchange"}
+    assert t["side"] in ("BUY", "SELL") and t["product_id"] == "BTC-USD"
+    times = [x["time"] for x in body["trades"]]
+    assert times == sorted(times, reverse=True)
+    # end (UNIX seconds, inclusive): nothing later than it
+    end = int(time.time()) - 3600
+    st, _, old = rest_get(s, "coinbase", f"/api/v3/brokerage/market/products/BTC-USD/ticker?limit=4&end={end}")
+    assert st == 200 and old["trades"] == []
+    st, _, _ = rest_get(s, "coinbase", "/api/v3/brokerage/market/products/NOPE-USD/ticker?limit=1")
+    assert st == 404
+
+
+def test_rest_429_mode(rest_sim):
+    s = rest_sim
+    s.ctl("/rest", exchange="upbit", limit429=2)
+    for _ in range(2):
+        st, hdr, body = rest_get(s, "upbit", "/v1/trades/ticks?market=KRW-BTC")
+        assert st == 429 and body == "Too many API requests." and hdr.get("Retry-After") == "1"
+    st, _, _ = rest_get(s, "upbit", "/v1/trades/ticks?market=KRW-BTC")
+    assert st == 200
+    info = s.status()["exchanges"]["upbit"]
+    assert info["rest_429"] >= 2 and info["rest_429_pending"] == 0
+    # WebSocket upgrades are not affected by the REST mode
+    s.ctl("/rest", exchange="binance", limit429=1)
+    st, _, body = rest_get(s, "binance", "/api/v3/trades?symbol=BTCUSDT")
+    assert st == 429 and body["code"] == -1003
+
+
+def test_snapshot_resend_on_subscribe(rest_sim):
+    """Each subscribe re-sends the last trade as SNAPSHOT (the same trade id
+    as the REALTIME message before it); --no-snapshot-resend turns it off."""
+    async def first_trades(s, n_subs):
+        out = []
+        for _ in range(n_subs):  # a new connection, a new subscribe
+            async with connect(s.url("upbit", "/websocket/v1")) as ws:
+                await ws.send(json.dumps([{"ticket": "t"}, {"type": "trade", "codes": ["KRW-BTC"]}]))
+                m, _ = await recv_until(ws, lambda m: True)
+                out.append(jl(m))
+        return out
+
+    def first(s):
+        return run(first_trades(s, 1))[0]
+
+    m = first(rest_sim)
+    assert m["stream_type"] == "SNAPSHOT"
+    assert str(m["sequential_id"]) in made_ids(rest_sim, "upbit", "KRW-BTC")
+    off = SimProc("--rate", "20", "--no-snapshot-resend")
+    try:
+        m = first(off)
+        assert m["stream_type"] == "REALTIME"
+
+        async def cb():
+            async with connect(off.url("coinbase", "/")) as ws:
+                await ws.send(json.dumps({"type": "subscribe", "product_ids": ["BTC-USD"],
+                                          "channel": "market_trades"}))
+                m, _ = await recv_until(ws, lambda m: jl(m).get("channel") == "market_trades")
+                return jl(m)
+        snap = run(cb())
+        assert snap["events"][0]["type"] == "snapshot" and snap["events"][0]["trades"] == []
+    finally:
+        off.stop()

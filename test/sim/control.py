@@ -1,9 +1,12 @@
 """HTTP control API of the simulator (tiny HTTP/1.1 server on asyncio)."""
 
 import asyncio
+import collections
 import json
 import logging
 from urllib.parse import urlsplit, parse_qsl
+
+from rest import made
 
 log = logging.getLogger("sim.control")
 
@@ -37,6 +40,8 @@ class Control:
             "/pause": ("POST", self.pause),
             "/resume": ("POST", self.resume),
             "/reset-record": ("POST", self.reset_record),
+            "/rest": ("POST", self.rest),
+            "/trades": ("GET", self.trades),
         }
 
     async def start(self, host, port):
@@ -227,3 +232,23 @@ class Control:
     def reset_record(self, p):
         self.sim.recorder.reset()
         return {"record": self.sim.recorder.summary()}
+
+    def rest(self, p):
+        """REST faults/settings: limit429=N (the next N REST requests get 429),
+        window=N (trades each market's REST endpoint keeps)."""
+        out = {}
+        for e in self._exchanges(p):
+            if "limit429" in p:
+                e.rest.limit_next = self._int(p, "limit429")
+            if "window" in p:
+                w = self._int(p, "window", lo=1)
+                self.sim.args.rest_window = w
+                for m in e.markets.values():
+                    m.history = collections.deque(m.history, maxlen=w)
+            out[e.name] = e.rest.status()
+        return {"rest": out}
+
+    def trades(self, p):
+        """Every trade made per exchange and market (exchange trade ids, oldest first)."""
+        market = p.get("market")
+        return {"trades": {e.name: made(e, market) for e in self._exchanges(p)}}

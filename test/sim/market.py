@@ -4,6 +4,7 @@ or as full top-N snapshots (Upbit, Bithumb, Binance)."""
 
 import collections
 import random
+import time
 from decimal import Decimal
 
 BOOK_LEVELS = 50
@@ -75,7 +76,9 @@ class Market:
         self.trade_id = r.randint(100_000_000, 3_000_000_000)
         self.seq_sub = 0
         self.update_id = r.randint(1_000_000_000, 9_000_000_000)
-        self.trades = collections.deque(maxlen=50)
+        self.trades = collections.deque(maxlen=50)      # Coinbase's snapshot
+        self.history = collections.deque(maxlen=1000)   # REST recent trades (--rest-window)
+        self.made = collections.deque(maxlen=1_000_000)  # every trade made: the truth
         self.bids = {}   # ticks -> lots
         self.asks = {}
         self.acc_ask = self.volume_today // 2
@@ -83,7 +86,7 @@ class Market:
         self.last_trade = None
         self.last_ts = 0
         self._rebuild_book(initial=True)
-        self.trade(0)
+        self.trade(time.time_ns() // 1_000_000)
 
     # -- helpers
     def price(self, ticks):
@@ -161,6 +164,8 @@ class Market:
         self.quote_vol_today += notional
         t = Trade(self.trade_id, px, lots, side, ts)
         self.trades.append(t)
+        self.history.append(t)
+        self.made.append(t)
         self.last_trade = t
         return t
 

@@ -184,7 +184,7 @@ class Coinbase(Exchange):
             self.send(conn, "data", "ticker",
                       dumps([{"type": "snapshot", "tickers": [self._ticker(mkt)]}]), meta)
         elif ch == "market_trades":
-            trades = [self._trade(mkt, t) for t in reversed(mkt.trades)]
+            trades = [self._trade(mkt, t) for t in reversed(mkt.trades)] if self.args.snapshot_resend else []
             self.send(conn, "data", "market_trades",
                       dumps([{"type": "snapshot", "trades": trades}]), meta)
         elif ch == "level2":

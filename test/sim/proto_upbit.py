@@ -166,7 +166,8 @@ class Upbit(Exchange):
         conn.subs = {}
         for ty, code, depth, only_snap, only_rt in subs:
             mkt = self.markets.get(code)
-            if not only_rt and mkt is not None:
+            resend = ty != "trade" or self.args.snapshot_resend
+            if not only_rt and mkt is not None and resend:
                 self._emit(conn, ty, mkt, depth, "SNAPSHOT", mkt.last_ts or int(time.time() * 1000))
             if not only_snap:
                 conn.subs[(ty, code)] = depth

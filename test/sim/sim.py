@@ -7,6 +7,7 @@ prints one JSON line with the actual ports to stdout. See README.md."""
 
 import argparse
 import asyncio
+import collections
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from market import Market                        # noqa: E402
 from proto_binance import Binance                # noqa: E402
 from proto_coinbase import Coinbase              # noqa: E402
 from proto_upbit import Upbit, Bithumb           # noqa: E402
+from rest import Rest                            # noqa: E402
 from simcore import Recorder                     # noqa: E402
 
 EXCHANGES = {"upbit": Upbit, "bithumb": Bithumb, "binance": Binance, "coinbase": Coinbase}
@@ -92,6 +94,11 @@ def parse_args(argv):
     ap.add_argument("--enforce-conn-limits", action="store_true",
                     help="429 over the per-IP connection rate (upbit 5/s, bithumb 10/s, "
                          "coinbase 8/s, binance 5/s)")
+    ap.add_argument("--rest-window", type=int, default=1000,
+                    help="REST recent-trades endpoints serve the last N trades of each market (default 1000)")
+    ap.add_argument("--snapshot-resend", action=argparse.BooleanOptionalAction, default=True,
+                    help="on subscribe re-send the last trade(s) as SNAPSHOT (Upbit/Bithumb stream_type, "
+                         "Coinbase market_trades snapshot), as the real exchanges do (default on)")
     ap.add_argument("-v", "--verbose", action="count", default=0)
     a = ap.parse_args(argv)
     if (a.cert is None) != (a.key is None):
@@ -149,7 +156,9 @@ class Sim:
             for s in syms:
                 base, quote = split_symbol(name, s)
                 markets[s] = Market(name, s, base, quote, a.seed)
+                markets[s].history = collections.deque(markets[s].history, maxlen=max(1, a.rest_window))
             ex = EXCHANGES[name](self, markets, a.rate)
+            ex.rest = Rest(ex)
             self.ports[name] = await ex.start(a.host, getattr(a, f"{name}_port"), ssl_ctx)
             self.exchanges[name] = ex
         self.ports["control"] = await self.control.start(a.host, a.control_port)

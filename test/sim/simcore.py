@@ -349,6 +349,7 @@ class Exchange:
         self.port = None
         self.conn_times = collections.deque()
         self.conn_limit = self.default_conn_limit if self.args.enforce_conn_limits else 0
+        self.rest = None  # rest.Rest: the REST recent-trades endpoints (set by sim.py)
 
     # -- server
     async def start(self, host, port, ssl_ctx):
@@ -375,6 +376,10 @@ class Exchange:
         return http.HTTPStatus(status), hdrs, body
 
     def _early_response(self, path, headers):
+        if self.rest is not None and "upgrade" not in headers.get("Connection", "").lower():
+            r = self.rest.handle(path)
+            if r is not None:
+                return r
         self.stats["upgrades"] += 1
         if self.refuse > 0:
             self.refuse -= 1
@@ -499,7 +504,8 @@ class Exchange:
         return {"port": self.port, "connections": len(self.conns),
                 "rate": self.rate, "markets": list(self.markets),
                 "silenced_ms": max(0, int((self.silence_until - time.monotonic()) * 1000)),
-                "refuse_pending": self.refuse, **{k: v for k, v in self.stats.items()}}
+                "refuse_pending": self.refuse, **(self.rest.status() if self.rest else {}),
+                **{k: v for k, v in self.stats.items()}}
 
 
 def pad_json_frame(prefix, suffix, nbytes):

@@ -12,7 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../workers/ingest/backfill.h"
 #include "../../workers/ingest/book.h"
+#include "../../workers/ingest/dedup.h"
+#include "../../workers/ingest/ingest.h"
+#include "../../workers/ingest/tail.h"
 #include "buf.h"
 #include "config.h"
 #include "../../workers/ingest/connector.h"
@@ -1064,6 +1068,393 @@ static void test_garbage(void **state)
     }
 }
 
+/* ---- each trade once (issue 14): the ingest's trade path behind the sink --- */
+
+typedef struct {
+    char *msg[256];
+    int n;
+} pubs_t;
+
+static void cap_publish(void *arg, const char *channel, int64_t seq, rbuf_t *m)
+{
+    pubs_t *p = arg;
+    (void)seq;
+    if (strncmp(channel, "trade.", 6) == 0 && p->n < 256)
+        p->msg[p->n++] = strndup(m->data, m->len);
+}
+
+static void pubs_clear(pubs_t *p)
+{
+    for (int i = 0; i < p->n; i++)
+        free(p->msg[i]);
+    p->n = 0;
+}
+
+typedef struct {
+    ingest_t in;
+    cfg_t *cfg;
+    pubs_t pubs;
+    ingest_relay_t relay;
+    fx_t *f;
+    int ex;
+} tfx_t;
+
+static tfx_t *g_t; /* the sink's trade callback reaches the ingest through it */
+
+static void f_trade(void *arg, const char *channel, const norm_trade_t *t)
+{
+    (void)arg;
+    ingest_trade(&g_t->in, g_t->ex, channel, t);
+}
+
+static tfx_t *tfx_new(const connector_ops_t *ops, int ex, const char *markets)
+{
+    buf_t err;
+    tfx_t *t = calloc(1, sizeof(*t));
+    buf_init(&err);
+    t->cfg = cfg_load_string("[exchange.upbit]\ndedup_ids = 64\n", "test", &err);
+    assert_non_null(t->cfg);
+    buf_free(&err);
+    assert_int_equal(ingest_init(&t->in, uv_default_loop(), t->cfg, 7), 0);
+    t->relay = (ingest_relay_t){.arg = &t->pubs, .publish = cap_publish};
+    ingest_set_relay(&t->in, &t->relay);
+    t->ex = ex;
+    t->f = fx_new(ops, markets, "trade", 5, NULL);
+    t->f->sink.trade = f_trade;
+    g_t = t;
+    assert_int_equal(ops->on_open(t->f->c), 0);
+    return t;
+}
+
+static void tfx_free(tfx_t *t)
+{
+    fx_free(t->f);
+    pubs_clear(&t->pubs);
+    ingest_free(&t->in);
+    cfg_free(t->cfg);
+    free(t);
+    g_t = NULL;
+}
+
+static void reconnect(tfx_t *t)
+{
+    t->f->ops->on_close(t->f->c);
+    assert_int_equal(t->f->ops->on_open(t->f->c), 0);
+}
+
+/* Line n (1-based, comments counted) of ../shared/real/NAME, or NULL. */
+static char *real_line(const char *name, int n)
+{
+    char path[256], line[65536];
+    snprintf(path, sizeof(path), "../shared/real/%s", name);
+    FILE *fp = fopen(path, "r");
+    char *out = NULL;
+    if (fp == NULL)
+        return NULL;
+    for (int i = 1; fgets(line, sizeof(line), fp) != NULL; i++)
+        if (i == n) {
+            line[strcspn(line, "\n")] = 0;
+            out = strdup(line);
+            break;
+        }
+    fclose(fp);
+    return out;
+}
+
+static char *replace(const char *s, const char *from, const char *to)
+{
+    const char *at = strstr(s, from);
+    assert_non_null(at);
+    size_t n = strlen(s) - strlen(from) + strlen(to) + 1;
+    char *out = malloc(n);
+    snprintf(out, n, "%.*s%s%s", (int)(at - s), s, to, at + strlen(from));
+    return out;
+}
+
+static void feed_str(tfx_t *t, const char *frame)
+{
+    assert_int_equal(t->f->ops->on_frame(t->f->c, 1, frame, strlen(frame), RECV), 0);
+    assert_int_equal(t->f->rec.n_malformed, 0);
+}
+
+/* Upbit's documented SNAPSHOT trade (docs example, real/upbit_default.jsonl):
+ * heard live first, then re-sent as SNAPSHOT on the next subscribe. */
+static void test_upbit_snapshot_resend_once(void **state)
+{
+    (void)state;
+    char *snap = real_line("upbit_default.jsonl", 12);
+    if (snap == NULL)
+        skip();
+    assert_non_null(strstr(snap, "\"stream_type\":\"SNAPSHOT\""));
+    char *live = replace(snap, "\"SNAPSHOT\"", "\"REALTIME\"");
+    tfx_t *t = tfx_new(&upbit_connector, EX_UPBIT, "KRW-BTC,KRW-ETH");
+    feed_str(t, live);
+    assert_int_equal(t->pubs.n, 1);
+    assert_non_null(strstr(t->pubs.msg[0], "\"trade_id\":\"17303368620470000\""));
+    reconnect(t);
+    feed_str(t, snap); /* the same trade, re-sent on subscribe */
+    feed_str(t, snap);
+    assert_int_equal(t->pubs.n, 1);
+    /* A SNAPSHOT trade never heard before is a trade missed: published. */
+    char *other = real_line("upbit_default.jsonl", 13);
+    feed_str(t, other);
+    assert_int_equal(t->pubs.n, 2);
+    assert_non_null(strstr(t->pubs.msg[1], "\"channel\":\"trade.upbit.ETH-KRW\""));
+    free(other);
+    free(live);
+    free(snap);
+    tfx_free(t);
+}
+
+/* Coinbase market_trades (real/coinbase.jsonl): an update, then the same
+ * trades again in the snapshot event of the next subscribe. */
+static void test_coinbase_snapshot_once_and_oldest_first(void **state)
+{
+    (void)state;
+    char *upd = real_line("coinbase.jsonl", 17);
+    if (upd == NULL)
+        skip();
+    tfx_t *t = tfx_new(&coinbase_connector, EX_COINBASE, "BTC-USD");
+    feed_str(t, upd);
+    assert_int_equal(t->pubs.n, 2);
+    assert_non_null(strstr(t->pubs.msg[0], "\"trade_id\":\"995098700\""));
+    assert_non_null(strstr(t->pubs.msg[1], "\"trade_id\":\"995098701\""));
+    reconnect(t);
+    char *snap = replace(upd, "\"type\":\"update\"", "\"type\":\"snapshot\"");
+    char *snap2 = replace(snap, "\"sequence_num\":5", "\"sequence_num\":0");
+    feed_str(t, snap2);
+    assert_int_equal(t->pubs.n, 2);
+    /* A snapshot lists the recent trades newest first: new ones are
+     * published oldest first. */
+    static const char SNAP_NEW[] =
+        "{\"channel\":\"market_trades\",\"client_id\":\"\",\"timestamp\":\"2026-04-07T14:30:05Z\","
+        "\"sequence_num\":1,\"events\":[{\"type\":\"snapshot\",\"trades\":["
+        "{\"trade_id\":\"995098703\",\"product_id\":\"BTC-USD\",\"price\":\"68901\",\"size\":\"0.1\","
+        "\"side\":\"SELL\",\"time\":\"2026-04-07T14:30:04.5Z\"},"
+        "{\"trade_id\":\"995098702\",\"product_id\":\"BTC-USD\",\"price\":\"68900\",\"size\":\"0.2\","
+        "\"side\":\"BUY\",\"time\":\"2026-04-07T14:30:04Z\"},"
+        "{\"trade_id\":\"995098701\",\"product_id\":\"BTC-USD\",\"price\":\"68900.00\",\"size\":\"0.05\","
+        "\"side\":\"SELL\",\"time\":\"2026-04-07T14:30:02.9Z\"}]}]}";
+    feed_str(t, SNAP_NEW);
+    assert_int_equal(t->pubs.n, 4);
+    assert_non_null(strstr(t->pubs.msg[2], "\"trade_id\":\"995098702\""));
+    assert_non_null(strstr(t->pubs.msg[3], "\"trade_id\":\"995098703\""));
+    /* An unknown snapshot trade older than the last published one (its id
+     * left the bounded set, or another leader published it): dropped. The
+     * same trade live is published: exchanges do report trades late. */
+    static const char SNAP_OLD[] =
+        "{\"channel\":\"market_trades\",\"client_id\":\"\",\"timestamp\":\"2026-04-07T14:30:06Z\","
+        "\"sequence_num\":2,\"events\":[{\"type\":\"snapshot\",\"trades\":["
+        "{\"trade_id\":\"995098600\",\"product_id\":\"BTC-USD\",\"price\":\"68000\",\"size\":\"0.1\","
+        "\"side\":\"SELL\",\"time\":\"2026-04-07T14:29:00Z\"}]}]}";
+    feed_str(t, SNAP_OLD);
+    assert_int_equal(t->pubs.n, 4);
+    char *late = replace(SNAP_OLD, "\"snapshot\"", "\"update\"");
+    char *late2 = replace(late, "\"sequence_num\":2", "\"sequence_num\":3");
+    feed_str(t, late2);
+    assert_int_equal(t->pubs.n, 5);
+    free(late2);
+    free(late);
+    free(snap2);
+    free(snap);
+    free(upd);
+    tfx_free(t);
+}
+
+/* Binance (real/binance.jsonl, ids consecutive per symbol): a trade heard
+ * again after a reconnect is dropped, also an older one (the high-water mark). */
+static void test_binance_dedup_across_reconnect(void **state)
+{
+    (void)state;
+    char *a = real_line("binance.jsonl", 6), *b = real_line("binance.jsonl", 7);
+    if (a == NULL || b == NULL)
+        skip();
+    tfx_t *t = tfx_new(&binance_connector, EX_BINANCE, "BNBBTC");
+    feed_str(t, a);
+    feed_str(t, b);
+    assert_int_equal(t->pubs.n, 2);
+    reconnect(t);
+    feed_str(t, b);
+    feed_str(t, a);
+    assert_int_equal(t->pubs.n, 2);
+    char id[80];
+    int64_t ts;
+    assert_int_equal(ingest_trade_last(&t->in, "trade.binance.BNB-BTC", id, sizeof(id), &ts), 0);
+    assert_string_equal(id, "60276726");
+    assert_int_equal(ts, 1567296001034);
+    free(a);
+    free(b);
+    tfx_free(t);
+}
+
+/* A backfill: live trades held, the REST ones published first (marked),
+ * then the held ones, each once; a new epoch keeps the ids. */
+static void test_hold_backfill_release(void **state)
+{
+    (void)state;
+    tfx_t *t = tfx_new(&binance_connector, EX_BINANCE, "BTCUSDT");
+    const char *ch = "trade.binance.BTC-USDT";
+    ingest_trade_seed(&t->in, EX_BINANCE, ch, "100", 1000);
+    ingest_trade_seed(&t->in, EX_BINANCE, ch, "99", 990); /* older: not the last */
+    char id[80], hid[80];
+    int64_t ts, hts;
+    assert_int_equal(ingest_trade_last(&t->in, ch, id, sizeof(id), &ts), 0);
+    assert_string_equal(id, "100");
+    ingest_trade_hold(&t->in, ch);
+    norm_trade_t tr = {.symbol = "BTC-USDT", .price = "1", .qty = "2", .side = "buy", .ts = 1030};
+    for (int i = 103; i <= 104; i++) {
+        snprintf(tr.trade_id, sizeof(tr.trade_id), "%d", i);
+        tr.ts = 1000 + i;
+        ingest_trade(&t->in, EX_BINANCE, ch, &tr);
+    }
+    assert_int_equal(t->pubs.n, 0);
+    assert_int_equal(ingest_trade_first_held(&t->in, ch, hid, sizeof(hid), &hts), 0);
+    assert_string_equal(hid, "103");
+    tr.backfill = 1;
+    for (int i = 100; i <= 103; i++) {
+        snprintf(tr.trade_id, sizeof(tr.trade_id), "%d", i);
+        ingest_trade(&t->in, EX_BINANCE, ch, &tr);
+    }
+    assert_int_equal(t->pubs.n, 3); /* 100 was published before */
+    ingest_trade_release(&t->in, EX_BINANCE, ch);
+    assert_int_equal(t->pubs.n, 4);
+    static const char *want[] = {"101", "102", "103", "104"};
+    for (int i = 0; i < 4; i++) {
+        char key[64];
+        snprintf(key, sizeof(key), "\"trade_id\":\"%s\"", want[i]);
+        assert_non_null(strstr(t->pubs.msg[i], key));
+        assert_int_equal(strstr(t->pubs.msg[i], "\"backfill\":true") != NULL, i < 3);
+        assert_non_null(strstr(t->pubs.msg[i], i == 0 ? "\"seq\":1," : "\"seq\":"));
+    }
+    ingest_set_epoch(&t->in, 8);
+    tr.backfill = 0;
+    ingest_trade(&t->in, EX_BINANCE, ch, &tr); /* 103 again, in the new epoch */
+    assert_int_equal(t->pubs.n, 4);
+    tfx_free(t);
+}
+
+static void test_dedup_ring(void **state)
+{
+    (void)state;
+    dedup_t d;
+    char id[32];
+    assert_int_equal(dedup_init(&d, 4), 0);
+    for (int i = 0; i < 6; i++) {
+        snprintf(id, sizeof(id), "u%d", i);
+        assert_false(dedup_seen(&d, id, 0));
+        dedup_add(&d, id, 0);
+        assert_true(dedup_seen(&d, id, 0));
+    }
+    assert_false(dedup_seen(&d, "u1", 0)); /* evicted: only the last 4 */
+    assert_true(dedup_seen(&d, "u2", 0));
+    /* ordered ids: anything at or below the mark is a duplicate */
+    dedup_add(&d, "1000", 1);
+    assert_true(dedup_seen(&d, "999", 1));
+    assert_false(dedup_seen(&d, "999", 0));
+    assert_false(dedup_seen(&d, "1001", 1));
+    assert_false(dedup_seen(&d, "abc", 1));
+    int64_t v;
+    assert_int_equal(dedup_id_num("17303368620470000", &v), 0);
+    assert_true(v == 17303368620470000LL);
+    assert_int_equal(dedup_id_num("12x", &v), -EINVAL);
+    assert_int_equal(dedup_id_num("", &v), -EINVAL);
+    dedup_free(&d);
+}
+
+static void test_backfill_pages(void **state)
+{
+    (void)state;
+    norm_trade_t *v;
+    int n;
+    buf_t b;
+    buf_init(&b);
+    static const struct {
+        int ex, days;
+        const char *market, *cursor, *want;
+    } paths[] = {
+        {EX_UPBIT, 0, "KRW-BTC", "", "/v1/trades/ticks?market=KRW-BTC&count=200"},
+        {EX_BITHUMB, 0, "KRW-BTC", "17303368620470000",
+         "/v1/trades/ticks?market=KRW-BTC&count=200&cursor=17303368620470000"},
+        {EX_UPBIT, 1, "KRW-BTC", "", "/v1/trades/ticks?market=KRW-BTC&count=200&days_ago=1"},
+        {EX_BITHUMB, 2, "KRW-BTC", "5", "/v1/trades/ticks?market=KRW-BTC&count=200&cursor=5&daysAgo=2"},
+        {EX_BINANCE, 0, "BTCUSDT", "28457",
+         "/api/v3/historicalTrades?symbol=BTCUSDT&limit=1000&fromId=28457"},
+        {EX_BINANCE, 0, "BTCUSDT", "", "/api/v3/trades?symbol=BTCUSDT&limit=1000"},
+        {EX_COINBASE, 0, "BTC-USD", "1700000000",
+         "/api/v3/brokerage/market/products/BTC-USD/ticker?limit=1000&end=1700000000"},
+    };
+    for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); i++) {
+        buf_reset(&b);
+        assert_int_equal(backfill_page_path(paths[i].ex, paths[i].market, paths[i].cursor, paths[i].days, &b),
+                         0);
+        assert_string_equal(b.data, paths[i].want);
+    }
+    buf_free(&b);
+
+    /* Upbit: 17-digit sequential_id (> 2^53) kept exact, BID = buy */
+    static const char UP[] =
+        "[{\"market\":\"KRW-BTC\",\"trade_date_utc\":\"2024-10-31\",\"trade_time_utc\":\"01:07:42\","
+        "\"timestamp\":1730336862047,\"trade_price\":100473000.0,\"trade_volume\":0.00014208,"
+        "\"prev_closing_price\":100571000.0,\"change_price\":-98000.0,\"ask_bid\":\"BID\","
+        "\"sequential_id\":17303368620470001}]";
+    assert_int_equal(backfill_parse_page(EX_UPBIT, UP, strlen(UP), &v, &n), 0);
+    assert_int_equal(n, 1);
+    assert_string_equal(v[0].trade_id, "17303368620470001");
+    assert_string_equal(v[0].price, "100473000");
+    assert_string_equal(v[0].qty, "0.00014208");
+    assert_string_equal(v[0].side, "buy");
+    assert_string_equal(v[0].symbol, "BTC-KRW");
+    assert_true(v[0].ts == 1730336862047LL && v[0].backfill);
+    free(v);
+    static const char BN[] =
+        "[{\"id\":28457,\"price\":\"4.00000100\",\"qty\":\"12.00000000\",\"quoteQty\":"
+        "\"48.000012\",\"time\":1499865549590,\"isBuyerMaker\":true,\"isBestMatch\":true}]";
+    assert_int_equal(backfill_parse_page(EX_BINANCE, BN, strlen(BN), &v, &n), 0);
+    assert_string_equal(v[0].trade_id, "28457");
+    assert_string_equal(v[0].price, "4.00000100");
+    assert_string_equal(v[0].side, "sell");
+    free(v);
+    static const char CB[] =
+        "{\"trades\":[{\"trade_id\":\"10438098\",\"product_id\":\"BTC-USD\",\"price\":\"68900.5\",\"size\":"
+        "\"0.0015\",\"time\":\"2026-04-07T14:30:02.789012Z\",\"side\":\"BUY\",\"exchange\":\"coinbase\"}],"
+        "\"best_bid\":\"68900\",\"best_ask\":\"68901\"}";
+    assert_int_equal(backfill_parse_page(EX_COINBASE, CB, strlen(CB), &v, &n), 0);
+    assert_string_equal(v[0].trade_id, "10438098");
+    assert_string_equal(v[0].symbol, "BTC-USD");
+    assert_true(v[0].ts == 1775572202789LL);
+    free(v);
+    /* not a page: Upbit's plain-text 429 body, an error object */
+    assert_int_equal(backfill_parse_page(EX_UPBIT, "Too many API requests.", 22, &v, &n), -EPROTO);
+    assert_int_equal(backfill_parse_page(EX_BINANCE, "{\"code\":-1121}", 14, &v, &n), -EPROTO);
+    assert_int_equal(backfill_parse_page(EX_UPBIT, "[{\"market\":1}]", 14, &v, &n), -EPROTO);
+}
+
+/* Records of the topic's tail: trades give channel, id, time; other
+ * messages only their epoch. */
+static void test_tail_records(void **state)
+{
+    (void)state;
+    tail_trade_t t;
+    int64_t ep = 0;
+    static const char TR[] =
+        HDR("trade", "upbit", "BTC-KRW", 41, 1676965262139) ",\"price\":\"31373000\","
+                                                            "\"qty\":\"0.1\",\"side\":\"buy\","
+                                                            "\"trade_id\":\"1676965262139000\","
+                                                            "\"backfill\":true}";
+    assert_int_equal(tail_parse_record(TR, strlen(TR), &t, &ep), 1);
+    assert_string_equal(t.channel, "trade.upbit.BTC-KRW");
+    assert_string_equal(t.trade_id, "1676965262139000");
+    assert_true(t.ts == 1676965262139LL && t.seq == 41 && t.epoch == 7 && ep == 7);
+    static const char ST[] = "{\"channel\":\"status.upbit\",\"type\":\"status\",\"exchange\":\"upbit\","
+                             "\"seq\":3,\"epoch\":9,\"ts\":1,\"recv_ts\":1,\"state\":\"connected\"}";
+    assert_int_equal(tail_parse_record(ST, strlen(ST), &t, &ep), 0);
+    assert_int_equal(ep, 9);
+    assert_int_equal(tail_parse_record("not json", 8, &t, &ep), -EINVAL);
+    /* a trade without its id (an older producer): not a trade to seed */
+    static const char NOID[] = HDR("trade", "upbit", "BTC-KRW", 1, 1) ",\"price\":\"1\"}";
+    assert_int_equal(tail_parse_record(NOID, strlen(NOID), &t, &ep), 0);
+}
+
 int main(void)
 {
     log_set_level("error");
@@ -1087,6 +1478,13 @@ int main(void)
         cmocka_unit_test(test_book),
         cmocka_unit_test(test_helpers),
         cmocka_unit_test(test_garbage),
+        cmocka_unit_test(test_upbit_snapshot_resend_once),
+        cmocka_unit_test(test_coinbase_snapshot_once_and_oldest_first),
+        cmocka_unit_test(test_binance_dedup_across_reconnect),
+        cmocka_unit_test(test_hold_backfill_release),
+        cmocka_unit_test(test_dedup_ring),
+        cmocka_unit_test(test_backfill_pages),
+        cmocka_unit_test(test_tail_records),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -169,7 +169,7 @@ static const char *on_trade(connector_t *c, json_t *d, int64_t recv_ts)
     if (!json_is_boolean(m))
         return "wrong_type";
     /* m: the buyer is the maker, so the taker sold */
-    conn_emit_trade(c, sym, price, qty, json_is_true(m) ? "sell" : "buy", id, ts, recv_ts);
+    conn_emit_trade(c, sym, price, qty, json_is_true(m) ? "sell" : "buy", id, ts, recv_ts, 0);
     return NULL;
 bad:
     return why;

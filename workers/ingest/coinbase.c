@@ -35,6 +35,7 @@ typedef struct {
     int64_t gap_window_start;
     int gaps;
     int reconnect_asked;
+    int in_snapshot; /* walking a market_trades snapshot event */
 } coinbase_t;
 
 static void coinbase_destroy(connector_t *c)
@@ -302,7 +303,7 @@ static const char *on_trade(connector_t *c, json_t *t, int64_t ts, int64_t recv_
         if (conn_rfc3339_ms(time, &ts) < 0)
             return "bad_time";
     }
-    conn_emit_trade(c, sym, price, qty, side, id, ts, recv_ts);
+    conn_emit_trade(c, sym, price, qty, side, id, ts, recv_ts, ((coinbase_t *)c)->in_snapshot);
     return NULL;
 bad:
     return why;
@@ -361,9 +362,25 @@ bad:
 
 /* Each item of each event is its own message: a bad one is counted and
  * skipped, the others still go out. Returns whether anything was emitted. */
+/* The first item's time is later than the last one's. */
+static int newest_first(json_t *items)
+{
+    size_t n = json_array_size(items);
+    int64_t a, b;
+    if (n < 2)
+        return 0;
+    json_t *ta = json_object_get(json_array_get(items, 0), "time");
+    json_t *tb = json_object_get(json_array_get(items, n - 1), "time");
+    if (!json_is_string(ta) || !json_is_string(tb) || conn_rfc3339_ms(json_string_value(ta), &a) < 0 ||
+        conn_rfc3339_ms(json_string_value(tb), &b) < 0)
+        return 0;
+    return a > b;
+}
+
 static int for_items(connector_t *c, json_t *events, const char *list, int64_t ts, int64_t recv_ts,
                      const char *(*fn)(connector_t *, json_t *, int64_t, int64_t))
 {
+    coinbase_t *cb = (coinbase_t *)c;
     size_t i, j;
     json_t *ev, *it;
     int any = 0;
@@ -374,14 +391,20 @@ static int for_items(connector_t *c, json_t *events, const char *list, int64_t t
             conn_malformed(c, items ? "wrong_type" : "missing_field");
             continue;
         }
-        json_array_foreach(items, j, it)
-        {
+        /* A snapshot event lists the recent trades newest first: publish them
+         * oldest first, like the updates that follow. */
+        json_t *type = json_object_get(ev, "type");
+        cb->in_snapshot = json_is_string(type) && !strcmp(json_string_value(type), "snapshot");
+        size_t n = json_array_size(items);
+        for (j = 0; j < n; j++) {
+            it = json_array_get(items, cb->in_snapshot && newest_first(items) ? n - 1 - j : j);
             const char *why = fn(c, it, ts, recv_ts);
             if (why)
                 conn_malformed(c, why);
             else
                 any = 1;
         }
+        cb->in_snapshot = 0;
     }
     return any;
 }

@@ -9,8 +9,22 @@
 #include <stdint.h>
 #include "buf.h"
 #include "config.h"
+#include "msg.h"
 
 typedef struct connector_s connector_t;
+
+/* One exchange trade, normalized but not yet a message: the sink decides
+ * whether it is new (trade id de-duplication), when it is published (after
+ * a running backfill of its channel) and stamps seq/epoch then. */
+typedef struct norm_trade_s {
+    char symbol[48];
+    char price[MSG_DECIMAL_MAX], qty[MSG_DECIMAL_MAX];
+    char side[8];
+    char trade_id[80];
+    int64_t ts, recv_ts;
+    int snapshot; /* the exchange re-sent it on subscribe (SNAPSHOT / snapshot event) */
+    int backfill; /* fetched from the exchange's REST API */
+} norm_trade_t;
 
 /* Sink for normalized messages. The connector fills the fields; the sink
  * (ingest main) assigns seq/epoch through norm_next_seq before building. */
@@ -19,6 +33,9 @@ typedef struct {
     /* json: one complete normalized message (built with common/msg.h).
      * channel: its channel name. Called on the loop thread. */
     void (*emit)(void *arg, const char *channel, const char *json, size_t len);
+    /* Trades go here when set (else they are built and emitted at once):
+     * channel is "trade.EXCHANGE.SYMBOL". */
+    void (*trade)(void *arg, const char *channel, const norm_trade_t *t);
     /* Per-channel sequence: returns the next seq for channel (1, 2, ...). */
     int64_t (*next_seq)(void *arg, const char *channel);
     int64_t epoch;
@@ -102,7 +119,9 @@ int conn_symbol_dash(const char *sym, char *out, size_t outsz);
 void conn_emit(connector_t *c, const char *type, const char *symbol, int64_t ts, int64_t recv_ts);
 /* A trade: the one field set every exchange maps to (exchanges.md). */
 void conn_emit_trade(connector_t *c, const char *symbol, const char *price, const char *qty, const char *side,
-                     const char *trade_id, int64_t ts, int64_t recv_ts);
+                     const char *trade_id, int64_t ts, int64_t recv_ts, int snapshot);
+/* The one writer of a trade message: msg_begin .. msg_end into out. */
+void conn_trade_msg(buf_t *out, const char *exchange, const norm_trade_t *t, int64_t seq, int64_t epoch);
 /* A data frame arrived: sends status "subscribed" once per connection. */
 void conn_data_seen(connector_t *c);
 void conn_malformed(connector_t *c, const char *reason);

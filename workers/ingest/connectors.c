@@ -441,15 +441,42 @@ void conn_emit(connector_t *c, const char *type, const char *symbol, int64_t ts,
         s->emit(s->arg, ch, c->out.data, c->out.len);
 }
 
-void conn_emit_trade(connector_t *c, const char *symbol, const char *price, const char *qty, const char *side,
-                     const char *trade_id, int64_t ts, int64_t recv_ts)
+void conn_trade_msg(buf_t *out, const char *exchange, const norm_trade_t *t, int64_t seq, int64_t epoch)
 {
-    buf_reset(&c->body);
-    msg_str(&c->body, "price", price);
-    msg_str(&c->body, "qty", qty);
-    msg_str(&c->body, "side", side);
-    msg_str(&c->body, "trade_id", trade_id);
-    conn_emit(c, "trade", symbol, ts, recv_ts);
+    buf_reset(out);
+    msg_begin(out, "trade", exchange, t->symbol, seq, epoch, t->ts, t->recv_ts);
+    msg_str(out, "price", t->price);
+    msg_str(out, "qty", t->qty);
+    msg_str(out, "side", t->side);
+    msg_str(out, "trade_id", t->trade_id);
+    if (t->backfill)
+        msg_raw(out, "backfill", "true");
+    msg_end(out);
+}
+
+void conn_emit_trade(connector_t *c, const char *symbol, const char *price, const char *qty, const char *side,
+                     const char *trade_id, int64_t ts, int64_t recv_ts, int snapshot)
+{
+    norm_trade_t t;
+    char ch[MSG_CHANNEL_MAX];
+    norm_sink_t *s = c->sink;
+    memset(&t, 0, sizeof(t));
+    snprintf(t.symbol, sizeof(t.symbol), "%s", symbol);
+    snprintf(t.price, sizeof(t.price), "%s", price);
+    snprintf(t.qty, sizeof(t.qty), "%s", qty);
+    snprintf(t.side, sizeof(t.side), "%s", side);
+    snprintf(t.trade_id, sizeof(t.trade_id), "%s", trade_id);
+    t.ts = ts;
+    t.recv_ts = recv_ts;
+    t.snapshot = snapshot;
+    snprintf(ch, sizeof(ch), "trade.%s.%s", c->exchange, symbol);
+    if (s->trade) {
+        s->trade(s->arg, ch, &t);
+        return;
+    }
+    conn_trade_msg(&c->out, c->exchange, &t, s->next_seq ? s->next_seq(s->arg, ch) : 0, s->epoch);
+    if (s->emit)
+        s->emit(s->arg, ch, c->out.data, c->out.len);
 }
 
 void conn_data_seen(connector_t *c)

@@ -16,8 +16,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backfill.h"
 #include "buf.h"
 #include "connector.h"
+#include "dedup.h"
 #include "log.h"
 #include "metrics.h"
 #include "msg.h"
@@ -32,7 +34,21 @@ typedef struct {
     rbuf_t *msg;
 } hist_ent_t;
 
+/* Trades of one channel: the ids published (bounded), the last one, and the
+ * live trades held while a backfill of the channel runs. Kept across
+ * reconnects and epochs: a re-sent trade is a duplicate whoever leads. */
+#define HOLD_MAX 50000
+typedef struct {
+    dedup_t ids;
+    char last_id[80];
+    int64_t last_ts;
+    int holding;
+    norm_trade_t *held;
+    int nheld, capheld;
+} trade_state_t;
+
 struct ingest_chan_s {
+    trade_state_t *tr; /* trade channels only, created on the first trade */
     ingest_chan_t *next;
     uint64_t hash;
     int64_t next_seq; /* last seq handed out by ingest_next_seq */
@@ -78,6 +94,11 @@ void ingest_free(ingest_t *in)
         for (; c != NULL; c = next) {
             next = c->next;
             ring_clear(c);
+            if (c->tr != NULL) {
+                dedup_free(&c->tr->ids);
+                free(c->tr->held);
+                free(c->tr);
+            }
             free(c->ring);
             free(c);
         }
@@ -245,6 +266,176 @@ void ingest_channels(ingest_t *in, ingest_chan_cb cb, void *arg)
         }
 }
 
+/* ---- trades ------------------------------------------------------------- */
+
+static int ex_ordered(int ex)
+{
+    return ex == EX_BINANCE; /* ids consecutive per symbol (exchanges.md) */
+}
+
+static trade_state_t *trade_state(ingest_t *in, int ex, const char *channel)
+{
+    ingest_chan_t *c = chan_find(in, channel, 1);
+    if (c == NULL)
+        return NULL;
+    if (c->tr == NULL) {
+        trade_state_t *t = calloc(1, sizeof(*t));
+        int cap = ex >= 0 && ex < EX_COUNT ? in->cfg->exchange[ex].dedup_ids : 0;
+        if (t == NULL || dedup_init(&t->ids, cap > 0 ? cap : 4096) < 0) {
+            free(t);
+            return NULL;
+        }
+        c->tr = t;
+    }
+    return c->tr;
+}
+
+static metric_t *trade_metric(const char *name, const char *help, int ex)
+{
+    return metric_labels(metric_counter(name, help), "exchange=\"%s\"",
+                         ex >= 0 && ex < EX_COUNT ? cfg_exchange_names[ex] : "unknown");
+}
+
+static void publish_counted(feed_t *f, const char *channel, const char *json, size_t len);
+
+/* Published before: counted. A re-sent snapshot trade older than the last
+ * one published was published before too (by this ingest or, learnt from the
+ * topic's tail, by the previous leader) even when its id has left the
+ * bounded set. */
+static int trade_dup(const trade_state_t *st, int ex, const norm_trade_t *t)
+{
+    if (!dedup_seen(&st->ids, t->trade_id, ex_ordered(ex)) &&
+        !(t->snapshot && st->last_id[0] != '\0' && t->ts < st->last_ts))
+        return 0;
+    metric_inc(trade_metric("exchange_ingest_trades_deduplicated_total",
+                            "Exchange trades dropped as re-sent (trade id already published)", ex));
+    return 1;
+}
+
+static void trade_publish(ingest_t *in, int ex, const char *channel, trade_state_t *st, const norm_trade_t *t)
+{
+    static buf_t b; /* the loop thread's builder, reused */
+    int ordered = ex_ordered(ex);
+    if (trade_dup(st, ex, t))
+        return;
+    dedup_add(&st->ids, t->trade_id, ordered);
+    snprintf(st->last_id, sizeof(st->last_id), "%s", t->trade_id);
+    st->last_ts = t->ts;
+    if (t->backfill)
+        metric_inc(trade_metric("exchange_ingest_backfill_trades_total",
+                                "Trades published from the exchange's REST API after a takeover or reconnect",
+                                ex));
+    conn_trade_msg(&b, ex >= 0 && ex < EX_COUNT ? cfg_exchange_names[ex] : "unknown", t,
+                   ingest_next_seq(in, channel), in->epoch);
+    feed_t *f = ex >= 0 && ex < EX_COUNT ? in->feeds[ex] : NULL;
+    if (f != NULL)
+        publish_counted(f, channel, b.data, b.len);
+    else
+        ingest_publish(in, channel, ingest_msg_seq(b.data, b.len), b.data, b.len);
+}
+
+void ingest_trade(ingest_t *in, int ex, const char *channel, const norm_trade_t *t)
+{
+    trade_state_t *st = trade_state(in, ex, channel);
+    if (st == NULL) {
+        log_error("no memory for a trade channel; trade dropped", "channel=%s", log_q(channel));
+        return;
+    }
+    if (!st->holding || t->backfill) {
+        trade_publish(in, ex, channel, st, t);
+        return;
+    }
+    if (trade_dup(st, ex, t))
+        return;
+    if (st->nheld == st->capheld) {
+        int cap = st->capheld ? st->capheld * 2 : 256;
+        norm_trade_t *n = cap <= HOLD_MAX ? realloc(st->held, sizeof(*n) * (size_t)cap) : NULL;
+        if (n == NULL) {
+            metric_inc(trade_metric("exchange_ingest_trades_dropped_total",
+                                    "Live trades dropped: the hold during a backfill was full", ex));
+            log_warn("trade hold full during backfill; trade dropped", "channel=%s held=%d", log_q(channel),
+                     st->nheld);
+            return;
+        }
+        st->held = n;
+        st->capheld = cap;
+    }
+    st->held[st->nheld++] = *t;
+}
+
+void ingest_trade_seed(ingest_t *in, int ex, const char *channel, const char *trade_id, int64_t ts)
+{
+    trade_state_t *st = trade_state(in, ex, channel);
+    if (st == NULL || dedup_seen(&st->ids, trade_id, ex_ordered(ex)))
+        return;
+    dedup_add(&st->ids, trade_id, ex_ordered(ex));
+    if (ts >= st->last_ts) {
+        snprintf(st->last_id, sizeof(st->last_id), "%s", trade_id);
+        st->last_ts = ts;
+    }
+}
+
+int ingest_trade_last(ingest_t *in, const char *channel, char *id, size_t idsz, int64_t *ts)
+{
+    ingest_chan_t *c = chan_find(in, channel, 0);
+    if (c == NULL || c->tr == NULL || c->tr->last_id[0] == '\0')
+        return -ENOENT;
+    snprintf(id, idsz, "%s", c->tr->last_id);
+    *ts = c->tr->last_ts;
+    return 0;
+}
+
+int ingest_trade_seen(ingest_t *in, int ex, const char *channel, const char *id)
+{
+    ingest_chan_t *c = chan_find(in, channel, 0);
+    return c != NULL && c->tr != NULL && dedup_seen(&c->tr->ids, id, ex_ordered(ex));
+}
+
+void ingest_trade_hold(ingest_t *in, const char *channel)
+{
+    ingest_chan_t *c = chan_find(in, channel, 0);
+    if (c != NULL && c->tr != NULL)
+        c->tr->holding = 1;
+}
+
+int ingest_trade_first_held(ingest_t *in, const char *channel, char *id, size_t idsz, int64_t *ts)
+{
+    ingest_chan_t *c = chan_find(in, channel, 0);
+    if (c == NULL || c->tr == NULL || c->tr->nheld == 0)
+        return -ENOENT;
+    snprintf(id, idsz, "%s", c->tr->held[0].trade_id);
+    *ts = c->tr->held[0].ts;
+    return 0;
+}
+
+int ingest_trade_held(ingest_t *in, const char *channel, const char *id)
+{
+    ingest_chan_t *c = chan_find(in, channel, 0);
+    if (c == NULL || c->tr == NULL)
+        return 0;
+    for (int i = 0; i < c->tr->nheld; i++)
+        if (strcmp(c->tr->held[i].trade_id, id) == 0)
+            return 1;
+    return 0;
+}
+
+void ingest_trade_release(ingest_t *in, int ex, const char *channel)
+{
+    ingest_chan_t *c = chan_find(in, channel, 0);
+    if (c == NULL || c->tr == NULL || !c->tr->holding)
+        return;
+    trade_state_t *st = c->tr;
+    st->holding = 0;
+    for (int i = 0; i < st->nheld; i++)
+        trade_publish(in, ex, channel, st, &st->held[i]);
+    st->nheld = 0;
+    if (st->capheld > 1024) { /* give a large hold's memory back */
+        free(st->held);
+        st->held = NULL;
+        st->capheld = 0;
+    }
+}
+
 /* ---- feeds -------------------------------------------------------------- */
 
 enum { T_TRADE, T_TICKER, T_ORDERBOOK, T_STATUS, T_OTHER, T_COUNT };
@@ -257,6 +448,7 @@ struct feed_s {
     const cfg_exchange_t *xcfg;
     const connector_ops_t *ops;
     connector_t *conn;
+    backfill_t *bf; /* NULL: no rest_url or no trade channel */
     wsc_t *wsc;
     norm_sink_t sink;
     buf_t url;
@@ -295,6 +487,12 @@ static void sink_emit(void *arg, const char *channel, const char *json, size_t l
 {
     feed_t *f = arg;
     publish_counted(f, channel, json, len);
+}
+
+static void sink_trade(void *arg, const char *channel, const norm_trade_t *t)
+{
+    feed_t *f = arg;
+    ingest_trade(f->in, f->ex, channel, t);
 }
 
 static int64_t sink_next_seq(void *arg, const char *channel)
@@ -355,6 +553,34 @@ static void sink_status(void *arg, const char *exchange, const char *state, cons
     publish_counted(f, channel, f->scratch.data, f->scratch.len);
 }
 
+void feed_gap(feed_t *f, const char *channel, int64_t from_ts, int64_t to_ts, const char *last_trade_id)
+{
+    int64_t now = (int64_t)worker_now_ms();
+    char sch[MSG_CHANNEL_MAX];
+    buf_t g;
+    snprintf(sch, sizeof(sch), "status.%s", f->name);
+    buf_init(&g);
+    buf_puts(&g, "{\"channel\":");
+    buf_json_str(&g, channel);
+    buf_printf(&g, ",\"from_ts\":%" PRId64 ",\"to_ts\":%" PRId64 ",\"last_trade_id\":", from_ts, to_ts);
+    buf_json_str(&g, last_trade_id ? last_trade_id : "");
+    buf_puts(&g, "}");
+    buf_reset(&f->scratch);
+    msg_begin(&f->scratch, "status", f->name, "", ingest_next_seq(f->in, sch), f->in->epoch, now, now);
+    msg_str(&f->scratch, "state", "gap");
+    msg_str(&f->scratch, "detail", "trades the exchange's REST API no longer serves");
+    msg_raw(&f->scratch, "gap", g.data);
+    msg_end(&f->scratch);
+    buf_free(&g);
+    metric_inc(trade_metric("exchange_ingest_backfill_gaps_total",
+                            "Spans of trades that could not be backfilled, announced on status.EXCHANGE",
+                            f->ex));
+    log_warn("trade gap announced",
+             "exchange=%s channel=%s from_ts=%" PRId64 " to_ts=%" PRId64 " last_trade_id=%s", f->name,
+             log_q(channel), from_ts, to_ts, log_q(last_trade_id ? last_trade_id : ""));
+    publish_counted(f, sch, f->scratch.data, f->scratch.len);
+}
+
 /* wsclient callbacks: run on the loop thread. */
 static void ws_on_open(wsc_t *wsc, void *arg)
 {
@@ -365,6 +591,9 @@ static void ws_on_open(wsc_t *wsc, void *arg)
         metric_inc(f->m_reconnects);
     metric_set(f->m_connected, 1);
     sink_status(f, f->name, "connected", "");
+    /* Before subscribing: the channels' live trades are held from the first
+     * one on, until what was missed is fetched. */
+    backfill_begin(f->bf);
     int r = f->ops->on_open(f->conn);
     if (r < 0) {
         log_warn("subscribe failed", "exchange=%s err=%d", f->name, r);
@@ -438,6 +667,7 @@ int feed_start(ingest_t *in, int ex, feed_t **out)
 
     f->sink.arg = f;
     f->sink.emit = sink_emit;
+    f->sink.trade = sink_trade;
     f->sink.next_seq = sink_next_seq;
     f->sink.epoch = in->epoch;
     f->sink.malformed = sink_malformed;
@@ -454,6 +684,10 @@ int feed_start(ingest_t *in, int ex, feed_t **out)
     if (f->conn == NULL) {
         log_error("cannot create connector", "exchange=%s", f->name);
         r = -ENOMEM;
+        goto fail;
+    }
+    if ((r = backfill_create(in, f, ex, f->conn, &f->bf)) < 0) {
+        log_error("cannot create the REST backfill", "exchange=%s", f->name);
         goto fail;
     }
     wsc_opts_t o;
@@ -478,10 +712,12 @@ int feed_start(ingest_t *in, int ex, feed_t **out)
                   log_q(uv_strerror(r)));
         goto fail;
     }
-    log_info("exchange feed started", "exchange=%s url=%s", f->name, log_q(f->url.data));
+    log_info("exchange feed started", "exchange=%s url=%s rest_url=%s", f->name, log_q(f->url.data),
+             log_q(f->bf != NULL ? f->xcfg->rest_url : ""));
     *out = f;
     return 0;
 fail:
+    backfill_stop(f->bf);
     if (f->conn != NULL)
         f->ops->destroy(f->conn);
     buf_free(&f->url);
@@ -500,6 +736,8 @@ void feed_stop(feed_t *f)
         metric_set(f->m_connected, 0);
         f->ops->on_close(f->conn);
     }
+    backfill_stop(f->bf);
+    f->bf = NULL;
     sink_status(f, f->name, "disconnected", "shutdown");
     wsc_stop(f->wsc);
 }

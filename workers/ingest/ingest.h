@@ -15,6 +15,8 @@
 typedef struct producer_s producer_t;
 typedef struct feed_s feed_t;
 typedef struct ingest_chan_s ingest_chan_t;
+typedef struct backfill_s backfill_t;
+struct norm_trade_s;
 
 /* The relay hook. relay.c fills one of these and calls ingest_set_relay();
  * every published message (data and status.*) is handed over on the loop
@@ -32,6 +34,9 @@ typedef struct ingest_s {
     uv_loop_t *loop;
     const cfg_t *cfg;
     int64_t epoch;
+    /* Highest epoch in the topic's tail read at start (tail.c); 0: none seen
+     * or not read. A new epoch must be above it. */
+    int64_t tail_max_epoch;
     int history;             /* ring size per channel ([relay] history) */
     producer_t *producer;    /* NULL when [kafka] brokers is empty */
     feed_t *feeds[EX_COUNT]; /* NULL for disabled exchanges */
@@ -72,6 +77,28 @@ void ingest_channels(ingest_t *in, ingest_chan_cb cb, void *arg);
  * msg_begin writes); -1 if absent. Cheap: no JSON parse. */
 int64_t ingest_msg_seq(const char *json, size_t len);
 
+/* ---- feed.c: trades, once each ----------------------------------------- */
+/* A trade of exchange ex on channel ("trade.EX.SYM"): dropped and counted
+ * when its id was already published on the channel (a re-send), held while
+ * the channel's backfill runs, else published (seq and epoch stamped now). */
+void ingest_trade(ingest_t *in, int ex, const char *channel, const struct norm_trade_s *t);
+/* Remember a trade published before (the topic's tail at start): its id
+ * joins the channel's set; the newest becomes the channel's last trade. */
+void ingest_trade_seed(ingest_t *in, int ex, const char *channel, const char *trade_id, int64_t ts);
+/* The channel's last published trade: 0, or -ENOENT when none is known. */
+int ingest_trade_last(ingest_t *in, const char *channel, char *id, size_t idsz, int64_t *ts);
+/* Hold live trades of channel while its backfill runs; release publishes
+ * what was held (de-duplicated against what the backfill published).
+ * first_held: the earliest held trade's id/ts, for the backfill to stop at;
+ * 0 or -ENOENT. */
+void ingest_trade_hold(ingest_t *in, const char *channel);
+void ingest_trade_release(ingest_t *in, int ex, const char *channel);
+int ingest_trade_first_held(ingest_t *in, const char *channel, char *id, size_t idsz, int64_t *ts);
+/* Is id among the live trades held on channel? */
+int ingest_trade_held(ingest_t *in, const char *channel, const char *id);
+/* Has channel's trade id set seen id? */
+int ingest_trade_seen(ingest_t *in, int ex, const char *channel, const char *id);
+
 /* ---- feed.c: one exchange connection ----------------------------------- */
 /* Connector + WebSocket client for exchange ex (EX_UPBIT..). */
 int feed_start(ingest_t *in, int ex, feed_t **out);
@@ -80,6 +107,10 @@ int feed_start(ingest_t *in, int ex, feed_t **out);
 void feed_stop(feed_t *f);
 void feed_tick(feed_t *f, int64_t now_ms);
 void feed_set_epoch(feed_t *f, int64_t epoch);
+/* A span of trades the ingest could not backfill: a status.EXCHANGE message
+ * with state "gap" and {"channel","from_ts","to_ts","last_trade_id"}, counted
+ * in exchange_ingest_backfill_gaps_total. */
+void feed_gap(feed_t *f, const char *channel, int64_t from_ts, int64_t to_ts, const char *last_trade_id);
 /* {"state":..,"last_message_age_ms":N|null,"messages":N,"reconnects":N};
  * also refreshes the last-message-age gauge. */
 json_t *feed_status(feed_t *f, int64_t now_ms);

@@ -11,6 +11,7 @@
 #include "log.h"
 #include "producer.h"
 #include "relay.h"
+#include "tail.h"
 #include "worker.h"
 
 #define TICK_MS 100
@@ -27,6 +28,7 @@ static uv_timer_t leader_wait;
 /* Feeds get this long to close before Kafka is flushed anyway. */
 #define FEED_CLOSE_MS 2000
 static int feeds_started, flush_started, producer_drained;
+static int tail_running, feeds_wanted; /* the feeds wait for the topic's tail */
 static uint64_t drain_started_at;
 
 static int64_t env_epoch(void)
@@ -87,6 +89,10 @@ static int start_feeds(void)
     int r;
     if (feeds_started)
         return 0;
+    if (tail_running) {
+        feeds_wanted = 1;
+        return 0;
+    }
     feeds_started = 1;
     uv_timer_stop(&leader_wait);
     int n = 0;
@@ -101,6 +107,32 @@ static int start_feeds(void)
         log_warn("no exchange enabled", "epoch=%" PRId64, ing.epoch);
     log_info("ingest running", "exchanges=%d epoch=%" PRId64 " kafka=%d", n, ing.epoch, ing.producer != NULL);
     return 0;
+}
+
+/* The topic's tail: every trade id there is one this leader must not
+ * publish again, and each channel's newest is where its backfill starts. */
+static void on_tail(void *arg, const tail_result_t *res)
+{
+    (void)arg;
+    tail_running = 0;
+    for (int i = 0; i < res->ntrades; i++) {
+        const tail_trade_t *t = &res->trades[i];
+        const char *ex = t->channel + strlen("trade.");
+        for (int e = 0; e < EX_COUNT; e++) {
+            size_t n = strlen(cfg_exchange_names[e]);
+            if (strncmp(ex, cfg_exchange_names[e], n) == 0 && ex[n] == '.')
+                ingest_trade_seed(&ing, e, t->channel, t->trade_id, t->ts);
+        }
+    }
+    ing.tail_max_epoch = res->max_epoch;
+    if (res->err < 0)
+        log_warn("topic tail not read; starting without it", "err=%s detail=%s elapsed_ms=%" PRId64,
+                 log_q(uv_strerror(res->err)), log_q(res->detail), res->elapsed_ms);
+    log_info("topic tail read",
+             "partitions=%d records=%" PRId64 " trades=%d max_epoch=%" PRId64 " elapsed_ms=%" PRId64,
+             res->partitions, res->records, res->ntrades, res->max_epoch, res->elapsed_ms);
+    if (feeds_wanted && start_feeds() < 0)
+        worker_exit(wk, 1);
 }
 
 static void on_leader_wait(uv_timer_t *t)
@@ -126,6 +158,13 @@ static int on_start(worker_t *w)
     }
     if ((r = relay_start(&ing, &relay)) < 0)
         return r;
+    if (ing.producer != NULL && w->cfg->kafka.ingest_tail > 0) {
+        if ((r = tail_start(w->loop, w->cfg, w->cfg->kafka.ingest_tail, w->cfg->kafka.ingest_tail_ms, on_tail,
+                            NULL)) == 0)
+            tail_running = 1;
+        else
+            log_warn("topic tail not read", "err=%s", log_q(uv_strerror(r)));
+    }
     uv_timer_init(w->loop, &ing.tick);
     uv_timer_start(&ing.tick, on_tick, TICK_MS, TICK_MS);
     uv_timer_init(w->loop, &leader_wait);

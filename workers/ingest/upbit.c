@@ -165,7 +165,11 @@ static const char *on_trade(connector_t *c, json_t *root, int64_t recv_ts)
         return "bad_side";
     NEED(conn_id(get2(root, "sequential_id", "sid"), id, sizeof(id)));
     NEED(conn_ts(get2(root, "trade_timestamp", "ttms"), &ts));
-    conn_emit_trade(c, sym, price, qty, side, id, ts, recv_ts);
+    /* SNAPSHOT: the last trade, re-sent on every subscribe; the sink's trade
+     * id de-duplication drops it when it was already published. */
+    json_t *st = get2(root, "stream_type", "st");
+    int snap = json_is_string(st) && !strcmp(json_string_value(st), "SNAPSHOT");
+    conn_emit_trade(c, sym, price, qty, side, id, ts, recv_ts, snap);
     return NULL;
 bad:
     return why;

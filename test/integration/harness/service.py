@@ -62,7 +62,8 @@ class Service:
                 path = {"upbit": "/websocket/v1", "bithumb": "/websocket/v1",
                         "binance": "/stream", "coinbase": "/"}[ex]
                 sections["exchange." + ex] = {"enabled": True,
-                                              "url": "ws://127.0.0.1:%d%s" % (sim_ports[ex], path)}
+                                              "url": "ws://127.0.0.1:%d%s" % (sim_ports[ex], path),
+                                              "rest_url": "http://127.0.0.1:%d" % sim_ports[ex]}
             else:
                 sections["exchange." + ex] = {"enabled": False}
         merge(sections, overrides)
