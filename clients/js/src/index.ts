@@ -93,6 +93,9 @@ interface ClientEvents {
   reconnect: ReconnectEvent;
   open: { url: string };
   subscribed: SubscribedEvent;
+  /** Every subscription sent on a new connection has its reply: since and
+   *  recovered merged over them (null on a first connect). */
+  resumed: SubscribedEvent;
 }
 export type EventName = keyof ClientEvents;
 
@@ -175,6 +178,8 @@ interface Pending {
   reject: (e: ClientError) => void;
   entry?: Entry;
   since?: Record<string, Position> | null;
+  /** One of the subscriptions sent when the connection opened. */
+  resume?: boolean;
 }
 
 /** Returned by subscribe(); unsubscribe() stops delivery to its handler. */
@@ -226,6 +231,7 @@ export class ExchangeClient {
   private beat: ReturnType<typeof setInterval> | null = null;
   private _state: ClientState = "idle";
   private ctorPromise: Promise<WebSocketCtor> | null = null;
+  private resuming: { left: number; ev: SubscribedEvent } | null = null;
 
   constructor(urls: string | string[], options: ClientOptions = {}) {
     this.urls = (Array.isArray(urls) ? urls : [urls]).slice();
@@ -277,7 +283,7 @@ export class ExchangeClient {
     entry.sub = new Subscription(this, list, entry);
     this.entries.add(entry);
     this.syncStatus();
-    if (this.isOpen()) this.sendSubscribe(entry, new Set());
+    if (this.isOpen()) this.sendSubscribe(entry, this.heldElsewhere(entry));
     this.start();
     return entry.sub;
   }
@@ -430,9 +436,10 @@ export class ExchangeClient {
       this.setState("open");
       this.emit("open", { url });
       const sent = new Set<string>();
-      for (const e of this.entries) this.sendSubscribe(e, sent);
-      for (const e of this.statusEntries.values()) this.sendSubscribe(e, sent);
-      if (this.entries.size === 0) this.attempt = 0;
+      const all = [...this.entries, ...this.statusEntries.values()];
+      this.resuming = { left: all.length, ev: { channels: [], since: null, recovered: null } };
+      for (const e of all) this.sendSubscribe(e, sent, true);
+      if (all.length === 0) this.resumed();
       const tick = Math.max(50, Math.min(1000, this.opt.heartbeatMs / 4));
       this.beat = setInterval(() => this.heartbeat(ws), tick);
     };
@@ -485,6 +492,7 @@ export class ExchangeClient {
     if (ws) this.detach(ws);
     this.ws = null;
     this.clearTimers();
+    this.resuming = null;
     this.failPending("connection closed (" + code + ")");
     for (const e of this.entries) e.server.clear();
     for (const e of this.statusEntries.values()) e.server.clear();
@@ -533,7 +541,7 @@ export class ExchangeClient {
 
   /** Subscribe one entry on the open connection, with since for every exact
    *  channel it covers that this connection has not asked for yet. */
-  private sendSubscribe(entry: Entry, sent: Set<string>): void {
+  private sendSubscribe(entry: Entry, sent: Set<string>, resume = false): void {
     let since: Record<string, Position> | null = null;
     this.pos.forEach((p, ch) => {
       if (sent.has(ch) || !this.covers(entry, ch)) return;
@@ -549,12 +557,39 @@ export class ExchangeClient {
     this.pending.set(id, {
       entry,
       since,
+      resume,
       resolve: () => {},
       reject: (e) => {
-        if (e.code !== "disconnected") this.emit("error", { ...e, channels: entry.channels });
+        if (e.code === "disconnected") return;
+        this.emit("error", { ...e, channels: entry.channels });
+        if (resume) this.resumed();
       },
     });
     this.send(req);
+  }
+
+  /** Exact channels and patterns the server already holds for other entries
+   *  on this connection: no since for those (nothing was missed). */
+  private heldElsewhere(entry: Entry): Set<string> {
+    const held = new Set<string>();
+    for (const e of [...this.entries, ...this.statusEntries.values()]) if (e !== entry) e.server.forEach((c) => held.add(c));
+    const patterns = [...held];
+    for (const ch of this.pos.keys()) if (patterns.some((c) => channelMatches(c, ch))) held.add(ch);
+    return held;
+  }
+
+  /** One reply (or error) of the subscriptions sent at open is in. */
+  private resumed(ev?: SubscribedEvent): void {
+    const r = this.resuming;
+    if (!r) return;
+    if (ev) {
+      r.ev.channels.push(...ev.channels);
+      if (ev.since) r.ev.since = { ...r.ev.since, ...ev.since };
+      if (ev.recovered) r.ev.recovered = { ...r.ev.recovered, ...ev.recovered };
+    }
+    if (--r.left > 0) return;
+    this.resuming = null;
+    this.emit("resumed", r.ev);
   }
 
   private remove(entry: Entry): void {
@@ -648,7 +683,9 @@ export class ExchangeClient {
         this.gap({ channel: ch, reason: "not_recovered", after: since ? since[ch] : this.pos.get(ch) });
       }
     }
-    this.emit("subscribed", { channels: Array.isArray(m.channels) ? m.channels : [], since, recovered });
+    const ev = { channels: Array.isArray(m.channels) ? m.channels : [], since, recovered };
+    this.emit("subscribed", ev);
+    if (p && p.resume) this.resumed(ev);
     if (p) p.resolve(m);
   }
 
