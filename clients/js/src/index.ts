@@ -589,6 +589,7 @@ export class ExchangeClient {
     }
     if (--r.left > 0) return;
     this.resuming = null;
+    this.attempt = 0;
     this.emit("resumed", r.ev);
   }
 

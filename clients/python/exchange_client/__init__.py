@@ -136,7 +136,7 @@ class ExchangeClient:
                  backoff_min=0.25, backoff_max=10.0, max_hint=30.0,
                  heartbeat=15.0, heartbeat_timeout=10.0, connect_timeout=10.0,
                  dedup_window=2048, gap_status=True, positions=None,
-                 on_gap=None, on_state=None, on_reconnect=None, on_error=None, on_subscribed=None,
+                 on_gap=None, on_state=None, on_reconnect=None, on_error=None, on_subscribed=None, on_resumed=None,
                  rand=random.random):
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         if not self.urls:
@@ -146,9 +146,9 @@ class ExchangeClient:
         self.heartbeat, self.heartbeat_timeout = heartbeat, heartbeat_timeout
         self.connect_timeout = connect_timeout
         self.dedup_window, self.gap_status, self.rand = dedup_window, gap_status, rand
-        self.callbacks = {"gap": [], "state": [], "reconnect": [], "error": [], "subscribed": []}
+        self.callbacks = {"gap": [], "state": [], "reconnect": [], "error": [], "subscribed": [], "resumed": []}
         for name, cb in (("gap", on_gap), ("state", on_state), ("reconnect", on_reconnect),
-                         ("error", on_error), ("subscribed", on_subscribed)):
+                         ("error", on_error), ("subscribed", on_subscribed), ("resumed", on_resumed)):
             if cb is not None:
                 self.callbacks[name].append(cb)
         self.stats = {"messages": 0, "duplicates": 0, "stale": 0, "gaps": 0, "reconnects": 0, "hints": 0}
@@ -168,10 +168,13 @@ class ExchangeClient:
         self._attempt = 0
         self._hint = None
         self._auth_failed = False
+        self._resuming = None  # [replies left, merged event] after a (re)connect
 
     # ---- public ---------------------------------------------------------------
     def on(self, event, callback):
-        """Add a callback for "gap", "state", "reconnect", "error", "subscribed"."""
+        """Add a callback for "gap", "state", "reconnect", "error", "subscribed",
+        "resumed" (every subscription sent on a new connection has its reply:
+        since and recovered merged over them)."""
         self.callbacks[event].append(callback)
         return callback
 
@@ -191,7 +194,7 @@ class ExchangeClient:
         self._subs.append(sub)
         self._sync_status()
         if self._open():
-            self._send_subscribe(sub, set())
+            self._send_subscribe(sub, self._held_elsewhere(sub))
         self._start()
         return sub
 
@@ -275,10 +278,12 @@ class ExchangeClient:
         self._set_state("open")
         try:
             sent = set()
-            for s in list(self._subs) + list(self._status.values()):
-                self._send_subscribe(s, sent)
-            if not self._subs:
-                self._attempt = 0
+            subs = list(self._subs) + list(self._status.values())
+            self._resuming = [len(subs), {"channels": [], "since": None, "recovered": None}]
+            for s in subs:
+                self._send_subscribe(s, sent, resume=True)
+            if not subs:
+                self._resumed(None)
             async for frame in ws:
                 self._on_frame(frame if isinstance(frame, str) else frame.decode("utf-8", "replace"))
         except websockets.ConnectionClosed:
@@ -292,6 +297,7 @@ class ExchangeClient:
         return code, ws.close_reason or ""
 
     async def _dropped(self, code, reason):
+        self._resuming = None
         for _, _, _, fut in self._pending.values():
             if fut is not None and not fut.done():
                 fut.set_exception(ConnectionError("connection closed (%s)" % code))
@@ -327,7 +333,33 @@ class ExchangeClient:
             pass  # the reader sees the close and reconnects
 
     # ---- subscriptions ------------------------------------------------------------
-    def _send_subscribe(self, sub, sent):
+    def _held_elsewhere(self, sub):
+        """Channels the server already holds for other subscriptions on this
+        connection: no since for those (nothing was missed)."""
+        held = set()
+        for s in list(self._subs) + list(self._status.values()):
+            if s is not sub:
+                held |= s.server
+        patterns = list(held)
+        held.update(ch for ch in self._pos if any(channel_matches(p, ch) for p in patterns))
+        return held
+
+    def _resumed(self, ev):
+        r = self._resuming
+        if r is None:
+            return
+        if ev is not None:
+            r[1]["channels"] += ev["channels"]
+            for k in ("since", "recovered"):
+                if ev[k]:
+                    r[1][k] = dict(r[1][k] or {}, **ev[k])
+        r[0] -= 1
+        if r[0] <= 0:
+            self._resuming = None
+            self._attempt = 0
+            self._emit("resumed", r[1])
+
+    def _send_subscribe(self, sub, sent, resume=False):
         since = {}
         for ch, p in self._pos.items():
             if ch not in sent and sub.covers(ch):
@@ -339,7 +371,7 @@ class ExchangeClient:
             req["since"] = since
         sub.server.update(sub.channels)
         sub.server.update(since)
-        self._pending[rid] = ("subscribe", sub, since or None, None)
+        self._pending[rid] = ("resume" if resume else "subscribe", sub, since or None, None)
         self._send(req)
 
     def _remove(self, sub):
@@ -409,6 +441,8 @@ class ExchangeClient:
             if p and p[3] is not None and not p[3].done():
                 p[3].set_exception(RuntimeError("%s: %s" % (m.get("code"), m.get("message"))))
             self._error(str(m.get("code")), str(m.get("message", "")), channels=chans)
+            if p and p[0] == "resume":
+                self._resumed(None)
         elif p and p[3] is not None and not p[3].done():
             p[3].set_result(m)
 
@@ -422,7 +456,10 @@ class ExchangeClient:
                 after = since.get(ch) if since else None
                 after = Position(after["epoch"], after["seq"]) if after else self._pos.get(ch)
                 self._gap(Gap(ch, "not_recovered", after=after))
-        self._emit("subscribed", {"channels": m.get("channels") or [], "since": since, "recovered": rec})
+        ev = {"channels": m.get("channels") or [], "since": since, "recovered": rec}
+        self._emit("subscribed", ev)
+        if p and p[0] == "resume":
+            self._resumed(ev)
 
     def _seen_trade(self, ch, tid):
         ids, order = self._trades.setdefault(ch, (set(), collections.deque()))
