@@ -225,6 +225,19 @@ def need_js():
         pytest.fail("missing %s: run make deps and make all" % missing)
 
 
+# ---- the libraries' own tests (fake servers, fast) ---------------------------------
+
+def test_library_unit_tests():
+    need_js()
+    env = dict(os.environ, EXCHANGE_CLIENT_JS=os.path.join(build_dir(), "gen", "clients-js", "index.js"))
+    r = subprocess.run([NODE, "--test", "test/client.test.mjs"], cwd=os.path.join(REPO, "clients", "js"), env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "# fail 0" in r.stdout, r.stdout[-4000:] + r.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "clients/python/tests"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+
+
 # ---- the simulator's record -------------------------------------------------------
 
 def recorded_trades(path):

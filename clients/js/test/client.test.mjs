@@ -3,7 +3,12 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket, { WebSocketServer } from "ws";
-import { ExchangeClient, PROTOCOL_VERSION, VERSION, channelMatches } from "../dist/index.js";
+import { pathToFileURL } from "node:url";
+
+// The library under test: dist/ (npm test), or EXCHANGE_CLIENT_JS (the build's
+// copy, from test/integration/test_clients.py).
+const lib = process.env.EXCHANGE_CLIENT_JS ? pathToFileURL(process.env.EXCHANGE_CLIENT_JS).href : "../dist/index.js";
+const { ExchangeClient, PROTOCOL_VERSION, VERSION, channelMatches } = await import(lib);
 
 /** A fake exchange-service endpoint: remembers every request per connection. */
 async function fakeServer() {
