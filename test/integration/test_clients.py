@@ -329,7 +329,7 @@ def node_cluster(service_factory, zk, kafka, sim):
         svcs.append(service_factory(name="node%d" % i, sim_ports=sim.ports, overrides={
             "service": {"cluster": name},
             "zookeeper": {"connect": zk.connect, "session_timeout_ms": 2000},
-            "kafka": {"brokers": kafka.bootstrap, "topic": "exchange", "fallback_after_ms": 60000},
+            "kafka": {"brokers": kafka.bootstrap, "topic": kafka.topic, "fallback_after_ms": 60000},
             "exchange.upbit": {"markets": MARKETS},
             "fanout": {"workers": 1, "drain_ms": 1000}}))
         svcs[i].wait_ready(timeout=30)

@@ -209,15 +209,23 @@ class ExchangeClient:
         return await asyncio.wait_for(fut, timeout)
 
     async def close(self):
+        """Close for good: a clean close of the connection (bounded), no
+        reconnect, every subscription's iteration ends."""
         self._stopped = True
         for s in list(self._subs) + list(self._status.values()):
             s._end()
-        if self._task is not None:
-            self._task.cancel()
+        ws, task = self._ws, self._task
+        if ws is not None:
             try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                await asyncio.wait_for(ws.close(1000, "client closed"), 2.0)
+            except (asyncio.TimeoutError, websockets.ConnectionClosed, OSError):
                 pass
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=2.0)
+            if not task.done() and ws is not None and ws.transport is not None:
+                ws.transport.abort()  # a peer that does not answer: no handshake to wait for
+                await asyncio.wait({task}, timeout=2.0)
         self._set_state("closed")
 
     async def __aenter__(self):
@@ -288,9 +296,6 @@ class ExchangeClient:
                 self._on_frame(frame if isinstance(frame, str) else frame.decode("utf-8", "replace"))
         except websockets.ConnectionClosed:
             pass
-        except asyncio.CancelledError:
-            await ws.close()
-            raise
         finally:
             self._ws = None
         code = ws.close_code if ws.close_code is not None else 1006
