@@ -313,8 +313,13 @@ def check_client(client, record):
                     excused.update(range((last_i if last_i is not None else -1) + 1, nxt))
         delivered = set(pos)
         missing = [rec[i][0] for i in range(pos[0], pos[-1] + 1) if i not in delivered and i not in excused]
-        assert not missing, "%s: %d trades of the record never delivered on %s and no gap reported: %s" % (
-            client.name, len(missing), ch, missing[:10])
+        if missing:
+            # What the client saw around the first hole, for the failure message.
+            before = max(i for i in pos if i < index[missing[0]])
+            k = next(k for k, l in enumerate(lines) if l["ev"] == "msg" and str(l["trade_id"]) == rec[before][0])
+            around = [l for l in lines[max(0, k - 4):k + 12] if l["ev"] != "msg" or l["ch"] == ch]
+            raise AssertionError("%s: %d trades of the record never delivered on %s and no gap reported: %s\n%s" % (
+                client.name, len(missing), ch, missing[:10], "\n".join(json.dumps(l) for l in around)))
         report[ch] = {"delivered": len(ids), "span": pos[-1] - pos[0] + 1, "gaps": len(gap_events),
                       "epochs": sorted({l["epoch"] for l in got})}
     return report
