@@ -318,8 +318,10 @@ def check_client(client, record):
             before = max(i for i in pos if i < index[missing[0]])
             k = next(k for k, l in enumerate(lines) if l["ev"] == "msg" and str(l["trade_id"]) == rec[before][0])
             around = [l for l in lines[max(0, k - 4):k + 12] if l["ev"] != "msg" or l["ch"] == ch]
-            raise AssertionError("%s: %d trades of the record never delivered on %s and no gap reported: %s\n%s" % (
-                client.name, len(missing), ch, missing[:10], "\n".join(json.dumps(l) for l in around)))
+            raise AssertionError("%s: %d trades of the record never delivered on %s and no gap reported: %s\n"
+                                 "client stats %s; around the hole:\n%s" % (
+                                     client.name, len(missing), ch, missing[:10], json.dumps(lines[-1]["stats"]),
+                                     "\n".join(json.dumps(l) for l in around)))
         report[ch] = {"delivered": len(ids), "span": pos[-1] - pos[0] + 1, "gaps": len(gap_events),
                       "epochs": sorted({l["epoch"] for l in got})}
     return report
