@@ -483,8 +483,11 @@ export class ExchangeClient {
   }
 
   private detach(ws: WebSocketLike): void {
-    ws.onopen = ws.onmessage = ws.onerror = null;
+    ws.onopen = ws.onmessage = null;
     ws.onclose = null;
+    /* Keep a listener: ws (Node) throws an "error" event nobody listens to,
+     * e.g. when a socket still connecting is terminated. */
+    ws.onerror = () => {};
   }
 
   private dropped(ws: WebSocketLike | null, code: number, reason: string): void {

@@ -2,6 +2,7 @@
 // built on ws: `npm test` (tsc, then node --test).
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import net from "node:net";
 import WebSocket, { WebSocketServer } from "ws";
 import { pathToFileURL } from "node:url";
 
@@ -175,5 +176,22 @@ test("async iteration and request()", async () => {
   assert.deepEqual(conn.reqs.find((r) => r.op === "unsubscribe").channels, ["trade.x.*"]);
   assert.deepEqual(c.positions(), {});
   c.close();
+  await srv.close();
+});
+
+test("an endpoint that never completes the handshake: connect timeout, next endpoint", async () => {
+  const sockets = [];
+  const mute = net.createServer((s) => sockets.push(s));
+  await new Promise((r) => mute.listen(0, "127.0.0.1", r));
+  const srv = await fakeServer();
+  const c = new ExchangeClient([`ws://127.0.0.1:${mute.address().port}/ws/exchange`, srv.url], { ...fast, connectTimeoutMs: 200 });
+  const errors = [];
+  c.on("error", (e) => errors.push(e.code));
+  c.subscribe("trade.x.A-B", () => {});
+  await until("connected to the second endpoint", () => srv.conns[0]?.reqs.length);
+  assert.deepEqual(errors, ["timeout"]);
+  c.close();
+  sockets.forEach((s) => s.destroy());
+  mute.close();
   await srv.close();
 });
