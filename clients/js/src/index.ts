@@ -86,7 +86,7 @@ export interface ClientError {
   cause?: unknown;
 }
 
-interface ClientEvents {
+export interface ClientEvents {
   state: ClientState;
   gap: GapEvent;
   error: ClientError;
