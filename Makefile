@@ -62,7 +62,7 @@ $(BUILD)/obj/supervisor/main.o: $(BUILD)/version.txt
 $(BUILD)/obj/supervisor/main.o: ALL_CFLAGS += -DEXCHANGE_VERSION='"$(VERSION)"' -DEXCHANGE_COMMIT='"$(COMMIT)"'
 
 # ---- dependencies (Debian 12) ------------------------------------------
-NPM_DIRS := $(patsubst %/package-lock.json,%,$(wildcard test/*/package-lock.json))
+NPM_DIRS := $(patsubst %/package-lock.json,%,$(wildcard test/*/package-lock.json clients/js/package-lock.json))
 DEB_PKGS := build-essential pkg-config libuv1-dev librdkafka-dev libzookeeper-mt-dev \
   libwslay-dev libjansson-dev libinih-dev libssl-dev libhttp-parser-dev libcmocka-dev \
   zookeeper default-jre-headless python3 python3-pytest python3-websockets python3-kazoo \
@@ -110,6 +110,22 @@ $(BUILD)/empty.o:
 	@mkdir -p $(BUILD)
 	echo 'typedef int empty_t;' | $(CC) -x c -c - -o $@
 $(ALL_LIBS): | $(BUILD)/empty.o
+
+# The fanout's demo page embeds the JavaScript client library (clients/js),
+# compiled by its pinned tsc (`make deps` installs it) into one plain ESM file
+# and turned into a C string: the page has no copy of the resume logic.
+JS_CLIENT_SRC := clients/js/src/index.ts clients/js/tsconfig.json
+JS_TSC := clients/js/node_modules/.bin/tsc
+$(BUILD)/gen/clients-js/index.js: $(JS_CLIENT_SRC)
+	@test -x $(JS_TSC) || { echo "$(JS_TSC) missing: run make deps (npm ci in clients/js)" >&2; exit 1; }
+	$(JS_TSC) -p clients/js/tsconfig.json --outDir $(BUILD)/gen/clients-js
+	@touch $@
+$(BUILD)/gen/exchange_client_js.h: $(BUILD)/gen/clients-js/index.js
+	@{ echo '/* Generated from clients/js (tsc output) by the Makefile. */'; \
+	  echo 'static const char exchange_client_js[] ='; \
+	  sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/^/    "/' -e 's/$$/\\n"/' $<; echo ';'; } > $@.tmp && mv $@.tmp $@
+$(call obj,workers/fanout/demo_page.c): $(BUILD)/gen/exchange_client_js.h
+$(call obj,workers/fanout/demo_page.c): ALL_CFLAGS += -I$(BUILD)/gen
 
 $(BUILD)/exchange-service: $(call obj,supervisor/main.c) $(LIBSUPER) $(LIBCOMMON)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
