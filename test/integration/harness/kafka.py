@@ -403,11 +403,16 @@ class KafkaCluster:
         return {p.id: {"leader": p.leader, "replicas": list(p.replicas), "isr": list(p.isrs)}
                 for p in t.partitions.values()}
 
-    def topic_config(self, name):
+    def topic_config(self, name, timeout=10.0):
+        """The topic's effective configuration {key: value}. (The broker asked
+        may learn of a new topic a moment after the one that created it.)"""
         from confluent_kafka.admin import ConfigResource
         res = ConfigResource(ConfigResource.Type.TOPIC, name)
-        admin = self.admin()
-        cfg = admin.describe_configs([res])[res].result(timeout=10)
+
+        def describe():
+            admin = self.admin()
+            return admin.describe_configs([res])[res].result(timeout=5)
+        cfg = wait_until(describe, timeout=timeout, interval=0.2, what="configuration of topic %s" % name)
         return {k: v.value for k, v in cfg.items()}
 
     def leader_counts(self, name):
