@@ -4,8 +4,8 @@
  * (rd_kafka_queue_io_event_enable) watched by uv_poll; messages, errors and
  * librdkafka's logs are all served on the loop thread. Metadata is refreshed
  * on the libuv thread pool to follow partition count changes. A broker that
- * keeps its connections open but answers nothing (hung) is seen in
- * librdkafka's statistics: no error ever comes from it, only silence. */
+ * leads some partitions and stops answering (hung) or is gone is seen in
+ * librdkafka's statistics: the errors alone do not say that partitions stall. */
 #include "source.h"
 
 #include <errno.h>
@@ -44,8 +44,9 @@ typedef struct {
     int handles;
     int partitions; /* started 0..partitions-1 */
     uint64_t refresh_ms, meta_timeout_ms, stale_ms;
-    uint64_t hung_ms; /* a broker serving our partitions silent this long: unhealthy */
-    int hung;         /* such a broker seen in the last statistics */
+    uint64_t hung_ms;    /* a broker leading our partitions silent or away this long: unhealthy */
+    uint64_t down_since; /* uv_now ms since when such a broker is not connected, 0: all are */
+    int hung;            /* such a broker seen in the last statistics */
     /* metadata on the thread pool */
     uv_work_t work;
     int meta_busy;
@@ -83,36 +84,51 @@ static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *op
     note_error(opaque, "client", (rd_kafka_resp_err_t)err, reason);
 }
 
-/* librdkafka statistics (every refresh_ms): a broker that serves some of our
- * partitions, has a request outstanding and has sent nothing for hung_ms is
- * hung (SIGSTOP, a stuck disk, a half-open connection): its partitions
- * stall until the cluster moves their leadership, and no error says so. */
+/* librdkafka statistics (every refresh_ms). A broker that leads some of our
+ * partitions stalls them until the cluster moves their leadership (the
+ * controller's broker session timeout, 9 s by default) and tells us nothing
+ * meanwhile: unhealthy once such a broker has a request outstanding and has
+ * sent nothing for hung_ms (hung: SIGSTOP, a stuck disk, a half-open
+ * connection), or has not been connected for hung_ms (dead). */
 static int on_kafka_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
 {
     ksrc_t *k = opaque;
     json_error_t jerr;
     json_t *st = json_loadb(json, len, 0, &jerr), *brokers = json_object_get(st, "brokers"), *b;
-    const char *name, *hung_name = NULL;
-    int64_t hung_idle_ms = 0;
+    const char *name, *bad_name = NULL, *bad_state = "";
+    int64_t silent_ms = -1;
+    int down = 0;
+    uint64_t now = now_ms(k);
     (void)rk;
     json_object_foreach(brokers, name, b)
     {
+        const char *state = json_string_value(json_object_get(b, "state"));
         int64_t idle_us = json_integer_value(json_object_get(b, "rxidle"));
         if (json_integer_value(json_object_get(b, "nodeid")) < 0 ||
-            json_object_size(json_object_get(b, "toppars")) == 0 ||
-            json_integer_value(json_object_get(b, "waitresp_cnt")) <= 0 || idle_us < 0 ||
-            (uint64_t)idle_us / 1000 < k->hung_ms)
+            json_object_size(json_object_get(b, "toppars")) == 0)
             continue;
-        hung_name = name;
-        hung_idle_ms = idle_us / 1000;
+        if (state == NULL || strcmp(state, "UP") != 0) {
+            down = 1;
+            if (k->down_since != 0 && now - k->down_since >= k->hung_ms) {
+                bad_name = name;
+                bad_state = state ? state : "";
+                silent_ms = (int64_t)(now - k->down_since);
+            }
+        } else if (json_integer_value(json_object_get(b, "waitresp_cnt")) > 0 && idle_us >= 0 &&
+                   (uint64_t)idle_us / 1000 >= k->hung_ms) {
+            bad_name = name;
+            bad_state = state;
+            silent_ms = idle_us / 1000;
+        }
     }
-    if (hung_name != NULL && !k->hung) {
+    k->down_since = down ? (k->down_since ? k->down_since : now) : 0;
+    if (bad_name != NULL && !k->hung) {
         k->hung = 1;
         metric_inc(metric_labels(k->m_errors, "source=\"kafka\",error=\"broker_not_answering\""));
         log_warn("kafka broker not answering, source unhealthy",
-                 "broker=%s silent_ms=%lld hung_after_ms=%llu", log_q(hung_name), (long long)hung_idle_ms,
-                 (unsigned long long)k->hung_ms);
-    } else if (hung_name == NULL && k->hung) {
+                 "broker=%s state=%s silent_ms=%lld after_ms=%llu", log_q(bad_name), bad_state,
+                 (long long)silent_ms, (unsigned long long)k->hung_ms);
+    } else if (bad_name == NULL && k->hung) {
         k->hung = 0;
         log_info("kafka brokers answering again", "topic=%s", log_q(k->topic));
     }
