@@ -195,15 +195,17 @@ def test_kafka_outage_fallback_and_back(kafka_factory, zk_server, sim_factory, s
         # The ingest worker kept what it could not produce (well within
         # buffer_messages) and produced it when the brokers came back: Kafka
         # holds every trade of the epoch, none twice.
-        last_seq = max(m["seq"] for m in clients[0].data(TRADE) if m["epoch"] == epoch_of(clients[0]))
+        epoch = epoch_of(clients[0])
+        last_seq = max(m["seq"] for m in clients[0].data(TRADE) if m["epoch"] == epoch)
         with Consumer(kafka_broker.bootstrap, kafka_broker.topic) as k:
+            recs = []
+
             def have_all():
-                k.poll(0.2)
-                return any(json.loads(m["value"])["seq"] >= last_seq for m in k.messages
-                           if m["key"] == TRADE.encode())
+                new = [json.loads(m["value"]) for m in k.poll(0.2) if m["key"] == TRADE.encode()]
+                recs.extend(new)
+                return recs and recs[-1]["epoch"] == epoch and recs[-1]["seq"] >= last_seq
             util.wait_until(have_all, timeout=15, what="kafka holds the trades up to the client's last")
-            recs = [json.loads(m["value"]) for m in k.messages if m["key"] == TRADE.encode()]
-        recs = [r for r in recs if r["epoch"] == epoch_of(clients[0])]
+        recs = [r for r in recs if r["epoch"] == epoch]
         assert seq_problems(recs, check_gaps=True) == []
         assert recs[0]["seq"] == 1 and recs[-1]["seq"] >= last_seq
     finally:
