@@ -69,7 +69,7 @@ def test_broker_roundtrip_idempotent(kafka_broker):
 
 
 def test_broker_down_up_nothing_lost(kafka_factory):
-    k = kafka_factory(nodes=1, topics=("exchange:3",))
+    k = kafka_factory(nodes=1, topics=("exchange:3", "tx:1"))
     print("single node ready in %.2fs" % k.started_in)
     bs = k.bootstrap
     c = Consumer(bs, TOPIC)
@@ -78,9 +78,13 @@ def test_broker_down_up_nothing_lost(kafka_factory):
         before = [(b"key%d" % (i % 5), b"a%d" % i) for i in range(100)]
         r1 = _produce_many(p, before)
         assert p.flush(10) == 0 and len(r1["ok"]) == 100
+        _transaction(bs, "tx", "harness-tx1", [b"committed"])  # transactions work on 1 node
 
-        k.down()
-        assert not any(n.running() for n in k.nodes)
+        pid = k.nodes[0].proc.pid
+        k.down()  # SIGTERM: controlled shutdown
+        assert not any(n.running() for n in k.nodes) and not util.pid_alive(pid)
+        assert k.nodes[0].proc.returncode() in (0, 143)  # the JVM exits 128+SIGTERM after its hooks
+        assert "Terminating process due to signal SIGTERM" in open(k.nodes[0].log_path).read()
         during = [(b"key%d" % (i % 5), b"b%d" % i) for i in range(200)]
         r2 = _produce_many(p, during)
         t_end = time.monotonic() + 1.5
@@ -101,6 +105,8 @@ def test_broker_down_up_nothing_lost(kafka_factory):
         c.poll(0.5)
         assert len(c.messages) == 300, "duplicates after reconnect"
         _check_per_key_order(msgs, dict(expected))
+        with Consumer(bs, "tx") as t:  # kept on the log dir across the restart
+            assert [m["value"] for m in t.collect(1, timeout=10)] == [b"committed"]
     finally:
         c.close()
 
@@ -154,20 +160,6 @@ def test_three_nodes_kill9_pause_restart_and_transactions(kafka_factory):
         assert "-Xmx256m" in open("/proc/%d/cmdline" % n.proc.pid).read().split("\0")
         assert "Kafka Server started" in open(n.log_path).read()
         assert n.name in n.logs()
-
-
-def test_node_sigterm_and_restart_keep_data(kafka_factory):
-    k = kafka_factory(nodes=1, topics=("t:1",))
-    _transaction(k.bootstrap, "t", "harness-tx1", [b"v1"])
-    n = k.nodes[0]
-    pid = n.proc.pid
-    assert n.stop() in (0, 143)  # the JVM exits 128+SIGTERM after its shutdown hook
-    assert not util.pid_alive(pid)
-    assert "Terminating process due to signal SIGTERM" in open(n.log_path).read()
-    n.restart()
-    with Consumer(k.bootstrap, "t") as c:
-        msgs = c.collect(1, timeout=10)
-    assert msgs[0]["value"] == b"v1"
 
 
 # ---- ZooKeeper ------------------------------------------------------------------

@@ -3,7 +3,9 @@
  * messages before the end so snapshots are warm. The queue signals a pipe
  * (rd_kafka_queue_io_event_enable) watched by uv_poll; messages, errors and
  * librdkafka's logs are all served on the loop thread. Metadata is refreshed
- * on the libuv thread pool to follow partition count changes. */
+ * on the libuv thread pool to follow partition count changes. A broker that
+ * leads some partitions and stops answering (hung) or is gone is seen in
+ * librdkafka's statistics: the errors alone do not say that partitions stall. */
 #include "source.h"
 
 #include <errno.h>
@@ -42,6 +44,9 @@ typedef struct {
     int handles;
     int partitions; /* started 0..partitions-1 */
     uint64_t refresh_ms, meta_timeout_ms, stale_ms;
+    uint64_t hung_ms;    /* a broker leading our partitions silent or away this long: unhealthy */
+    uint64_t down_since; /* uv_now ms since when such a broker is not connected, 0: all are */
+    int hung;            /* such a broker seen in the last statistics */
     /* metadata on the thread pool */
     uv_work_t work;
     int meta_busy;
@@ -77,6 +82,59 @@ static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *op
 {
     (void)rk;
     note_error(opaque, "client", (rd_kafka_resp_err_t)err, reason);
+}
+
+/* librdkafka statistics (every refresh_ms). A broker that leads some of our
+ * partitions stalls them until the cluster moves their leadership (the
+ * controller's broker session timeout, 9 s by default) and tells us nothing
+ * meanwhile: unhealthy once such a broker has a request outstanding and has
+ * sent nothing for hung_ms (hung: SIGSTOP, a stuck disk, a half-open
+ * connection), or has not been connected for hung_ms (dead). */
+static int on_kafka_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
+{
+    ksrc_t *k = opaque;
+    json_error_t jerr;
+    json_t *st = json_loadb(json, len, 0, &jerr), *brokers = json_object_get(st, "brokers"), *b;
+    const char *name, *bad_name = NULL, *bad_state = "";
+    int64_t silent_ms = -1;
+    int down = 0;
+    uint64_t now = now_ms(k);
+    (void)rk;
+    json_object_foreach(brokers, name, b)
+    {
+        const char *state = json_string_value(json_object_get(b, "state"));
+        int64_t idle_us = json_integer_value(json_object_get(b, "rxidle"));
+        if (json_integer_value(json_object_get(b, "nodeid")) < 0 ||
+            json_object_size(json_object_get(b, "toppars")) == 0)
+            continue;
+        if (state == NULL || strcmp(state, "UP") != 0) {
+            down = 1;
+            if (k->down_since != 0 && now - k->down_since >= k->hung_ms) {
+                bad_name = name;
+                bad_state = state ? state : "";
+                silent_ms = (int64_t)(now - k->down_since);
+            }
+        } else if (json_integer_value(json_object_get(b, "waitresp_cnt")) > 0 && idle_us >= 0 &&
+                   (uint64_t)idle_us / 1000 >= k->hung_ms) {
+            bad_name = name;
+            bad_state = state;
+            silent_ms = idle_us / 1000;
+        }
+    }
+    k->down_since = down ? (k->down_since ? k->down_since : now) : 0;
+    if (bad_name != NULL && !k->hung) {
+        k->hung = 1;
+        metric_inc(metric_labels(k->m_errors, "source=\"kafka\",error=\"broker_not_answering\""));
+        log_warn("kafka broker not answering, source unhealthy",
+                 "broker=%s state=%s silent_ms=%lld after_ms=%llu", log_q(bad_name), bad_state,
+                 (long long)silent_ms, (unsigned long long)k->hung_ms);
+    } else if (bad_name == NULL && k->hung) {
+        k->hung = 0;
+        log_info("kafka brokers answering again", "topic=%s", log_q(k->topic));
+    }
+    metric_set(k->m_healthy, k->base.vt->healthy(&k->base));
+    json_decref(st);
+    return 0; /* json is librdkafka's to free */
 }
 
 static void on_kafka_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
@@ -233,7 +291,7 @@ static void on_timer(uv_timer_t *t)
 static int k_healthy(const source_t *s)
 {
     ksrc_t *k = (ksrc_t *)s;
-    if (k->partitions == 0 || !k->have_ok)
+    if (k->partitions == 0 || !k->have_ok || k->hung)
         return 0;
     uint64_t now = now_ms(k);
     if (now - k->last_ok > k->stale_ms)
@@ -342,6 +400,9 @@ int source_kafka_new(uv_loop_t *loop, const cfg_t *cfg, const source_sink_t *sin
     k->refresh_ms = fb / 4 < 250 ? 250 : fb / 4 > 5000 ? 5000 : fb / 4;
     k->meta_timeout_ms = k->refresh_ms * 2 < 1000 ? 1000 : k->refresh_ms * 2;
     k->stale_ms = k->refresh_ms * 2 + k->meta_timeout_ms;
+    /* A fetch unanswered as long as a metadata request may take (plus the
+     * time the broker may hold an empty fetch) is as bad as a failed one. */
+    k->hung_ms = k->meta_timeout_ms + (uint64_t)cfg->kafka.fetch_wait_max_ms;
 
     k->m_msgs = metric_labels(
         metric_counter("exchange_fanout_source_messages_total", "Messages received from the data source"),
@@ -354,6 +415,9 @@ int source_kafka_new(uv_loop_t *loop, const cfg_t *cfg, const source_sink_t *sin
     k->m_partitions = metric_gauge("exchange_fanout_kafka_partitions", "Kafka partitions consumed");
 
     conf = rd_kafka_conf_new();
+    snprintf(num, sizeof num, "%llu", (unsigned long long)k->refresh_ms);
+    if (set(conf, "statistics.interval.ms", num) < 0)
+        goto fail;
     snprintf(num, sizeof num, "%d", cfg->kafka.fetch_wait_max_ms);
     /* Low latency over throughput: the broker answers a fetch as soon as one
      * byte is there (fetch.min.bytes=1) or after fetch_wait_max_ms; errors and
@@ -384,6 +448,7 @@ int source_kafka_new(uv_loop_t *loop, const cfg_t *cfg, const source_sink_t *sin
         goto fail;
     rd_kafka_conf_set_error_cb(conf, on_kafka_error);
     rd_kafka_conf_set_log_cb(conf, on_kafka_log);
+    rd_kafka_conf_set_stats_cb(conf, on_kafka_stats);
     rd_kafka_conf_set_opaque(conf, k);
     if ((k->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr)) == NULL) {
         log_error("kafka consumer not created", "err=%s", log_q(errstr));

@@ -248,7 +248,9 @@ static void handle_admin_event(producer_t *p, rd_kafka_event_t *ev)
     } else if (err == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
         /* Used as it is: a partition count is only ever raised by an
          * operator (it moves keys between partitions). */
-        if (p->found_partitions > 0 && p->found_partitions != p->cfg->kafka.partitions)
+        if (p->found_partitions <= 0) /* not in the metadata at start: nothing to compare */
+            log_info("kafka topic exists", "topic=%s", log_q(p->cfg->kafka.topic));
+        else if (p->found_partitions != p->cfg->kafka.partitions)
             log_warn("kafka topic exists with another partition count, used as it is",
                      "topic=%s partitions=%d replication=%d configured_partitions=%d",
                      log_q(p->cfg->kafka.topic), p->found_partitions, p->found_replicas,

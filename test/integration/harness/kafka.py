@@ -17,7 +17,11 @@ ready when a metadata request answers with every running broker
 registered. Internal topics (offsets, transaction state) get replication
 min(3, nodes) and min ISR min(2, nodes), so transactions work on 1 and 3
 nodes. auto.create.topics.enable=false, like MSK and Confluent Cloud: the
-service creates its own topic.
+service creates its own topic. broker.session.timeout.ms is 4 s (Kafka's
+default 9 s: pass overrides=) so a killed node's leaderships move, and the
+node may register again, sooner. The JVMs share an application class-data
+archive (AppCDS, made once per set of jars under .deps/kafka/cds/) that
+halves their start-up CPU; KAFKA_CDS=0 turns it off.
 """
 import base64
 import fcntl
@@ -31,7 +35,7 @@ import time
 import uuid
 
 from . import REPO
-from .util import Proc, free_port, port_open, tail, wait_until
+from .util import Proc, free_port, port_open, wait_until
 
 DEFAULT_TOPIC = "exchange"
 JAVA = os.environ.get("JAVA", "/usr/bin/java")
@@ -80,6 +84,15 @@ def _admin(bootstrap):
     return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 3000,
                         "reconnect.backoff.ms": 50, "reconnect.backoff.max.ms": 500,
                         "log_level": 0})
+
+
+def _leaders(bootstrap, topic):
+    """Partitions of `topic` that have a leader, in the metadata of the
+    broker(s) at `bootstrap`."""
+    t = _admin(bootstrap).list_topics(topic, timeout=2).topics.get(topic)
+    if t is None or t.error is not None:
+        return 0
+    return len([p for p in t.partitions.values() if p.leader >= 0])
 
 
 # The metadata.version bootstrap file is the same for every node: format one
@@ -383,8 +396,12 @@ class KafkaCluster:
         admin = self.admin()  # must outlive the future
         fut = admin.create_topics([nt], operation_timeout=timeout, request_timeout=timeout)[name]
         fut.result(timeout=timeout)
-        wait_until(lambda: len([p for p in self.topic_info(name).values() if p["leader"] >= 0]) == partitions,
-                   timeout=timeout, what="topic %s: %d partitions with a leader" % (name, partitions))
+        # Every broker learns of the topic a moment after the controller: wait
+        # until each running one serves it with a leader for every partition.
+        for n in self.nodes:
+            if n.running() and not n.paused:
+                wait_until(lambda n=n: _leaders(n.address, name) == partitions, timeout=timeout,
+                           what="topic %s: %d partitions with a leader, seen by %s" % (name, partitions, n.name))
         return name
 
     def delete_topic(self, name, timeout=20.0):
@@ -403,11 +420,16 @@ class KafkaCluster:
         return {p.id: {"leader": p.leader, "replicas": list(p.replicas), "isr": list(p.isrs)}
                 for p in t.partitions.values()}
 
-    def topic_config(self, name):
+    def topic_config(self, name, timeout=10.0):
+        """The topic's effective configuration {key: value}. (The broker asked
+        may learn of a new topic a moment after the one that created it.)"""
         from confluent_kafka.admin import ConfigResource
         res = ConfigResource(ConfigResource.Type.TOPIC, name)
-        admin = self.admin()
-        cfg = admin.describe_configs([res])[res].result(timeout=10)
+
+        def describe():
+            admin = self.admin()
+            return admin.describe_configs([res])[res].result(timeout=5)
+        cfg = wait_until(describe, timeout=timeout, interval=0.2, what="configuration of topic %s" % name)
         return {k: v.value for k, v in cfg.items()}
 
     def leader_counts(self, name):
@@ -578,4 +600,4 @@ class Consumer:
 
 
 __all__ = ["KafkaCluster", "KafkaBroker", "KafkaNode", "BrokerError", "Consumer", "producer", "produce",
-           "parse_topic", "start_kafka", "DEFAULT_TOPIC", "tail"]
+           "parse_topic", "start_kafka", "DEFAULT_TOPIC"]

@@ -14,7 +14,26 @@ import websockets
 
 from harness import util
 
-__all__ = ["WsClient"]
+__all__ = ["WsClient", "seq_problems"]
+
+
+def seq_problems(msgs, check_gaps=True):
+    """Per (channel, epoch) of data messages: duplicates, reorders and
+    (optionally) gaps in seq, as a list of readable lines."""
+    last, problems = {}, []
+    for m in msgs:
+        key = (m["channel"], m["epoch"])
+        prev = last.get(key)
+        if prev is not None:
+            if m["seq"] == prev:
+                problems.append("duplicate %s seq %d" % (key, m["seq"]))
+            elif m["seq"] < prev:
+                problems.append("reordered %s seq %d after %d" % (key, m["seq"], prev))
+            elif check_gaps and m["seq"] != prev + 1:
+                problems.append("gap %s %d -> %d" % (key, prev, m["seq"]))
+        if prev is None or m["seq"] > prev:
+            last[key] = m["seq"]
+    return problems
 
 
 class WsClient:
