@@ -261,6 +261,26 @@ def check_trades(sent, chans, allow_tail_loss_conns=()):
     assert not extra, "trades on channels the simulator never sent: %s" % extra
 
 
+def wait_delivered(bootstrap, topic, sim, skip_conns=(), timeout=30):
+    """After /pause: wait until every trade the simulator sent (except on
+    skip_conns, whose tail may be lost) is in the topic, so stopping the
+    worker now cuts nothing in flight (a sleep raced the worker on a loaded
+    machine)."""
+    want = {(ch, t[1]) for ch, v in sent_trades(sim.records(), ("upbit", "binance")).items()
+            for t in v if t[0] not in skip_conns}
+    missing = [want]
+
+    def delivered():
+        msgs = consume_all(bootstrap, topic, len(want), timeout=2)
+        got = {(v["channel"], v.get("trade_id")) for v in map(lambda m: json.loads(m["value"]), msgs)}
+        missing[0] = want - got
+        return not missing[0]
+    try:
+        util.wait_until(delivered, timeout=timeout, what="the %d sent trades in Kafka" % len(want))
+    except AssertionError as e:
+        raise AssertionError("%s; missing %s" % (e, sorted(missing[0])[:5])) from None
+
+
 def wait_trades(sim, n, timeout=20):
     util.wait_until(lambda: sum(len(v) for v in sent_trades(sim.records(), ("upbit", "binance")).values()) >= n,
                     timeout=timeout, what="%d trades sent by the simulator" % n)
@@ -292,7 +312,7 @@ def test_trades_exactly_once_in_order(tmp_path, build_dir, sim, kafka_broker):
         sim.control("/malformed", exchange="binance", count=5)
         wait_trades(sim, 80)
         sim.control("/pause")
-        time.sleep(0.5)  # let the last frames reach the worker
+        wait_delivered(kafka_broker.bootstrap, "ingest-test", sim)
     finally:
         rc = stop_ingest(ing)
     assert rc == 0, log_text(ing)[-3000:]
@@ -354,7 +374,7 @@ def test_reconnect_and_kafka_outage(tmp_path, build_dir, sim, kafka_broker):
         n = sum(len(v) for v in sent_trades(sim.records(), ("upbit", "binance")).values())
         wait_trades(sim, n + 30)
         sim.control("/pause")
-        time.sleep(0.5)
+        wait_delivered(kafka_broker.bootstrap, "exchange", sim, skip_conns={c["id"] for c in first.values()})
     finally:
         rc = stop_ingest(ing, timeout=20)
     assert rc == 0, log_text(ing)[-3000:]
