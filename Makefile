@@ -206,5 +206,12 @@ bench: deps
 	$(MAKE) all
 	test/bench/run.sh $(BUILD)
 
+# compose/docker-compose.yml without Docker: ZooKeeper, Kafka, the simulator
+# and two backends on this machine (test/cluster/cluster.py; Ctrl-C stops all).
+.PHONY: cluster
+cluster: deps
+	$(MAKE) all
+	EXCHANGE_BUILD=$(abspath $(BUILD)) /usr/bin/python3 test/cluster/cluster.py $(CLUSTER_ARGS)
+
 clean:
 	rm -rf build build-asan build-fuzz
