@@ -57,7 +57,9 @@ def log(msg):
 
 class Kraft:
     """One combined broker+controller KRaft node on fixed ports, formatted
-    once in its directory (kept across restarts)."""
+    once in its directory (kept across restarts). The interface of
+    harness.kafka.KafkaCluster (start, up, down, bootstrap, nodes[0].proc),
+    used instead when that module provides it."""
 
     def __init__(self, d, port, controller_port):
         self.dir, self.port, self.controller_port = d, port, controller_port
@@ -67,6 +69,7 @@ class Kraft:
                      "-Dlog4j2.configurationFile=" + os.path.join(REPO, "test", "kafka", "log4j2.properties"),
                      "-cp", os.path.join(libs, "*")]
         self.proc = util.Proc(self.java + ["kafka.Kafka", self.props], d, name="kafka")
+        self.nodes = [self]
 
     @property
     def bootstrap(self):
@@ -95,6 +98,9 @@ class Kraft:
                                             "-c", self.props], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             if r.returncode:
                 raise RuntimeError("kafka storage format failed:\n" + r.stdout.decode()[-2000:])
+        return self.up(timeout)
+
+    def up(self, timeout=60):
         self.proc.start()
         self.wait_ready(timeout)
         return self
@@ -111,11 +117,16 @@ class Kraft:
             return 1 in admin.list_topics(timeout=2).brokers
         util.wait_until(ready, timeout=timeout, interval=0.2, what="Kafka on %s" % self.bootstrap)
 
-    def running(self):
-        return self.proc.running()
-
-    def stop(self):
+    def down(self):
         return self.proc.stop(timeout=15)
+
+
+def make_kafka(d, port, controller_port):
+    if not hasattr(hkafka, "KafkaCluster"):
+        return Kraft(d, port, controller_port)
+    k = hkafka.KafkaCluster(d, nodes=1, name="kafka")
+    k.nodes[0].port, k.nodes[0].controller_port = port, controller_port
+    return k
 
 
 class Backend:
@@ -165,7 +176,7 @@ class Cluster:
     def __init__(self, run_dir, ports):
         self.dir = run_dir
         self.ports = ports
-        self.zk = self.kafka = self.sim = None
+        self.zk = self.kafka = self.kafka_proc = self.sim = None
         self.backends = []
         self.views = {}
         self.kafka_stopped = False
@@ -177,9 +188,11 @@ class Cluster:
         self.zk = ZooKeeperServer(os.path.join(self.dir, "zookeeper"), port=p["zookeeper"])
         self.zk.start()
         log("zookeeper  %s  (pid %d)" % (self.zk.connect, self.zk.proc.pid))
-        self.kafka = Kraft(os.path.join(self.dir, "kafka"), p["kafka"], p["kafka_controller"]).start()
+        self.kafka = make_kafka(os.path.join(self.dir, "kafka"), p["kafka"], p["kafka_controller"])
+        self.kafka_proc = self.kafka.nodes[0].proc
+        self.kafka.start(timeout=90)
         log("kafka      %s  (KRaft broker+controller, pid %d, log %s)"
-            % (self.kafka.bootstrap, self.kafka.proc.pid, self.kafka.proc.stdout_path))
+            % (self.kafka.bootstrap, self.kafka_proc.pid, self.kafka_proc.stdout_path))
         self.sim = Sim(self.dir, args=["--control-port", str(p["sim_control"])] + sum(
             (["--%s-port" % ex, str(p[ex])] for ex in SIM_PATHS), [])).start()
         log("simulator  control :%d, %s  (pid %d)" % (self.sim.ports["control"], ", ".join(
@@ -198,7 +211,7 @@ class Cluster:
         return leader
 
     def check_alive(self):
-        for name, p in (("zookeeper", self.zk.proc), ("kafka", self.kafka.proc), ("simulator", self.sim.proc)):
+        for name, p in (("zookeeper", self.zk.proc), ("kafka", self.kafka_proc), ("simulator", self.sim.proc)):
             if not p.running() and not (name == "kafka" and self.kafka_stopped):
                 raise Stop("%s exited rc=%s\n%s" % (name, p.returncode(), p.logs()))
         for b in self.backends:
@@ -223,17 +236,16 @@ class Cluster:
             self.views[b.name] = v
 
     def toggle_kafka(self):
-        if self.kafka.running():
+        if self.kafka_proc.running():
             self.kafka_stopped = True
             log("stopping kafka (fanouts switch to the leader's relay after [kafka] fallback_after_ms)")
-            self.kafka.stop()
+            self.kafka.down()
             log("kafka stopped; kill -USR1 %d starts it again" % os.getpid())
         else:
             log("starting kafka again")
-            self.kafka.proc.start()
-            self.kafka.wait_ready(60)
+            self.kafka.up(timeout=90)
             self.kafka_stopped = False
-            log("kafka up (pid %d); fanouts go back to kafka after [kafka] recover_after_ms" % self.kafka.proc.pid)
+            log("kafka up (pid %d); fanouts go back to kafka after [kafka] recover_after_ms" % self.kafka_proc.pid)
 
     def restart_exited(self):
         for b in self.backends:
@@ -251,7 +263,9 @@ class Cluster:
                 "pids": [p.pid for p in self.procs() if p.pid]}
 
     def procs(self):
-        return [b.proc for b in self.backends] + [x.proc for x in (self.sim, self.kafka, self.zk) if x]
+        """Everything started, in stopping order."""
+        others = (self.sim and self.sim.proc, self.kafka_proc, self.zk and self.zk.proc)
+        return [b.proc for b in self.backends] + [p for p in others if p]
 
     def stop(self):
         # backends first (the leader hands over, fanouts drain), then the rest
