@@ -25,8 +25,8 @@ EXCHANGE_* variables. Logs: DIR (default build/cluster/).
 import argparse
 import json
 import os
+import shutil
 import signal
-import subprocess
 import sys
 import time
 
@@ -55,75 +55,8 @@ def log(msg):
     print("[cluster %s] %s" % (time.strftime("%H:%M:%S"), msg), flush=True)
 
 
-class Kraft:
-    """One combined broker+controller KRaft node on fixed ports, formatted
-    once in its directory (kept across restarts). The interface of
-    harness.kafka.KafkaCluster (start, up, down, bootstrap, nodes[0].proc),
-    used instead when that module provides it."""
-
-    def __init__(self, d, port, controller_port):
-        self.dir, self.port, self.controller_port = d, port, controller_port
-        self.props = os.path.join(d, "server.properties")
-        libs = os.environ.get("KAFKA_LIBS") or os.path.join(REPO, ".deps", "kafka", "libs")
-        self.java = ["/usr/bin/java", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-                     "-Dlog4j2.configurationFile=" + os.path.join(REPO, "test", "kafka", "log4j2.properties"),
-                     "-cp", os.path.join(libs, "*")]
-        self.proc = util.Proc(self.java + ["kafka.Kafka", self.props], d, name="kafka")
-        self.nodes = [self]
-
-    @property
-    def bootstrap(self):
-        return "127.0.0.1:%d" % self.port
-
-    def start(self, timeout=60):
-        os.makedirs(self.dir, exist_ok=True)
-        data = os.path.join(self.dir, "data")
-        with open(self.props, "w") as f:
-            f.write("\n".join([
-                "process.roles=broker,controller", "node.id=1",
-                "controller.quorum.voters=1@127.0.0.1:%d" % self.controller_port,
-                "listeners=PLAINTEXT://127.0.0.1:%d,CONTROLLER://127.0.0.1:%d" % (self.port, self.controller_port),
-                "advertised.listeners=PLAINTEXT://127.0.0.1:%d" % self.port,
-                "controller.listener.names=CONTROLLER", "inter.broker.listener.name=PLAINTEXT",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-                "log.dirs=" + data, "auto.create.topics.enable=false",
-                "offsets.topic.replication.factor=1", "offsets.topic.num.partitions=3",
-                "transaction.state.log.replication.factor=1", "transaction.state.log.min.isr=1",
-                "transaction.state.log.num.partitions=3", "group.initial.rebalance.delay.ms=0",
-                "share.coordinator.state.topic.replication.factor=1",
-                "share.coordinator.state.topic.min.isr=1",
-                "num.network.threads=2", "num.io.threads=2", "log.cleaner.dedupe.buffer.size=4194304", ""]))
-        if not os.path.exists(os.path.join(data, "meta.properties")):
-            r = subprocess.run(self.java + ["kafka.tools.StorageTool", "format", "-t", "exchange-dev-cluster-0A",
-                                            "-c", self.props], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            if r.returncode:
-                raise RuntimeError("kafka storage format failed:\n" + r.stdout.decode()[-2000:])
-        return self.up(timeout)
-
-    def up(self, timeout=60):
-        self.proc.start()
-        self.wait_ready(timeout)
-        return self
-
-    def wait_ready(self, timeout):
-        from confluent_kafka.admin import AdminClient
-
-        def ready():
-            if not self.proc.running():
-                raise Stop("kafka exited rc=%s\n%s" % (self.proc.returncode(), self.proc.logs()))
-            if not util.port_open(self.port):
-                return False
-            admin = AdminClient({"bootstrap.servers": self.bootstrap, "socket.timeout.ms": 2000, "log_level": 0})
-            return 1 in admin.list_topics(timeout=2).brokers
-        util.wait_until(ready, timeout=timeout, interval=0.2, what="Kafka on %s" % self.bootstrap)
-
-    def down(self):
-        return self.proc.stop(timeout=15)
-
-
 def make_kafka(d, port, controller_port):
-    if not hasattr(hkafka, "KafkaCluster"):
-        return Kraft(d, port, controller_port)
+    """The test fixture's single combined broker+controller node, on our ports."""
     k = hkafka.KafkaCluster(d, nodes=1, name="kafka")
     k.nodes[0].port, k.nodes[0].controller_port = port, controller_port
     return k
@@ -319,7 +252,8 @@ def main():
         sys.exit("cluster: %s not built (make all)" % exe)
     os.makedirs(a.dir, exist_ok=True)
     for f in os.listdir(a.dir):  # a fresh cluster each time (ZooKeeper, Kafka data)
-        subprocess.run(["rm", "-rf", os.path.join(a.dir, f)], check=True)
+        f = os.path.join(a.dir, f)
+        shutil.rmtree(f) if os.path.isdir(f) and not os.path.islink(f) else os.unlink(f)
 
     c = Cluster(os.path.abspath(a.dir), ports)
     flags = {"stop": None, "usr1": False, "usr2": False}

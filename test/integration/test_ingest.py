@@ -312,7 +312,7 @@ def test_trades_exactly_once_in_order(tmp_path, build_dir, sim, kafka_broker):
         sim.control("/malformed", exchange="binance", count=5)
         wait_trades(sim, 80)
         sim.control("/pause")
-        wait_delivered(kafka_broker.bootstrap, "ingest-test", sim)
+        wait_delivered(kafka_broker.bootstrap, topic, sim)
     finally:
         rc = stop_ingest(ing)
     assert rc == 0, log_text(ing)[-3000:]
@@ -375,7 +375,7 @@ def test_reconnect_and_kafka_outage(tmp_path, build_dir, sim, kafka_factory):
         n = sum(len(v) for v in sent_trades(sim.records(), ("upbit", "binance")).values())
         wait_trades(sim, n + 30)
         sim.control("/pause")
-        wait_delivered(kafka_broker.bootstrap, "exchange", sim, skip_conns={c["id"] for c in first.values()})
+        wait_delivered(kafka_broker.bootstrap, kafka_broker.topic, sim, skip_conns={c["id"] for c in first.values()})
     finally:
         rc = stop_ingest(ing, timeout=20)
     assert rc == 0, log_text(ing)[-3000:]
