@@ -58,7 +58,8 @@ def log(msg):
 def make_kafka(d, port, controller_port):
     """The test fixture's single combined broker+controller node, on our ports."""
     k = hkafka.KafkaCluster(d, nodes=1, name="kafka")
-    k.nodes[0].port, k.nodes[0].controller_port = port, controller_port
+    if port:  # else the fixture's free ports
+        k.nodes[0].port, k.nodes[0].controller_port = port, controller_port
     return k
 
 
@@ -126,12 +127,16 @@ class Cluster:
         self.kafka.start(timeout=90)
         log("kafka      %s  (KRaft broker+controller, pid %d, log %s)"
             % (self.kafka.bootstrap, self.kafka_proc.pid, self.kafka_proc.stdout_path))
-        self.sim = Sim(self.dir, args=["--control-port", str(p["sim_control"])] + sum(
-            (["--%s-port" % ex, str(p[ex])] for ex in SIM_PATHS), [])).start()
+        sim_args = []  # port 0 for every listener (Sim's default) with --free-ports
+        if p["sim_control"]:
+            sim_args = ["--control-port", str(p["sim_control"])]
+            for ex in SIM_PATHS:
+                sim_args += ["--%s-port" % ex, str(p[ex])]
+        self.sim = Sim(self.dir, args=sim_args).start()
         log("simulator  control :%d, %s  (pid %d)" % (self.sim.ports["control"], ", ".join(
             "%s :%d" % (ex, self.sim.ports[ex]) for ex in SIM_PATHS), self.sim.proc.pid))
         for name in ("backend1", "backend2"):
-            b = Backend(name, p[name], self.dir, self.zk.connect, self.kafka.bootstrap, self.sim.ports)
+            b = Backend(name, p[name] or [util.free_port() for _ in range(3)], self.dir, self.zk.connect, self.kafka.bootstrap, self.sim.ports)
             self.backends.append(b)
             b.proc.start()
             # the first one started leads: wait for it before starting the next
@@ -240,11 +245,11 @@ def main():
     ap.add_argument("--info", help="write ports and pids as JSON here once ready")
     a = ap.parse_args()
 
-    ports = dict(FIXED)
-    if a.free_ports:
-        for k, v in FIXED.items():
-            ports[k] = tuple(util.free_port() for _ in v) if isinstance(v, tuple) else util.free_port()
-    busy = [v for v in ports.values() for v in (v if isinstance(v, tuple) else (v,)) if util.port_open(v)]
+    # --free-ports: each component takes its ports when it starts (the
+    # simulator binds port 0), not all up front: the JVMs' own connections
+    # could take an early pick in the meantime.
+    ports = {k: None for k in FIXED} if a.free_ports else dict(FIXED)
+    busy = [v for v in ports.values() if v for v in (v if isinstance(v, tuple) else (v,)) if util.port_open(v)]
     if busy:
         sys.exit("cluster: ports in use: %s (another `make cluster` or `make run`?)" % busy)
     exe = os.path.join(build_dir(), "exchange-service")
