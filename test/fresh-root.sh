@@ -129,14 +129,25 @@ prepare() {
         mount_one -t tmpfs -o mode=1777 shm "$root/dev/shm"
 }
 
+listener_in_root() { # PORT: a process inside the root listens on 127.0.0.1:PORT
+    local p
+    for p in $(ss -ltnpH "sport = :$1" | grep -o 'pid=[0-9]*' | cut -d= -f2); do
+        [ "$(readlink "/proc/$p/root")" = "$root" ] && return 0
+    done
+    return 1
+}
+
 # make run in the background until the admin port's /readyz answers 200.
 make_run() {
     setsid bash -c "$(declare -f in_root); root=$root; in_root 'exec make run'" > "$log_dir/make-run.out" 2>&1 &
     local pid=$! t0=$SECONDS code=
     echo "make run: pid $pid (output: $log_dir/make-run.out)"
+    # The network is the host's: the answer counts only from a listener on
+    # :8090 that runs inside the root (not another service of the host's).
     while kill -0 $pid 2>/dev/null && [ $((SECONDS - t0)) -lt 3600 ]; do
         code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 http://127.0.0.1:8090/readyz 2>/dev/null)
-        [ "$code" = 200 ] && break
+        [ "$code" = 200 ] && listener_in_root 8090 && break
+        [ "$code" = 200 ] && echo "make run: :8090 answers from outside the root (ignored)" && code=
         sleep 1
     done
     echo "make run: /readyz answered ${code:-nothing} after $((SECONDS - t0)) s"
