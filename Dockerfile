@@ -1,5 +1,5 @@
 # exchange-service container image: build stage with the Makefile (the three
-# programs only), runtime stage with the shared libraries they need and
+# programs only; Node's npm compiles the demo page's client library), runtime stage with the shared libraries they need and
 # nothing else: no tests, tools, compilers or curl (the HEALTHCHECK is the
 # binary's own --healthcheck). The build context is cut down by .dockerignore.
 #
@@ -12,7 +12,7 @@ ARG BASE_IMAGE=debian:bookworm-slim
 FROM ${BASE_IMAGE} AS build
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       build-essential pkg-config libuv1-dev librdkafka-dev libzookeeper-mt-dev libwslay-dev \
-      libjansson-dev libinih-dev libssl-dev libhttp-parser-dev \
+      libjansson-dev libinih-dev libssl-dev libhttp-parser-dev nodejs npm \
     && rm -rf /var/lib/apt/lists/*
 ARG VERSION=unknown
 ARG COMMIT=unknown
@@ -22,6 +22,11 @@ COPY common common
 COPY supervisor supervisor
 COPY workers workers
 COPY conf conf
+# The fanout's demo page embeds the JavaScript client library, compiled with
+# the TypeScript compiler pinned in clients/js/package-lock.json.
+COPY clients/js/package.json clients/js/package-lock.json clients/js/tsconfig.json clients/js/
+COPY clients/js/src clients/js/src
+RUN npm ci --prefix clients/js --no-audit --no-fund --loglevel=error
 RUN make -j"$(nproc)" BUILD=/out VERSION="$VERSION" COMMIT="$COMMIT" bins \
     && make install BUILD=/out VERSION="$VERSION" COMMIT="$COMMIT" PREFIX=/opt/exchange-service DESTDIR=/stage \
     && install -D -m 644 LICENSE /stage/opt/exchange-service/share/doc/exchange-service/LICENSE

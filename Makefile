@@ -169,9 +169,11 @@ ASAN_VARS := BUILD=build-asan CC=clang CFLAGS="-O1 -g" \
 # that the tests did not notice still fails `make test`.
 ASAN_REPORTS := $(abspath build-asan)/reports
 # The sanitizer pass skips what runs no C code of ours (the simulator's own
-# tests, the harness self-test, offline deployment validation, the browser).
+# tests, the harness self-test, offline deployment validation, the browser,
+# make cluster's script: its C paths are test_election's and test_relay's).
 ASAN_PYTEST_ARGS ?= --ignore=test/integration/test_sim.py --ignore=test/integration/test_harness.py \
-  --ignore=test/integration/test_deploy.py --ignore=test/integration/test_pages.py
+  --ignore=test/integration/test_deploy.py --ignore=test/integration/test_pages.py \
+  --ignore=test/integration/test_cluster.py
 ASAN_ENV := ASAN_OPTIONS=detect_leaks=1:log_path=$(ASAN_REPORTS)/asan:abort_on_error=0 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$(ASAN_REPORTS)/ubsan
 asan:
@@ -231,6 +233,13 @@ fuzz-smoke: fuzz-build
 bench: deps
 	$(MAKE) all
 	test/bench/run.sh $(BUILD)
+
+# compose/docker-compose.yml without Docker: ZooKeeper, Kafka, the simulator
+# and two backends on this machine (test/cluster/cluster.py; Ctrl-C stops all).
+.PHONY: cluster
+cluster: deps
+	$(MAKE) all
+	EXCHANGE_BUILD=$(abspath $(BUILD)) /usr/bin/python3 test/cluster/cluster.py $(CLUSTER_ARGS)
 
 clean:
 	rm -rf build build-asan build-fuzz

@@ -572,6 +572,10 @@ def test_image_build_context_and_runtime_stage(tmp_path):
         dst = ctx / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(os.path.join(REPO, rel), dst)
+    # The Dockerfile's `npm ci --prefix clients/js` (the pinned TypeScript
+    # compiler): the same lock file's install from `make deps` stands in.
+    assert "npm ci --prefix clients/js" in build
+    os.symlink(os.path.join(REPO, "clients", "js", "node_modules"), ctx / "clients" / "js" / "node_modules")
     r = run(["make", "-j2", "BUILD=%s" % (tmp_path / "out"), "VERSION=9.9.9", "COMMIT=abc1234",
              "install", "PREFIX=/opt/exchange-service", "DESTDIR=%s" % (tmp_path / "stage")],
             cwd=str(ctx), timeout=600)

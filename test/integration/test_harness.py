@@ -243,7 +243,11 @@ def test_proc_group_teardown_kills_tree(tmp_path):
 
 def test_proc_stop_reports_and_kills_orphans(tmp_path):
     # The leader exits on SIGTERM but its child ignores it: an orphan.
-    p = util.Proc(["sh", "-c", "(trap '' TERM; exec sleep 60) & echo started; trap 'exit 0' TERM; "
+    # "started" is printed by the child once it ignores SIGTERM (and the
+    # leader set its trap before forking): printed by the leader right after
+    # the fork, the SIGTERM could reach the child before its `trap ''` ran,
+    # and the child died with the leader (stragglers 0).
+    p = util.Proc(["sh", "-c", "trap 'exit 0' TERM; (trap '' TERM; echo started; exec sleep 60) & "
                    "while :; do sleep 0.05; done"], tmp_path, name="leaky")
     p.start()
     util.wait_until(lambda: "started" in open(p.stdout_path).read(), timeout=5, what="output")

@@ -270,6 +270,24 @@ def check_exact(sent, chans):
         for v in chans.get(ch, []):
             if v["trade_id"] in want:
                 assert (v["price"], v["qty"]) == want[v["trade_id"]], (ch, v)
+def wait_delivered(bootstrap, topic, sim, skip_conns=(), timeout=30):
+    """After /pause: wait until every trade the simulator sent (except on
+    skip_conns, whose tail may be lost) is in the topic, so stopping the
+    worker now cuts nothing in flight (a sleep raced the worker on a loaded
+    machine)."""
+    want = {(ch, t[1]) for ch, v in sent_trades(sim.records(), ("upbit", "binance")).items()
+            for t in v if t[0] not in skip_conns}
+    missing = [want]
+
+    def delivered():
+        msgs = consume_all(bootstrap, topic, len(want), timeout=2)
+        got = {(v["channel"], v.get("trade_id")) for v in map(lambda m: json.loads(m["value"]), msgs)}
+        missing[0] = want - got
+        return not missing[0]
+    try:
+        util.wait_until(delivered, timeout=timeout, what="the %d sent trades in Kafka" % len(want))
+    except AssertionError as e:
+        raise AssertionError("%s; missing %s" % (e, sorted(missing[0])[:5])) from None
 
 
 def wait_trades(sim, n, timeout=20):
@@ -305,7 +323,7 @@ def test_trades_exactly_once_in_order(tmp_path, build_dir, sim, kafka_broker):
         sim.control("/malformed", exchange="binance", count=5)
         wait_trades(sim, 80)
         sim.control("/pause")
-        time.sleep(0.5)  # let the last frames reach the worker
+        wait_delivered(kafka_broker.bootstrap, topic, sim)
     finally:
         rc = stop_ingest(ing)
     assert rc == 0, log_text(ing)[-3000:]
@@ -368,7 +386,7 @@ def test_reconnect_and_kafka_outage(tmp_path, build_dir, sim, kafka_factory):
         n = sum(len(v) for v in sent_trades(sim.records(), ("upbit", "binance")).values())
         wait_trades(sim, n + 30)
         sim.control("/pause")
-        time.sleep(0.5)
+        wait_delivered(kafka_broker.bootstrap, kafka_broker.topic, sim, skip_conns={c["id"] for c in first.values()})
     finally:
         rc = stop_ingest(ing, timeout=20)
     assert rc == 0, log_text(ing)[-3000:]
@@ -591,7 +609,9 @@ def test_every_trade_once_across_reconnect_and_restart(tmp_path, build_dir, sim4
                         what="each trade channel backfilled after the restart")
         wait_more_made(sim, 40)
         sim.control("/pause")
-        time.sleep(0.5)  # the last frames reach the worker
+        # every trade made reaches the topic before the worker stops
+        made = made_trades(sim)
+        msgs = consume_until(kafka_broker.bootstrap, kafka_broker.topic, _published_all(made))
     finally:
         rc = stop_ingest(ing2)
     assert rc == 0, log_text(ing2)[-3000:]
@@ -599,8 +619,6 @@ def test_every_trade_once_across_reconnect_and_restart(tmp_path, build_dir, sim4
     m = re.search(r'msg="topic tail read" partitions=(\d+) records=(\d+) trades=(\d+) max_epoch=(\d+)', logs2)
     assert m and int(m.group(3)) > 0 and int(m.group(4)) == 7, logs2[-3000:]
 
-    made = made_trades(sim)
-    msgs = consume_until(kafka_broker.bootstrap, kafka_broker.topic, _published_all(made))
     chans = trades_by_channel(msgs)
     backfilled = check_once(made, chans)
     assert backfilled > 0, "no trade was backfilled"

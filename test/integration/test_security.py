@@ -278,6 +278,7 @@ def test_abuse_limits_per_ip_and_input_rate(service_factory):
     async def rate():
         await asyncio.sleep(1.1)  # a fresh one-second window
         codes = []
+        t0 = time.monotonic()
         for _ in range(8):
             try:
                 w = await websockets.connect(url, open_timeout=5)
@@ -285,9 +286,16 @@ def test_abuse_limits_per_ip_and_input_rate(service_factory):
                 codes.append(101)
             except websockets.InvalidStatusCode as e:
                 codes.append(e.status_code)
-        return codes
-    codes = run(rate())
-    assert codes.count(101) <= 5 and 429 in codes, codes
+        return codes, time.monotonic() - t0
+    # All 8 attempts inside one server window (they took < 1 s): exactly the
+    # first 5 pass. A loaded machine can stretch them over two windows; that
+    # run says nothing, so it is measured again (not loosened).
+    for _ in range(3):
+        codes, took = run(rate())
+        if took < 1.0:
+            break
+    assert took < 1.0, "8 connects never fitted in one second (%.2f s)" % took
+    assert codes == [101] * 5 + [429] * 3, codes
     wait_until(metric_at_least(svc, "exchange_fanout_limit_hits_total",
                                {"limit": "max_connections_per_sec_per_ip"}),
                timeout=5, what="per-IP rate limit counted")
