@@ -32,6 +32,7 @@ static int feeds_started, flush_started, producer_drained;
 static uv_timer_t lease_timer;
 static int deposed;
 static uint64_t drain_started_at;
+static int feed_close_ms = FEED_CLOSE_MS, flush_ms = FLUSH_MS; /* within the drain message's bound */
 
 static int64_t env_epoch(void)
 {
@@ -63,10 +64,10 @@ static void maybe_finish_drain(void)
 {
     if (!ing.draining)
         return;
-    if (!flush_started && (!feeds_alive() || uv_now(ing.loop) - drain_started_at >= FEED_CLOSE_MS)) {
+    if (!flush_started && (!feeds_alive() || uv_now(ing.loop) - drain_started_at >= (uint64_t)feed_close_ms)) {
         flush_started = 1;
         if (ing.producer != NULL)
-            producer_drain(ing.producer, FLUSH_MS, on_producer_drained, NULL);
+            producer_drain(ing.producer, flush_ms, on_producer_drained, NULL);
         else
             producer_drained = 1;
     }
@@ -240,9 +241,14 @@ static void on_producer_drained(void *arg, int remaining)
 static void on_drain(worker_t *w, int drain_ms)
 {
     (void)w;
-    (void)drain_ms; /* nothing to hand over: close feeds now, flush bounded by FLUSH_MS */
     if (deposed)
         return; /* already aborting: never flush */
+    /* Nothing to hand over: close the feeds, then commit, both within the
+     * supervisor's bound (it kills us past its stop deadline). */
+    if (drain_ms > 0 && drain_ms < FEED_CLOSE_MS + FLUSH_MS) {
+        feed_close_ms = drain_ms / 3;
+        flush_ms = drain_ms - feed_close_ms;
+    }
     ing.draining = 1;
     drain_started_at = uv_now(ing.loop);
     uv_timer_stop(&leader_wait);
