@@ -659,10 +659,11 @@ void election_zk_alloc_epoch(int64_t floor, election_epoch_cb cb)
 }
 
 /* The server expires our session one timeout after it last heard from us;
- * last_contact_ms is a lower bound of that moment. */
+ * last_contact_ms is a lower bound of that moment (the suspend timer uses
+ * the same bound, so a short disconnection does not stop the ingest). */
 int64_t election_zk_lease_bound_ms(void)
 {
-    if (zh == NULL || !connected)
+    if (zh == NULL || my_node[0] == '\0')
         return 0;
     int64_t timeout = session_timeout_ms(), margin = timeout / 6 > 200 ? timeout / 6 : 200;
     return (int64_t)last_contact_ms + timeout - margin - (int64_t)uv_now(sup.loop);

@@ -6,6 +6,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "ingest.h"
 #include "log.h"
@@ -303,11 +304,12 @@ int main(int argc, char **argv)
     };
     int code = worker_main(argc, argv, &ops, &ing);
     if (producer_busy(ing.producer)) {
-        /* A blocking transactional call still runs on a work thread (bounded
-         * by the transaction timeout): exit now, the broker aborts what it
-         * holds when the next producer of the id starts. */
+        /* A blocking transactional call still runs on a work thread and
+         * waits for delivery reports only this loop served: exit now,
+         * skipping libuv's thread-pool join at exit. The broker aborts the
+         * open transaction when the next producer of the id starts. */
         log_info("exiting with a kafka transactional call in flight", "code=%d", code);
-        return code;
+        _exit(code);
     }
     if (wk != NULL) {
         /* Release what is left so leak checkers see a clean exit. */
