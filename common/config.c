@@ -1209,8 +1209,10 @@ static void finalize(cfg_t *c, errs_t *e)
     }
     if (c->zookeeper.lease_ms > c->zookeeper.session_timeout_ms / 2) {
         int i = find_slot("zookeeper", "lease_ms");
-        add_err(e, "%s: [zookeeper] lease_ms: must be at most half of [zookeeper] session_timeout_ms (%d), got %d",
-                c->source[i], c->zookeeper.session_timeout_ms / 2, c->zookeeper.lease_ms);
+        add_err(
+            e,
+            "%s: [zookeeper] lease_ms: must be at most half of [zookeeper] session_timeout_ms (%d), got %d",
+            c->source[i], c->zookeeper.session_timeout_ms / 2, c->zookeeper.lease_ms);
     }
     if (c->auth.enabled && strlen(c->auth.secret) < 32) {
         int i = find_slot("auth", "secret");

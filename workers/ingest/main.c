@@ -65,7 +65,8 @@ static void maybe_finish_drain(void)
 {
     if (!ing.draining)
         return;
-    if (!flush_started && (!feeds_alive() || uv_now(ing.loop) - drain_started_at >= (uint64_t)feed_close_ms)) {
+    if (!flush_started &&
+        (!feeds_alive() || uv_now(ing.loop) - drain_started_at >= (uint64_t)feed_close_ms)) {
         flush_started = 1;
         if (ing.producer != NULL)
             producer_drain(ing.producer, flush_ms, on_producer_drained, NULL);
@@ -148,8 +149,8 @@ static int on_start(worker_t *w)
 static void on_lease_expired(uv_timer_t *t)
 {
     (void)t;
-    log_error("lease expired: the supervisor did not renew it, stopping production and exiting", "epoch=%" PRId64,
-              ing.epoch);
+    log_error("lease expired: the supervisor did not renew it, stopping production and exiting",
+              "epoch=%" PRId64, ing.epoch);
     relay_stop(relay);
     worker_exit(wk, WORKER_EXIT_LEASE);
 }

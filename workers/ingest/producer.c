@@ -65,9 +65,9 @@ struct producer_s {
     txlist_t txn;     /* produced in the open transaction, in order */
     txlist_t pending; /* waiting for the next transaction, in order */
     uv_timer_t commit_timer, retry_timer;
-    int work_busy;   /* a txwork_t is in flight: destroy must wait for it */
-    int stopping;    /* producer_abort: no new transaction */
-    int retry_delay; /* ms, doubles on retriable errors */
+    int work_busy;        /* a txwork_t is in flight: destroy must wait for it */
+    int stopping;         /* producer_abort: no new transaction */
+    int retry_delay;      /* ms, doubles on retriable errors */
     uint64_t lease_until; /* uv_hrtime()/1e6 after which nothing is produced; 0: no lease */
     void (*fatal_cb)(void *arg, int fenced);
     void *fatal_arg;
@@ -148,7 +148,8 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
     if (err == RD_KAFKA_RESP_ERR__FATAL) {
         char buf[512];
         rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, buf, sizeof(buf));
-        log_error(p->tx != TX_OFF ? "kafka fatal error, producer stops" : "kafka fatal error, producer will be rebuilt",
+        log_error(p->tx != TX_OFF ? "kafka fatal error, producer stops"
+                                  : "kafka fatal error, producer will be rebuilt",
                   "err=%s reason=%s", rd_kafka_err2name(orig), log_q(buf));
         p->fatal = 1;
         return;
@@ -443,10 +444,10 @@ static rd_kafka_resp_err_t produce_one(producer_t *p, const char *key, size_t kl
 {
     char ep[24];
     int eplen = snprintf(ep, sizeof(ep), "%" PRId64, epoch);
-    return rd_kafka_producev(p->rk, RD_KAFKA_V_TOPIC(p->cfg->kafka.topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                             RD_KAFKA_V_KEY(key, klen), RD_KAFKA_V_VALUE((void *)val, vlen),
-                             RD_KAFKA_V_HEADER("epoch", ep, eplen), RD_KAFKA_V_OPAQUE((void *)(uintptr_t)t0),
-                             RD_KAFKA_V_END);
+    return rd_kafka_producev(p->rk, RD_KAFKA_V_TOPIC(p->cfg->kafka.topic),
+                             RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_KEY(key, klen),
+                             RD_KAFKA_V_VALUE((void *)val, vlen), RD_KAFKA_V_HEADER("epoch", ep, eplen),
+                             RD_KAFKA_V_OPAQUE((void *)(uintptr_t)t0), RD_KAFKA_V_END);
 }
 
 static uint64_t now_ms_mono(void)
@@ -559,8 +560,8 @@ static void tx_work_done(uv_work_t *req, int status)
         return;
     }
     if (op != TX_ABORT && rd_kafka_error_txn_requires_abort(e)) {
-        log_warn("kafka transaction failed, aborting it and producing its messages again", "op=%s err=%s detail=%s",
-                 tx_name(op), rd_kafka_err2name(err), log_q(what));
+        log_warn("kafka transaction failed, aborting it and producing its messages again",
+                 "op=%s err=%s detail=%s", tx_name(op), rd_kafka_err2name(err), log_q(what));
         rd_kafka_error_destroy(e);
         tx_start_work(p, TX_ABORT);
         return;
@@ -754,9 +755,10 @@ int producer_create(uv_loop_t *loop, const cfg_t *cfg, producer_t **out)
     create_topic(p);
     if (p->tx == TX_INIT)
         tx_start_work(p, TX_INIT);
-    log_info("kafka producer started", "brokers=%s topic=%s linger_ms=%d buffer_messages=%d transactions=%d commit_ms=%d",
-             log_q(cfg->kafka.brokers), log_q(cfg->kafka.topic), cfg->kafka.linger_ms, cfg->kafka.buffer_messages,
-             cfg->kafka.transactions, cfg->kafka.transaction_commit_ms);
+    log_info("kafka producer started",
+             "brokers=%s topic=%s linger_ms=%d buffer_messages=%d transactions=%d commit_ms=%d",
+             log_q(cfg->kafka.brokers), log_q(cfg->kafka.topic), cfg->kafka.linger_ms,
+             cfg->kafka.buffer_messages, cfg->kafka.transactions, cfg->kafka.transaction_commit_ms);
     *out = p;
     return 0;
 }
@@ -821,8 +823,7 @@ int producer_send(producer_t *p, const char *channel, const char *json, size_t l
     }
     if (p->tx != TX_OFF)
         return send_transactional(p, channel, json, len, epoch);
-    rd_kafka_resp_err_t err =
-        produce_one(p, channel, strlen(channel), json, len, epoch, uv_hrtime() / 1000u);
+    rd_kafka_resp_err_t err = produce_one(p, channel, strlen(channel), json, len, epoch, uv_hrtime() / 1000u);
     if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
         return 0;
     if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
@@ -868,8 +869,8 @@ void producer_abort(producer_t *p, void (*done)(void *arg), void *arg)
     p->abort_arg = arg;
     if (dropped > 0)
         metric_add(metric_labels(p->m_dropped, "reason=\"stopping\""), dropped);
-    log_warn("kafka producer stopping without flushing: the open transaction is aborted", "state=%s unsent=%d",
-             tx_name(p->tx), p->txn.n + p->pending.n);
+    log_warn("kafka producer stopping without flushing: the open transaction is aborted",
+             "state=%s unsent=%d", tx_name(p->tx), p->txn.n + p->pending.n);
     list_free(&p->pending);
     uv_timer_stop(&p->commit_timer);
     switch (p->tx) {
