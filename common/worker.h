@@ -13,6 +13,8 @@
  * worker -> supervisor:
  *   {"t":"ready"}                           after on_start succeeded
  *   {"t":"stats","metrics":SNAPSHOT,"status":{...}} every stats interval
+ *   {"t":"epoch_seen","epoch":E}            ingest: highest epoch in the topic's tail; the
+ *                                           supervisor restarts it above E if E >= its epoch
  *
  * Without --ipc-fd the worker loads its configuration itself (--profile,
  * --config, environment) — handy for running one worker by hand. */

@@ -17,6 +17,7 @@
 #define EPOCH_RETRY_MS 500
 
 static int64_t epoch;   /* of the running (or last) ingest start; 0: none yet */
+static int64_t seen;    /* highest epoch the ingest reported from the topic's tail */
 static int allocating;  /* an allocation is in flight */
 static int timers_init; /* lease_timer, retry_timer */
 static uv_timer_t lease_timer, retry_timer;
@@ -46,7 +47,7 @@ int64_t sup_epoch(void)
  * seen in the data (they read the topic's tail at start) and our own last. */
 static int64_t epoch_floor(void)
 {
-    int64_t f = epoch;
+    int64_t f = epoch > seen ? epoch : seen;
     for (proc_t *p = sup.procs; p != NULL; p = p->next) {
         json_t *e = p->kind == PROC_FANOUT ? json_object_get(p->status, "epoch") : NULL;
         if (json_is_integer(e) && json_integer_value(e) > f)
@@ -162,4 +163,21 @@ void sup_resign(void)
     }
     sup.role = ROLE_DRAINING;
     election_resign();
+}
+
+/* The ingest read the topic's tail at start and found epoch e there
+ * ({"t":"epoch_seen","epoch":E}): the rule is "a new epoch is above every
+ * epoch in the topic", so an ingest whose epoch is not above e is restarted
+ * with an epoch allocated above it. */
+void fence_epoch_seen(int64_t e)
+{
+    if (e <= seen)
+        return;
+    seen = e;
+    if (e < epoch)
+        return;
+    log_error(
+        "the topic holds an epoch not below ours (ZooKeeper data lost?): restarting the ingest above it",
+        "epoch=%lld seen=%lld", (long long)epoch, (long long)e);
+    sup_stop_ingest(1);
 }

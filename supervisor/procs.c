@@ -98,6 +98,10 @@ static void on_worker_msg(ipc_t *ipc, json_t *msg, void *arg)
             sd_notify_msg("READY=1");
             log_info("service ready", "");
         }
+    } else if (strcmp(t, "epoch_seen") == 0 && p->kind == PROC_INGEST) {
+        json_t *e = json_object_get(msg, "epoch");
+        if (json_is_integer(e))
+            fence_epoch_seen((int64_t)json_integer_value(e));
     } else if (strcmp(t, "stats") == 0) {
         json_t *m = json_object_get(msg, "metrics");
         json_t *s = json_object_get(msg, "status");

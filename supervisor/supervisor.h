@@ -100,6 +100,7 @@ void sup_stop_ingest(int deposed);     /* deposed: abort instead of commit; SIGK
 int64_t sup_epoch(void);               /* of the current (or last) ingest start */
 void sup_resign(void);                 /* SIGTERM: role draining, election node deleted */
 void fence_ingest_spawned(void);       /* procs.c: start renewing the lease */
+void fence_epoch_seen(int64_t e);      /* the ingest found epoch e in the topic's tail */
 
 /* supervisor.c */
 void sup_become_leader(int64_t zk_seq);
