@@ -163,6 +163,9 @@ static void on_lease(json_t *msg)
         return;
     }
     uint64_t d = (uint64_t)json_integer_value(ms);
+    /* The loop time may be stale (on_start blocks for the Kafka metadata
+     * warm-up): the lease counts from now. */
+    uv_update_time(ing.loop);
     if (ing.producer != NULL)
         producer_set_lease(ing.producer, uv_hrtime() / 1000000u + d);
     uv_timer_start(&lease_timer, on_lease_expired, d, 0);
