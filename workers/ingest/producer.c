@@ -355,12 +355,11 @@ static void on_wake(uv_poll_t *h, int status, int events)
     serve_main_queue(p);
 }
 
-static int attach_client(producer_t *p)
+static void attach_client(producer_t *p)
 {
     p->admin_q = rd_kafka_queue_new(p->rk);
     p->main_q = rd_kafka_queue_get_main(p->rk);
     rd_kafka_queue_io_event_enable(p->main_q, p->wake_fd[1], "1", 1);
-    return 0;
 }
 
 static void detach_client(producer_t *p)
@@ -922,6 +921,7 @@ void producer_destroy(producer_t *p)
     list_free(&p->pending);
     close(p->wake_fd[1]);
     uv_poll_stop(&p->wake);
+    close(p->wake_fd[0]); /* out of epoll since uv_poll_stop */
     uv_close((uv_handle_t *)&p->wake, on_handle_closed);
     uv_close((uv_handle_t *)&p->poll_timer, on_handle_closed);
     uv_close((uv_handle_t *)&p->commit_timer, on_handle_closed);
