@@ -50,7 +50,7 @@ def main():
     ap.add_argument("--commit-ms", default="off,0,5,20,100")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="txn-latency-")
-    kafka = RealKafka(os.path.join(tmp, "kafka")).start()
+    kafka = RealKafka(os.path.join(tmp, "kafka")).start(timeout=300)
     sim = Sim(os.path.join(tmp, "sim"), args=["--exchanges", "upbit", "--upbit-markets", "KRW-BTC",
                                               "--rate", str(args.rate / 3)]).start()
     print("%-10s %8s %8s %8s" % ("commit_ms", "msgs/s", "p50 ms", "p99 ms"))
