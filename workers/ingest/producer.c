@@ -18,6 +18,7 @@
 #include "metrics.h"
 
 #define TOPIC_RETRY_MS 5000
+#define PRODUCER_REJECTED_MAX 64
 #define ADMIN_TIMEOUT_MS 10000
 
 /* One message kept by the transactional producer until its transaction is
@@ -26,6 +27,7 @@ typedef struct txmsg_s {
     struct txmsg_s *next;
     int64_t epoch;
     uint64_t t0; /* uv_hrtime()/1000 at producer_send */
+    uint64_t id; /* the delivery report's opaque (transactional mode) */
     size_t klen, vlen;
     char data[]; /* key then value */
 } txmsg_t;
@@ -69,6 +71,11 @@ struct producer_s {
     int stopping;         /* producer_abort: no new transaction */
     int retry_delay;      /* ms, doubles on retriable errors */
     uint64_t lease_until; /* uv_hrtime()/1e6 after which nothing is produced; 0: no lease */
+    uint64_t next_id;
+    /* Messages the broker refused for good (too large, invalid): never
+     * produced again after the abort, or the transaction would fail forever. */
+    uint64_t rejected[PRODUCER_REJECTED_MAX];
+    int nrejected;
     void (*fatal_cb)(void *arg, int fenced);
     void *fatal_arg;
     void (*abort_done)(void *arg);
@@ -104,6 +111,14 @@ static int nonempty(const char *s)
     return s != NULL && s[0] != '\0';
 }
 
+/* Per-message errors that no retry can fix. */
+static int rejected_for_good(rd_kafka_resp_err_t err)
+{
+    return err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE || err == RD_KAFKA_RESP_ERR_INVALID_MSG ||
+           err == RD_KAFKA_RESP_ERR_INVALID_MSG_SIZE || err == RD_KAFKA_RESP_ERR_INVALID_RECORD ||
+           err == RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE || err == RD_KAFKA_RESP_ERR__INVALID_ARG;
+}
+
 /* Runs on the loop thread: delivery reports are events on main_q, served
  * only by serve_main_queue (rd_kafka_flush inside commit_transaction, on a
  * work thread, then waits for them instead of serving them). */
@@ -117,6 +132,8 @@ static void on_delivery(producer_t *p, const rd_kafka_message_t *m)
             log_info("kafka topic exists", "topic=%s how=delivery", log_q(p->cfg->kafka.topic));
             p->topic_ready = 1;
         }
+        if (p->tx != TX_OFF)
+            return; /* latency is observed at commit: what read-committed consumers wait */
         uint64_t t0 = (uint64_t)(uintptr_t)m->_private; /* uv_hrtime()/1000 at enqueue */
         uint64_t now = uv_hrtime() / 1000u;
         if (t0 != 0 && now >= t0)
@@ -124,6 +141,12 @@ static void on_delivery(producer_t *p, const rd_kafka_message_t *m)
         return;
     }
     metric_inc(metric_labels(p->m_failed, "error=\"%s\"", rd_kafka_err2name(m->err)));
+    if (p->tx != TX_OFF && rejected_for_good(m->err)) {
+        log_error("kafka refused a message for good: it is not produced again", "err=%s bytes=%zu",
+                  rd_kafka_err2name(m->err), m->len);
+        if (p->nrejected < PRODUCER_REJECTED_MAX)
+            p->rejected[p->nrejected++] = (uint64_t)(uintptr_t)m->_private;
+    }
     log_debug("kafka delivery failed", "err=%s", rd_kafka_err2name(m->err));
 }
 
@@ -438,15 +461,17 @@ static void list_free(txlist_t *l)
     l->n = 0;
 }
 
+/* opaque: uv_hrtime()/1000 at send (non-transactional, for the latency),
+ * else the txmsg_t's id. */
 static rd_kafka_resp_err_t produce_one(producer_t *p, const char *key, size_t klen, const char *val,
-                                       size_t vlen, int64_t epoch, uint64_t t0)
+                                       size_t vlen, int64_t epoch, uint64_t opaque)
 {
     char ep[24];
     int eplen = snprintf(ep, sizeof(ep), "%" PRId64, epoch);
     return rd_kafka_producev(p->rk, RD_KAFKA_V_TOPIC(p->cfg->kafka.topic),
                              RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_KEY(key, klen),
                              RD_KAFKA_V_VALUE((void *)val, vlen), RD_KAFKA_V_HEADER("epoch", ep, eplen),
-                             RD_KAFKA_V_OPAQUE((void *)(uintptr_t)t0), RD_KAFKA_V_END);
+                             RD_KAFKA_V_OPAQUE((void *)(uintptr_t)opaque), RD_KAFKA_V_END);
 }
 
 static uint64_t now_ms_mono(void)
@@ -481,6 +506,29 @@ static void tx_dead(producer_t *p, const char *why, rd_kafka_resp_err_t err)
 
 static void tx_start_work(producer_t *p, tx_state_t op);
 static void tx_pump(producer_t *p);
+
+/* After an abort: leave out what the broker refused for good, counted. */
+static void drop_rejected(producer_t *p)
+{
+    txmsg_t **pp = &p->txn.head, *last = NULL;
+    while (*pp != NULL) {
+        txmsg_t *m = *pp;
+        int hit = 0;
+        for (int i = 0; i < p->nrejected && !hit; i++)
+            hit = p->rejected[i] == m->id;
+        if (hit) {
+            *pp = m->next;
+            p->txn.n--;
+            metric_inc(metric_labels(p->m_dropped, "reason=\"rejected\""));
+            free(m);
+        } else {
+            last = m;
+            pp = &m->next;
+        }
+    }
+    p->txn.tail = last;
+    p->nrejected = 0;
+}
 
 /* Runs on a libuv work thread: the only place the blocking transactional
  * calls run. Touches nothing but its own txwork_t. */
@@ -531,12 +579,16 @@ static void tx_work_done(uv_work_t *req, int status)
             log_info("kafka transactions initialised: any older producer of this id is fenced", "");
         } else if (op == TX_COMMIT) {
             metric_inc(metric_labels(p->m_txn, "result=\"committed\""));
+            uint64_t now = uv_hrtime() / 1000u;
+            for (txmsg_t *m = p->txn.head; m != NULL; m = m->next)
+                metric_observe(p->m_latency, (double)(now - m->t0) / 1e6);
             list_free(&p->txn);
         } else {
             metric_inc(metric_labels(p->m_txn, "result=\"aborted\""));
             /* The aborted messages are invisible to read-committed consumers:
              * produce them again, first, in their order. */
             if (!p->stopping) {
+                drop_rejected(p);
                 list_concat(&p->txn, &p->pending);
                 p->pending = p->txn;
                 p->txn.head = p->txn.tail = NULL;
@@ -640,14 +692,22 @@ static void tx_pump(producer_t *p)
     p->pending.n = 0;
     txmsg_t *m;
     while ((m = todo.head) != NULL) {
-        if (produce_one(p, m->data, m->klen, m->data + m->klen, m->vlen, m->epoch, m->t0) !=
-            RD_KAFKA_RESP_ERR_NO_ERROR)
-            break;
+        rd_kafka_resp_err_t err =
+            produce_one(p, m->data, m->klen, m->data + m->klen, m->vlen, m->epoch, m->id);
+        if (err != RD_KAFKA_RESP_ERR_NO_ERROR && !rejected_for_good(err))
+            break; /* queue full, or the transaction failed: it waits */
         todo.head = m->next;
         if (todo.head == NULL)
             todo.tail = NULL;
         todo.n--;
-        list_push(&p->txn, m);
+        if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+            list_push(&p->txn, m);
+        } else {
+            log_error("kafka refused a message for good", "err=%s bytes=%zu", rd_kafka_err2name(err),
+                      m->vlen);
+            metric_inc(metric_labels(p->m_dropped, "reason=\"rejected\""));
+            free(m);
+        }
     }
     p->pending = todo;
     if (p->txn.n == 0) {
@@ -793,6 +853,7 @@ static int send_transactional(producer_t *p, const char *channel, const char *js
     }
     m->epoch = epoch;
     m->t0 = uv_hrtime() / 1000u;
+    m->id = ++p->next_id;
     m->klen = klen;
     m->vlen = len;
     memcpy(m->data, channel, klen);
@@ -800,7 +861,7 @@ static int send_transactional(producer_t *p, const char *channel, const char *js
     /* Straight into the open transaction only when nothing waits before it:
      * the topic keeps the order of producer_send. */
     if (p->tx == TX_OPEN && p->pending.n == 0 &&
-        produce_one(p, channel, klen, json, len, epoch, m->t0) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        produce_one(p, channel, klen, json, len, epoch, m->id) == RD_KAFKA_RESP_ERR_NO_ERROR) {
         list_push(&p->txn, m);
         return 0;
     }
