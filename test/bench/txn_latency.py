@@ -2,7 +2,9 @@
 """The latency cost of producer fencing (README "Leadership"): the ingest
 worker produces ~RATE msgs/s into a real single-node Kafka broker; a
 read_committed consumer measures now - record timestamp (set by librdkafka
-when the ingest produces) for each record. Runs the non-transactional
+when the ingest produces) for each record; the ingest's own histogram gives
+send -> acknowledged (non-transactional) or send -> committed ("ack"), which
+a loaded host's consumer lag does not blur. Runs the non-transactional
 producer and transactions committed every 0/5/20/100 ms.
 
     make deps all && /usr/bin/python3 test/bench/txn_latency.py [--seconds 20] [--rate 1000]
@@ -21,6 +23,10 @@ import confluent_kafka  # noqa: E402
 from harness.service import Service  # noqa: E402
 from harness.sim import Sim  # noqa: E402
 from test_fencing import TOPIC, RealKafka  # noqa: E402
+
+
+# In the ingest: send -> acknowledged (non-transactional) or -> committed.
+HIST = "exchange_ingest_kafka_delivery_seconds"
 
 
 def measure(bootstrap, seconds):
@@ -43,6 +49,33 @@ def measure(bootstrap, seconds):
     return len(lat) / seconds, lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
 
 
+def histogram(svc, name):
+    """Cumulative bucket counts {le: count} of a histogram in /metrics."""
+    out = {}
+    for line in svc.metrics().splitlines():
+        if line.startswith(name + "_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out[float("inf") if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def quantile(before, after, q):
+    """q-quantile (ms) of the observations between two snapshots, linear
+    within a bucket."""
+    les = sorted(after)
+    cum = [after[le] - before.get(le, 0) for le in les]
+    if not cum or cum[-1] == 0:
+        return float("nan")
+    want, prev_le, prev_c = q * cum[-1], 0.0, 0.0
+    for le, c in zip(les, cum):
+        if c >= want:
+            if le == float("inf"):
+                return prev_le * 1000
+            return (prev_le + (le - prev_le) * (want - prev_c) / max(c - prev_c, 1)) * 1000
+        prev_le, prev_c = le, c
+    return float("nan")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=20)
@@ -53,7 +86,7 @@ def main():
     kafka = RealKafka(os.path.join(tmp, "kafka")).start(timeout=300)
     sim = Sim(os.path.join(tmp, "sim"), args=["--exchanges", "upbit", "--upbit-markets", "KRW-BTC",
                                               "--rate", str(args.rate / 3)]).start()
-    print("%-10s %8s %8s %8s" % ("commit_ms", "msgs/s", "p50 ms", "p99 ms"))
+    print("%-10s %8s %8s %8s %10s %10s" % ("commit_ms", "msgs/s", "p50 ms", "p99 ms", "ack p50", "ack p99"))
     try:
         for mode in args.commit_ms.split(","):
             kafka_cfg = {"brokers": kafka.bootstrap, "topic": TOPIC, "fallback_after_ms": 60000}
@@ -68,10 +101,13 @@ def main():
             try:
                 svc.wait_ready(timeout=60)
                 time.sleep(3)  # warm-up: transactions initialised, feeds connected
+                h0 = histogram(svc, HIST)
                 rate, p50, p99 = measure(kafka.bootstrap, args.seconds)
+                h1 = histogram(svc, HIST)
             finally:
                 svc.stop()
-            print("%-10s %8.0f %8.1f %8.1f" % (mode, rate, p50, p99), flush=True)
+            print("%-10s %8.0f %8.1f %8.1f %10.1f %10.1f" % (mode, rate, p50, p99, quantile(h0, h1, 0.5),
+                                                               quantile(h0, h1, 0.99)), flush=True)
     finally:
         sim.stop()
         kafka.stop()

@@ -190,7 +190,7 @@ static void test_exchange_ini_is_defaults(void **state)
     assert_non_null(b);
     char *da = dump(a, 0), *db = dump(b, 0);
     assert_string_equal(da, db);
-    assert_string_equal(cfg_source(b, "fanout", "workers"), "conf/exchange.ini:282");
+    assert_string_equal(cfg_source(b, "fanout", "workers"), "conf/exchange.ini:294");
     free(da);
     free(db);
     cfg_free(a);
@@ -516,7 +516,7 @@ static void test_dump_round_trip(void **state)
     assert_int_equal(b->fanout.workers, 0);
     assert_false(cfg_ingest_changed(a, b));
     assert_false(cfg_diff_restart_keys(a, b, NULL));
-    assert_string_equal(cfg_source(b, "kafka", "topic"), "ipc:12");
+    assert_string_equal(cfg_source(b, "kafka", "topic"), "ipc:13");
 
     /* For people: sources, secrets masked, and it still parses. */
     char *human = dump(a, 1);
