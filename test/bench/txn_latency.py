@@ -88,14 +88,15 @@ def main():
                                               "--rate", str(args.rate / 3)]).start()
     print("%-10s %8s %8s %8s %10s %10s" % ("commit_ms", "msgs/s", "p50 ms", "p99 ms", "ack p50", "ack p99"))
     try:
-        for mode in args.commit_ms.split(","):
+        for i, mode in enumerate(args.commit_ms.split(",")):
+            name = "svc%d-%s" % (i, mode)
             kafka_cfg = {"brokers": kafka.bootstrap, "topic": TOPIC, "fallback_after_ms": 60000}
             if mode == "off":
                 kafka_cfg["transactions"] = False
             else:
                 kafka_cfg["transaction_commit_ms"] = int(mode)
-            os.makedirs(os.path.join(tmp, "svc-" + mode))
-            svc = Service(os.path.join(tmp, "svc-" + mode), name="svc-" + mode, sim_ports=sim.ports,
+            os.makedirs(os.path.join(tmp, name))
+            svc = Service(os.path.join(tmp, name), name=name, sim_ports=sim.ports,
                           overrides={"kafka": kafka_cfg, "exchange.upbit": {"markets": "KRW-BTC"}})
             svc.start()
             try:
