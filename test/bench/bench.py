@@ -25,7 +25,7 @@ os.environ["EXCHANGE_BUILD"] = BUILD
 sys.path.insert(0, os.path.join(REPO, "test", "integration"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import util  # noqa: E402
-from harness.kafka import KafkaBroker  # noqa: E402
+from harness.kafka import start_kafka  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 ONLY = set(os.environ.get("BENCH_ONLY", "1,2,3,4,5,6").split(","))
@@ -184,13 +184,13 @@ class System:
 
 
 class Ours(System):
-    """exchange-service fed from a test Kafka broker (librdkafka mock cluster,
-    its CPU is not counted: it stands in for the Kafka cluster)."""
+    """exchange-service fed from a real Kafka broker (one KRaft node, its CPU
+    is not counted: it stands in for the Kafka cluster)."""
     name = "exchange-service"
 
     @staticmethod
     def available():
-        for b in ("exchange-service", "exchange-fanout", "test-kafka-broker"):
+        for b in ("exchange-service", "exchange-fanout"):
             if not os.access(os.path.join(BUILD, b), os.X_OK):
                 return "build/%s not built" % b
         return None
@@ -198,7 +198,7 @@ class Ours(System):
     def start(self):
         d = os.path.join(LOGS, "ours")
         os.makedirs(d, exist_ok=True)
-        self.broker = KafkaBroker(d, brokers=1, topics=["exchange:6"]).start()
+        self.broker = start_kafka(os.path.join(d, "kafka"), nodes=1, topics=["exchange:6"])
         self.port, admin, relay = util.free_port(), util.free_port(), util.free_port()
         ini = os.path.join(d, "bench.ini")
         with open(ini, "w") as f:
@@ -217,7 +217,7 @@ class Ours(System):
         util.wait_until(lambda: util.port_open(self.port), timeout=20, what="fanout port")
         time.sleep(0.5)
         self.pids = [self.proc.pid]
-        self.aux_pids = [self.broker.proc.pid]
+        self.aux_pids = [n.proc.pid for n in self.broker.nodes]
         self.ws_url = "ws://127.0.0.1:%d/ws/exchange" % self.port
         self.pub_args = ["--kafka", self.broker.bootstrap, "--topic", "exchange"]
         return self

@@ -20,9 +20,11 @@ sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 
 import confluent_kafka  # noqa: E402
 
+from harness.kafka import start_kafka  # noqa: E402
 from harness.service import Service  # noqa: E402
 from harness.sim import Sim  # noqa: E402
-from test_fencing import TOPIC, RealKafka  # noqa: E402
+
+TOPIC = "exchange"
 
 
 # In the ingest: send -> acknowledged (non-transactional) or -> committed.
@@ -83,7 +85,7 @@ def main():
     ap.add_argument("--commit-ms", default="off,0,5,20,100")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="txn-latency-")
-    kafka = RealKafka(os.path.join(tmp, "kafka")).start(timeout=300)
+    kafka = start_kafka(os.path.join(tmp, "kafka"), nodes=1, topics=(TOPIC + ":3",))
     sim = Sim(os.path.join(tmp, "sim"), args=["--exchanges", "upbit", "--upbit-markets", "KRW-BTC",
                                               "--rate", str(args.rate / 3)]).start()
     print("%-10s %8s %8s %8s %10s %10s" % ("commit_ms", "msgs/s", "p50 ms", "p99 ms", "ack p50", "ack p99"))
