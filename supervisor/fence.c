@@ -151,8 +151,13 @@ void sup_stop_ingest(int deposed)
     procs_kill_after(p, deadline);
 }
 
-/* SIGTERM: leadership is resigned at once, /status and exchange_leader say
- * "draining" from this moment (the next leader may already lead). */
+static int resign_pending; /* election node kept until the ingest has exited */
+
+/* SIGTERM: /status and exchange_leader say "draining" from this moment. The
+ * election node goes once our ingest has committed its last transaction and
+ * exited (bounded by stop_deadline_ms): the next leader's init_transactions
+ * then finds no transaction of ours in progress, which would cost it 0.5 s
+ * (librdkafka retries InitProducerId after CONCURRENT_TRANSACTIONS). */
 void sup_resign(void)
 {
     if (sup.role == ROLE_LEADER) {
@@ -162,6 +167,20 @@ void sup_resign(void)
         sup.leader_relay[0] = '\0';
     }
     sup.role = ROLE_DRAINING;
+    if (procs_ingest() != NULL) {
+        resign_pending = 1;
+        log_info("resigning once the ingest has committed and exited", "");
+        return;
+    }
+    election_resign();
+}
+
+/* procs.c: an ingest worker exited. */
+void fence_ingest_exited(void)
+{
+    if (!resign_pending)
+        return;
+    resign_pending = 0;
     election_resign();
 }
 

@@ -383,6 +383,8 @@ static void on_exit_proc(proc_t *p, int status)
     p->state = PS_EXITED;
     drop_kill_timer(p);
     count_ingest_stop(p, status);
+    if (p->kind == PROC_INGEST)
+        fence_ingest_exited();
     if (p->ipc != NULL) {
         ipc_close(p->ipc);
         p->ipc = NULL;

@@ -13,6 +13,8 @@
 
 void sup_become_leader(int64_t zk_seq)
 {
+    if (sup.draining)
+        return; /* resigned: the election node only waits for the ingest to exit */
     int was = sup.role == ROLE_LEADER;
     sup.role = ROLE_LEADER;
     if (!was || sup.zk_seq != zk_seq) {
@@ -29,6 +31,8 @@ void sup_become_leader(int64_t zk_seq)
 
 void sup_become_follower(const char *leader_id, const char *relay)
 {
+    if (sup.draining)
+        return; /* the draining ingest commits or is fenced by the next leader */
     if (sup.role == ROLE_LEADER) {
         sup.transitions++;
         sup.last_transition_ms = worker_now_ms();

@@ -101,6 +101,7 @@ int64_t sup_epoch(void);               /* of the current (or last) ingest start 
 void sup_resign(void);                 /* SIGTERM: role draining, election node deleted */
 void fence_ingest_spawned(void);       /* procs.c: start renewing the lease */
 void fence_epoch_seen(int64_t e);      /* the ingest found epoch e in the topic's tail */
+void fence_ingest_exited(void);        /* procs.c: completes a resign deferred by sup_resign */
 
 /* supervisor.c */
 void sup_become_leader(int64_t zk_seq);
