@@ -25,9 +25,9 @@ def topic_ends(bootstrap, topic):
         c.close()
 
 
-def read_topic(bootstrap, topic, isolation, ends, timeout=60.0):
+def read_topic(bootstrap, topic, isolation, ends, timeout=60.0, values=False):
     """Every record of `topic` before `ends` ({partition: offset}), per
-    partition in offset order: {p: [(offset, epoch)]}."""
+    partition in offset order: {p: [(offset, epoch)]} (+ value with values)."""
     c = confluent_kafka.Consumer({"bootstrap.servers": bootstrap, "group.id": "fencing-check",
                                   "enable.auto.commit": False, "isolation.level": isolation})
     parts = [confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING) for p in ends]
@@ -37,7 +37,8 @@ def read_topic(bootstrap, topic, isolation, ends, timeout=60.0):
     def caught_up():
         m = c.poll(0.2)
         if m is not None and not m.error() and m.offset() < ends[m.partition()]:
-            out[m.partition()].append((m.offset(), json.loads(m.value()).get("epoch")))
+            rec = (m.offset(), json.loads(m.value()).get("epoch"))
+            out[m.partition()].append(rec + (m.value(),) if values else rec)
         pos = {tp.partition: tp.offset for tp in c.position(parts)}
         return all(pos[p] >= ends[p] for p in ends)
     try:
@@ -106,3 +107,41 @@ def test_frozen_leader_cannot_append_after_new_leader(zk_server, kafka_broker, s
           "records only read_uncommitted sees (aborted): %d"
           % (len(late_committed), len(late_uncommitted), aborted))
     assert late_committed == []
+
+
+def test_aborted_transaction_is_produced_again_in_order(kafka_factory, sim_factory, service_factory):
+    # The broker freezes longer than the transaction timeout: the open
+    # transaction's messages time out, the transaction is aborted, and its
+    # messages are produced again, first and in order: every seq once.
+    k = kafka_factory(nodes=1)
+    sim = sim_factory(args=["--upbit-markets", "KRW-BTC", "--rate", "20"])
+    svc = service_factory(sim_ports=sim.ports,
+                          overrides={"kafka": {"brokers": k.bootstrap, "topic": "exchange",
+                                               "fallback_after_ms": 60000},
+                                     "exchange.upbit": {"markets": "KRW-BTC"}}).wait_ready(timeout=60)
+
+    def txns(result):
+        return svc.metric("exchange_ingest_kafka_transactions_total", {"result": result}) or 0
+    util.wait_until(lambda: txns("committed") >= 5, timeout=30, what="transactions committed")
+    k.node(1).pause()
+    try:
+        util.wait_until(lambda: (svc.metric("exchange_ingest_kafka_failed_total", {"error": "_MSG_TIMED_OUT"})
+                                 or 0) >= 1, timeout=30, what="messages of the open transaction time out")
+    finally:
+        k.node(1).resume()
+    util.wait_until(lambda: txns("aborted") >= 1, timeout=30, what="the transaction aborted")
+    done = txns("committed") + 5
+    util.wait_until(lambda: txns("committed") >= done, timeout=60, what="commits after the broker is back")
+    assert not svc.metric("exchange_ingest_kafka_dropped_total")
+    epoch = svc.status()["epoch"]
+    seqs = {}
+    recs = read_topic(k.bootstrap, "exchange", "read_committed", topic_ends(k.bootstrap, "exchange"),
+                      values=True)
+    for p in recs.values():
+        for _, e, v in p:
+            m = json.loads(v)
+            if e == epoch:
+                seqs.setdefault(m["channel"], []).append(m["seq"])
+    assert seqs
+    for ch, s in seqs.items():
+        assert s == list(range(s[0], s[0] + len(s))), "%s: %s" % (ch, s[:50])
