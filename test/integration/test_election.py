@@ -188,8 +188,9 @@ def test_frozen_leader_is_fenced(zk_server, kafka_broker, sim_factory, service_f
     try:
         util.wait_until(lambda: leaders([other]) == [other], timeout=SESSION_MS / 1000 + 5,
                         what="the other instance leads")
+        # The epoch is allocated (through ZooKeeper) just after it leads.
+        util.wait_until(lambda: other.status()["epoch"] > old_epoch, timeout=10, what="a higher epoch")
         new_epoch = other.status()["epoch"]
-        assert new_epoch > old_epoch
         c.wait_for(lambda cl: any(m["epoch"] == new_epoch for m in cl.data()), timeout=10,
                    what="new leader's data")
     finally:

@@ -72,8 +72,9 @@ def test_frozen_leader_cannot_append_after_new_leader(zk_server, kafka_broker, s
         os.kill(p, signal.SIGSTOP)
     try:
         util.wait_until(lambda: leaders([b]) == [b], timeout=SESSION_MS / 1000 + 10, what="B leads")
+        # Its epoch is allocated (through ZooKeeper) just after it leads.
+        util.wait_until(lambda: b.status()["epoch"] > epoch_a, timeout=10, what="B's epoch above A's")
         epoch_b = b.status()["epoch"]
-        assert epoch_b > epoch_a
         util.wait_until(lambda: (b.metric("exchange_ingest_kafka_transactions_total", {"result": "committed"})
                                  or 0) >= 3, timeout=30, what="B commits transactions")
     finally:
