@@ -186,10 +186,16 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
         return;
     }
     /* Transport errors repeat on every reconnect attempt: debug once down. */
-    if (p->brokers_down && (err == RD_KAFKA_RESP_ERR__TRANSPORT || err == RD_KAFKA_RESP_ERR__RESOLVE))
+    int transport = err == RD_KAFKA_RESP_ERR__TRANSPORT || err == RD_KAFKA_RESP_ERR__RESOLVE;
+    if (p->brokers_down && transport)
         log_debug("kafka error", "err=%s reason=%s", rd_kafka_err2name(err), log_q(reason));
     else
         log_warn("kafka error", "err=%s reason=%s", rd_kafka_err2name(err), log_q(reason));
+    /* A broker lost while a transaction was being set up raises no
+     * ALL_BROKERS_DOWN (librdkafka never counted it up): still note the
+     * outage, so its end is logged ("delivering again"). */
+    if (transport && p->tx == TX_INIT)
+        p->brokers_down = 1;
 }
 
 /* librdkafka learns a new topic's partitions only on its 1 s topic scan, so
@@ -769,7 +775,7 @@ static void on_poll(uv_timer_t *t)
         tx_dead(p, "error_cb", rd_kafka_fatal_error(p->rk, buf, sizeof(buf)));
     }
     int q = p->tx == TX_OFF ? rd_kafka_outq_len(p->rk) : p->txn.n + p->pending.n;
-    if (p->brokers_down && q == 0) {
+    if (p->brokers_down && q == 0 && p->tx != TX_INIT) {
         /* Everything delivered again: brokers are reachable. */
         log_info("kafka: delivering again", "brokers=%s", log_q(p->cfg->kafka.brokers));
         p->brokers_down = 0;
