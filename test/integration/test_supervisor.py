@@ -224,6 +224,7 @@ def test_role_is_draining_once_resigned(service_factory):
     assert svc.status()["role"] == "leader"
     assert svc.metric("exchange_leader") == 1
     client = WsClient(svc.ws_url, name="c").start()
+    util.wait_until(lambda: svc.status()["clients"] >= 1, timeout=10, what="the client connected")
     svc.signal(signal.SIGTERM)
     # The first answer after the signal already says draining: never two
     # leaders for drain_ms.
