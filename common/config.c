@@ -86,6 +86,9 @@ static const cfg_key_t main_keys[] = {
     K(zookeeper, auth, T_STR, CF_SECRET, 0, 0, NULL, "",
       "Digest credentials user:password (or file:NAME, or an absolute path to a file holding them); the "
       "election nodes are then created creator-only (ZOO_CREATOR_ALL_ACL). Empty: no auth, open ACL"),
+    K(zookeeper, lease_ms, T_INT, R | CF_AUTO, 100, 300000, NULL, "auto",
+      "The ingest worker stops producing when its supervisor has not renewed its lease this long (renewed "
+      "every third of it); at most half of session_timeout_ms; auto: a third of session_timeout_ms"),
 
     K(kafka, brokers, T_ADDRLIST, R, 0, 0, NULL, "",
       "Kafka bootstrap brokers; empty: no Kafka, the relay is the only path"),
@@ -109,6 +112,14 @@ static const cfg_key_t main_keys[] = {
       "Bound on that read; Kafka unreachable by then: logged, the ingest starts without it"),
     K(kafka, buffer_messages, T_INT, R, 1000, 10000000, NULL, "100000",
       "Producer queue size in messages; when full a message is dropped and counted"),
+    K(kafka, transactions, T_BOOL, R, 0, 0, NULL, "true",
+      "Transactional producer: a new leader fences the old one's writes (fanouts read committed only); false "
+      "only for brokers without transactions or for measurements"),
+    K(kafka, transactional_id, T_STR, 0, 0, 0, NULL, "",
+      "transactional.id shared by every instance of the cluster; empty: exchange-service.CLUSTER"),
+    K(kafka, transaction_commit_ms, T_INT, R, 0, 10000, NULL, "20",
+      "Commit the open transaction this often; read-committed consumers see a message only after its commit "
+      "(latency cost measured in README, Leadership)"),
     K(kafka, security_protocol, T_ENUM, R, 0, 0, "PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL", "PLAINTEXT",
       "Kafka security.protocol"),
     K(kafka, sasl_mechanism, T_ENUM, R, 0, 0, "PLAIN|SCRAM-SHA-256|SCRAM-SHA-512", "PLAIN",
@@ -194,6 +205,8 @@ static const cfg_key_t main_keys[] = {
       "A worker that ran this long restarts with a fresh backoff"),
     K(supervisor, crash_limit, T_INT, R, 1, 1000, NULL, "5",
       "Crashes within crash_window_ms that count as a crash loop"),
+    K(supervisor, stop_deadline_ms, T_INT, R, 100, 600000, NULL, "3000",
+      "An ingest worker told to stop (step-down, reload) that has not exited after this is killed (SIGKILL)"),
     K(supervisor, stats_interval_ms, T_INT, R, 100, 60000, NULL, "1000",
       "How often workers report metrics and status"),
 };
@@ -618,6 +631,19 @@ static int read_small_file(const char *path, char *out, size_t n)
     out[got] = '\0';
     fclose(f);
     return 0;
+}
+
+int cfg_lease_ms(const cfg_t *c)
+{
+    return c->zookeeper.lease_ms > 0 ? c->zookeeper.lease_ms : c->zookeeper.session_timeout_ms / 3;
+}
+
+void cfg_transactional_id(const cfg_t *c, char *out, size_t n)
+{
+    if (c->kafka.transactional_id != NULL && c->kafka.transactional_id[0] != '\0')
+        snprintf(out, n, "%s", c->kafka.transactional_id);
+    else
+        snprintf(out, n, "exchange-service.%s", c->service.cluster);
 }
 
 int cfg_fanout_workers(const cfg_t *c)
@@ -1206,6 +1232,13 @@ static void finalize(cfg_t *c, errs_t *e)
         add_err(e,
                 "%s: [fanout] max_bytes_in_per_sec: must be 0 or >= [fanout] max_message_bytes (%d), got %d",
                 c->source[i], c->fanout.max_message_bytes, c->fanout.max_bytes_in_per_sec);
+    }
+    if (c->zookeeper.lease_ms > c->zookeeper.session_timeout_ms / 2) {
+        int i = find_slot("zookeeper", "lease_ms");
+        add_err(
+            e,
+            "%s: [zookeeper] lease_ms: must be at most half of [zookeeper] session_timeout_ms (%d), got %d",
+            c->source[i], c->zookeeper.session_timeout_ms / 2, c->zookeeper.lease_ms);
     }
     if (c->auth.enabled && strlen(c->auth.secret) < 32) {
         int i = find_slot("auth", "secret");

@@ -42,6 +42,7 @@ typedef struct {
         int session_timeout_ms;
         char *root;
         char *auth; /* digest user:password, resolved from file: / a path; "" none */
+        int lease_ms; /* 0 = auto: cfg_lease_ms() */
     } zookeeper;
     struct {
         char *brokers;
@@ -56,6 +57,9 @@ typedef struct {
         int ingest_tail;
         int ingest_tail_ms;
         int buffer_messages;
+        int transactions;
+        char *transactional_id; /* empty: cfg_transactional_id() derives it */
+        int transaction_commit_ms;
         char *security_protocol;
         char *sasl_mechanism;
         char *sasl_username;
@@ -113,6 +117,7 @@ typedef struct {
         int restart_max_ms;
         int crash_window_ms;
         int crash_limit;
+        int stop_deadline_ms;
         int stats_interval_ms;
     } supervisor;
 
@@ -154,6 +159,10 @@ int cfg_print_defaults(buf_t *out);
 int cfg_diff_restart_keys(const cfg_t *old_c, const cfg_t *new_c, buf_t *out);
 /* True if any key in sections that matter to the ingest worker differs. */
 int cfg_ingest_changed(const cfg_t *a, const cfg_t *b);
+/* Resolved [zookeeper] lease_ms (0 = a third of the session timeout). */
+int cfg_lease_ms(const cfg_t *c);
+/* Resolved [kafka] transactional_id into out ("exchange-service.CLUSTER" when empty). */
+void cfg_transactional_id(const cfg_t *c, char *out, size_t n);
 /* Resolved fanout worker count ([fanout] workers, 0 = CPUs of the cgroup). */
 int cfg_fanout_workers(const cfg_t *c);
 /* Split a comma list into trimmed items (malloc'd array of malloc'd strings). */

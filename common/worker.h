@@ -8,9 +8,13 @@
  *   {"t":"leader","epoch":N,"leader":ID,"relay":"host:port","is_self":bool}
  *   {"t":"loglevel","level":"debug"}
  *   {"t":"drain","ms":N}                    stop accepting, drain, exit
+ *   {"t":"lease","ms":N}                    ingest: produce for N ms more (renewed every N/3)
+ *   {"t":"deposed"}                         ingest: leadership lost: abort, never flush, exit
  * worker -> supervisor:
  *   {"t":"ready"}                           after on_start succeeded
  *   {"t":"stats","metrics":SNAPSHOT,"status":{...}} every stats interval
+ *   {"t":"epoch_seen","epoch":E}            ingest: highest epoch in the topic's tail; the
+ *                                           supervisor restarts it above E if E >= its epoch
  *
  * Without --ipc-fd the worker loads its configuration itself (--profile,
  * --config, environment) — handy for running one worker by hand. */
@@ -20,6 +24,10 @@
 #include <uv.h>
 #include "config.h"
 #include "ipc.h"
+
+/* Exit codes the supervisor tells apart (counted by reason). */
+#define WORKER_EXIT_FENCED 75 /* ingest: Kafka fenced its producer (a newer leader) */
+#define WORKER_EXIT_LEASE 76  /* ingest: the supervisor did not renew the lease in time */
 
 typedef struct worker_s worker_t;
 

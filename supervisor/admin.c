@@ -299,7 +299,7 @@ static void status_add_rates(json_t *st)
 
 static const char *role_name(void)
 {
-    return sup.role == ROLE_LEADER ? "leader" : "follower";
+    return sup.role == ROLE_LEADER ? "leader" : sup.role == ROLE_DRAINING ? "draining" : "follower";
 }
 
 int sup_is_ready(void)

@@ -2,12 +2,18 @@
  * sequence 0; the ZooKeeper recipe lives in election_zk.c. */
 #include "election.h"
 
+#include <errno.h>
+#include <stdint.h>
+
+#include "epoch.h"
 #include "log.h"
 #include "supervisor.h"
 
 int election_zk_start(void);
 void election_zk_resign(void);
 void election_zk_stop(void);
+void election_zk_alloc_epoch(int64_t floor, election_epoch_cb cb);
+int64_t election_zk_lease_bound_ms(void);
 
 static int use_zk;
 
@@ -33,4 +39,24 @@ void election_stop(void)
 {
     if (use_zk)
         election_zk_stop();
+}
+
+/* Standalone: epochs live in this process only (a restart starts again
+ * above what its fanout workers have seen: the floor). */
+void election_alloc_epoch(int64_t floor, election_epoch_cb cb)
+{
+    static int64_t last;
+    if (use_zk) {
+        election_zk_alloc_epoch(floor, cb);
+        return;
+    }
+    int64_t e = epoch_next(last, floor);
+    if (e > 0)
+        last = e;
+    cb(e);
+}
+
+int64_t election_lease_bound_ms(void)
+{
+    return use_zk ? election_zk_lease_bound_ms() : INT64_MAX;
 }

@@ -7,4 +7,15 @@ int election_start(void);
 void election_resign(void); /* SIGTERM: delete our node first */
 void election_stop(void);
 
+/* Allocate the epoch of a new ingest start: above every epoch the cluster
+ * allocated before and above floor (the highest epoch seen in the data).
+ * cb(epoch) on success, cb(negative errno) otherwise: -EPERM not the leader
+ * (any more), -EAGAIN try again later, -EBUSY one is already in flight. */
+#include <stdint.h>
+typedef void (*election_epoch_cb)(int64_t epoch_or_err);
+void election_alloc_epoch(int64_t floor, election_epoch_cb cb);
+/* How long from now our leadership is certain, in ms (<= 0: not certain):
+ * the lease handed to the ingest worker never reaches past it. */
+int64_t election_lease_bound_ms(void);
+
 #endif

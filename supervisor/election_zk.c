@@ -14,11 +14,24 @@
 #define THREADED 1 /* the synchronous API of libzookeeper_mt */
 #include <zookeeper/zookeeper.h>
 
+#include "election.h"
+#include "epoch.h"
 #include "log.h"
 #include "supervisor.h"
 #include "worker.h"
 
-enum { EV_SESSION = 1, EV_WATCH, EV_PARENTS, EV_CREATED, EV_CHILDREN, EV_EXISTS, EV_DATA, EV_PING };
+enum {
+    EV_SESSION = 1,
+    EV_WATCH,
+    EV_PARENTS,
+    EV_CREATED,
+    EV_CHILDREN,
+    EV_EXISTS,
+    EV_DATA,
+    EV_PING,
+    EV_EPOCH_GET,
+    EV_EPOCH_MULTI
+};
 
 typedef struct zev_s {
     struct zev_s *next;
@@ -28,6 +41,7 @@ typedef struct zev_s {
     char *value; /* data, created name */
     char **list; /* children */
     int n;
+    int version; /* EV_EPOCH_GET: the node's data version */
 } zev_t;
 
 typedef struct {
@@ -401,6 +415,9 @@ static void on_session(zev_t *e)
     }
 }
 
+static void epoch_on_get(zev_t *e);
+static void epoch_on_multi(zev_t *e);
+
 static void on_async(uv_async_t *a)
 {
     (void)a;
@@ -438,6 +455,8 @@ static void on_async(uv_async_t *a)
                     ensure_parents();
                 break;
             case EV_CHILDREN: on_children(e); break;
+            case EV_EPOCH_GET: epoch_on_get(e); break;
+            case EV_EPOCH_MULTI: epoch_on_multi(e); break;
             case EV_EXISTS:
                 if (e->rc == ZNONODE)
                     request_children(); /* gone before we could watch it */
@@ -537,4 +556,139 @@ void election_zk_stop(void)
 {
     if (!stopping)
         election_zk_resign();
+}
+
+/* ---- epoch allocation and lease bound ---------------------------------- */
+/* ROOT/CLUSTER/epoch holds the last epoch the cluster allocated. The leader
+ * allocates the next one per ingest start with one multi-op: check that its
+ * election node exists (so only the leader can allocate) and set the node
+ * at the version it read (so two allocations never return the same epoch).
+ * A missing node (first start, or ZooKeeper's data was lost) starts from the
+ * floor: the highest epoch seen in the data. */
+
+static struct {
+    election_epoch_cb cb;
+    int64_t floor;
+    int64_t next;
+    zoo_op_t ops[2];
+    zoo_op_result_t res[2];
+    char path[560], node[1024], value[32];
+} ea;
+
+static void epoch_path(char *out, size_t n)
+{
+    /* election_path is ROOT/CLUSTER/election: the epoch node is its sibling. */
+    snprintf(out, n, "%.*s/epoch", (int)(strrchr(election_path, '/') - election_path), election_path);
+}
+
+static void epoch_finish(int64_t r)
+{
+    election_epoch_cb cb = ea.cb;
+    ea.cb = NULL;
+    if (cb != NULL)
+        cb(r);
+}
+
+/* Runs on the ZooKeeper client's thread. */
+static void on_epoch_data_done(int rc, const char *value, int len, const struct Stat *st, const void *data)
+{
+    zev_t *e = ev_from_ctx(data, rc);
+    if (rc == ZOK && value != NULL && len > 0)
+        e->value = strndup(value, (size_t)len);
+    e->version = st != NULL ? st->version : -1;
+    push(e);
+}
+
+/* Runs on the ZooKeeper client's thread. */
+static void on_multi_done(int rc, const void *data)
+{
+    push(ev_from_ctx(data, rc));
+}
+
+static void epoch_request(void)
+{
+    int rc = zoo_aget(zh, ea.path, 0, on_epoch_data_done, ctx_new(EV_EPOCH_GET, NULL));
+    if (rc != ZOK) {
+        log_warn("zookeeper epoch read failed", "err=%s", zerror(rc));
+        epoch_finish(-EAGAIN);
+    }
+}
+
+static void epoch_on_get(zev_t *e)
+{
+    int64_t stored = 0;
+    if (e->rc == ZOK) {
+        if (epoch_parse(e->value, &stored) < 0) {
+            log_error("zookeeper epoch node holds no epoch: refusing to allocate", "path=%s value=%s",
+                      log_q(ea.path), log_q(e->value ? e->value : ""));
+            epoch_finish(-EINVAL);
+            return;
+        }
+    } else if (e->rc == ZNONODE) {
+        log_warn("zookeeper epoch node missing (first start, or ZooKeeper lost its data): starting above the "
+                 "highest epoch seen",
+                 "path=%s floor=%lld", log_q(ea.path), (long long)ea.floor);
+    } else {
+        log_warn("zookeeper epoch read failed", "err=%s", zerror(e->rc));
+        epoch_finish(-EAGAIN);
+        return;
+    }
+    ea.next = epoch_next(stored, ea.floor);
+    if (ea.next < 0) {
+        log_error("epoch space exhausted", "stored=%lld floor=%lld", (long long)stored, (long long)ea.floor);
+        epoch_finish(ea.next);
+        return;
+    }
+    snprintf(ea.value, sizeof(ea.value), "%lld", (long long)ea.next);
+    snprintf(ea.node, sizeof(ea.node), "%s", my_node);
+    zoo_check_op_init(&ea.ops[0], ea.node, -1);
+    if (e->rc == ZOK)
+        zoo_set_op_init(&ea.ops[1], ea.path, ea.value, (int)strlen(ea.value), e->version, NULL);
+    else
+        zoo_create_op_init(&ea.ops[1], ea.path, ea.value, (int)strlen(ea.value), &ZOO_OPEN_ACL_UNSAFE,
+                           ZOO_PERSISTENT, NULL, 0);
+    int rc = zoo_amulti(zh, 2, ea.ops, ea.res, on_multi_done, ctx_new(EV_EPOCH_MULTI, NULL));
+    if (rc != ZOK) {
+        log_warn("zookeeper epoch write failed", "err=%s", zerror(rc));
+        epoch_finish(-EAGAIN);
+    }
+}
+
+static void epoch_on_multi(zev_t *e)
+{
+    if (e->rc == ZOK) {
+        log_info("epoch allocated", "epoch=%lld node=%s", (long long)ea.next, log_q(ea.node));
+        epoch_finish(ea.next);
+    } else if (ea.res[0].err != ZOK && ea.res[0].err != ZRUNTIMEINCONSISTENCY) {
+        log_warn("epoch not allocated: our election node is gone", "err=%s", zerror(ea.res[0].err));
+        epoch_finish(-EPERM);
+    } else if (ea.res[1].err == ZBADVERSION || ea.res[1].err == ZNODEEXISTS) {
+        epoch_request(); /* another allocation won the race: read again */
+    } else {
+        log_warn("zookeeper epoch write failed", "err=%s", zerror(e->rc));
+        epoch_finish(-EAGAIN);
+    }
+}
+
+void election_zk_alloc_epoch(int64_t floor, election_epoch_cb cb)
+{
+    if (zh == NULL || !connected || my_node[0] == '\0' || ea.cb != NULL) {
+        cb(ea.cb != NULL ? -EBUSY : -EAGAIN);
+        return;
+    }
+    ea.cb = cb;
+    ea.floor = floor;
+    epoch_path(ea.path, sizeof(ea.path));
+    epoch_request();
+}
+
+/* The server expires our session one timeout after it last heard from us;
+ * last_contact_ms is a lower bound of that moment (the suspend timer uses
+ * the same bound, so a short disconnection does not stop the ingest). */
+int64_t election_zk_lease_bound_ms(void)
+{
+    if (zh == NULL || my_node[0] == '\0')
+        return 0;
+    int64_t timeout = session_timeout_ms(), margin = timeout / 6 > 200 ? timeout / 6 : 200;
+    return (int64_t)last_contact_ms + timeout - margin - (int64_t)uv_now(sup.loop);
 }

@@ -157,8 +157,8 @@ static void begin_shutdown(const char *why)
     log_info("shutting down: draining", "why=%s drain_ms=%d", why, sup.cfg->fanout.drain_ms);
     /* Resign first so a follower takes over without waiting for the
      * session timeout, then stop ingest (it flushes Kafka) and drain. */
-    election_resign();
-    sup_stop_ingest();
+    sup_resign();
+    sup_stop_ingest(0); /* commits what is in flight: fencing keeps it before the next leader's */
     for (proc_t *p = sup.procs; p != NULL; p = p->next) {
         if (p->kind == PROC_FANOUT)
             procs_drain(p, sup.cfg->fanout.drain_ms);
@@ -210,7 +210,7 @@ static void reload(void)
     spawn_fanouts();
     if (ingest_changed && procs_ingest() != NULL) {
         log_info("ingest settings changed: restarting ingest worker", "");
-        sup_stop_ingest(); /* procs.c starts the new one when it has exited */
+        sup_stop_ingest(0); /* procs.c starts the new one when it has exited */
     }
     cfg_free(old);
     metric_inc(metric_labels(m_reloads, "result=\"ok\""));

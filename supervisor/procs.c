@@ -17,7 +17,7 @@
 #include "supervisor.h"
 #include "worker.h"
 
-static metric_t *m_spawns, *m_exits, *m_restarts, *m_crashloops;
+static metric_t *m_spawns, *m_exits, *m_restarts, *m_crashloops, *m_kills, *m_ingest_stops;
 
 const char *proc_state_name(proc_state_t s)
 {
@@ -42,6 +42,12 @@ static void init_metrics(void)
                                     "Crashed workers restarted.", NULL, 0);
     m_crashloops = metrics_reg_family(sup.reg, METRIC_COUNTER, "exchange_worker_crashloops_total",
                                       "Times a worker slot entered a crash loop.", NULL, 0);
+    m_kills = metrics_reg_family(sup.reg, METRIC_COUNTER, "exchange_worker_kills_total",
+                                 "Workers killed (SIGKILL) for not stopping by the deadline.", NULL, 0);
+    m_ingest_stops = metrics_reg_family(sup.reg, METRIC_COUNTER, "exchange_ingest_fenced_exits_total",
+                                        "Ingest workers that stopped producing on their own, by reason "
+                                        "(fenced: a newer leader's producer; lease_expired: not renewed).",
+                                        NULL, 0);
 }
 
 json_t *procs_leader_msg(void)
@@ -63,6 +69,8 @@ static void send_config(proc_t *p)
     msg = procs_leader_msg();
     ipc_send(p->ipc, msg);
     json_decref(msg);
+    if (p->kind == PROC_INGEST)
+        fence_ingest_spawned();
 }
 
 /* Runs on the loop thread. */
@@ -90,6 +98,10 @@ static void on_worker_msg(ipc_t *ipc, json_t *msg, void *arg)
             sd_notify_msg("READY=1");
             log_info("service ready", "");
         }
+    } else if (strcmp(t, "epoch_seen") == 0 && p->kind == PROC_INGEST) {
+        json_t *e = json_object_get(msg, "epoch");
+        if (json_is_integer(e))
+            fence_epoch_seen((int64_t)json_integer_value(e));
     } else if (strcmp(t, "stats") == 0) {
         json_t *m = json_object_get(msg, "metrics");
         json_t *s = json_object_get(msg, "status");
@@ -275,6 +287,56 @@ static void on_restart_timer(uv_timer_t *t)
     (void)procs_spawn(p->kind, p->slot);
 }
 
+/* ---- stop deadline: a worker told to stop that does not is killed ------ */
+
+static void on_kill_timer_close(uv_handle_t *h)
+{
+    free(h);
+}
+
+static void drop_kill_timer(proc_t *p)
+{
+    if (p->kill_timer == NULL)
+        return;
+    uv_close((uv_handle_t *)p->kill_timer, on_kill_timer_close);
+    p->kill_timer = NULL;
+}
+
+static void on_kill_timer(uv_timer_t *t)
+{
+    proc_t *p = t->data;
+    drop_kill_timer(p);
+    if (p->state == PS_EXITED || p->pid <= 0)
+        return;
+    log_error("worker did not stop by the deadline: killing it", "kind=%s pid=%d", proc_kind_name(p->kind),
+              (int)p->pid);
+    metric_inc(metric_labels(m_kills, "kind=\"%s\"", proc_kind_name(p->kind)));
+    kill(p->pid, SIGKILL);
+}
+
+void procs_kill_after(proc_t *p, int ms)
+{
+    if (p->state == PS_EXITED || p->kill_timer != NULL)
+        return;
+    p->kill_timer = malloc(sizeof(uv_timer_t));
+    if (p->kill_timer == NULL)
+        return;
+    uv_timer_init(sup.loop, p->kill_timer);
+    p->kill_timer->data = p;
+    uv_timer_start(p->kill_timer, on_kill_timer, (uint64_t)ms, 0);
+}
+
+/* Exit codes an ingest worker uses when it stopped producing on its own. */
+static void count_ingest_stop(proc_t *p, int status)
+{
+    if (p->kind != PROC_INGEST || !WIFEXITED(status))
+        return;
+    if (WEXITSTATUS(status) == WORKER_EXIT_FENCED)
+        metric_inc(metric_labels(m_ingest_stops, "reason=\"fenced\""));
+    else if (WEXITSTATUS(status) == WORKER_EXIT_LEASE)
+        metric_inc(metric_labels(m_ingest_stops, "reason=\"lease_expired\""));
+}
+
 /* Decide the restart delay of a crashed slot: exponential, capped, and a
  * crash loop (crash_limit crashes within crash_window_ms) is reported and
  * retried at the cap. */
@@ -320,6 +382,10 @@ static void on_exit_proc(proc_t *p, int status)
         snprintf(how, sizeof(how), "signal=%d", WTERMSIG(status));
     p->state = PS_EXITED;
     admin_retire_worker(p);
+    drop_kill_timer(p);
+    count_ingest_stop(p, status);
+    if (p->kind == PROC_INGEST)
+        fence_ingest_exited();
     if (p->ipc != NULL) {
         ipc_close(p->ipc);
         p->ipc = NULL;

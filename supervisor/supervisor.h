@@ -33,9 +33,11 @@ typedef struct proc_s {
     json_t *metrics;  /* last snapshot */
     json_t *status;   /* last status */
     uv_timer_t *restart_timer;
+    uv_timer_t *kill_timer; /* procs_kill_after */
 } proc_t;
 
-typedef enum { ROLE_FOLLOWER = 0, ROLE_LEADER } role_t;
+/* ROLE_DRAINING: leadership resigned on SIGTERM, workers still draining. */
+typedef enum { ROLE_FOLLOWER = 0, ROLE_LEADER, ROLE_DRAINING } role_t;
 
 typedef struct {
     uv_loop_t *loop;
@@ -51,8 +53,8 @@ typedef struct {
 
     /* leadership */
     role_t role;
-    int64_t zk_seq; /* our leadership's sequence (fencing base) */
-    int ingest_gen; /* ingest starts within this leadership */
+    int64_t zk_seq; /* the leading election node's sequence */
+    int ingest_gen; /* ingest starts (each gets a new epoch, fence.c) */
     char leader_id[256];
     char leader_relay[256];
     char session_state[32];
@@ -80,6 +82,7 @@ json_t *procs_leader_msg(void);
 void procs_on_leader_change(void);
 const char *proc_state_name(proc_state_t s);
 const char *proc_kind_name(proc_kind_t k);
+void procs_kill_after(proc_t *p, int ms); /* SIGKILL p unless it has exited by then */
 
 /* admin.c */
 int admin_start(const char *listen_addr);
@@ -93,10 +96,16 @@ void admin_retire_worker(const proc_t *p); /* keep its counters in /metrics */
 void sd_notify_msg(const char *msg);
 void sd_watchdog_start(uv_loop_t *loop); /* WATCHDOG=1 while $WATCHDOG_USEC is set */
 
+/* fence.c */
+void sup_start_ingest_if_leader(void); /* allocates an epoch, then spawns */
+void sup_stop_ingest(int deposed);     /* deposed: abort instead of commit; SIGKILL past the deadline */
+int64_t sup_epoch(void);               /* of the current (or last) ingest start */
+void sup_resign(void);                 /* SIGTERM: role draining, election node deleted */
+void fence_ingest_spawned(void);       /* procs.c: start renewing the lease */
+void fence_epoch_seen(int64_t e);      /* the ingest found epoch e in the topic's tail */
+void fence_ingest_exited(void);        /* procs.c: completes a resign deferred by sup_resign */
+
 /* supervisor.c */
-void sup_start_ingest_if_leader(void);
-void sup_stop_ingest(void);
-int64_t sup_epoch(void);
 void sup_become_leader(int64_t zk_seq);
 void sup_become_follower(const char *leader_id, const char *relay);
 void sup_check_drained(void);

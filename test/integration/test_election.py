@@ -97,7 +97,10 @@ def test_one_leader_and_kill9_failover(zk_server, kafka_broker, sim_factory, ser
                timeout=SESSION_MS / 1000 + 5, what="data from the new leader")
     took = first_epoch_after(c, old_epoch, t0) - t0
     print("kill -9 failover: first client message from the new leader after %.3f s" % took)
-    assert took <= SESSION_MS / 1000 + 1.0
+    # + 0.5 s: the new producer's init_transactions waits for the dead
+    # leader's open transaction to be aborted (librdkafka retries
+    # InitProducerId after CONCURRENT_TRANSACTIONS every 500 ms; README).
+    assert took <= SESSION_MS / 1000 + 1.5
     assert len(ingest_pids(others)) == 1
     c.close()
 
@@ -136,8 +139,7 @@ def test_kill9_ingest_only_keeps_leadership(zk_server, kafka_broker, sim_factory
     util.wait_until(restarted, timeout=10, what="ingest restarted")
     after = lead.status()
     assert after["role"] == "leader" and leaders(svcs) == [lead]
-    # Same leadership (same ZooKeeper node), a higher epoch for the new process.
-    assert after["epoch"] // 1000 == before["epoch"] // 1000
+    # Same leadership, a higher epoch for the new process.
     assert after["epoch"] > before["epoch"]
     assert after["transitions"] == before["transitions"]
 
@@ -148,7 +150,7 @@ def test_zookeeper_outages(zk_factory, kafka_broker, sim_factory, service_factor
     session_ms = 8000   # leaves room for a JVM restart (1-3 s here) inside the "short" outage
     svcs = cluster(service_factory, zk, kafka_broker, sim, n=2, session_ms=session_ms)
     lead = leaders(svcs)[0]
-    base = lead.status()["epoch"] // 1000
+    base = lead.status()["transitions"]
     ingest_before = ingest_pids(svcs)
     # Short outage (well under the session timeout): no leadership change,
     # and the leader keeps ingesting throughout.
@@ -158,7 +160,7 @@ def test_zookeeper_outages(zk_factory, kafka_broker, sim_factory, service_factor
     util.wait_until(lambda: all(s.status()["session"] == "connected" for s in svcs), timeout=15,
                     what="sessions reconnected")
     assert leaders(svcs) == [lead]
-    assert lead.status()["epoch"] // 1000 == base
+    assert lead.status()["transitions"] == base   # the same leadership
     assert ingest_pids(svcs) == ingest_before
     # Long outage: the leader stops ingesting before its session can expire.
     zk.stop()
@@ -186,8 +188,9 @@ def test_frozen_leader_is_fenced(zk_server, kafka_broker, sim_factory, service_f
     try:
         util.wait_until(lambda: leaders([other]) == [other], timeout=SESSION_MS / 1000 + 5,
                         what="the other instance leads")
+        # The epoch is allocated (through ZooKeeper) just after it leads.
+        util.wait_until(lambda: other.status()["epoch"] > old_epoch, timeout=10, what="a higher epoch")
         new_epoch = other.status()["epoch"]
-        assert new_epoch > old_epoch
         c.wait_for(lambda cl: any(m["epoch"] == new_epoch for m in cl.data()), timeout=10,
                    what="new leader's data")
     finally:

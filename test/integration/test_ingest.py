@@ -470,7 +470,7 @@ def test_supervised_epoch_status_and_drain(tmp_path, build_dir, sim):
                 seen = st
                 break
         assert seen, "no stats with epoch 42 and a subscribed upbit feed\n" + p.logs()
-        assert seen["kafka"] == {"enabled": False, "queue": 0}, seen
+        assert seen["kafka"] == {"enabled": False, "queue": 0, "transaction": "off"}, seen
         assert isinstance(seen["exchanges"]["upbit"]["last_message_age_ms"], int), seen
         assert "exchange_ingest_messages_total" in json.dumps(m["metrics"]), m["metrics"]
         _ipc_send(parent, {"t": "drain", "ms": 1000})

@@ -201,3 +201,73 @@ def test_crash_loop_is_reported_not_tight(service_factory, tmp_path, build_dir):
     assert time.monotonic() - t0 >= 0.5
     assert svc.get("/readyz")[0] == 503
     assert any(w.get("crashloop") for w in svc.workers("fanout"))
+
+
+def ingest_pid(svc):
+    pids = [w["pid"] for w in svc.workers("ingest") if w["state"] in ("starting", "running")]
+    return pids[0] if pids else None
+
+
+def running_ingest(svc):
+    util.wait_until(lambda: ingest_pid(svc) is not None, timeout=10, what="ingest running")
+    return ingest_pid(svc)
+
+
+def seconds_until_gone(pid, t0, bound_s, what):
+    util.wait_until(lambda: not util.pid_alive(pid), timeout=bound_s + 3, interval=0.02, what=what)
+    return time.monotonic() - t0
+
+
+def test_role_is_draining_once_resigned(service_factory):
+    # A client keeps the drain going, so /status can be read during it.
+    svc = service_factory(overrides={"fanout": {"drain_ms": 4000}}).wait_ready()
+    assert svc.status()["role"] == "leader"
+    assert svc.metric("exchange_leader") == 1
+    client = WsClient(svc.ws_url, name="c").start()
+    util.wait_until(lambda: svc.status()["clients"] >= 1, timeout=10, what="the client connected")
+    svc.signal(signal.SIGTERM)
+    # The first answer after the signal already says draining: never two
+    # leaders for drain_ms.
+    util.wait_until(lambda: svc.get("/readyz", timeout=0.5)[0] == 503, timeout=5, interval=0.02,
+                    what="drain begun")
+    st = svc.status()
+    assert st["role"] == "draining" and st["draining"]
+    assert svc.metric("exchange_leader") == 0
+    assert svc.running()
+    client.close()
+    svc.proc.wait(timeout=15)
+
+
+def test_ingest_stops_when_its_lease_is_not_renewed(service_factory):
+    # Only the supervisor is frozen: the ingest worker must stop producing on
+    # its own within the lease, and say why.
+    lease_ms = 1000
+    svc = service_factory(overrides={"zookeeper": {"lease_ms": lease_ms},
+                                     "supervisor": {"restart_min_ms": 200}}).wait_ready()
+    victim = running_ingest(svc)
+    os.kill(svc.pid, signal.SIGSTOP)
+    try:
+        took = seconds_until_gone(victim, time.monotonic(), lease_ms / 1000, "ingest exits without its lease")
+    finally:
+        os.kill(svc.pid, signal.SIGCONT)
+    assert took < lease_ms / 1000 + 0.5, took     # within the lease (+ scheduling on a loaded host)
+    assert "lease expired" in svc.stderr()
+    util.wait_until(lambda: svc.metric("exchange_ingest_fenced_exits_total",
+                                       {"reason": "lease_expired"}) == 1,
+                    timeout=5, what="lease expiry counted")
+    # Renewed again once the supervisor runs: a new ingest, a higher epoch.
+    util.wait_until(lambda: ingest_pid(svc) not in (None, victim), timeout=10, what="ingest restarted")
+
+
+def test_worker_that_does_not_stop_is_killed_by_the_deadline(service_factory):
+    deadline_ms = 1000
+    svc = service_factory(overrides={"supervisor": {"stop_deadline_ms": deadline_ms},
+                                     "fanout": {"drain_ms": 0}}).wait_ready()
+    victim = running_ingest(svc)
+    os.kill(victim, signal.SIGSTOP)      # it cannot obey the stop
+    t0 = time.monotonic()
+    svc.signal(signal.SIGTERM)
+    took = seconds_until_gone(victim, t0, deadline_ms / 1000, "stopped ingest killed")
+    assert deadline_ms / 1000 - 0.1 <= took < deadline_ms / 1000 + 1.5, took
+    assert "did not stop by the deadline" in svc.stderr()
+    assert svc.proc.wait(timeout=10) == 0

@@ -423,7 +423,9 @@ int source_kafka_new(uv_loop_t *loop, const cfg_t *cfg, const source_sink_t *sin
      * byte is there (fetch.min.bytes=1) or after fetch_wait_max_ms; errors and
      * reconnects back off briefly; Nagle off. No group: offsets are never
      * committed (each worker reads the whole topic from its tail). Logs and
-     * errors go to the main queue, served on the loop thread. */
+     * errors go to the main queue, served on the loop thread. read_committed:
+     * a deposed leader's open transaction is aborted by the new leader's
+     * producer (fencing) and must never reach a client. */
     if (set(conf, "bootstrap.servers", cfg->kafka.brokers) < 0 ||
         set(conf, "client.id", "exchange-fanout") < 0 || set(conf, "fetch.wait.max.ms", num) < 0 ||
         set(conf, "fetch.min.bytes", "1") < 0 || set(conf, "fetch.error.backoff.ms", "100") < 0 ||
@@ -431,7 +433,8 @@ int source_kafka_new(uv_loop_t *loop, const cfg_t *cfg, const source_sink_t *sin
         set(conf, "socket.keepalive.enable", "true") < 0 || set(conf, "reconnect.backoff.ms", "100") < 0 ||
         set(conf, "reconnect.backoff.max.ms", "2000") < 0 || set(conf, "enable.partition.eof", "false") < 0 ||
         set(conf, "enable.auto.commit", "false") < 0 || set(conf, "enable.auto.offset.store", "false") < 0 ||
-        set(conf, "auto.offset.reset", "latest") < 0 || set(conf, "log.queue", "true") < 0)
+        set(conf, "auto.offset.reset", "latest") < 0 || set(conf, "log.queue", "true") < 0 ||
+        set(conf, "isolation.level", "read_committed") < 0)
         goto fail;
     if (cfg->kafka.security_protocol && *cfg->kafka.security_protocol &&
         set(conf, "security.protocol", cfg->kafka.security_protocol) < 0)

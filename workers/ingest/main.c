@@ -6,6 +6,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "ingest.h"
 #include "log.h"
@@ -29,7 +30,12 @@ static uv_timer_t leader_wait;
 #define FEED_CLOSE_MS 2000
 static int feeds_started, flush_started, producer_drained;
 static int tail_running, feeds_wanted; /* the feeds wait for the topic's tail */
+/* Lease (supervisor renews it over IPC): past it nothing is produced or
+ * relayed and the worker exits; deposed: abort, never flush. */
+static uv_timer_t lease_timer;
+static int deposed;
 static uint64_t drain_started_at;
+static int feed_close_ms = FEED_CLOSE_MS, flush_ms = FLUSH_MS; /* within the drain message's bound */
 
 static int64_t env_epoch(void)
 {
@@ -53,6 +59,7 @@ static int feeds_alive(void)
 }
 
 static void on_producer_drained(void *arg, int remaining);
+static void on_producer_fatal(void *arg, int fenced);
 
 /* Drain order: feeds closed (their last status messages published), then
  * Kafka flushed, then exit. Checked on every tick. */
@@ -60,10 +67,11 @@ static void maybe_finish_drain(void)
 {
     if (!ing.draining)
         return;
-    if (!flush_started && (!feeds_alive() || uv_now(ing.loop) - drain_started_at >= FEED_CLOSE_MS)) {
+    if (!flush_started &&
+        (!feeds_alive() || uv_now(ing.loop) - drain_started_at >= (uint64_t)feed_close_ms)) {
         flush_started = 1;
         if (ing.producer != NULL)
-            producer_drain(ing.producer, FLUSH_MS, on_producer_drained, NULL);
+            producer_drain(ing.producer, flush_ms, on_producer_drained, NULL);
         else
             producer_drained = 1;
     }
@@ -153,6 +161,7 @@ static int on_start(worker_t *w)
     if (w->cfg->kafka.brokers != NULL && w->cfg->kafka.brokers[0] != '\0') {
         if ((r = producer_create(w->loop, w->cfg, &ing.producer)) < 0)
             return r;
+        producer_on_fatal(ing.producer, on_producer_fatal, NULL);
     } else {
         log_info("no kafka brokers configured: relay only", "epoch=%" PRId64, ing.epoch);
     }
@@ -168,6 +177,7 @@ static int on_start(worker_t *w)
     uv_timer_init(w->loop, &ing.tick);
     uv_timer_start(&ing.tick, on_tick, TICK_MS, TICK_MS);
     uv_timer_init(w->loop, &leader_wait);
+    uv_timer_init(w->loop, &lease_timer);
     if (w->ipc != NULL) {
         uv_timer_start(&leader_wait, on_leader_wait, LEADER_WAIT_MS, 0);
         return 0;
@@ -175,8 +185,77 @@ static int on_start(worker_t *w)
     return start_feeds();
 }
 
+static void on_lease_expired(uv_timer_t *t)
+{
+    (void)t;
+    log_error("lease expired: the supervisor did not renew it, stopping production and exiting",
+              "epoch=%" PRId64, ing.epoch);
+    relay_stop(relay);
+    worker_exit(wk, WORKER_EXIT_LEASE);
+}
+
+static void on_lease(json_t *msg)
+{
+    json_t *ms = json_object_get(msg, "ms");
+    if (!json_is_integer(ms) || json_integer_value(ms) <= 0) {
+        log_warn("lease message without a valid duration ignored", "");
+        return;
+    }
+    uint64_t d = (uint64_t)json_integer_value(ms);
+    /* The loop time may be stale (on_start blocks for the Kafka metadata
+     * warm-up): the lease counts from now. */
+    uv_update_time(ing.loop);
+    if (ing.producer != NULL)
+        producer_set_lease(ing.producer, uv_hrtime() / 1000000u + d);
+    uv_timer_start(&lease_timer, on_lease_expired, d, 0);
+}
+
+static void on_aborted(void *arg)
+{
+    (void)arg;
+    log_info("ingest stopped after losing leadership: open transaction aborted", "epoch=%" PRId64, ing.epoch);
+    relay_stop(relay);
+    worker_exit(wk, 0);
+}
+
+/* The supervisor lost leadership: whatever is not committed must never
+ * reach the topic (the new leader may already be writing). */
+static void on_deposed(void)
+{
+    if (deposed)
+        return;
+    deposed = 1;
+    ing.draining = 1;
+    uv_timer_stop(&leader_wait);
+    for (int ex = 0; ex < EX_COUNT; ex++)
+        if (ing.feeds[ex] != NULL)
+            feed_stop(ing.feeds[ex]);
+    if (ing.producer != NULL)
+        producer_abort(ing.producer, on_aborted, NULL);
+    else
+        on_aborted(NULL);
+}
+
+/* Runs on the loop thread (producer_on_fatal). */
+static void on_producer_fatal(void *arg, int fenced)
+{
+    (void)arg;
+    log_error(fenced ? "fenced by a newer leader's producer: exiting" : "kafka producer failed: exiting",
+              "epoch=%" PRId64, ing.epoch);
+    relay_stop(relay);
+    worker_exit(wk, fenced ? WORKER_EXIT_FENCED : 1);
+}
+
 static void on_msg(worker_t *w, const char *t, json_t *msg)
 {
+    if (strcmp(t, "lease") == 0) {
+        on_lease(msg);
+        return;
+    }
+    if (strcmp(t, "deposed") == 0) {
+        on_deposed();
+        return;
+    }
     if (strcmp(t, "leader") != 0) {
         log_debug("ipc message ignored", "t=%s", log_q(t));
         return;
@@ -206,7 +285,14 @@ static void on_producer_drained(void *arg, int remaining)
 static void on_drain(worker_t *w, int drain_ms)
 {
     (void)w;
-    (void)drain_ms; /* nothing to hand over: close feeds now, flush bounded by FLUSH_MS */
+    if (deposed)
+        return; /* already aborting: never flush */
+    /* Nothing to hand over: close the feeds, then commit, both within the
+     * supervisor's bound (it kills us past its stop deadline). */
+    if (drain_ms > 0 && drain_ms < FEED_CLOSE_MS + FLUSH_MS) {
+        feed_close_ms = drain_ms / 3;
+        flush_ms = drain_ms - feed_close_ms;
+    }
     ing.draining = 1;
     drain_started_at = uv_now(ing.loop);
     uv_timer_stop(&leader_wait);
@@ -227,8 +313,9 @@ static void on_status(worker_t *w, json_t *status)
     json_object_set_new(status, "exchanges", ex);
     json_object_set_new(status, "epoch", json_integer(ing.epoch));
     json_object_set_new(status, "kafka",
-                        json_pack("{s:b, s:i}", "enabled", ing.producer != NULL, "queue",
-                                  ing.producer ? producer_queue_len(ing.producer) : 0));
+                        json_pack("{s:b, s:i, s:s}", "enabled", ing.producer != NULL, "queue",
+                                  ing.producer ? producer_queue_len(ing.producer) : 0, "transaction",
+                                  ing.producer ? producer_tx_state(ing.producer) : "off"));
     json_object_set_new(status, "relay", relay_status(relay));
 }
 
@@ -259,6 +346,14 @@ int main(int argc, char **argv)
         .on_stop = on_stop,
     };
     int code = worker_main(argc, argv, &ops, &ing);
+    if (producer_busy(ing.producer)) {
+        /* A blocking transactional call still runs on a work thread and
+         * waits for delivery reports only this loop served: exit now,
+         * skipping libuv's thread-pool join at exit. The broker aborts the
+         * open transaction when the next producer of the id starts. */
+        log_info("exiting with a kafka transactional call in flight", "code=%d", code);
+        _exit(code);
+    }
     if (wk != NULL) {
         /* Release what is left so leak checkers see a clean exit. */
         producer_destroy(ing.producer);

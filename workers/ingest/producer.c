@@ -10,25 +10,77 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <librdkafka/rdkafka.h>
 
 #include "log.h"
 #include "metrics.h"
 
 #define TOPIC_RETRY_MS 5000
+#define PRODUCER_REJECTED_MAX 64
 #define ADMIN_TIMEOUT_MS 10000
+
+/* One message kept by the transactional producer until its transaction is
+ * committed: an aborted transaction is produced again, in order, from these. */
+typedef struct txmsg_s {
+    struct txmsg_s *next;
+    int64_t epoch;
+    uint64_t t0; /* uv_hrtime()/1000 at producer_send */
+    uint64_t id; /* the delivery report's opaque (transactional mode) */
+    size_t klen, vlen;
+    char data[]; /* key then value */
+} txmsg_t;
+
+typedef struct {
+    txmsg_t *head, *tail;
+    int n;
+} txlist_t;
+
+/* Transaction states. Only INIT, COMMIT and ABORT have a blocking librdkafka
+ * call running on a libuv work thread; the loop thread never blocks. */
+typedef enum { TX_OFF = 0, TX_INIT, TX_IDLE, TX_OPEN, TX_COMMIT, TX_ABORT, TX_DEAD } tx_state_t;
+
+typedef struct {
+    uv_work_t req;
+    producer_t *p;
+    rd_kafka_t *rk;
+    tx_state_t op;
+    rd_kafka_error_t *error; /* result, NULL: success */
+} txwork_t;
 
 struct producer_s {
     uv_loop_t *loop;
     const cfg_t *cfg;
     rd_kafka_t *rk;
     rd_kafka_queue_t *admin_q;
+    rd_kafka_queue_t *main_q; /* delivery reports (events), errors, logs */
+    int wake_fd[2];           /* librdkafka writes to [1] when main_q gets an event */
+    uv_poll_t wake;
     uv_timer_t poll_timer;
     int topic_ready;         /* created or found existing */
     uint64_t topic_retry_at; /* uv_now() of the next CreateTopics attempt, 0: pending */
-    int fatal;               /* set by error_cb: rebuild the client in the poll timer */
+    int fatal;               /* set by error_cb: rebuild the client (or stop, transactional) */
     int brokers_down;        /* for logging the transition once */
-    int found_partitions;    /* of the topic at start (metadata warm-up), -1 unknown */
+    /* transactions */
+    tx_state_t tx;
+    txlist_t txn;     /* produced in the open transaction, in order */
+    txlist_t pending; /* waiting for the next transaction, in order */
+    uv_timer_t commit_timer, retry_timer;
+    int work_busy;        /* a txwork_t is in flight: destroy must wait for it */
+    int stopping;         /* producer_abort: no new transaction */
+    int retry_delay;      /* ms, doubles on retriable errors */
+    uint64_t lease_until; /* uv_hrtime()/1e6 after which nothing is produced; 0: no lease */
+    uint64_t next_id;
+    /* Messages the broker refused for good (too large, invalid): never
+     * produced again after the abort, or the transaction would fail forever. */
+    uint64_t rejected[PRODUCER_REJECTED_MAX];
+    int nrejected;
+    void (*fatal_cb)(void *arg, int fenced);
+    void *fatal_arg;
+    void (*abort_done)(void *arg);
+    void *abort_arg;
+    int found_partitions; /* of the topic at start (metadata warm-up), -1 unknown */
     int found_replicas;
     /* drain */
     void (*drain_done)(void *arg, int remaining);
@@ -36,6 +88,8 @@ struct producer_s {
     uint64_t drain_deadline;
     /* metrics */
     metric_t *m_produced, *m_failed, *m_dropped, *m_dropped_full, *m_queue, *m_latency;
+    metric_t *m_txn;
+    int closed; /* handles closed so far (4: memory may go) */
 };
 
 static void set_prop(rd_kafka_conf_t *conf, const char *k, const char *v, int *bad)
@@ -59,11 +113,19 @@ static int nonempty(const char *s)
     return s != NULL && s[0] != '\0';
 }
 
-/* Runs on the loop thread (served by rd_kafka_poll). */
-static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+/* Per-message errors that no retry can fix. */
+static int rejected_for_good(rd_kafka_resp_err_t err)
 {
-    producer_t *p = opaque;
-    (void)rk;
+    return err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE || err == RD_KAFKA_RESP_ERR_INVALID_MSG ||
+           err == RD_KAFKA_RESP_ERR_INVALID_MSG_SIZE || err == RD_KAFKA_RESP_ERR_INVALID_RECORD ||
+           err == RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE || err == RD_KAFKA_RESP_ERR__INVALID_ARG;
+}
+
+/* Runs on the loop thread: delivery reports are events on main_q, served
+ * only by serve_main_queue (rd_kafka_flush inside commit_transaction, on a
+ * work thread, then waits for them instead of serving them). */
+static void on_delivery(producer_t *p, const rd_kafka_message_t *m)
+{
     if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
         metric_inc(p->m_produced);
         if (!p->topic_ready) {
@@ -72,6 +134,8 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
             log_info("kafka topic exists", "topic=%s how=delivery", log_q(p->cfg->kafka.topic));
             p->topic_ready = 1;
         }
+        if (p->tx != TX_OFF)
+            return; /* latency is observed at commit: what read-committed consumers wait */
         uint64_t t0 = (uint64_t)(uintptr_t)m->_private; /* uv_hrtime()/1000 at enqueue */
         uint64_t now = uv_hrtime() / 1000u;
         if (t0 != 0 && now >= t0)
@@ -79,11 +143,17 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
         return;
     }
     metric_inc(metric_labels(p->m_failed, "error=\"%s\"", rd_kafka_err2name(m->err)));
+    if (p->tx != TX_OFF && rejected_for_good(m->err)) {
+        log_error("kafka refused a message for good: it is not produced again", "err=%s bytes=%zu",
+                  rd_kafka_err2name(m->err), m->len);
+        if (p->nrejected < PRODUCER_REJECTED_MAX)
+            p->rejected[p->nrejected++] = (uint64_t)(uintptr_t)m->_private;
+    }
     log_debug("kafka delivery failed", "err=%s", rd_kafka_err2name(m->err));
 }
 
 /* Runs on the loop thread: log.queue is on and the log queue is the main
- * queue, served by rd_kafka_poll. librdkafka's own lines become ours. */
+ * queue, served by serve_main_queue. librdkafka's own lines become ours. */
 static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
     (void)rk;
@@ -96,15 +166,16 @@ static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char 
         log_debug("librdkafka", "fac=%s detail=%s", log_q(fac), log_q(buf));
 }
 
-/* Runs on the loop thread (served by rd_kafka_poll). */
+/* Runs on the loop thread (served by serve_main_queue). */
 static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
     producer_t *p = opaque;
     if (err == RD_KAFKA_RESP_ERR__FATAL) {
         char buf[512];
         rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, buf, sizeof(buf));
-        log_error("kafka fatal error, producer will be rebuilt", "err=%s reason=%s", rd_kafka_err2name(orig),
-                  log_q(buf));
+        log_error(p->tx != TX_OFF ? "kafka fatal error, producer stops"
+                                  : "kafka fatal error, producer will be rebuilt",
+                  "err=%s reason=%s", rd_kafka_err2name(orig), log_q(buf));
         p->fatal = 1;
         return;
     }
@@ -115,10 +186,16 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
         return;
     }
     /* Transport errors repeat on every reconnect attempt: debug once down. */
-    if (p->brokers_down && (err == RD_KAFKA_RESP_ERR__TRANSPORT || err == RD_KAFKA_RESP_ERR__RESOLVE))
+    int transport = err == RD_KAFKA_RESP_ERR__TRANSPORT || err == RD_KAFKA_RESP_ERR__RESOLVE;
+    if (p->brokers_down && transport)
         log_debug("kafka error", "err=%s reason=%s", rd_kafka_err2name(err), log_q(reason));
     else
         log_warn("kafka error", "err=%s reason=%s", rd_kafka_err2name(err), log_q(reason));
+    /* A broker lost while a transaction was being set up raises no
+     * ALL_BROKERS_DOWN (librdkafka never counted it up): still note the
+     * outage, so its end is logged ("delivering again"). */
+    if (transport && p->tx == TX_INIT)
+        p->brokers_down = 1;
 }
 
 /* librdkafka learns a new topic's partitions only on its 1 s topic scan, so
@@ -165,7 +242,17 @@ static rd_kafka_t *make_client(producer_t *p)
     set_prop_int(conf, "linger.ms", c->kafka.linger_ms, &bad);
     set_prop_int(conf, "queue.buffering.max.messages",
                  c->kafka.buffer_messages > 0 ? c->kafka.buffer_messages : 100000, &bad);
-    set_prop_int(conf, "message.timeout.ms", PRODUCER_MESSAGE_TIMEOUT_MS, &bad);
+    if (c->kafka.transactions) {
+        char tid[300];
+        cfg_transactional_id(c, tid, sizeof(tid));
+        set_prop(conf, "transactional.id", tid, &bad);
+        /* An open transaction of a dead leader holds read-committed consumers
+         * back until the next leader's init_transactions aborts it, or this. */
+        set_prop_int(conf, "transaction.timeout.ms", PRODUCER_TXN_TIMEOUT_MS, &bad);
+        set_prop_int(conf, "message.timeout.ms", PRODUCER_TXN_TIMEOUT_MS, &bad);
+    } else {
+        set_prop_int(conf, "message.timeout.ms", PRODUCER_MESSAGE_TIMEOUT_MS, &bad);
+    }
     set_prop(conf, "compression.type", "lz4", &bad);
     set_prop(conf, "socket.keepalive.enable", "true", &bad);
     set_prop(conf, "log.queue", "true", &bad);
@@ -191,7 +278,9 @@ static rd_kafka_t *make_client(producer_t *p)
         return NULL;
     }
     rd_kafka_conf_set_opaque(conf, p);
-    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
+    /* Delivery reports as events: commit_transaction's internal flush (on a
+     * work thread) must not run our callbacks; the loop thread serves them. */
+    rd_kafka_conf_set_events(conf, RD_KAFKA_EVENT_DR);
     rd_kafka_conf_set_error_cb(conf, on_error);
     rd_kafka_conf_set_log_cb(conf, on_log);
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
@@ -200,7 +289,7 @@ static rd_kafka_t *make_client(producer_t *p)
         rd_kafka_conf_destroy(conf); /* still ours when rd_kafka_new fails */
         return NULL;
     }
-    rd_kafka_set_log_queue(rk, NULL); /* NULL: the main queue, served by rd_kafka_poll */
+    rd_kafka_set_log_queue(rk, NULL); /* NULL: the main queue, served by serve_main_queue */
     warm_topic_metadata(p, rk, c->kafka.topic);
     return rk;
 }
@@ -270,30 +359,407 @@ static void handle_admin_event(producer_t *p, rd_kafka_event_t *ev)
 
 static int count_remaining(producer_t *p, const char *what)
 {
-    int n = rd_kafka_outq_len(p->rk);
+    int n = rd_kafka_outq_len(p->rk) + p->txn.n + p->pending.n;
+    if (p->tx != TX_OFF)
+        n = p->txn.n + p->pending.n; /* what librdkafka holds is a copy of txn */
     if (n > 0)
         log_warn("kafka messages not delivered", "when=%s remaining=%d", what, n);
     return n;
 }
 
+/* ---- main queue: delivery reports, errors, logs (loop thread) ---------- */
+
+static void serve_main_queue(producer_t *p)
+{
+    rd_kafka_event_t *ev;
+    while (p->main_q != NULL && (ev = rd_kafka_queue_poll(p->main_q, 0)) != NULL) {
+        const rd_kafka_message_t *m;
+        const char *fac, *text;
+        int level;
+        switch (rd_kafka_event_type(ev)) {
+        case RD_KAFKA_EVENT_DR:
+            while ((m = rd_kafka_event_message_next(ev)) != NULL)
+                on_delivery(p, m);
+            break;
+        case RD_KAFKA_EVENT_ERROR:
+            on_error(p->rk, rd_kafka_event_error(ev), rd_kafka_event_error_string(ev), p);
+            break;
+        case RD_KAFKA_EVENT_LOG:
+            if (rd_kafka_event_log(ev, &fac, &text, &level) == 0)
+                on_log(p->rk, level, fac, text);
+            break;
+        default: break;
+        }
+        rd_kafka_event_destroy(ev);
+    }
+}
+
+/* Runs on the loop thread: librdkafka wrote to wake_fd[1] because main_q
+ * went from empty to non-empty. */
+static void on_wake(uv_poll_t *h, int status, int events)
+{
+    producer_t *p = h->data;
+    char junk[64];
+    (void)status;
+    (void)events;
+    while (read(p->wake_fd[0], junk, sizeof(junk)) > 0) {
+    }
+    serve_main_queue(p);
+}
+
+static void attach_client(producer_t *p)
+{
+    p->admin_q = rd_kafka_queue_new(p->rk);
+    p->main_q = rd_kafka_queue_get_main(p->rk);
+    rd_kafka_queue_io_event_enable(p->main_q, p->wake_fd[1], "1", 1);
+}
+
+static void detach_client(producer_t *p)
+{
+    if (p->main_q != NULL) {
+        rd_kafka_queue_io_event_enable(p->main_q, -1, NULL, 0);
+        serve_main_queue(p);
+        rd_kafka_queue_destroy(p->main_q);
+    }
+    if (p->admin_q != NULL)
+        rd_kafka_queue_destroy(p->admin_q);
+    p->main_q = p->admin_q = NULL;
+}
+
 /* Tear down a client whose idempotent state is broken and start a new one.
- * What was queued is lost: count it. */
+ * What was queued is lost: count it. Non-transactional mode only: a
+ * transactional producer's fatal error means it was fenced (or worse). */
 static void rebuild(producer_t *p)
 {
     p->fatal = 0;
     (void)count_remaining(p, "fatal_error");
     rd_kafka_purge(p->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
-    rd_kafka_poll(p->rk, 0); /* delivery reports for the purged messages */
-    if (p->admin_q != NULL)
-        rd_kafka_queue_destroy(p->admin_q);
+    detach_client(p);
     rd_kafka_destroy(p->rk);
-    p->admin_q = NULL;
     p->rk = make_client(p);
     if (p->rk == NULL) {
         log_error("kafka producer could not be rebuilt", "brokers=%s", log_q(p->cfg->kafka.brokers));
         return;
     }
-    p->admin_q = rd_kafka_queue_new(p->rk);
+    attach_client(p);
+}
+
+/* ---- transactions ------------------------------------------------------ */
+
+static const char *tx_name(tx_state_t s)
+{
+    static const char *const n[] = {"off", "init", "idle", "open", "commit", "abort", "dead"};
+    return n[s];
+}
+
+static void list_push(txlist_t *l, txmsg_t *m)
+{
+    m->next = NULL;
+    if (l->tail != NULL)
+        l->tail->next = m;
+    else
+        l->head = m;
+    l->tail = m;
+    l->n++;
+}
+
+/* Appends b to a (b emptied): keeps the order a then b. */
+static void list_concat(txlist_t *a, txlist_t *b)
+{
+    if (b->head == NULL)
+        return;
+    if (a->tail != NULL)
+        a->tail->next = b->head;
+    else
+        a->head = b->head;
+    a->tail = b->tail;
+    a->n += b->n;
+    b->head = b->tail = NULL;
+    b->n = 0;
+}
+
+static void list_free(txlist_t *l)
+{
+    txmsg_t *m = l->head;
+    while (m != NULL) {
+        txmsg_t *next = m->next;
+        free(m);
+        m = next;
+    }
+    l->head = l->tail = NULL;
+    l->n = 0;
+}
+
+/* opaque: uv_hrtime()/1000 at send (non-transactional, for the latency),
+ * else the txmsg_t's id. */
+static rd_kafka_resp_err_t produce_one(producer_t *p, const char *key, size_t klen, const char *val,
+                                       size_t vlen, int64_t epoch, uint64_t opaque)
+{
+    char ep[24];
+    int eplen = snprintf(ep, sizeof(ep), "%" PRId64, epoch);
+    return rd_kafka_producev(p->rk, RD_KAFKA_V_TOPIC(p->cfg->kafka.topic),
+                             RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_KEY(key, klen),
+                             RD_KAFKA_V_VALUE((void *)val, vlen), RD_KAFKA_V_HEADER("epoch", ep, eplen),
+                             RD_KAFKA_V_OPAQUE((void *)(uintptr_t)opaque), RD_KAFKA_V_END);
+}
+
+static uint64_t now_ms_mono(void)
+{
+    return uv_hrtime() / 1000000u;
+}
+
+static int lease_expired(const producer_t *p)
+{
+    return p->lease_until != 0 && now_ms_mono() >= p->lease_until;
+}
+
+static void tx_dead(producer_t *p, const char *why, rd_kafka_resp_err_t err)
+{
+    int fenced = err == RD_KAFKA_RESP_ERR__FENCED || err == RD_KAFKA_RESP_ERR_PRODUCER_FENCED ||
+                 err == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH;
+    if (p->tx == TX_DEAD)
+        return;
+    p->tx = TX_DEAD;
+    uv_timer_stop(&p->commit_timer);
+    uv_timer_stop(&p->retry_timer);
+    metric_inc(metric_labels(p->m_txn, "result=\"%s\"", fenced ? "fenced" : "fatal"));
+    log_error(fenced ? "kafka producer fenced: a newer leader took the transactional id, producing stops"
+                     : "kafka transactional producer failed, producing stops",
+              "why=%s err=%s lost=%d", why, rd_kafka_err2name(err), p->txn.n + p->pending.n);
+    metric_inc(metric_labels(p->m_dropped, "reason=\"%s\"", fenced ? "fenced" : "fatal"));
+    list_free(&p->txn);
+    list_free(&p->pending);
+    if (p->fatal_cb != NULL)
+        p->fatal_cb(p->fatal_arg, fenced);
+}
+
+static void tx_start_work(producer_t *p, tx_state_t op);
+static void tx_pump(producer_t *p);
+
+/* After an abort: leave out what the broker refused for good, counted. */
+static void drop_rejected(producer_t *p)
+{
+    txmsg_t **pp = &p->txn.head, *last = NULL;
+    while (*pp != NULL) {
+        txmsg_t *m = *pp;
+        int hit = 0;
+        for (int i = 0; i < p->nrejected && !hit; i++)
+            hit = p->rejected[i] == m->id;
+        if (hit) {
+            *pp = m->next;
+            p->txn.n--;
+            metric_inc(metric_labels(p->m_dropped, "reason=\"rejected\""));
+            free(m);
+        } else {
+            last = m;
+            pp = &m->next;
+        }
+    }
+    p->txn.tail = last;
+    p->nrejected = 0;
+}
+
+/* Runs on a libuv work thread: the only place the blocking transactional
+ * calls run. Touches nothing but its own txwork_t. */
+static void tx_work(uv_work_t *req)
+{
+    txwork_t *w = req->data;
+    switch (w->op) {
+    case TX_INIT: w->error = rd_kafka_init_transactions(w->rk, PRODUCER_TXN_TIMEOUT_MS); break;
+    case TX_COMMIT: w->error = rd_kafka_commit_transaction(w->rk, -1); break;
+    case TX_ABORT: w->error = rd_kafka_abort_transaction(w->rk, -1); break;
+    default: break;
+    }
+}
+
+static void on_retry(uv_timer_t *t)
+{
+    producer_t *p = t->data;
+    if (p->tx == TX_INIT || p->tx == TX_COMMIT || p->tx == TX_ABORT)
+        tx_start_work(p, p->tx);
+}
+
+static void retry_later(producer_t *p)
+{
+    uv_timer_start(&p->retry_timer, on_retry, (uint64_t)p->retry_delay, 0);
+    p->retry_delay = p->retry_delay * 2 > 2000 ? 2000 : p->retry_delay * 2;
+}
+
+/* Runs on the loop thread once the work thread returned. */
+static void tx_work_done(uv_work_t *req, int status)
+{
+    txwork_t *w = req->data;
+    producer_t *p = w->p;
+    rd_kafka_error_t *e = w->error;
+    tx_state_t op = w->op;
+    free(w);
+    p->work_busy = 0;
+    if (p->rk == NULL || status == UV_ECANCELED) { /* destroyed meanwhile */
+        if (e != NULL)
+            rd_kafka_error_destroy(e);
+        if (p->rk == NULL && p->closed == 4)
+            free(p); /* producer_destroy left the memory to us */
+        return;
+    }
+    serve_main_queue(p);
+    if (e == NULL) {
+        p->retry_delay = PRODUCER_POLL_MS;
+        if (op == TX_INIT) {
+            log_info("kafka transactions initialised: any older producer of this id is fenced", "");
+        } else if (op == TX_COMMIT) {
+            metric_inc(metric_labels(p->m_txn, "result=\"committed\""));
+            uint64_t now = uv_hrtime() / 1000u;
+            for (txmsg_t *m = p->txn.head; m != NULL; m = m->next)
+                metric_observe(p->m_latency, (double)(now - m->t0) / 1e6);
+            list_free(&p->txn);
+        } else {
+            metric_inc(metric_labels(p->m_txn, "result=\"aborted\""));
+            /* The aborted messages are invisible to read-committed consumers:
+             * produce them again, first, in their order. */
+            if (!p->stopping) {
+                drop_rejected(p);
+                list_concat(&p->txn, &p->pending);
+                p->pending = p->txn;
+                p->txn.head = p->txn.tail = NULL;
+                p->txn.n = 0;
+            } else {
+                list_free(&p->txn);
+            }
+        }
+        p->tx = TX_IDLE;
+        tx_pump(p);
+        return;
+    }
+    rd_kafka_resp_err_t err = rd_kafka_error_code(e);
+    const char *what = rd_kafka_error_string(e);
+    if (rd_kafka_error_is_fatal(e)) {
+        char buf[256];
+        rd_kafka_resp_err_t orig = rd_kafka_fatal_error(p->rk, buf, sizeof(buf));
+        rd_kafka_error_destroy(e);
+        tx_dead(p, tx_name(op), orig != RD_KAFKA_RESP_ERR_NO_ERROR ? orig : err);
+        return;
+    }
+    if (op != TX_ABORT && rd_kafka_error_txn_requires_abort(e)) {
+        log_warn("kafka transaction failed, aborting it and producing its messages again",
+                 "op=%s err=%s detail=%s", tx_name(op), rd_kafka_err2name(err), log_q(what));
+        rd_kafka_error_destroy(e);
+        tx_start_work(p, TX_ABORT);
+        return;
+    }
+    if (rd_kafka_error_is_retriable(e)) {
+        log_warn("kafka transaction call will be retried", "op=%s err=%s detail=%s", tx_name(op),
+                 rd_kafka_err2name(err), log_q(what));
+        rd_kafka_error_destroy(e);
+        metric_inc(metric_labels(p->m_txn, "result=\"retried\""));
+        p->tx = op;
+        retry_later(p);
+        return;
+    }
+    rd_kafka_error_destroy(e);
+    tx_dead(p, tx_name(op), err); /* neither retriable nor abortable: treat as fatal */
+}
+
+static void tx_start_work(producer_t *p, tx_state_t op)
+{
+    txwork_t *w = calloc(1, sizeof(*w));
+    if (w == NULL)
+        abort();
+    w->p = p;
+    w->rk = p->rk;
+    w->op = op;
+    w->req.data = w;
+    p->tx = op;
+    p->work_busy = 1;
+    int r = uv_queue_work(p->loop, &w->req, tx_work, tx_work_done);
+    if (r < 0) { /* cannot happen with valid arguments */
+        free(w);
+        p->work_busy = 0;
+        log_error("uv_queue_work failed", "err=%s", log_q(uv_strerror(r)));
+        retry_later(p);
+    }
+}
+
+static void on_commit_timer(uv_timer_t *t)
+{
+    producer_t *p = t->data;
+    if (p->tx == TX_OPEN && p->txn.n > 0)
+        tx_start_work(p, TX_COMMIT);
+}
+
+/* In TX_IDLE: open a transaction for what is pending, or finish a stop. */
+static void tx_pump(producer_t *p)
+{
+    if (p->tx != TX_IDLE)
+        return;
+    if (p->stopping) {
+        list_free(&p->pending);
+        if (p->abort_done != NULL) {
+            void (*done)(void *) = p->abort_done;
+            p->abort_done = NULL;
+            done(p->abort_arg);
+        }
+        return;
+    }
+    if (p->pending.n == 0 || lease_expired(p))
+        return;
+    rd_kafka_error_t *e = rd_kafka_begin_transaction(p->rk);
+    if (e != NULL) {
+        rd_kafka_resp_err_t err = rd_kafka_error_code(e);
+        int fatal = rd_kafka_error_is_fatal(e);
+        log_error("kafka begin_transaction failed", "err=%s detail=%s", rd_kafka_err2name(err),
+                  log_q(rd_kafka_error_string(e)));
+        rd_kafka_error_destroy(e);
+        if (fatal)
+            tx_dead(p, "begin", err);
+        return;
+    }
+    p->tx = TX_OPEN;
+    /* Everything pending goes into this transaction, in order; a message
+     * librdkafka refuses (its queue full) and those after it wait. */
+    txlist_t todo = p->pending;
+    p->pending.head = p->pending.tail = NULL;
+    p->pending.n = 0;
+    txmsg_t *m;
+    while ((m = todo.head) != NULL) {
+        rd_kafka_resp_err_t err =
+            produce_one(p, m->data, m->klen, m->data + m->klen, m->vlen, m->epoch, m->id);
+        if (err != RD_KAFKA_RESP_ERR_NO_ERROR && !rejected_for_good(err))
+            break; /* queue full, or the transaction failed: it waits */
+        todo.head = m->next;
+        if (todo.head == NULL)
+            todo.tail = NULL;
+        todo.n--;
+        if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+            list_push(&p->txn, m);
+        } else {
+            log_error("kafka refused a message for good", "err=%s bytes=%zu", rd_kafka_err2name(err),
+                      m->vlen);
+            metric_inc(metric_labels(p->m_dropped, "reason=\"rejected\""));
+            free(m);
+        }
+    }
+    p->pending = todo;
+    if (p->txn.n == 0) {
+        /* Nothing went in (librdkafka refused): commit the empty transaction
+         * to get back to IDLE and try again. */
+        tx_start_work(p, TX_COMMIT);
+        return;
+    }
+    uint64_t every = p->drain_done != NULL ? 0 : (uint64_t)p->cfg->kafka.transaction_commit_ms;
+    uv_timer_start(&p->commit_timer, on_commit_timer, every, 0);
+}
+
+/* ---- poll timer: housekeeping ------------------------------------------ */
+
+static void finish_drain(producer_t *p, int q)
+{
+    void (*done)(void *, int) = p->drain_done;
+    p->drain_done = NULL;
+    if (q > 0)
+        count_remaining(p, "drain");
+    else
+        log_info("kafka flushed", "topic=%s", log_q(p->cfg->kafka.topic));
+    done(p->drain_arg, q);
 }
 
 static void on_poll(uv_timer_t *t)
@@ -301,12 +767,17 @@ static void on_poll(uv_timer_t *t)
     producer_t *p = t->data;
     if (p->rk == NULL)
         return;
-    if (p->fatal)
+    if (p->fatal && p->tx == TX_OFF)
         rebuild(p);
     if (p->rk == NULL)
         return;
-    rd_kafka_poll(p->rk, 0);
-    if (p->brokers_down && rd_kafka_outq_len(p->rk) == 0) {
+    serve_main_queue(p);
+    if (p->fatal && p->tx != TX_OFF && p->tx != TX_DEAD && !p->work_busy) {
+        char buf[256];
+        tx_dead(p, "error_cb", rd_kafka_fatal_error(p->rk, buf, sizeof(buf)));
+    }
+    int q = p->tx == TX_OFF ? rd_kafka_outq_len(p->rk) : p->txn.n + p->pending.n;
+    if (p->brokers_down && q == 0 && p->tx != TX_INIT) {
         /* Everything delivered again: brokers are reachable. */
         log_info("kafka: delivering again", "brokers=%s", log_q(p->cfg->kafka.brokers));
         p->brokers_down = 0;
@@ -318,17 +789,11 @@ static void on_poll(uv_timer_t *t)
     }
     if (!p->topic_ready && p->topic_retry_at != 0 && uv_now(p->loop) >= p->topic_retry_at)
         create_topic(p);
-    int q = rd_kafka_outq_len(p->rk);
     metric_set(p->m_queue, q);
-    if (p->drain_done != NULL && (q == 0 || uv_now(p->loop) >= p->drain_deadline)) {
-        void (*done)(void *, int) = p->drain_done;
-        p->drain_done = NULL;
-        if (q > 0)
-            count_remaining(p, "drain");
-        else
-            log_info("kafka flushed", "topic=%s", log_q(p->cfg->kafka.topic));
-        done(p->drain_arg, q);
-    }
+    if (p->tx == TX_OPEN && p->drain_done != NULL && !uv_is_active((uv_handle_t *)&p->commit_timer))
+        uv_timer_start(&p->commit_timer, on_commit_timer, 0, 0);
+    if (p->drain_done != NULL && (q == 0 || p->tx == TX_DEAD || uv_now(p->loop) >= p->drain_deadline))
+        finish_drain(p, q);
 }
 
 int producer_create(uv_loop_t *loop, const cfg_t *cfg, producer_t **out)
@@ -348,36 +813,106 @@ int producer_create(uv_loop_t *loop, const cfg_t *cfg, producer_t **out)
         metric_gauge("exchange_ingest_kafka_queue_messages", "Messages queued or in flight to Kafka");
     p->m_latency = metric_histogram("exchange_ingest_kafka_delivery_seconds",
                                     "Time from produce to delivery report", NULL, 0);
+    p->m_txn = metric_counter("exchange_ingest_kafka_transactions_total",
+                              "Kafka transactions by result (committed, aborted, retried, fenced, fatal)");
+    if (pipe2(p->wake_fd, O_NONBLOCK | O_CLOEXEC) < 0) {
+        int r = -errno;
+        free(p);
+        return r;
+    }
+    p->retry_delay = PRODUCER_POLL_MS;
+    p->tx = cfg->kafka.transactions ? TX_INIT : TX_OFF;
     p->rk = make_client(p);
     if (p->rk == NULL) {
+        close(p->wake_fd[0]);
+        close(p->wake_fd[1]);
         free(p);
         return -EINVAL;
     }
-    p->admin_q = rd_kafka_queue_new(p->rk);
+    attach_client(p);
+    uv_poll_init(loop, &p->wake, p->wake_fd[0]);
+    p->wake.data = p;
+    uv_poll_start(&p->wake, UV_READABLE, on_wake);
     uv_timer_init(loop, &p->poll_timer);
     p->poll_timer.data = p;
+    uv_timer_init(loop, &p->commit_timer);
+    p->commit_timer.data = p;
+    uv_timer_init(loop, &p->retry_timer);
+    p->retry_timer.data = p;
     uv_timer_start(&p->poll_timer, on_poll, PRODUCER_POLL_MS, PRODUCER_POLL_MS);
     create_topic(p);
-    log_info("kafka producer started", "brokers=%s topic=%s linger_ms=%d buffer_messages=%d",
+    if (p->tx == TX_INIT)
+        tx_start_work(p, TX_INIT);
+    log_info("kafka producer started",
+             "brokers=%s topic=%s linger_ms=%d buffer_messages=%d transactions=%d commit_ms=%d",
              log_q(cfg->kafka.brokers), log_q(cfg->kafka.topic), cfg->kafka.linger_ms,
-             cfg->kafka.buffer_messages);
+             cfg->kafka.buffer_messages, cfg->kafka.transactions, cfg->kafka.transaction_commit_ms);
     *out = p;
+    return 0;
+}
+
+void producer_on_fatal(producer_t *p, void (*cb)(void *arg, int fenced), void *arg)
+{
+    p->fatal_cb = cb;
+    p->fatal_arg = arg;
+}
+
+void producer_set_lease(producer_t *p, uint64_t until_ms)
+{
+    p->lease_until = until_ms;
+    if (p->tx == TX_IDLE)
+        tx_pump(p); /* messages that waited for the lease */
+}
+
+static int send_transactional(producer_t *p, const char *channel, const char *json, size_t len, int64_t epoch)
+{
+    size_t klen = strlen(channel);
+    if (p->tx == TX_DEAD || p->stopping) {
+        metric_inc(metric_labels(p->m_dropped, "reason=\"%s\"", p->stopping ? "stopping" : "fenced"));
+        return -EIO;
+    }
+    if (p->txn.n + p->pending.n >= p->cfg->kafka.buffer_messages) {
+        metric_inc(p->m_dropped_full);
+        return -ENOBUFS;
+    }
+    txmsg_t *m = malloc(sizeof(*m) + klen + len);
+    if (m == NULL) {
+        metric_inc(metric_labels(p->m_dropped, "reason=\"no_memory\""));
+        return -ENOMEM;
+    }
+    m->epoch = epoch;
+    m->t0 = uv_hrtime() / 1000u;
+    m->id = ++p->next_id;
+    m->klen = klen;
+    m->vlen = len;
+    memcpy(m->data, channel, klen);
+    memcpy(m->data + klen, json, len);
+    /* Straight into the open transaction only when nothing waits before it:
+     * the topic keeps the order of producer_send. */
+    if (p->tx == TX_OPEN && p->pending.n == 0 &&
+        produce_one(p, channel, klen, json, len, epoch, m->id) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        list_push(&p->txn, m);
+        return 0;
+    }
+    list_push(&p->pending, m);
+    if (p->tx == TX_IDLE)
+        tx_pump(p);
     return 0;
 }
 
 int producer_send(producer_t *p, const char *channel, const char *json, size_t len, int64_t epoch)
 {
-    char ep[24];
     if (p->rk == NULL) {
         metric_inc(metric_labels(p->m_dropped, "reason=\"no_client\""));
         return -EIO;
     }
-    int eplen = snprintf(ep, sizeof(ep), "%" PRId64, epoch);
-    void *t0 = (void *)(uintptr_t)(uv_hrtime() / 1000u);
-    rd_kafka_resp_err_t err = rd_kafka_producev(
-        p->rk, RD_KAFKA_V_TOPIC(p->cfg->kafka.topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-        RD_KAFKA_V_KEY(channel, strlen(channel)), RD_KAFKA_V_VALUE((void *)json, len),
-        RD_KAFKA_V_HEADER("epoch", ep, eplen), RD_KAFKA_V_OPAQUE(t0), RD_KAFKA_V_END);
+    if (lease_expired(p)) {
+        metric_inc(metric_labels(p->m_dropped, "reason=\"lease_expired\""));
+        return -EPERM;
+    }
+    if (p->tx != TX_OFF)
+        return send_transactional(p, channel, json, len, epoch);
+    rd_kafka_resp_err_t err = produce_one(p, channel, strlen(channel), json, len, epoch, uv_hrtime() / 1000u);
     if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
         return 0;
     if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
@@ -390,7 +925,19 @@ int producer_send(producer_t *p, const char *channel, const char *json, size_t l
 
 int producer_queue_len(const producer_t *p)
 {
-    return p->rk != NULL ? rd_kafka_outq_len(p->rk) : 0;
+    if (p->rk == NULL)
+        return 0;
+    return p->tx == TX_OFF ? rd_kafka_outq_len(p->rk) : p->txn.n + p->pending.n;
+}
+
+int producer_busy(const producer_t *p)
+{
+    return p != NULL && p->work_busy;
+}
+
+const char *producer_tx_state(const producer_t *p)
+{
+    return tx_name(p->tx);
 }
 
 void producer_drain(producer_t *p, int timeout_ms, void (*done)(void *arg, int remaining), void *arg)
@@ -398,22 +945,53 @@ void producer_drain(producer_t *p, int timeout_ms, void (*done)(void *arg, int r
     p->drain_done = done;
     p->drain_arg = arg;
     p->drain_deadline = uv_now(p->loop) + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0);
-    /* The poll timer finishes the drain; make sure it is running. */
+    /* The poll timer finishes the drain (and commits at once); make sure it is running. */
     if (!uv_is_active((uv_handle_t *)&p->poll_timer))
         uv_timer_start(&p->poll_timer, on_poll, 0, PRODUCER_POLL_MS);
+}
+
+void producer_abort(producer_t *p, void (*done)(void *arg), void *arg)
+{
+    int dropped = p->pending.n;
+    p->stopping = 1;
+    p->abort_done = done;
+    p->abort_arg = arg;
+    if (dropped > 0)
+        metric_add(metric_labels(p->m_dropped, "reason=\"stopping\""), dropped);
+    log_warn("kafka producer stopping without flushing: the open transaction is aborted",
+             "state=%s unsent=%d", tx_name(p->tx), p->txn.n + p->pending.n);
+    list_free(&p->pending);
+    uv_timer_stop(&p->commit_timer);
+    switch (p->tx) {
+    case TX_OPEN: tx_start_work(p, TX_ABORT); break;
+    case TX_IDLE: tx_pump(p); break;
+    case TX_OFF:
+        rd_kafka_purge(p->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+        /* fall through */
+    case TX_DEAD:
+        p->abort_done = NULL;
+        done(arg);
+        break;
+    default: break; /* INIT/COMMIT/ABORT in flight: tx_work_done pumps, and pump finishes the stop */
+    }
 }
 
 int producer_flush(producer_t *p, int timeout_ms)
 {
     if (p->rk == NULL)
         return 0;
+    if (p->tx != TX_OFF)
+        return count_remaining(p, "stop"); /* no commit without a supervisor: we may be deposed */
     rd_kafka_flush(p->rk, timeout_ms);
+    serve_main_queue(p);
     return count_remaining(p, "flush");
 }
 
-static void on_timer_closed(uv_handle_t *h)
+static void on_handle_closed(uv_handle_t *h)
 {
-    free(h->data);
+    producer_t *p = h->data;
+    if (++p->closed == 4 && !p->work_busy)
+        free(p);
 }
 
 void producer_destroy(producer_t *p)
@@ -422,13 +1000,20 @@ void producer_destroy(producer_t *p)
         return;
     if (p->rk != NULL) {
         rd_kafka_purge(p->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
-        rd_kafka_poll(p->rk, 0);
-        if (p->admin_q != NULL)
-            rd_kafka_queue_destroy(p->admin_q);
-        rd_kafka_destroy(p->rk);
+        detach_client(p);
+        /* A transactional call still on its work thread holds rk: that
+         * thread is stuck in the blocking call; leave the client to exit(). */
+        if (!p->work_busy)
+            rd_kafka_destroy(p->rk);
         p->rk = NULL;
-        p->admin_q = NULL;
     }
-    uv_timer_stop(&p->poll_timer);
-    uv_close((uv_handle_t *)&p->poll_timer, on_timer_closed);
+    list_free(&p->txn);
+    list_free(&p->pending);
+    close(p->wake_fd[1]);
+    uv_poll_stop(&p->wake);
+    close(p->wake_fd[0]); /* out of epoll since uv_poll_stop */
+    uv_close((uv_handle_t *)&p->wake, on_handle_closed);
+    uv_close((uv_handle_t *)&p->poll_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&p->commit_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&p->retry_timer, on_handle_closed);
 }

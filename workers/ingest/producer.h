@@ -19,9 +19,21 @@ typedef struct producer_s producer_t;
  *                                             local queue is full the message is dropped
  *                                             and counted {reason="queue_full"}
  *   security_protocol, sasl_*, ssl_ca         the matching librdkafka properties
+ *   transactions, transactional_id,           transactional producer (fencing): every
+ *   transaction_commit_ms                     message goes into a transaction committed
+ *                                             every transaction_commit_ms; the messages of
+ *                                             an aborted transaction are produced again in
+ *                                             order; a fatal error (fenced by a newer
+ *                                             producer of the id) stops producing for good
  * Fixed: enable.idempotence=true, acks=all, compression lz4,
- * message.timeout.ms = PRODUCER_MESSAGE_TIMEOUT_MS. */
+ * message.timeout.ms = PRODUCER_MESSAGE_TIMEOUT_MS (transactional:
+ * PRODUCER_TXN_TIMEOUT_MS). init/commit/abort_transaction block: they run on
+ * libuv's work threads; delivery reports are events served on the loop. */
 #define PRODUCER_MESSAGE_TIMEOUT_MS 120000
+/* Transactional: transaction.timeout.ms and message.timeout.ms. A dead
+ * leader's open transaction holds read-committed consumers back at most this
+ * long when no new leader fences it sooner. */
+#define PRODUCER_TXN_TIMEOUT_MS 10000
 #define PRODUCER_POLL_MS 20
 
 /* Returns 0 or a negative errno (-EINVAL: a property librdkafka rejected,
@@ -31,7 +43,21 @@ int producer_create(uv_loop_t *loop, const cfg_t *cfg, producer_t **out);
  * -ENOBUFS: local queue full, dropped and counted; other negative: dropped
  * and counted with the librdkafka error name. */
 int producer_send(producer_t *p, const char *channel, const char *json, size_t len, int64_t epoch);
-/* Messages queued or in flight (rd_kafka_outq_len). */
+/* cb(arg, fenced) once the transactional producer has failed for good
+ * (fenced: a newer producer of the transactional id took over); nothing is
+ * produced after it. */
+void producer_on_fatal(producer_t *p, void (*cb)(void *arg, int fenced), void *arg);
+/* Nothing is produced once the monotonic clock (uv_hrtime in ms) passes
+ * until_ms (0: no lease); messages sent later are dropped and counted. */
+void producer_set_lease(producer_t *p, uint64_t until_ms);
+/* Deposed: drop what waits, abort the open transaction (never commit it),
+ * then done(arg) on the loop thread. Nothing is produced afterwards. */
+void producer_abort(producer_t *p, void (*done)(void *arg), void *arg);
+/* A blocking transactional call is running on a work thread. */
+int producer_busy(const producer_t *p);
+/* "off" (not transactional), "init", "idle", "open", "commit", "abort", "dead". */
+const char *producer_tx_state(const producer_t *p);
+/* Messages queued or in flight (rd_kafka_outq_len; transactional: not yet committed). */
 int producer_queue_len(const producer_t *p);
 /* Asynchronous drain: done(arg, remaining) is called on the loop thread once
  * the queue is empty or timeout_ms has passed (remaining > 0 then). */
