@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.join(REPO, "test", "integration"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import util  # noqa: E402
 from harness.kafka import KafkaBroker  # noqa: E402
+import kraft  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 ONLY = set(os.environ.get("BENCH_ONLY", "1,2,3,4,5,6").split(","))
@@ -48,10 +49,15 @@ LAT_N, LAT_RATES = (1000, [250, 1000]) if QUICK else (10000, [250, 1000])
 EQ_RATE = 25000 // PER_CH
 IDLE_N = 4000 if QUICK else 20000
 SYS_N = 1000
-# The mock broker (test-kafka-broker) holds a fetch for fetch.wait.max.ms even
-# when data is there; a real broker answers at once. [kafka]
-# fetch_wait_max_ms = 1 keeps that artifact out of the latency figures.
-FETCH_WAIT_MS = int(os.environ.get("BENCH_FETCH_WAIT_MS", "1"))
+# The Kafka-fed systems (exchange-service, Centrifugo) read a real Apache
+# Kafka broker (one KRaft node, kraft.py) that publish.c feeds. Without the
+# jars (make deps) the bench falls back to librdkafka's mock cluster
+# (build/test-kafka-broker), which holds each fetch for fetch.wait.max.ms even
+# when data is there: [kafka] fetch_wait_max_ms = 1 then. With the real broker
+# our default (10) stands unless BENCH_FETCH_WAIT_MS says otherwise.
+REAL_KAFKA = kraft.available() is None and os.environ.get("BENCH_MOCK_KAFKA") != "1"
+FETCH_WAIT_MS = int(os.environ.get("BENCH_FETCH_WAIT_MS", "0" if REAL_KAFKA else "1"))
+CENTRIFUGO = os.environ.get("CENTRIFUGO") or os.path.join(REPO, ".deps", "centrifugo", "centrifugo")
 FAIL_REPS = 2 if QUICK else 10
 # Delivered messages/s targets of the ramp; the publish rate is target / PER_CH.
 RAMP = [25000, 50000, 100000, 200000, 400000, 800000, 1600000]
@@ -149,11 +155,11 @@ class LineProc:
         self.err.close()
 
 
-def start_loadgen(system, n, channels, name, src_first=1, src_ips=4, timeout=180):
+def start_loadgen(system, n, channels, name, src_first=1, src_ips=4, timeout=180, kind="trade"):
     lg = LineProc([os.path.join(BENCH, "loadgen"), "--url", system.ws_url, "--clients", n, "--channels",
                    channels, "--src-first", src_first, "--src-ips", src_ips, "--concurrency", 256,
-                   "--connect-timeout", timeout - 10] + sum([["--server-pid", p] for p in system.pids], []),
-                  name)
+                   "--connect-timeout", timeout - 10, "--proto", system.proto, "--kind", kind]
+                  + sum([["--server-pid", p] for p in system.pids], []), name)
     ready = lg.read_event("ready", timeout)
     return lg, ready
 
@@ -161,11 +167,11 @@ def start_loadgen(system, n, channels, name, src_first=1, src_ips=4, timeout=180
 PUB_COUNT = [0]
 
 
-def start_publisher(system, channels, size, name):
+def start_publisher(system, channels, size, name, kind="trade"):
     # each publisher continues above the last one's seqs (same epoch)
     PUB_COUNT[0] += 1
-    argv = [os.path.join(BENCH, "publish"), "--channels", channels, "--seq-base", PUB_COUNT[0] * 10**9] \
-        + system.pub_args
+    argv = [os.path.join(BENCH, "publish"), "--channels", channels, "--seq-base", PUB_COUNT[0] * 10**9,
+            "--kind", kind] + system.pub_args
     if size:
         argv += ["--size", size]
     else:
@@ -178,33 +184,77 @@ def start_publisher(system, channels, size, name):
 class System:
     name = "?"
     pids = []
+    aux_pids = []
+    proto = "exchange"
 
     def root_pid(self):
         return self.pids[0] if self.pids else None
 
 
-class Ours(System):
-    """exchange-service fed from a test Kafka broker (librdkafka mock cluster,
-    its CPU is not counted: it stands in for the Kafka cluster)."""
+def start_broker(d):
+    """The Kafka broker a Kafka-fed system reads (its CPU is reported as
+    "feed cpu", not counted as the server's)."""
+    if REAL_KAFKA:
+        return kraft.KraftBroker(d, topics={"exchange": 6}).start()
+    return KafkaBroker(d, brokers=1, topics=["exchange:6"]).start()
+
+
+def kafka_available():
+    if REAL_KAFKA:
+        return None
+    if not os.access(os.path.join(BUILD, "test-kafka-broker"), os.X_OK):
+        return "no Kafka broker (make deps for the real one)"
+    return None
+
+
+class KafkaFed(System):
+    """A server reading the bench's Kafka broker: self.broker, self.proc and
+    self.port set by start(), which begins with begin() and ends with
+    started(path)."""
+
+    def begin(self, sub):
+        d = os.path.join(LOGS, sub)
+        os.makedirs(d, exist_ok=True)
+        self.broker = start_broker(d)
+        self.port = util.free_port()
+        return d
+
+    def started(self, path):
+        self.proc.start()
+        util.wait_until(lambda: util.port_open(self.port) or not self.proc.running(), timeout=30,
+                        what="%s port" % self.name)
+        if not self.proc.running():
+            raise RuntimeError("%s exited\n%s" % (self.name, self.proc.logs()))
+        self.pids = [self.proc.pid]
+        self.aux_pids = [self.broker.proc.pid]
+        self.ws_url = "ws://127.0.0.1:%d%s" % (self.port, path)
+        self.pub_args = ["--kafka", self.broker.bootstrap, "--topic", "exchange"]
+        return self
+
+    def stop(self):
+        self.proc.stop(timeout=15)
+        self.broker.stop()
+
+
+class Ours(KafkaFed):
+    """exchange-service fed from a Kafka broker (real, or the mock cluster
+    without the jars)."""
     name = "exchange-service"
 
     @staticmethod
     def available():
-        for b in ("exchange-service", "exchange-fanout", "test-kafka-broker"):
-            if not os.access(os.path.join(BUILD, b), os.X_OK):
-                return "build/%s not built" % b
-        return None
+        missing = [b for b in ("exchange-service", "exchange-fanout") if not os.access(os.path.join(BUILD, b), os.X_OK)]
+        return "build/%s not built" % missing[0] if missing else kafka_available()
 
     def start(self):
-        d = os.path.join(LOGS, "ours")
-        os.makedirs(d, exist_ok=True)
-        self.broker = KafkaBroker(d, brokers=1, topics=["exchange:6"]).start()
-        self.port, admin, relay = util.free_port(), util.free_port(), util.free_port()
+        d = self.begin("ours")
+        admin, relay = util.free_port(), util.free_port()
         ini = os.path.join(d, "bench.ini")
         with open(ini, "w") as f:
             f.write("[service]\ncluster = bench\ninstance = bench\n[zookeeper]\nconnect =\n"
-                    "[kafka]\nbrokers = %s\ntopic = exchange\nstart_tail = 0\nfetch_wait_max_ms = %d\n"
-                    % (self.broker.bootstrap, FETCH_WAIT_MS))
+                    "[kafka]\nbrokers = %s\ntopic = exchange\nstart_tail = 0\n%s"
+                    % (self.broker.bootstrap,
+                       "fetch_wait_max_ms = %d\n" % FETCH_WAIT_MS if FETCH_WAIT_MS else ""))
             for ex in ("upbit", "bithumb", "binance", "coinbase"):
                 f.write("[exchange.%s]\nenabled = false\n" % ex)
             f.write("[fanout]\nlisten = 127.0.0.1:%d\nworkers = %d\nmax_clients = 100000\n"
@@ -213,18 +263,41 @@ class Ours(System):
                     % (self.port, CPUS, relay, relay, admin))
         self.proc = util.Proc([os.path.join(BUILD, "exchange-service"), "--conf-dir", os.path.join(REPO, "conf"),
                                "--profile", "local", "--config", ini], d, name="exchange-service", cwd=REPO)
-        self.proc.start()
-        util.wait_until(lambda: util.port_open(self.port), timeout=20, what="fanout port")
-        time.sleep(0.5)
-        self.pids = [self.proc.pid]
-        self.aux_pids = [self.broker.proc.pid]
-        self.ws_url = "ws://127.0.0.1:%d/ws/exchange" % self.port
-        self.pub_args = ["--kafka", self.broker.bootstrap, "--topic", "exchange"]
-        return self
+        return self.started("/ws/exchange")
 
-    def stop(self):
-        self.proc.stop(timeout=15)
-        self.broker.stop()
+
+class Centrifugo(KafkaFed):
+    """Centrifugo v6 (built by `make bench` into .deps/centrifugo), its Kafka
+    consumer reading the same broker and topic in publication data mode: each
+    record's value is published as is to the channel named in its
+    centrifugo-channels header. Insecure client mode (no tokens), bench only,
+    loopback only; memory engine, no history, defaults otherwise."""
+    name = "centrifugo"
+    proto = "centrifugo"
+
+    @staticmethod
+    def available():
+        built = os.access(CENTRIFUGO, os.X_OK)
+        return kafka_available() if built else "%s not built (make bench builds it with go)" % CENTRIFUGO
+
+    def start(self):
+        d = self.begin("centrifugo")
+        conf = {
+            "log": {"level": "warn"},
+            "http_server": {"address": "127.0.0.1", "port": self.port},
+            "client": {"insecure": True, "allowed_origins": ["*"]},
+            "channel": {"without_namespace": {"allow_subscribe_for_client": True}},
+            "consumers": [{
+                "name": "bench", "enabled": True, "type": "kafka",
+                "kafka": {"brokers": [self.broker.bootstrap], "topics": ["exchange"],
+                          "consumer_group": "centrifugo-bench",
+                          "publication_data_mode": {"enabled": True, "channels_header": "centrifugo-channels"}}}],
+        }
+        path = os.path.join(d, "config.json")
+        with open(path, "w") as f:
+            json.dump(conf, f, indent=1)
+        self.proc = util.Proc([CENTRIFUGO, "--config", path], d, name="centrifugo", cwd=d)
+        return self.started("/connection/websocket")
 
 
 class Nchan(System):
@@ -290,7 +363,7 @@ class NodeWs(System):
         self.proc.stop(timeout=10)
 
 
-SYSTEMS = [Ours, Nchan, NodeWs]
+SYSTEMS = [Ours, Centrifugo, Nchan, NodeWs]
 
 
 def med(xs):
@@ -307,10 +380,10 @@ def measure(lg, secs):
 
 def kafka_path_latency(bootstrap, secs):
     """Publish -> Kafka -> a plain consumer, while the bench load runs: the
-    part of exchange-service's latency that is the Kafka path (mock broker)."""
+    part of exchange-service's latency that is the Kafka path."""
     from confluent_kafka import Consumer, TopicPartition, OFFSET_END
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-latency", "enable.auto.commit": False,
-                  "fetch.wait.max.ms": FETCH_WAIT_MS})
+                  "fetch.wait.max.ms": FETCH_WAIT_MS or 10})
     try:
         md = c.list_topics("exchange", timeout=10)
         c.assign([TopicPartition("exchange", p, OFFSET_END) for p in md.topics["exchange"].partitions])
@@ -329,6 +402,25 @@ def kafka_path_latency(bootstrap, secs):
     lat.sort()
     pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
     return {"msgs": len(lat), "p50": pick(0.5), "p99": pick(0.99), "p999": pick(0.999), "max": lat[-1]}
+
+
+def wait_flowing(lg, pub, rate, limit=30):
+    """A new publisher (or a consumer still joining its group, or a broker
+    JVM still compiling its hot paths: measured, the first ~10 s after a
+    KRaft broker starts show p99 of seconds): publish at rate until clients
+    receive it with a p99 under 100 ms in two windows in a row, or limit."""
+    pub.send("rate %d" % rate)
+    deadline, good = time.monotonic() + limit, 0
+    try:
+        while time.monotonic() < deadline and good < 2:
+            r = measure(lg, 1.0)
+            good = good + 1 if r["msgs"] and r["lat_us"]["p99"] < 100000 else 0
+        if not good:
+            log("warm-up: delivery did not settle within %ds (last p99 %d us, %d msgs)"
+                % (limit, r["lat_us"]["p99"], r["msgs"]))
+    finally:
+        pub.send("rate 0")
+        time.sleep(0.5)
 
 
 def drain(lg, pub, limit=60):
@@ -391,7 +483,7 @@ def run_fanout(cls):
             for size in SIZES:
                 pub = start_publisher(sysobj, channels, size, "%s-pub-%d-%d" % (cls.__name__, n, size))
                 lg.send("reset")
-                time.sleep(0.5)
+                wait_flowing(lg, pub, EQ_RATE)
                 if size == SIZES[0] and n == LAT_N and "2" in ONLY:
                     out["latency"] = []
                     for lat_rate in LAT_RATES:
@@ -564,6 +656,8 @@ def print_table(res):
     L = []
     L.append("exchange-service benchmarks%s — nproc %d, %s; load average at start %s, at end %s" % (
         " (BENCH_QUICK=1)" if QUICK else "", CPUS, cpu, res.get("loadavg_start"), res.get("loadavg_end")))
+    L.append("Kafka-fed systems read %s; its CPU is \"feed cpu\", not server CPU" % (
+        "a real Apache Kafka broker (one KRaft node)" if REAL_KAFKA else "librdkafka's mock cluster"))
     L.append("")
     L.append("(1) fanout at saturation, %d clients per channel, median of %d run(s)" % (PER_CH, REPS))
     hdr = "%-17s %7s %6s %10s %12s %9s %12s %9s %6s %6s %8s %8s %8s" % (
@@ -581,10 +675,10 @@ def print_table(res):
                 name, row["clients"], row["bytes_per_msg"], row["publish_rate"], fmt(row["msgs_per_s"]),
                 row["cpu_per_s"] or 0, fmt(row["msgs_per_cpu_s"]), (row["p99_us"] or 0) / 1000, row["lost"],
                 row["ooo"], fmt(row["setup_rate"]), fmt(row["loadgen_cpu"], "%.2f"),
-                fmt(row["aux_cpu"], "%.2f") if name == "exchange-service" else "-",
+                fmt(row["aux_cpu"], "%.2f") if name in ("exchange-service", "centrifugo") else "-",
                 "" if row["saturated"] else "  (ramp top, not saturated)"))
     ours = "exchange-service"
-    for peer in ("nginx+nchan", "node ws"):
+    for peer in ("centrifugo", "nginx+nchan", "node ws"):
         for (name, n, size), row in sorted(rows.items()):
             if name != ours or (peer, n, size) not in rows:
                 continue
@@ -611,9 +705,10 @@ def print_table(res):
                 r["max"] / 1000, r["lost"], r["ooo"]))
             k = r.get("kafka_path")
             if k:
-                L.append("  of which Kafka  %10s %12s %8.2f %8.2f %9.2f %8.1f   (publish -> mock broker -> a"
+                L.append("  of which Kafka  %10s %12s %8.2f %8.2f %9.2f %8.1f   (publish -> %s broker -> a"
                          " plain consumer, same load)" % ("", "", k["p50"] / 1000, k["p99"] / 1000,
-                                                          k["p999"] / 1000, k["max"] / 1000))
+                                                          k["p999"] / 1000, k["max"] / 1000,
+                                                          "Kafka" if REAL_KAFKA else "mock"))
     L.append("")
     L.append("(3) idle clients (subscribed, no traffic): server RSS (all processes, VmRSS)")
     L.append("%-17s %8s %12s %12s %14s %10s" % ("system", "clients", "RSS before", "RSS after", "bytes/client",
