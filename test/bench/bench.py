@@ -29,7 +29,7 @@ from harness.kafka import KafkaBroker  # noqa: E402
 import kraft  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
-ONLY = set(os.environ.get("BENCH_ONLY", "1,2,3,4,5,6").split(","))
+ONLY = set(os.environ.get("BENCH_ONLY", "1,2,3,4,5,6,7,8").split(","))
 BENCH = os.path.join(BUILD, "bench")
 LOGS = os.path.join(BENCH, "logs")
 NODE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -59,6 +59,12 @@ REAL_KAFKA = kraft.available() is None and os.environ.get("BENCH_MOCK_KAFKA") !=
 FETCH_WAIT_MS = int(os.environ.get("BENCH_FETCH_WAIT_MS", "0" if REAL_KAFKA else "1"))
 CENTRIFUGO = os.environ.get("CENTRIFUGO") or os.path.join(REPO, ".deps", "centrifugo", "centrifugo")
 FAIL_REPS = 2 if QUICK else 10
+# Scenario 7, market data on 100 channels at 10 messages/s per channel:
+# orderbook-heavy (15-level books, 1.6 KB) and mixed (channels.h: half the
+# messages trades, 30% books, 20% tickers).
+MD_CHANNELS, MD_RATE = 100, 1000
+MD_N = 1000 if QUICK else 10000
+MD_KINDS = ["orderbook", "mixed"]
 # Delivered messages/s targets of the ramp; the publish rate is target / PER_CH.
 RAMP = [25000, 50000, 100000, 200000, 400000, 800000, 1600000]
 
@@ -598,6 +604,63 @@ def run_fanout(cls):
     return out
 
 
+# ---- scenario 7: market data (orderbook-heavy, mixed) --------------------------------
+
+def run_market(cls):
+    out = {}
+    sysobj = cls().start()
+    try:
+        for kind in MD_KINDS:
+            lg, ready = start_loadgen(sysobj, MD_N, MD_CHANNELS, "%s-md-%s" % (cls.__name__, kind), kind=kind)
+            pub = start_publisher(sysobj, MD_CHANNELS, 0, "%s-md-pub-%s" % (cls.__name__, kind), kind=kind)
+            try:
+                wait_flowing(lg, pub, MD_RATE)
+                pub.send("rate %d" % MD_RATE)
+                time.sleep(STEP_WARM)
+                runs = []
+                for _ in range(REPS):
+                    b0 = aux_cpu(sysobj)
+                    r = measure(lg, STEP_S)
+                    r["aux_cpu"] = (aux_cpu(sysobj) - b0) / r["duration_s"]
+                    runs.append(r)
+                out[kind] = {"clients": ready["subscribed"], "publish_rate": MD_RATE,
+                             "expected": MD_RATE * MD_N // MD_CHANNELS,
+                             "msgs_per_s": med([r["msgs_per_s"] for r in runs]),
+                             "bytes_per_msg": runs[0]["bytes"] / max(1, runs[0]["msgs"]),
+                             "cpu_per_s": med([r["cpu_s"] / r["duration_s"] for r in runs]),
+                             "msgs_per_cpu_s": med([r["msgs"] / r["cpu_s"] if r["cpu_s"] > 0 else None
+                                                    for r in runs]),
+                             "p50": med([r["lat_us"]["p50"] for r in runs]),
+                             "p99": med([r["lat_us"]["p99"] for r in runs]),
+                             "lost": sum(r["lost"] for r in runs), "ooo": sum(r["ooo"] for r in runs),
+                             "aux_cpu": med([r["aux_cpu"] for r in runs]), "runs": runs}
+                log("%s market %s: %s" % (cls.name, kind, {k: v for k, v in out[kind].items() if k != "runs"}))
+                drain(lg, pub)
+            finally:
+                pub.stop()
+                lg.stop()
+    finally:
+        sysobj.stop()
+    return out
+
+
+# ---- scenario 8: the physical limit ---------------------------------------------------
+
+def write_cost(sizes):
+    """wcost: msgs per CPU-second of one loopback write() of each size (the
+    WebSocket frame header included), the kernel's floor for one write per
+    delivered message."""
+    out = {}
+    for size in sorted(set(int(x) for x in sizes if x)):
+        p = subprocess.run([os.path.join(BENCH, "wcost"), "--size", str(size), "--writes",
+                            "50000" if QUICK else "200000"], capture_output=True, text=True, timeout=300)
+        if p.returncode == 0:
+            out[size] = json.loads(p.stdout)
+        else:
+            log("wcost %d failed: %s" % (size, p.stderr.strip()))
+    return out
+
+
 # ---- scenario 3: idle clients -----------------------------------------------------
 
 def run_idle(cls):
@@ -710,6 +773,58 @@ def print_table(res):
                                                           k["p999"] / 1000, k["max"] / 1000,
                                                           "Kafka" if REAL_KAFKA else "mock"))
     L.append("")
+    md = sc.get("market")
+    if md:
+        L.append("(7) market data: %d channels, %d msgs/s published (10 per channel), %d clients, median of %d" % (
+            MD_CHANNELS, MD_RATE, MD_N, REPS))
+        L.append("%-17s %-9s %7s %12s %12s %8s %12s %8s %8s %6s %6s %8s" % (
+            "system", "load", "msg B", "expected/s", "delivered/s", "cpu s/s", "msgs/cpu-s", "p50 ms", "p99 ms",
+            "lost", "ooo", "feed cpu"))
+        for name, m in md.items():
+            if not isinstance(m, dict):
+                L.append("%-17s %s" % (name, m))
+                continue
+            for kind, r in m.items():
+                L.append("%-17s %-9s %7.0f %12d %12s %8.2f %12s %8.2f %8.2f %6d %6d %8s" % (
+                    name, kind, r["bytes_per_msg"], r["expected"], fmt(r["msgs_per_s"]), r["cpu_per_s"] or 0,
+                    fmt(r["msgs_per_cpu_s"]), r["p50"] / 1000, r["p99"] / 1000, r["lost"], r["ooo"],
+                    fmt(r["aux_cpu"], "%.2f") if name in ("exchange-service", "centrifugo") else "-"))
+        for kind in MD_KINDS:
+            o = md.get(ours) if isinstance(md.get(ours), dict) else {}
+            for peer in ("centrifugo", "nginx+nchan", "node ws"):
+                p = md.get(peer) if isinstance(md.get(peer), dict) else {}
+                if kind in o and kind in p:
+                    L.append("  ours/%s %-9s: msgs per CPU-second %s, p99 %.1f vs %.1f ms" % (
+                        peer, kind, ratio(o[kind]["msgs_per_cpu_s"], p[kind]["msgs_per_cpu_s"]),
+                        o[kind]["p99"] / 1000, p[kind]["p99"] / 1000))
+        L.append("")
+    lim = sc.get("limit")
+    if lim:
+        L.append("(8) physical limit: one loopback write() of the frame size (wcost: writer thread CPU, user+sys,"
+                 " a reader draining 100 sockets)")
+        L.append("  " + "; ".join("%d B: %s writes per CPU-second (%.2f us)" % (
+            int(k), fmt(v["writes_per_cpu_s"]), v["us_per_write"]) for k, v in sorted(lim.items(),
+                                                                                    key=lambda kv: int(kv[0]))))
+
+        def limit_for(nbytes):
+            k = min(lim, key=lambda x: abs(int(x) - (nbytes + 4)))
+            return lim[k]["writes_per_cpu_s"]
+        L.append("  %-17s %-22s %12s %12s %8s" % ("system", "row", "msgs/cpu-s", "limit", "of limit"))
+        for (name, n, size), row in sorted(rows.items()):
+            for what, v in (("saturation", row["msgs_per_cpu_s"]),
+                            ("25k/s", (row.get("eq") or {}).get("msgs_per_cpu_s"))):
+                if v:
+                    lv = limit_for(row["bytes_per_msg"])
+                    L.append("  %-17s %-22s %12s %12s %7.0f%%" % (
+                        name, "%dc %s %s" % (n, "1 KB" if size else "small", what), fmt(v), fmt(lv), 100 * v / lv))
+        for name, m in (md or {}).items():
+            if isinstance(m, dict):
+                for kind, r in m.items():
+                    if r["msgs_per_cpu_s"]:
+                        lv = limit_for(r["bytes_per_msg"])
+                        L.append("  %-17s %-22s %12s %12s %7.0f%%" % (name, kind, fmt(r["msgs_per_cpu_s"]), fmt(lv),
+                                                                    100 * r["msgs_per_cpu_s"] / lv))
+        L.append("")
     L.append("(3) idle clients (subscribed, no traffic): server RSS (all processes, VmRSS)")
     L.append("%-17s %8s %12s %12s %14s %10s" % ("system", "clients", "RSS before", "RSS after", "bytes/client",
                                                "conn/s"))
@@ -809,6 +924,21 @@ def main():
         except Exception as e:  # noqa: BLE001
             log("%s idle failed: %r" % (cls.name, e))
             sc["idle"][cls.name] = "n/a (failed: %s)" % str(e).splitlines()[0][:120]
+    if "7" in ONLY:
+        sc["market"] = {}
+        for cls in SYSTEMS:
+            why = cls.available()
+            try:
+                sc["market"][cls.name] = "n/a (%s)" % why if why else run_market(cls)
+            except Exception as e:  # noqa: BLE001
+                log("%s market failed: %r" % (cls.name, e))
+                sc["market"][cls.name] = "n/a (failed: %s)" % str(e).splitlines()[0][:120]
+    if "8" in ONLY:
+        sizes = [r["bytes_per_msg"] + (2 if r["bytes_per_msg"] < 126 else 4)
+                 for rs in sc.get("fanout", {}).values() if isinstance(rs, list) for r in rs]
+        sizes += [r["bytes_per_msg"] + 4 for m in sc.get("market", {}).values() if isinstance(m, dict)
+                  for r in m.values()]
+        sc["limit"] = write_cost([round(x, -1) for x in sizes] or [270, 1030, 1610])
     if ONLY & {"5", "6"}:
         try:
             sc.update(run_failover_scenarios())
