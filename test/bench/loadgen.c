@@ -649,6 +649,9 @@ static void run_command(char *line)
         server_usage(&w_cpu0, &rss, &np);
         w_start_us = now_us();
         measuring = 1;
+        /* the loop's cached time may be a long busy iteration old: a window
+         * timed from it would end at once */
+        uv_update_time(loop);
         uv_timer_start(&measure_timer, on_measure_done, (uint64_t)(secs * 1000), 0);
     } else if (strncmp(line, "rss", 3) == 0) {
         double cpu;
