@@ -4,7 +4,6 @@
 #   workers/fanout/*.c    -> exchange-fanout (main.c) + libfanout.a (the rest)
 #   supervisor/*.c        -> exchange-service (main.c) + libsupervisor.a
 #   test/unit/test_*.c    -> one cmocka binary each, linked with every lib
-#   test/kafka/*.c        -> test-kafka-broker
 SHELL := /bin/bash
 BUILD ?= build
 PREFIX ?= /usr/local
@@ -39,7 +38,7 @@ LIBFANOUT := $(BUILD)/libfanout.a
 LIBSUPER := $(BUILD)/libsupervisor.a
 ALL_LIBS := $(LIBSUPER) $(LIBINGEST) $(LIBFANOUT) $(LIBCOMMON)
 
-BINS := $(BUILD)/exchange-service $(BUILD)/exchange-ingest $(BUILD)/exchange-fanout $(BUILD)/test-kafka-broker
+BINS := $(BUILD)/exchange-service $(BUILD)/exchange-ingest $(BUILD)/exchange-fanout
 FUZZ_SRC := $(wildcard test/fuzz/fuzz_*.c)
 TOOL_SRC := $(wildcard test/tools/*.c)
 TOOL_BIN := $(patsubst test/tools/%.c,$(BUILD)/tools/%,$(TOOL_SRC))
@@ -104,8 +103,6 @@ $(BUILD)/exchange-service: $(call obj,supervisor/main.c) $(LIBSUPER) $(LIBCOMMON
 $(BUILD)/exchange-ingest: $(call obj,workers/ingest/main.c) $(LIBINGEST) $(LIBCOMMON)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
 $(BUILD)/exchange-fanout: $(call obj,workers/fanout/main.c) $(LIBFANOUT) $(LIBCOMMON)
-	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
-$(BUILD)/test-kafka-broker: $(call obj,$(wildcard test/kafka/*.c)) $(LIBCOMMON)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
 $(BUILD)/test/%: $(BUILD)/obj/test/unit/%.o $(ALL_LIBS)
 	@mkdir -p $(dir $@)
@@ -173,7 +170,7 @@ check-conf: all
 lint:
 	clang-format --dry-run --Werror $$(git ls-files '*.c' '*.h')
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability --inline-suppr \
-	  --suppress=missingIncludeSystem -Icommon common supervisor workers test/kafka
+	  --suppress=missingIncludeSystem -Icommon common supervisor workers
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/etc/exchange-service $(DESTDIR)/lib/systemd/system

@@ -25,8 +25,7 @@ os.environ["EXCHANGE_BUILD"] = BUILD
 sys.path.insert(0, os.path.join(REPO, "test", "integration"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import util  # noqa: E402
-from harness.kafka import KafkaBroker  # noqa: E402
-import kraft  # noqa: E402
+from harness.kafka import BrokerError, libs_dir, start_kafka  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 ONLY = set(os.environ.get("BENCH_ONLY", "1,2,3,4,5,6,7,8").split(","))
@@ -50,13 +49,9 @@ EQ_RATE = 25000 // PER_CH
 IDLE_N = 4000 if QUICK else 20000
 SYS_N = 1000
 # The Kafka-fed systems (exchange-service, Centrifugo) read a real Apache
-# Kafka broker (one KRaft node, kraft.py) that publish.c feeds. Without the
-# jars (make deps) the bench falls back to librdkafka's mock cluster
-# (build/test-kafka-broker), which holds each fetch for fetch.wait.max.ms even
-# when data is there: [kafka] fetch_wait_max_ms = 1 then. With the real broker
-# our default (10) stands unless BENCH_FETCH_WAIT_MS says otherwise.
-REAL_KAFKA = kraft.available() is None and os.environ.get("BENCH_MOCK_KAFKA") != "1"
-FETCH_WAIT_MS = int(os.environ.get("BENCH_FETCH_WAIT_MS", "0" if REAL_KAFKA else "1"))
+# Kafka broker (one KRaft node, harness.kafka) that publish.c feeds; our
+# default [kafka] fetch_wait_max_ms stands unless BENCH_FETCH_WAIT_MS says.
+FETCH_WAIT_MS = int(os.environ.get("BENCH_FETCH_WAIT_MS", "0"))
 CENTRIFUGO = os.environ.get("CENTRIFUGO") or os.path.join(REPO, ".deps", "centrifugo", "centrifugo")
 FAIL_REPS = 2 if QUICK else 10
 # Scenario 7, market data on 100 channels at 10 messages/s per channel:
@@ -198,19 +193,17 @@ class System:
 
 
 def start_broker(d):
-    """The Kafka broker a Kafka-fed system reads (its CPU is reported as
-    "feed cpu", not counted as the server's)."""
-    if REAL_KAFKA:
-        return kraft.KraftBroker(d, topics={"exchange": 6}).start()
-    return KafkaBroker(d, brokers=1, topics=["exchange:6"]).start()
+    """The Kafka broker a Kafka-fed system reads: one KRaft node, a fresh
+    topic (its CPU is reported as "feed cpu", not counted as the server's)."""
+    return start_kafka(os.path.join(d, "kafka"), nodes=1, topics=["exchange:6"])
 
 
 def kafka_available():
-    if REAL_KAFKA:
-        return None
-    if not os.access(os.path.join(BUILD, "test-kafka-broker"), os.X_OK):
-        return "no Kafka broker (make deps for the real one)"
-    return None
+    try:
+        libs_dir()
+    except BrokerError as e:
+        return str(e)
+    return None if shutil.which("java") else "java not installed"
 
 
 class KafkaFed(System):
@@ -232,7 +225,7 @@ class KafkaFed(System):
         if not self.proc.running():
             raise RuntimeError("%s exited\n%s" % (self.name, self.proc.logs()))
         self.pids = [self.proc.pid]
-        self.aux_pids = [self.broker.proc.pid]
+        self.aux_pids = [n.proc.pid for n in self.broker.nodes]
         self.ws_url = "ws://127.0.0.1:%d%s" % (self.port, path)
         self.pub_args = ["--kafka", self.broker.bootstrap, "--topic", "exchange"]
         return self
@@ -243,8 +236,7 @@ class KafkaFed(System):
 
 
 class Ours(KafkaFed):
-    """exchange-service fed from a Kafka broker (real, or the mock cluster
-    without the jars)."""
+    """exchange-service fed from the real Kafka broker."""
     name = "exchange-service"
 
     @staticmethod
@@ -719,8 +711,8 @@ def print_table(res):
     L = []
     L.append("exchange-service benchmarks%s — nproc %d, %s; load average at start %s, at end %s" % (
         " (BENCH_QUICK=1)" if QUICK else "", CPUS, cpu, res.get("loadavg_start"), res.get("loadavg_end")))
-    L.append("Kafka-fed systems read %s; its CPU is \"feed cpu\", not server CPU" % (
-        "a real Apache Kafka broker (one KRaft node)" if REAL_KAFKA else "librdkafka's mock cluster"))
+    L.append("Kafka-fed systems read a real Apache Kafka broker (one KRaft node); its CPU is \"feed cpu\","
+             " not server CPU")
     L.append("")
     L.append("(1) fanout at saturation, %d clients per channel, median of %d run(s)" % (PER_CH, REPS))
     hdr = "%-17s %7s %6s %10s %12s %9s %12s %9s %6s %6s %8s %8s %8s" % (
@@ -770,8 +762,7 @@ def print_table(res):
             if k:
                 L.append("  of which Kafka  %10s %12s %8.2f %8.2f %9.2f %8.1f   (publish -> %s broker -> a"
                          " plain consumer, same load)" % ("", "", k["p50"] / 1000, k["p99"] / 1000,
-                                                          k["p999"] / 1000, k["max"] / 1000,
-                                                          "Kafka" if REAL_KAFKA else "mock"))
+                                                          k["p999"] / 1000, k["max"] / 1000, "Kafka"))
     L.append("")
     md = sc.get("market")
     if md:

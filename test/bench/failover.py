@@ -1,5 +1,5 @@
 """Bench scenarios 5 and 6 (bench.py calls run()): the real pipeline with the
-exchange simulator, a real ZooKeeper and the test Kafka broker, through the
+exchange simulator, a real ZooKeeper and a real Kafka broker (KRaft), through the
 integration harness (test/integration/harness).
 
 (5) failover: two instances; a client on the follower's fanout; kill -9 (the
@@ -16,7 +16,7 @@ import statistics
 import time
 
 from harness import util
-from harness.kafka import KafkaBroker
+from harness.kafka import start_kafka
 from harness.service import Service
 from harness.sim import Sim
 from harness.wsclient import WsClient
@@ -52,7 +52,7 @@ def _sim(d):
 
 def _svc(d, name, sim, kafka, zk=None, extra=None):
     ov = {"service": {"cluster": "bench"},
-          "kafka": {"brokers": kafka.bootstrap, "topic": "exchange"},
+          "kafka": {"brokers": kafka.bootstrap, "topic": kafka.topic},
           "exchange.upbit": {"markets": "KRW-BTC"},
           "fanout": {"workers": 1},
           "log": {"level": "warn"}}
@@ -65,7 +65,7 @@ def _svc(d, name, sim, kafka, zk=None, extra=None):
 
 def failover(d, reps, log):
     zk = ZooKeeperServer(os.path.join(d, "zk")).start()
-    kafka = KafkaBroker(d, brokers=1, topics=["exchange:3"]).start()
+    kafka = start_kafka(os.path.join(d, "kafka"), nodes=1, topics=["exchange:3"])
     sim = _sim(d)
     svcs = []
     out = {}
@@ -124,7 +124,7 @@ def _gaps(frames, t_from, t_to):
 
 
 def switch(d, log):
-    kafka = KafkaBroker(d, brokers=1, topics=["exchange:3"]).start()
+    kafka = start_kafka(os.path.join(d, "kafka"), nodes=1, topics=["exchange:3"])
     sim = _sim(d)
     svc = None
     fallback_ms, recover_ms = 2000, 2000
@@ -194,7 +194,7 @@ def switch(d, log):
 
 def run(build, logs, quick, reps, only, log=print):
     out = {}
-    for b in ("exchange-service", "exchange-fanout", "exchange-ingest", "test-kafka-broker"):
+    for b in ("exchange-service", "exchange-fanout", "exchange-ingest"):
         if not os.access(os.path.join(build, b), os.X_OK):
             why = "n/a (build/%s not built)" % b
             return {"failover": why, "switch": why}

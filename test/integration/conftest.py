@@ -8,8 +8,12 @@ Fixtures here:
     procs           a ProcessGroup logging under tmp_path, stopped at teardown
     zk_server       one ZooKeeper for the whole session (never stop it in a test)
     zk_factory      zk_factory() -> a private ZooKeeperServer, started; stopped at teardown
-    kafka_broker    test-kafka-broker with topic `exchange` (3 partitions), per test
-    kafka_factory   kafka_factory(brokers=3, topics=("exchange:3",)) -> KafkaBroker
+    kafka_broker    a real single-node Kafka (KRaft) shared by the session, with a
+                    topic of 3 partitions private to the test: .bootstrap, .topic,
+                    .create_topic(), .cluster. Never stop it: use kafka_factory
+    kafka_factory   kafka_factory(nodes=1|3, topics=("exchange:3",), overrides={})
+                    -> a private KafkaCluster (harness/kafka.py), started, topics
+                    created ("name:partitions[:rf]"); stopped at teardown
 Other fixture modules (harness/service.py, ...) are pulled in at the bottom.
 
 On failure, the last lines of every process log the test used are printed
@@ -30,7 +34,7 @@ if HERE not in sys.path:
 
 from harness import build_dir as _build_dir  # noqa: E402
 from harness import util  # noqa: E402
-from harness.kafka import KafkaBroker  # noqa: E402
+from harness.kafka import KafkaCluster, start_kafka  # noqa: E402
 from harness.zk import ZooKeeperServer  # noqa: E402
 
 TEST_TIMEOUT = float(os.environ.get("EXCHANGE_TEST_TIMEOUT", "180"))
@@ -83,25 +87,76 @@ def zk_factory(tmp_path):
 # ---- Kafka ------------------------------------------------------------------------
 
 @pytest.fixture
-def kafka_factory(tmp_path, build_dir):
+def kafka_factory(tmp_path):
     made = []
 
-    def make(brokers=3, topics=("exchange:3",)):
-        b = KafkaBroker(tmp_path / "logs", brokers=brokers, topics=topics,
-                        binary=os.path.join(build_dir, "test-kafka-broker"),
-                        name="kafka-broker%d" % len(made) if made else "kafka-broker")
-        made.append(b)
-        return b.start()
+    def make(nodes=1, topics=("exchange:3",), overrides=None, name=None):
+        k = start_kafka(tmp_path / ("kafka%d" % len(made)), nodes=nodes, topics=topics, overrides=overrides,
+                        name=name or ("kafka%d" % len(made) if made else "kafka"))
+        made.append(k)
+        return k
 
     yield make
-    for b in made:
-        b.stop()
+    for k in made:
+        k.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_session(tmp_path_factory):
+    """One single-node cluster for the session (kafka_broker's)."""
+    k = KafkaCluster(tmp_path_factory.mktemp("kafka-session"), nodes=1, name="kafka-session")
+    made = []
+
+    def get():
+        if not made:
+            made.append(k.start())
+        elif not k.running():  # a test broke the rule: bring it back for the next one
+            k.up()
+        return k
+
+    yield get
+    if made:
+        k.stop()
+
+
+class SharedKafka:
+    """kafka_broker: the session's cluster seen through one test's topic."""
+
+    def __init__(self, cluster, topic):
+        self.cluster = cluster
+        self.topic = topic
+        self.bootstrap = cluster.bootstrap
+
+    def create_topic(self, name, partitions=3, rf=None, configs=None):
+        return self.cluster.create_topic(name, partitions, rf, configs)
+
+    def topic_info(self, name=None):
+        return self.cluster.topic_info(name or self.topic)
+
+    def logs(self, lines=40):
+        return self.cluster.logs(lines)
+
+    def __repr__(self):
+        return "<kafka_broker %s topic %s>" % (self.bootstrap, self.topic)
+
+
+_topic_seq = [0]
+
+
+def unique_topic(request, prefix="t"):
+    """A topic name unique in the session, readable in logs."""
+    _topic_seq[0] += 1
+    base = "".join(c if c.isalnum() or c in "-_." else "_" for c in request.node.name)
+    return "%s%d-%s" % (prefix, _topic_seq[0], base[:120])
 
 
 @pytest.fixture
-def kafka_broker(kafka_factory):
-    """A 3-broker mock Kafka cluster with topic `exchange` (3 partitions)."""
-    return kafka_factory()
+def kafka_broker(kafka_session, request):
+    """The shared single-node Kafka with a fresh topic (3 partitions) for this
+    test, named in .topic. Tests that stop, kill or pause brokers use
+    kafka_factory instead."""
+    k = kafka_session()
+    return SharedKafka(k, k.create_topic(unique_topic(request), 3))
 
 
 # ---- failure logs, timeout guard, cleanup --------------------------------------

@@ -390,7 +390,7 @@ def test_dashboard_and_alert_metrics_exist(service_factory, kafka_broker):
     exchanges = {"exchange." + ex: {"enabled": True, "url": "ws://127.0.0.1:%d%s" % (dead, path)}
                  for ex, path in (("upbit", "/websocket/v1"), ("bithumb", "/websocket/v1"),
                                   ("binance", "/stream"), ("coinbase", "/"))}
-    overrides = dict(exchanges, kafka={"brokers": kafka_broker.bootstrap, "topic": "exchange"})
+    overrides = dict(exchanges, kafka={"brokers": kafka_broker.bootstrap, "topic": kafka_broker.topic})
     svc = service_factory(overrides=overrides)
     want = {}
     for what, e in dashboard_exprs()[1] + alert_exprs():

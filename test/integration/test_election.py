@@ -50,7 +50,7 @@ def cluster(service_factory, zk, kafka, sim, n=3, cluster_name=None, session_ms=
             name="node%d" % i, sim_ports=sim.ports if sim else None,
             overrides={"service": {"cluster": name},
                        "zookeeper": {"connect": zk.connect, "session_timeout_ms": session_ms},
-                       "kafka": {"brokers": kafka.bootstrap, "topic": "exchange",
+                       "kafka": {"brokers": kafka.bootstrap, "topic": kafka.topic,
                                  "fallback_after_ms": 60000},
                        "exchange.upbit": {"markets": "KRW-BTC"},
                        "fanout": {"workers": 1}}))

@@ -1,9 +1,9 @@
-"""exchange-fanout standalone, fed through the test Kafka broker by a
+"""exchange-fanout standalone, fed through a real Kafka broker by a
 confluent_kafka producer, with python3-websockets clients (and a raw socket
 client for what websockets refuses to send).
 
-Each test starts its own broker (kafka_broker fixture) and its own worker(s)
-on a free port; every process is stopped at teardown."""
+Each test gets its own topic on the session's broker (kafka_broker fixture)
+and its own worker(s) on a free port; every process is stopped at teardown."""
 import asyncio
 import base64
 import json
@@ -20,13 +20,10 @@ from harness import REPO
 from harness.kafka import producer
 from harness.util import free_port, port_open, wait_until
 
-TOPIC = "exchange"
-
-
 # ---- fixtures -----------------------------------------------------------------------
 
 class Fanout:
-    def __init__(self, procs, tmp_path, build_dir, bootstrap, port, extra, name, topic=TOPIC):
+    def __init__(self, procs, tmp_path, build_dir, bootstrap, port, extra, name, topic):
         self.port = port
         ini = tmp_path / ("%s.ini" % name)
         text = "[kafka]\nbrokers = %s\ntopic = %s\nfallback_after_ms = 2000\n" % (bootstrap, topic)
@@ -48,10 +45,10 @@ class Fanout:
 def fanout_factory(procs, tmp_path, build_dir, kafka_broker):
     made = []
 
-    def make(port=None, topic=TOPIC, **fanout_keys):
+    def make(port=None, topic=None, **fanout_keys):
         port = port or free_port()
         f = Fanout(procs, tmp_path, build_dir, kafka_broker.bootstrap, port, fanout_keys,
-                   "fanout%d" % len(made), topic=topic)
+                   "fanout%d" % len(made), topic=topic or kafka_broker.topic)
         made.append(f)
         return f
 
@@ -62,12 +59,12 @@ def fanout_factory(procs, tmp_path, build_dir, kafka_broker):
 def feed(kafka_broker):
     p = producer(kafka_broker.bootstrap)
 
-    def send(*msgs, topic=TOPIC, partition_of=None):
+    def send(*msgs, topic=None, partition_of=None):
         for m in msgs:
             kw = {"partition": partition_of(m["channel"])} if partition_of else {}
-            p.produce(topic, key=m["channel"].encode(), value=json.dumps(m).encode(), **kw)
+            p.produce(topic or kafka_broker.topic, key=m["channel"].encode(), value=json.dumps(m).encode(), **kw)
         left = p.flush(15)
-        assert left == 0, "messages not delivered to the test broker"
+        assert left == 0, "messages not delivered to the broker"
 
     yield send
     p.flush(5)
@@ -419,9 +416,9 @@ def _slow_socket():
 def test_slow_client_cut_or_conflated_fast_client_unaffected(fanout_factory, feed, kafka_broker):
     # Enough data to exceed the bound plus every socket buffer on the way
     # (the kernel grows the server's send buffer to megabytes), spread over
-    # six partitions so the mock broker keeps all of it.
-    kafka_broker.create_topic("slow", 6)
-    f = fanout_factory(client_queue_bytes=1 << 20, topic="slow")
+    # six partitions.
+    slow = kafka_broker.create_topic(kafka_broker.topic + "-slow", 6)
+    f = fanout_factory(client_queue_bytes=1 << 20, topic=slow)
     trades = ["trade.upbit.%s-KRW" % s for s in ("BTC", "ETH", "XRP")]
     ticks = ["ticker.upbit.%s-KRW" % s for s in ("BTC", "ETH", "XRP")]
     part = {ch: i for i, ch in enumerate(trades + ticks)}
@@ -431,7 +428,7 @@ def test_slow_client_cut_or_conflated_fast_client_unaffected(fanout_factory, fee
     def produce_all():
         for i in range(0, n, 100):
             batch = [msg(ch, j, pad=pad) for j in range(i + 1, i + 101) for ch in trades + ticks]
-            feed(*batch, topic="slow", partition_of=part.get)
+            feed(*batch, topic=slow, partition_of=part.get)
 
     async def go():
         fast = await connect(f.port, "?channels=trade.upbit.*,ticker.upbit.*", max_queue=None)

@@ -1,5 +1,5 @@
-"""Self-tests of the integration harness: the mock Kafka broker process, the
-ZooKeeper fixture and the process helpers."""
+"""Self-tests of the integration harness: the real Kafka (KRaft) fixtures,
+the ZooKeeper fixture and the process helpers."""
 import collections
 import signal
 import sys
@@ -44,7 +44,7 @@ def _check_per_key_order(msgs, expected):
 # ---- Kafka -------------------------------------------------------------------------
 
 def test_broker_roundtrip_idempotent(kafka_broker):
-    assert len(kafka_broker.bootstrap.split(",")) == 3
+    topic = kafka_broker.topic
     p = producer(kafka_broker.bootstrap, idempotent=True, acks="all")
     keys = [b"ticker.upbit.BTC-KRW", b"trade.binance.BTC-USDT", b"orderbook.bithumb.ETH-KRW"] + \
         [b"k%d" % i for i in range(17)]
@@ -54,12 +54,12 @@ def test_broker_roundtrip_idempotent(kafka_broker):
         v = b'{"seq":%d}' % i
         items.append((k, v))
         expected[k].append(v)
-    res = _produce_many(p, items, headers=[("epoch", b"7")])
+    res = _produce_many(p, items, topic=topic, headers=[("epoch", b"7")])
     assert p.flush(20) == 0
     assert res["err"] == [] and len(res["ok"]) == 1000
     assert {m.partition() for m in res["ok"]} == {0, 1, 2}
 
-    with Consumer(kafka_broker.bootstrap, TOPIC) as c:
+    with Consumer(kafka_broker.bootstrap, topic) as c:
         assert c.partitions == [0, 1, 2]
         msgs = c.collect(1000, timeout=20)
         c.poll(0.3)
@@ -68,8 +68,10 @@ def test_broker_roundtrip_idempotent(kafka_broker):
     assert all(m["headers"] == {"epoch": b"7"} for m in msgs)
 
 
-def test_broker_down_up_nothing_lost(kafka_broker):
-    bs = kafka_broker.bootstrap
+def test_broker_down_up_nothing_lost(kafka_factory):
+    k = kafka_factory(nodes=1, topics=("exchange:3",))
+    print("single node ready in %.2fs" % k.started_in)
+    bs = k.bootstrap
     c = Consumer(bs, TOPIC)
     p = producer(bs, idempotent=True, acks="all")
     try:
@@ -77,9 +79,8 @@ def test_broker_down_up_nothing_lost(kafka_broker):
         r1 = _produce_many(p, before)
         assert p.flush(10) == 0 and len(r1["ok"]) == 100
 
-        assert kafka_broker.down() == "ok down all"
-        st = kafka_broker.status()
-        assert st["down"] == [1, 2, 3]
+        k.down()
+        assert not any(n.running() for n in k.nodes)
         during = [(b"key%d" % (i % 5), b"b%d" % i) for i in range(200)]
         r2 = _produce_many(p, during)
         t_end = time.monotonic() + 1.5
@@ -87,13 +88,15 @@ def test_broker_down_up_nothing_lost(kafka_broker):
             p.poll(0.1)
         assert r2["ok"] == [], "delivered while every broker was down"
 
-        assert kafka_broker.up() == "ok up all"
+        t0 = time.monotonic()
+        k.up()
+        print("up again (same log dir) in %.2fs" % (time.monotonic() - t0))
         assert p.flush(25) == 0
         assert r2["err"] == [] and len(r2["ok"]) == 200
 
         expected = collections.defaultdict(list)
-        for k, v in before + during:
-            expected[k].append(v)
+        for key, v in before + during:
+            expected[key].append(v)
         msgs = c.collect(300, timeout=25)
         c.poll(0.5)
         assert len(c.messages) == 300, "duplicates after reconnect"
@@ -102,38 +105,69 @@ def test_broker_down_up_nothing_lost(kafka_broker):
         c.close()
 
 
-def test_broker_error_injection_and_commands(kafka_broker):
-    b = kafka_broker
-    assert b.command("bogus").startswith("error ")
-    assert b.command("down 99").startswith("error ")
-    assert b.command("rtt all 20") == "ok rtt all 20"
-    assert b.status()["rtt_ms"] == {"1": 20, "2": 20, "3": 20}
-    b.rtt(0)
-    assert b.create_topic("other", 2).startswith("ok topic other 2")
-    # Retriable Produce errors: the idempotent producer retries and succeeds.
-    assert b.inject_error("Produce", "NOT_LEADER_FOR_PARTITION", 3).startswith("ok error 0")
-    m = produce(b.bootstrap, "other", "k", "v1", headers={"epoch": "3"})
-    assert m.topic() == "other" and m.offset() >= 0
-    with Consumer(b.bootstrap, "other") as c:
-        msgs = c.collect(1, timeout=10)
-    assert msgs[0]["value"] == b"v1" and msgs[0]["headers"] == {"epoch": b"3"}
-    # A non-retriable error reaches the application.
-    b.inject_error("Produce", "INVALID_RECORD", 1)
-    with pytest.raises(AssertionError, match="INVALID_RECORD"):
-        produce(b.bootstrap, "other", "k", "v2", idempotent=False, retries=0)
+def _transaction(bs, topic, tid, values, commit=True):
+    p = producer(bs, **{"transactional.id": tid})
+    p.init_transactions(20)
+    p.begin_transaction()
+    for v in values:
+        p.produce(topic, key=b"k", value=v)
+    (p.commit_transaction if commit else p.abort_transaction)(20)
 
 
-def test_broker_exits_on_stdin_eof_and_sigterm(kafka_factory):
-    b = kafka_factory()
-    pid = b.proc.pid
-    b.proc.popen.stdin.close()
-    assert b.proc.wait(timeout=5) == 0
+def test_three_nodes_kill9_pause_restart_and_transactions(kafka_factory):
+    k = kafka_factory(nodes=3, topics=())
+    print("3 nodes ready in %.2fs" % k.started_in)
+    assert len(k.bootstrap.split(",")) == 3
+    k.create_topic("r3", 6, rf=3, configs={"min.insync.replicas": 2})
+    info = k.topic_info("r3")
+    assert all(sorted(p["replicas"]) == [1, 2, 3] and sorted(p["isr"]) == [1, 2, 3] for p in info.values())
+    assert k.topic_config("r3")["min.insync.replicas"] == "2"
+    # Transactions (internal topic with RF 3, min ISR 2): read_committed sees
+    # the committed batch only.
+    _transaction(k.bootstrap, "r3", "harness-tx", [b"aborted"], commit=False)
+    _transaction(k.bootstrap, "r3", "harness-tx", [b"c%d" % i for i in range(10)])
+
+    counts = k.leader_counts("r3")
+    victim = k.node(max(counts, key=counts.get))
+    t0 = time.monotonic()
+    victim.kill()
+    util.wait_until(lambda: victim.id not in {p["leader"] for p in k.topic_info("r3").values()}, timeout=15,
+                    what="leadership moves off the killed node")
+    print("kill -9 node %d (led %d of 6): leaders moved in %.2fs" % (victim.id, counts[victim.id],
+                                                                      time.monotonic() - t0))
+    produce(k.bootstrap, "r3", "k", "while-one-down")  # acks=all, 2 in ISR >= min.insync.replicas
+    t0 = time.monotonic()
+    victim.restart()
+    util.wait_until(lambda: all(len(p["isr"]) == 3 for p in k.topic_info("r3").values()), timeout=30,
+                    what="ISR back to 3")
+    print("restart on its log dir, ISR 3 again in %.2fs" % (time.monotonic() - t0))
+
+    other = k.nodes[0] if victim is not k.nodes[0] else k.nodes[1]
+    other.pause()
+    assert util.pid_alive(other.proc.pid) and util.port_open(other.port)  # hung, socket still there
+    other.resume()
+    with Consumer(k.bootstrap, "r3") as c:
+        msgs = c.collect(11, timeout=20)
+        c.poll(0.5)
+    assert sorted(m["value"] for m in c.messages) == sorted([b"c%d" % i for i in range(10)] + [b"while-one-down"])
+    for n in k.nodes:
+        assert "-Xmx256m" in open("/proc/%d/cmdline" % n.proc.pid).read().split("\0")
+        assert "Kafka Server started" in open(n.log_path).read()
+        assert n.name in n.logs()
+
+
+def test_node_sigterm_and_restart_keep_data(kafka_factory):
+    k = kafka_factory(nodes=1, topics=("t:1",))
+    _transaction(k.bootstrap, "t", "harness-tx1", [b"v1"])
+    n = k.nodes[0]
+    pid = n.proc.pid
+    assert n.stop() in (0, 143)  # the JVM exits 128+SIGTERM after its shutdown hook
     assert not util.pid_alive(pid)
-
-    b2 = kafka_factory(brokers=1, topics=("t:1",))
-    assert len(b2.bootstrap.split(",")) == 1
-    b2.proc.send_signal(signal.SIGTERM)
-    assert b2.proc.wait(timeout=5) == 0
+    assert "Terminating process due to signal SIGTERM" in open(n.log_path).read()
+    n.restart()
+    with Consumer(k.bootstrap, "t") as c:
+        msgs = c.collect(1, timeout=10)
+    assert msgs[0]["value"] == b"v1"
 
 
 # ---- ZooKeeper ------------------------------------------------------------------

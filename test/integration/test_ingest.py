@@ -1,6 +1,6 @@
 """exchange-ingest end to end, standalone (no supervisor, no ZooKeeper):
 
-    test/sim/sim.py  --ws-->  exchange-ingest  --produce-->  test-kafka-broker
+    test/sim/sim.py  --ws-->  exchange-ingest  --produce-->  Kafka (real, KRaft)
                                                               --> confluent_kafka consumer
 
 The simulator records every frame it sends (--record JSONL); the tests compare
@@ -279,14 +279,14 @@ def sim(tmp_path):
 
 def test_trades_exactly_once_in_order(tmp_path, build_dir, sim, kafka_broker):
     conf = str(tmp_path / "ingest.ini")
-    # A topic the broker does not have yet: the ingest worker creates it.
-    write_conf(conf, sim, kafka_broker.bootstrap, "ingest-test", ("upbit", "binance"), partitions=4)
+    # A topic the broker does not have yet: the ingest worker creates it
+    # through the Admin API (the broker does not auto-create topics).
+    topic = kafka_broker.topic + "-new"
+    write_conf(conf, sim, kafka_broker.bootstrap, topic, ("upbit", "binance"), partitions=4)
     ing = start_ingest(build_dir, tmp_path / "logs", conf)
     try:
-        # Created through the Admin API, or (the test broker has no
-        # controller for CreateTopics) seen to exist by a delivery.
-        util.wait_until(lambda: "kafka topic created" in log_text(ing) or "kafka topic exists" in log_text(ing),
-                        timeout=20, what="the topic to be created or found")
+        util.wait_until(lambda: "kafka topic created" in log_text(ing), timeout=20, what="the topic to be created")
+        assert len(kafka_broker.topic_info(topic)) == 4
         wait_trades(sim, 40)
         sim.control("/malformed", exchange="upbit", count=5)
         sim.control("/malformed", exchange="binance", count=5)
@@ -301,7 +301,7 @@ def test_trades_exactly_once_in_order(tmp_path, build_dir, sim, kafka_broker):
     records = sim.records()
     sent = sent_trades(records, ("upbit", "binance"))
     total = sum(len(v) for v in sent.values())
-    msgs = consume_all(kafka_broker.bootstrap, "ingest-test", total)
+    msgs = consume_all(kafka_broker.bootstrap, topic, total)
     chans = check_stream(msgs, EPOCH)
     check_trades(sent, chans)
 
@@ -323,9 +323,10 @@ def test_trades_exactly_once_in_order(tmp_path, build_dir, sim, kafka_broker):
         assert "symbol" not in chans["status." + ex][0]
 
 
-def test_reconnect_and_kafka_outage(tmp_path, build_dir, sim, kafka_broker):
+def test_reconnect_and_kafka_outage(tmp_path, build_dir, sim, kafka_factory):
+    kafka_broker = kafka_factory()
     conf = str(tmp_path / "ingest.ini")
-    write_conf(conf, sim, kafka_broker.bootstrap, "exchange", ("upbit", "binance"))
+    write_conf(conf, sim, kafka_broker.bootstrap, kafka_broker.topic, ("upbit", "binance"))
     ing = start_ingest(build_dir, tmp_path / "logs", conf)
     try:
         wait_trades(sim, 30)
@@ -363,7 +364,7 @@ def test_reconnect_and_kafka_outage(tmp_path, build_dir, sim, kafka_broker):
     sent = sent_trades(records, ("upbit", "binance"))
     dropped = {c["id"] for c in first.values()}
     total = sum(len(v) for v in sent.values())
-    msgs = consume_all(kafka_broker.bootstrap, "exchange", total - 20, timeout=40)
+    msgs = consume_all(kafka_broker.bootstrap, kafka_broker.topic, total - 20, timeout=40)
     chans = check_stream(msgs, EPOCH)
     check_trades(sent, chans, allow_tail_loss_conns=dropped)
     # Everything sent after the reconnect (including the outage) is there.

@@ -14,7 +14,7 @@ def statuses(client, exchange):
 
 
 def service(service_factory, sim, kafka, **ex):
-    over = {"kafka": {"brokers": kafka.bootstrap, "topic": "exchange"}}
+    over = {"kafka": {"brokers": kafka.bootstrap, "topic": kafka.topic}}
     for name, kv in ex.items():
         over["exchange." + name] = kv
     return service_factory(sim_ports=sim.ports, overrides=over).wait_ready()
@@ -91,7 +91,7 @@ def test_wrong_certificate_refused_unless_configured(kafka_broker, sim_factory, 
                     what="self-signed certificate refused")
     assert sim.control("GET", "/status")["connections"].get("upbit", 0) == 0
     trusting = service_factory(name="trusting", sim_ports=sim.ports, overrides={
-        "kafka": {"brokers": kafka_broker.bootstrap, "topic": "exchange"},
+        "kafka": {"brokers": kafka_broker.bootstrap, "topic": kafka_broker.topic},
         "exchange.upbit": {"url": url, "ca_file": sim.info["cert"]}}).wait_ready()
     c = WsClient(trusting.ws_url, subscribe=["status.upbit"], name="c").start()
     c.wait_for(lambda cl: ("subscribed", "") in statuses(cl, "upbit"), timeout=15,

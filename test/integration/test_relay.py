@@ -61,7 +61,8 @@ def cluster(service_factory, zk, sim, n=2, kafka=None, extra=None):
     for i in range(n):
         ov = {"service": {"cluster": name},
               "zookeeper": {"connect": zk.connect, "session_timeout_ms": SESSION_MS},
-              "kafka": {"brokers": kafka.bootstrap if kafka else "", "topic": "exchange",
+              "kafka": {"brokers": kafka.bootstrap if kafka else "",
+                        "topic": kafka.topic if kafka else "exchange",
                         "fallback_after_ms": FALLBACK_MS, "recover_after_ms": RECOVER_MS},
               "relay": {"token": TOKEN},
               "exchange.upbit": {"markets": "KRW-BTC"},
@@ -162,8 +163,10 @@ def test_relay_token_required(sim_factory, service_factory):
         c.close()
 
 
-def test_kafka_outage_fallback_and_back(kafka_broker, zk_server, sim_factory, service_factory):
+def test_kafka_outage_fallback_and_back(kafka_factory, zk_server, sim_factory, service_factory):
+    """All brokers (a real single-node KRaft cluster) down 20 s, then up."""
     # (Fixture order: services are torn down before the broker, so they can flush.)
+    kafka_broker = kafka_factory()
     sim = sim_upbit(sim_factory, rate=20)
     svcs = cluster(service_factory, zk_server, sim, n=2, kafka=kafka_broker)
     clients = [WsClient(s.ws_url, subscribe=[TRADE, TICKER], name="c-" + s.name).start() for s in svcs]
@@ -209,7 +212,7 @@ def test_kafka_outage_fallback_and_back(kafka_broker, zk_server, sim_factory, se
         # buffer_messages) and produced it when the brokers came back: Kafka
         # holds every trade of the epoch, none twice.
         last_seq = max(m["seq"] for m in clients[0].data(TRADE) if m["epoch"] == epoch_of(clients[0]))
-        with Consumer(kafka_broker.bootstrap, "exchange") as k:
+        with Consumer(kafka_broker.bootstrap, kafka_broker.topic) as k:
             def have_all():
                 k.poll(0.2)
                 return any(json.loads(m["value"])["seq"] >= last_seq for m in k.messages
@@ -319,14 +322,15 @@ def test_slow_relay_client_is_cut_off_alone(sim_factory, service_factory):
         c.close()
 
 
-def test_gap_beyond_relay_history_is_reported(kafka_broker, sim_factory, service_factory):
+def test_gap_beyond_relay_history_is_reported(kafka_factory, sim_factory, service_factory):
     """An outage longer than the relay's ring ([relay] history) cannot be
     filled: clients see the jump in seq (never a duplicate or a reorder) and
     the relay counts it."""
+    kafka_broker = kafka_factory()
     sim = sim_upbit(sim_factory, rate=20)
     svc = service_factory(name="gap", sim_ports=sim.ports, overrides={
         "exchange.upbit": {"markets": "KRW-BTC"},
-        "kafka": {"brokers": kafka_broker.bootstrap, "topic": "exchange",
+        "kafka": {"brokers": kafka_broker.bootstrap, "topic": kafka_broker.topic,
                   "fallback_after_ms": FALLBACK_MS, "recover_after_ms": RECOVER_MS},
         "relay": {"history": 3}})
     svc.wait_ready(timeout=30)

@@ -28,6 +28,8 @@ struct producer_s {
     uint64_t topic_retry_at; /* uv_now() of the next CreateTopics attempt, 0: pending */
     int fatal;               /* set by error_cb: rebuild the client in the poll timer */
     int brokers_down;        /* for logging the transition once */
+    int found_partitions;    /* of the topic at start (metadata warm-up), -1 unknown */
+    int found_replicas;
     /* drain */
     void (*drain_done)(void *arg, int remaining);
     void *drain_arg;
@@ -65,8 +67,8 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
     if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
         metric_inc(p->m_produced);
         if (!p->topic_ready) {
-            /* A delivery proves the topic exists (some clusters, like the
-             * test broker, have no controller for CreateTopics): stop retrying. */
+            /* A delivery proves the topic exists (a cluster may refuse
+             * CreateTopics to this client): stop retrying. */
             log_info("kafka topic exists", "topic=%s how=delivery", log_q(p->cfg->kafka.topic));
             p->topic_ready = 1;
         }
@@ -123,17 +125,27 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
  * the first messages of a fresh producer wait up to a second (measured: 0.7-
  * 1.0 s). After a failover that second is on every client's clock: fetch the
  * topic's metadata now. Bounded; with Kafka down it gives up and the normal
- * path retries. Runs once per client, at start (before any feed connects). */
-static void warm_topic_metadata(rd_kafka_t *rk, const char *topic)
+ * path retries. Runs once per client, at start (before any feed connects).
+ * Notes what it found of an existing topic (partitions, replicas) for the
+ * "kafka topic exists" log line. */
+static void warm_topic_metadata(producer_t *p, rd_kafka_t *rk, const char *topic)
 {
     const struct rd_kafka_metadata *md = NULL;
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
+    p->found_partitions = p->found_replicas = -1;
     if (rkt == NULL)
         return;
     rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, rkt, &md, 1000);
-    if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+    if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        for (int i = 0; i < md->topic_cnt; i++) {
+            const rd_kafka_metadata_topic_t *t = &md->topics[i];
+            if (strcmp(t->topic, topic) != 0 || t->err != RD_KAFKA_RESP_ERR_NO_ERROR || t->partition_cnt <= 0)
+                continue;
+            p->found_partitions = t->partition_cnt;
+            p->found_replicas = t->partitions[0].replica_cnt;
+        }
         rd_kafka_metadata_destroy(md);
-    else
+    } else
         log_warn("kafka metadata warm-up failed", "topic=%s err=%s", log_q(topic), rd_kafka_err2name(err));
     rd_kafka_topic_destroy(rkt);
 }
@@ -189,7 +201,7 @@ static rd_kafka_t *make_client(producer_t *p)
         return NULL;
     }
     rd_kafka_set_log_queue(rk, NULL); /* NULL: the main queue, served by rd_kafka_poll */
-    warm_topic_metadata(rk, c->kafka.topic);
+    warm_topic_metadata(p, rk, c->kafka.topic);
     return rk;
 }
 
@@ -234,7 +246,16 @@ static void handle_admin_event(producer_t *p, rd_kafka_event_t *ev)
                  p->cfg->kafka.partitions, p->cfg->kafka.replication);
         p->topic_ready = 1;
     } else if (err == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
-        log_info("kafka topic exists", "topic=%s", log_q(p->cfg->kafka.topic));
+        /* Used as it is: a partition count is only ever raised by an
+         * operator (it moves keys between partitions). */
+        if (p->found_partitions > 0 && p->found_partitions != p->cfg->kafka.partitions)
+            log_warn("kafka topic exists with another partition count, used as it is",
+                     "topic=%s partitions=%d replication=%d configured_partitions=%d",
+                     log_q(p->cfg->kafka.topic), p->found_partitions, p->found_replicas,
+                     p->cfg->kafka.partitions);
+        else
+            log_info("kafka topic exists", "topic=%s partitions=%d replication=%d",
+                     log_q(p->cfg->kafka.topic), p->found_partitions, p->found_replicas);
         p->topic_ready = 1;
     } else {
         if (p->topic_ready)

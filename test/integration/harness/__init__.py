@@ -2,7 +2,7 @@
 
 util  -- ports, waiting, process groups, /proc helpers, tiny HTTP client
 zk    -- a real ZooKeeper server (Debian's zookeeper package, run with java)
-kafka -- build/test-kafka-broker (librdkafka mock cluster) + client helpers
+kafka -- a real Kafka cluster (KRaft, 1 or 3 nodes) + confluent_kafka helpers
 """
 import os
 

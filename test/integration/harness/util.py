@@ -141,7 +141,7 @@ class Proc:
     stdout/stderr captured to files in log_dir.
 
     stdin: None (-> /dev/null) or subprocess.PIPE (keep a pipe; tools like
-    test-kafka-broker exit when it closes)."""
+    tools that exit when it closes)."""
 
     def __init__(self, argv, log_dir, name=None, env=None, cwd=None, stdin=None,
                  stdout_pipe=False):
