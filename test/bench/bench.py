@@ -195,7 +195,9 @@ class System:
 def start_broker(d):
     """The Kafka broker a Kafka-fed system reads: one KRaft node, a fresh
     topic (its CPU is reported as "feed cpu", not counted as the server's)."""
-    return start_kafka(os.path.join(d, "kafka"), nodes=1, topics=["exchange:6"])
+    kd = os.path.join(d, "kafka")
+    shutil.rmtree(kd, ignore_errors=True)  # the harness keeps a node's data across starts
+    return start_kafka(kd, nodes=1, topics=["exchange:6"])
 
 
 def kafka_available():

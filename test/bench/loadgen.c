@@ -23,6 +23,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -771,6 +772,9 @@ int main(int argc, char **argv)
                     (unsigned long)rl.rlim_cur, opt.nclients);
     }
     srand((unsigned)getpid());
+    /* A server closing a client (Centrifugo drops slow ones) must not kill
+     * the whole load generator on the next write. */
+    signal(SIGPIPE, SIG_IGN);
     loop = uv_default_loop();
     clients = calloc((size_t)opt.nclients, sizeof(*clients));
     w_lost_ch = calloc((size_t)opt.nchannels, sizeof(uint64_t));
