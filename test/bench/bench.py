@@ -867,7 +867,47 @@ def print_table(res):
                     "; " + sw["note"] if sw.get("note") else ""))
     else:
         L.append("  %s" % sw)
+    L.extend(goal_lines(sc, rows))
     print("\n".join(L), flush=True)
+
+
+def goal_lines(sc, rows):
+    """Issue 18's goals as ratios from this run: met / NOT met / n/a."""
+    ours = "exchange-service"
+    out = ["", "Goals (this run):"]
+
+    def verdict(ok):
+        return "n/a" if ok is None else "met" if ok else "NOT met"
+    for peer, want in (("centrifugo", 2.0), ("nginx+nchan", 1.5)):
+        for (name, n, size), row in sorted(rows.items()):
+            p = rows.get((peer, n, size))
+            if name != ours or not p:
+                continue
+            a, b = (row.get("eq") or {}).get("msgs_per_cpu_s"), (p.get("eq") or {}).get("msgs_per_cpu_s")
+            out.append("  msgs per CPU-second at 25k/s >= %.1fx %s (%dc %s): %s %s" % (
+                want, peer, n, "1 KB" if size else "small", ratio(a, b), verdict(a / b >= want if a and b else None)))
+    lat = {k: v for k, v in sc.get("latency", {}).items() if isinstance(v, list)}
+    at = {k: next((r for r in v if r["publish_rate"] == EQ_RATE), None) for k, v in lat.items()}
+    mine = at.get(ours)
+    peers = [r["p99"] for k, r in at.items() if k != ours and r]
+    out.append("  p99 at 25k/s no worse than the best peer: %s vs %s ms %s" % (
+        fmt(mine and mine["p99"] / 1000, "%.1f"), fmt(min(peers) / 1000 if peers else None, "%.1f"),
+        verdict(mine["p99"] <= min(peers) if mine and peers else None)))
+    k1 = next((r for r in lat.get(ours, []) if r["publish_rate"] == 1000), None)
+    out.append("  p99 <= 10 ms at %d clients, 1k msgs/s: %s ms %s%s" % (
+        LAT_N, fmt(k1 and k1["p99"] / 1000, "%.1f"), verdict(k1["p99"] <= 10000 if k1 else None),
+        "" if LAT_N >= 10000 else " (goal is at 10k clients)"))
+    idle = sc.get("idle", {})
+    mi, ni = idle.get(ours), idle.get("nginx+nchan")
+    if isinstance(mi, dict):
+        out.append("  idle memory <= 2 KB per client at 20k: %s B at %d clients %s" % (
+            fmt(mi["bytes_per_client"]), mi["clients"],
+            verdict(mi["bytes_per_client"] <= 2048 if mi["clients"] >= 20000 else None)))
+        if isinstance(ni, dict):
+            out.append("  connection setup >= nchan's: %s vs %s conn/s %s" % (
+                fmt(mi["setup_rate"]), fmt(ni["setup_rate"]), verdict(mi["setup_rate"] >= ni["setup_rate"])))
+    out.append("  write_delay_ms >= 3x nchan, reconnect storm, compression: n/a (not implemented)")
+    return out
 
 
 def loadavg():
