@@ -19,6 +19,7 @@
 #include <http_parser.h>
 #include <inttypes.h>
 #include <librdkafka/rdkafka.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -447,6 +448,7 @@ int main(int argc, char **argv)
     seqs = calloc((size_t)opt.channels, sizeof(*seqs));
     for (int i = 0; seqs && i < opt.channels; i++)
         seqs[i] = seq_base;
+    signal(SIGPIPE, SIG_IGN); /* a server closing a feed connection: an error, not death */
     loop = uv_default_loop();
     if (opt.kafka ? kafka_init() : conns_init())
         return 1;
