@@ -74,11 +74,12 @@ def _svc(d, name, sim, kafka, zk=None, extra=None):
 
 def failover(d, reps, log):
     zk = ZooKeeperServer(os.path.join(d, "zk")).start()
-    kafka = _kafka(d)
-    sim = _sim(d)
+    kafka = sim = None
     svcs = []
     out = {}
     try:
+        kafka = _kafka(d)
+        sim = _sim(d)
         svcs = [_svc(d, "node%d" % i, sim, kafka, zk, {"kafka": {"fallback_after_ms": 60000}})
                 for i in range(2)]
         for s in svcs:
@@ -115,9 +116,9 @@ def failover(d, reps, log):
     finally:
         for s in svcs:
             s.stop(timeout=15)
-        sim.stop()
-        kafka.stop()
-        zk.stop()
+        for x in (sim, kafka, zk):  # whatever started, also when a later start failed
+            if x:
+                x.stop()
     return out
 
 
