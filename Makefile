@@ -230,9 +230,21 @@ fuzz: fuzz-build
 fuzz-smoke: fuzz-build
 	test/fuzz/run.sh build-fuzz $(FUZZ_SMOKE_SECONDS)
 
+# Centrifugo (a peer in the bench): built from the Go module proxy, pinned,
+# into .deps/centrifugo (ignored, never committed). A failed build leaves
+# the peer n/a in the table.
+CENTRIFUGO_VERSION := v6.9.1
+CENTRIFUGO := $(abspath .deps/centrifugo/centrifugo)
+$(CENTRIFUGO):
+	@echo "deps: Centrifugo $(CENTRIFUGO_VERSION) (go install) -> $(dir $@)"
+	@PATH="$$PATH:/usr/local/go/bin"; GOBIN=$(dir $@) GOFLAGS=-mod=mod \
+	  go install github.com/centrifugal/centrifugo/v6@$(CENTRIFUGO_VERSION) \
+	  || echo "deps: Centrifugo build failed; it is n/a in the bench" >&2
+
 bench: deps
 	$(MAKE) all
-	test/bench/run.sh $(BUILD)
+	-$(MAKE) $(CENTRIFUGO)
+	CENTRIFUGO=$(CENTRIFUGO) test/bench/run.sh $(BUILD)
 
 # compose/docker-compose.yml without Docker: ZooKeeper, Kafka, the simulator
 # and two backends on this machine (test/cluster/cluster.py; Ctrl-C stops all).

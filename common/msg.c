@@ -11,8 +11,92 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* ---- the prefix reader: msg_begin's exact output, nothing else ---------- */
+
+typedef struct {
+    const char *p, *end;
+} cursor_t;
+
+static int lit(cursor_t *c, const char *s, size_t n)
+{
+    if ((size_t)(c->end - c->p) < n || memcmp(c->p, s, n) != 0)
+        return 0;
+    c->p += n;
+    return 1;
+}
+#define LIT(c, s) lit((c), (s), sizeof(s) - 1)
+
+/* A string without escapes up to its closing quote (copied into out when
+ * given); 0 on an escape, a control byte, the end of input or no room. */
+static int plain_str(cursor_t *c, char *out, size_t cap)
+{
+    const char *q = c->p;
+    while (q < c->end && *q != '"' && *q != '\\' && (unsigned char)*q >= 0x20)
+        q++;
+    if (q >= c->end || *q != '"')
+        return 0;
+    size_t n = (size_t)(q - c->p);
+    if (out) {
+        if (n >= cap)
+            return 0;
+        memcpy(out, c->p, n);
+        out[n] = 0;
+    }
+    c->p = q + 1;
+    return 1;
+}
+
+/* A JSON integer as msg_begin prints it (PRId64: optional '-', digits, no
+ * leading zero unless alone), followed by ',' or '}'. */
+static int plain_int(cursor_t *c, int64_t *v)
+{
+    const char *q = c->p;
+    int neg = q < c->end && *q == '-';
+    q += neg;
+    const char *d = q;
+    uint64_t u = 0;
+    while (q < c->end && *q >= '0' && *q <= '9' && q - d < 18) /* longer: the full parse */
+        u = u * 10 + (uint64_t)(*q++ - '0');
+    if (q == d || q >= c->end || (*q != ',' && *q != '}') || (*d == '0' && q - d > 1))
+        return 0;
+    *v = neg ? -(int64_t)u : (int64_t)u;
+    c->p = q;
+    return 1;
+}
+
+/* Reads the routing fields from the fixed prefix msg_begin writes. 0 when the
+ * text starts exactly so and ends with '}' (the writer's msg_end); -EINVAL
+ * otherwise, and the caller parses the whole object instead. */
+int msg_read_prefix(const char *json, size_t len, msg_meta_t *m)
+{
+    cursor_t c = {json, json + len};
+    while (len &&
+           (json[len - 1] == ' ' || json[len - 1] == '\n' || json[len - 1] == '\r' || json[len - 1] == '\t'))
+        len--;
+    if (!len || json[len - 1] != '}')
+        return -EINVAL;
+    c.end = json + len;
+    memset(m, 0, sizeof(*m));
+    if (!LIT(&c, "{\"channel\":\"") || !plain_str(&c, m->channel, sizeof(m->channel)) ||
+        !LIT(&c, ",\"type\":\"") || !plain_str(&c, m->type, sizeof(m->type)) ||
+        !LIT(&c, ",\"exchange\":\"") || !plain_str(&c, NULL, 0))
+        return -EINVAL;
+    if (LIT(&c, ",\"symbol\":\"") && !plain_str(&c, NULL, 0))
+        return -EINVAL;
+    if (!LIT(&c, ",\"seq\":") || !plain_int(&c, &m->seq) || !LIT(&c, ",\"epoch\":") ||
+        !plain_int(&c, &m->epoch) || !LIT(&c, ",\"ts\":") || !plain_int(&c, &m->ts) ||
+        !LIT(&c, ",\"recv_ts\":") || !plain_int(&c, &m->recv_ts))
+        return -EINVAL;
+    return 0;
+}
+
 int msg_parse_meta(const char *json, size_t len, msg_meta_t *m)
 {
+    /* The fanout forwards messages it never needs to parse: the prefix the
+     * ingest wrote (msg_begin) holds every routing field. Anything else
+     * (another writer, another field order, escapes) takes the full parse. */
+    if (msg_read_prefix(json, len, m) == 0)
+        return 0;
     json_error_t err;
     json_t *root = json_loadb(json, len, 0, &err);
     int r = -EINVAL;

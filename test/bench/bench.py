@@ -25,10 +25,10 @@ os.environ["EXCHANGE_BUILD"] = BUILD
 sys.path.insert(0, os.path.join(REPO, "test", "integration"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import util  # noqa: E402
-from harness.kafka import start_kafka  # noqa: E402
+from harness.kafka import BrokerError, libs_dir, start_kafka  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
-ONLY = set(os.environ.get("BENCH_ONLY", "1,2,3,4,5,6").split(","))
+ONLY = set(os.environ.get("BENCH_ONLY", "1,2,3,4,5,6,7,8").split(","))
 BENCH = os.path.join(BUILD, "bench")
 LOGS = os.path.join(BENCH, "logs")
 NODE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -48,11 +48,18 @@ LAT_N, LAT_RATES = (1000, [250, 1000]) if QUICK else (10000, [250, 1000])
 EQ_RATE = 25000 // PER_CH
 IDLE_N = 4000 if QUICK else 20000
 SYS_N = 1000
-# The mock broker (test-kafka-broker) holds a fetch for fetch.wait.max.ms even
-# when data is there; a real broker answers at once. [kafka]
-# fetch_wait_max_ms = 1 keeps that artifact out of the latency figures.
-FETCH_WAIT_MS = int(os.environ.get("BENCH_FETCH_WAIT_MS", "1"))
+# The Kafka-fed systems (exchange-service, Centrifugo) read a real Apache
+# Kafka broker (one KRaft node, harness.kafka) that publish.c feeds; our
+# default [kafka] fetch_wait_max_ms stands unless BENCH_FETCH_WAIT_MS says.
+FETCH_WAIT_MS = int(os.environ.get("BENCH_FETCH_WAIT_MS", "0"))
+CENTRIFUGO = os.environ.get("CENTRIFUGO") or os.path.join(REPO, ".deps", "centrifugo", "centrifugo")
 FAIL_REPS = 2 if QUICK else 10
+# Scenario 7, market data on 100 channels at 10 messages/s per channel:
+# orderbook-heavy (15-level books, 1.6 KB) and mixed (channels.h: half the
+# messages trades, 30% books, 20% tickers).
+MD_CHANNELS, MD_RATE = 100, 1000
+MD_N = 1000 if QUICK else 10000
+MD_KINDS = ["orderbook", "mixed"]
 # Delivered messages/s targets of the ramp; the publish rate is target / PER_CH.
 RAMP = [25000, 50000, 100000, 200000, 400000, 800000, 1600000]
 
@@ -149,11 +156,11 @@ class LineProc:
         self.err.close()
 
 
-def start_loadgen(system, n, channels, name, src_first=1, src_ips=4, timeout=180):
+def start_loadgen(system, n, channels, name, src_first=1, src_ips=4, timeout=180, kind="trade"):
     lg = LineProc([os.path.join(BENCH, "loadgen"), "--url", system.ws_url, "--clients", n, "--channels",
                    channels, "--src-first", src_first, "--src-ips", src_ips, "--concurrency", 256,
-                   "--connect-timeout", timeout - 10] + sum([["--server-pid", p] for p in system.pids], []),
-                  name)
+                   "--connect-timeout", timeout - 10, "--proto", system.proto, "--kind", kind]
+                  + sum([["--server-pid", p] for p in system.pids], []), name)
     ready = lg.read_event("ready", timeout)
     return lg, ready
 
@@ -161,11 +168,11 @@ def start_loadgen(system, n, channels, name, src_first=1, src_ips=4, timeout=180
 PUB_COUNT = [0]
 
 
-def start_publisher(system, channels, size, name):
+def start_publisher(system, channels, size, name, kind="trade"):
     # each publisher continues above the last one's seqs (same epoch)
     PUB_COUNT[0] += 1
-    argv = [os.path.join(BENCH, "publish"), "--channels", channels, "--seq-base", PUB_COUNT[0] * 10**9] \
-        + system.pub_args
+    argv = [os.path.join(BENCH, "publish"), "--channels", channels, "--seq-base", PUB_COUNT[0] * 10**9,
+            "--kind", kind] + system.pub_args
     if size:
         argv += ["--size", size]
     else:
@@ -178,33 +185,76 @@ def start_publisher(system, channels, size, name):
 class System:
     name = "?"
     pids = []
+    aux_pids = []
+    proto = "exchange"
 
     def root_pid(self):
         return self.pids[0] if self.pids else None
 
 
-class Ours(System):
-    """exchange-service fed from a real Kafka broker (one KRaft node, its CPU
-    is not counted: it stands in for the Kafka cluster)."""
+def start_broker(d):
+    """The Kafka broker a Kafka-fed system reads: one KRaft node, a fresh
+    topic (its CPU is reported as "feed cpu", not counted as the server's)."""
+    kd = os.path.join(d, "kafka")
+    shutil.rmtree(kd, ignore_errors=True)  # the harness keeps a node's data across starts
+    return start_kafka(kd, nodes=1, topics=["exchange:6"])
+
+
+def kafka_available():
+    try:
+        libs_dir()
+    except BrokerError as e:
+        return str(e)
+    return None if shutil.which("java") else "java not installed"
+
+
+class KafkaFed(System):
+    """A server reading the bench's Kafka broker: self.broker, self.proc and
+    self.port set by start(), which begins with begin() and ends with
+    started(path)."""
+
+    def begin(self, sub):
+        d = os.path.join(LOGS, sub)
+        os.makedirs(d, exist_ok=True)
+        self.broker = start_broker(d)
+        self.port = util.free_port()
+        return d
+
+    def started(self, path):
+        self.proc.start()
+        util.wait_until(lambda: util.port_open(self.port) or not self.proc.running(), timeout=30,
+                        what="%s port" % self.name)
+        if not self.proc.running():
+            raise RuntimeError("%s exited\n%s" % (self.name, self.proc.logs()))
+        self.pids = [self.proc.pid]
+        self.aux_pids = [n.proc.pid for n in self.broker.nodes]
+        self.ws_url = "ws://127.0.0.1:%d%s" % (self.port, path)
+        self.pub_args = ["--kafka", self.broker.bootstrap, "--topic", "exchange"]
+        return self
+
+    def stop(self):
+        self.proc.stop(timeout=15)
+        self.broker.stop()
+
+
+class Ours(KafkaFed):
+    """exchange-service fed from the real Kafka broker."""
     name = "exchange-service"
 
     @staticmethod
     def available():
-        for b in ("exchange-service", "exchange-fanout"):
-            if not os.access(os.path.join(BUILD, b), os.X_OK):
-                return "build/%s not built" % b
-        return None
+        missing = [b for b in ("exchange-service", "exchange-fanout") if not os.access(os.path.join(BUILD, b), os.X_OK)]
+        return "build/%s not built" % missing[0] if missing else kafka_available()
 
     def start(self):
-        d = os.path.join(LOGS, "ours")
-        os.makedirs(d, exist_ok=True)
-        self.broker = start_kafka(os.path.join(d, "kafka"), nodes=1, topics=["exchange:6"])
-        self.port, admin, relay = util.free_port(), util.free_port(), util.free_port()
+        d = self.begin("ours")
+        admin, relay = util.free_port(), util.free_port()
         ini = os.path.join(d, "bench.ini")
         with open(ini, "w") as f:
             f.write("[service]\ncluster = bench\ninstance = bench\n[zookeeper]\nconnect =\n"
-                    "[kafka]\nbrokers = %s\ntopic = exchange\nstart_tail = 0\nfetch_wait_max_ms = %d\n"
-                    % (self.broker.bootstrap, FETCH_WAIT_MS))
+                    "[kafka]\nbrokers = %s\ntopic = exchange\nstart_tail = 0\n%s"
+                    % (self.broker.bootstrap,
+                       "fetch_wait_max_ms = %d\n" % FETCH_WAIT_MS if FETCH_WAIT_MS else ""))
             for ex in ("upbit", "bithumb", "binance", "coinbase"):
                 f.write("[exchange.%s]\nenabled = false\n" % ex)
             f.write("[fanout]\nlisten = 127.0.0.1:%d\nworkers = %d\nmax_clients = 100000\n"
@@ -213,18 +263,41 @@ class Ours(System):
                     % (self.port, CPUS, relay, relay, admin))
         self.proc = util.Proc([os.path.join(BUILD, "exchange-service"), "--conf-dir", os.path.join(REPO, "conf"),
                                "--profile", "local", "--config", ini], d, name="exchange-service", cwd=REPO)
-        self.proc.start()
-        util.wait_until(lambda: util.port_open(self.port), timeout=20, what="fanout port")
-        time.sleep(0.5)
-        self.pids = [self.proc.pid]
-        self.aux_pids = [n.proc.pid for n in self.broker.nodes]
-        self.ws_url = "ws://127.0.0.1:%d/ws/exchange" % self.port
-        self.pub_args = ["--kafka", self.broker.bootstrap, "--topic", "exchange"]
-        return self
+        return self.started("/ws/exchange")
 
-    def stop(self):
-        self.proc.stop(timeout=15)
-        self.broker.stop()
+
+class Centrifugo(KafkaFed):
+    """Centrifugo v6 (built by `make bench` into .deps/centrifugo), its Kafka
+    consumer reading the same broker and topic in publication data mode: each
+    record's value is published as is to the channel named in its
+    centrifugo-channels header. Insecure client mode (no tokens), bench only,
+    loopback only; memory engine, no history, defaults otherwise."""
+    name = "centrifugo"
+    proto = "centrifugo"
+
+    @staticmethod
+    def available():
+        built = os.access(CENTRIFUGO, os.X_OK)
+        return kafka_available() if built else "%s not built (make bench builds it with go)" % CENTRIFUGO
+
+    def start(self):
+        d = self.begin("centrifugo")
+        conf = {
+            "log": {"level": "warn"},
+            "http_server": {"address": "127.0.0.1", "port": self.port},
+            "client": {"insecure": True, "allowed_origins": ["*"]},
+            "channel": {"without_namespace": {"allow_subscribe_for_client": True}},
+            "consumers": [{
+                "name": "bench", "enabled": True, "type": "kafka",
+                "kafka": {"brokers": [self.broker.bootstrap], "topics": ["exchange"],
+                          "consumer_group": "centrifugo-bench",
+                          "publication_data_mode": {"enabled": True, "channels_header": "centrifugo-channels"}}}],
+        }
+        path = os.path.join(d, "config.json")
+        with open(path, "w") as f:
+            json.dump(conf, f, indent=1)
+        self.proc = util.Proc([CENTRIFUGO, "--config", path], d, name="centrifugo", cwd=d)
+        return self.started("/connection/websocket")
 
 
 class Nchan(System):
@@ -290,7 +363,7 @@ class NodeWs(System):
         self.proc.stop(timeout=10)
 
 
-SYSTEMS = [Ours, Nchan, NodeWs]
+SYSTEMS = [Ours, Centrifugo, Nchan, NodeWs]
 
 
 def med(xs):
@@ -307,10 +380,10 @@ def measure(lg, secs):
 
 def kafka_path_latency(bootstrap, secs):
     """Publish -> Kafka -> a plain consumer, while the bench load runs: the
-    part of exchange-service's latency that is the Kafka path (mock broker)."""
+    part of exchange-service's latency that is the Kafka path."""
     from confluent_kafka import Consumer, TopicPartition, OFFSET_END
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-latency", "enable.auto.commit": False,
-                  "fetch.wait.max.ms": FETCH_WAIT_MS})
+                  "fetch.wait.max.ms": FETCH_WAIT_MS or 10})
     try:
         md = c.list_topics("exchange", timeout=10)
         c.assign([TopicPartition("exchange", p, OFFSET_END) for p in md.topics["exchange"].partitions])
@@ -329,6 +402,25 @@ def kafka_path_latency(bootstrap, secs):
     lat.sort()
     pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
     return {"msgs": len(lat), "p50": pick(0.5), "p99": pick(0.99), "p999": pick(0.999), "max": lat[-1]}
+
+
+def wait_flowing(lg, pub, rate, limit=30):
+    """A new publisher (or a consumer still joining its group, or a broker
+    JVM still compiling its hot paths: measured, the first ~10 s after a
+    KRaft broker starts show p99 of seconds): publish at rate until clients
+    receive it with a p99 under 100 ms in two windows in a row, or limit."""
+    pub.send("rate %d" % rate)
+    deadline, good = time.monotonic() + limit, 0
+    try:
+        while time.monotonic() < deadline and good < 2:
+            r = measure(lg, 1.0)
+            good = good + 1 if r["msgs"] and r["lat_us"]["p99"] < 100000 else 0
+        if not good:
+            log("warm-up: delivery did not settle within %ds (last p99 %d us, %d msgs)"
+                % (limit, r["lat_us"]["p99"], r["msgs"]))
+    finally:
+        pub.send("rate 0")
+        time.sleep(0.5)
 
 
 def drain(lg, pub, limit=60):
@@ -391,7 +483,7 @@ def run_fanout(cls):
             for size in SIZES:
                 pub = start_publisher(sysobj, channels, size, "%s-pub-%d-%d" % (cls.__name__, n, size))
                 lg.send("reset")
-                time.sleep(0.5)
+                wait_flowing(lg, pub, EQ_RATE)
                 if size == SIZES[0] and n == LAT_N and "2" in ONLY:
                     out["latency"] = []
                     for lat_rate in LAT_RATES:
@@ -506,6 +598,63 @@ def run_fanout(cls):
     return out
 
 
+# ---- scenario 7: market data (orderbook-heavy, mixed) --------------------------------
+
+def run_market(cls):
+    out = {}
+    sysobj = cls().start()
+    try:
+        for kind in MD_KINDS:
+            lg, ready = start_loadgen(sysobj, MD_N, MD_CHANNELS, "%s-md-%s" % (cls.__name__, kind), kind=kind)
+            pub = start_publisher(sysobj, MD_CHANNELS, 0, "%s-md-pub-%s" % (cls.__name__, kind), kind=kind)
+            try:
+                wait_flowing(lg, pub, MD_RATE)
+                pub.send("rate %d" % MD_RATE)
+                time.sleep(STEP_WARM)
+                runs = []
+                for _ in range(REPS):
+                    b0 = aux_cpu(sysobj)
+                    r = measure(lg, STEP_S)
+                    r["aux_cpu"] = (aux_cpu(sysobj) - b0) / r["duration_s"]
+                    runs.append(r)
+                out[kind] = {"clients": ready["subscribed"], "publish_rate": MD_RATE,
+                             "expected": MD_RATE * MD_N // MD_CHANNELS,
+                             "msgs_per_s": med([r["msgs_per_s"] for r in runs]),
+                             "bytes_per_msg": runs[0]["bytes"] / max(1, runs[0]["msgs"]),
+                             "cpu_per_s": med([r["cpu_s"] / r["duration_s"] for r in runs]),
+                             "msgs_per_cpu_s": med([r["msgs"] / r["cpu_s"] if r["cpu_s"] > 0 else None
+                                                    for r in runs]),
+                             "p50": med([r["lat_us"]["p50"] for r in runs]),
+                             "p99": med([r["lat_us"]["p99"] for r in runs]),
+                             "lost": sum(r["lost"] for r in runs), "ooo": sum(r["ooo"] for r in runs),
+                             "aux_cpu": med([r["aux_cpu"] for r in runs]), "runs": runs}
+                log("%s market %s: %s" % (cls.name, kind, {k: v for k, v in out[kind].items() if k != "runs"}))
+                drain(lg, pub)
+            finally:
+                pub.stop()
+                lg.stop()
+    finally:
+        sysobj.stop()
+    return out
+
+
+# ---- scenario 8: the physical limit ---------------------------------------------------
+
+def write_cost(sizes):
+    """wcost: msgs per CPU-second of one loopback write() of each size (the
+    WebSocket frame header included), the kernel's floor for one write per
+    delivered message."""
+    out = {}
+    for size in sorted(set(int(x) for x in sizes if x)):
+        p = subprocess.run([os.path.join(BENCH, "wcost"), "--size", str(size), "--writes",
+                            "50000" if QUICK else "200000"], capture_output=True, text=True, timeout=300)
+        if p.returncode == 0:
+            out[size] = json.loads(p.stdout)
+        else:
+            log("wcost %d failed: %s" % (size, p.stderr.strip()))
+    return out
+
+
 # ---- scenario 3: idle clients -----------------------------------------------------
 
 def run_idle(cls):
@@ -564,6 +713,8 @@ def print_table(res):
     L = []
     L.append("exchange-service benchmarks%s — nproc %d, %s; load average at start %s, at end %s" % (
         " (BENCH_QUICK=1)" if QUICK else "", CPUS, cpu, res.get("loadavg_start"), res.get("loadavg_end")))
+    L.append("Kafka-fed systems read a real Apache Kafka broker (one KRaft node); its CPU is \"feed cpu\","
+             " not server CPU")
     L.append("")
     L.append("(1) fanout at saturation, %d clients per channel, median of %d run(s)" % (PER_CH, REPS))
     hdr = "%-17s %7s %6s %10s %12s %9s %12s %9s %6s %6s %8s %8s %8s" % (
@@ -581,10 +732,10 @@ def print_table(res):
                 name, row["clients"], row["bytes_per_msg"], row["publish_rate"], fmt(row["msgs_per_s"]),
                 row["cpu_per_s"] or 0, fmt(row["msgs_per_cpu_s"]), (row["p99_us"] or 0) / 1000, row["lost"],
                 row["ooo"], fmt(row["setup_rate"]), fmt(row["loadgen_cpu"], "%.2f"),
-                fmt(row["aux_cpu"], "%.2f") if name == "exchange-service" else "-",
+                fmt(row["aux_cpu"], "%.2f") if name in ("exchange-service", "centrifugo") else "-",
                 "" if row["saturated"] else "  (ramp top, not saturated)"))
     ours = "exchange-service"
-    for peer in ("nginx+nchan", "node ws"):
+    for peer in ("centrifugo", "nginx+nchan", "node ws"):
         for (name, n, size), row in sorted(rows.items()):
             if name != ours or (peer, n, size) not in rows:
                 continue
@@ -611,10 +762,62 @@ def print_table(res):
                 r["max"] / 1000, r["lost"], r["ooo"]))
             k = r.get("kafka_path")
             if k:
-                L.append("  of which Kafka  %10s %12s %8.2f %8.2f %9.2f %8.1f   (publish -> mock broker -> a"
+                L.append("  of which Kafka  %10s %12s %8.2f %8.2f %9.2f %8.1f   (publish -> %s broker -> a"
                          " plain consumer, same load)" % ("", "", k["p50"] / 1000, k["p99"] / 1000,
-                                                          k["p999"] / 1000, k["max"] / 1000))
+                                                          k["p999"] / 1000, k["max"] / 1000, "Kafka"))
     L.append("")
+    md = sc.get("market")
+    if md:
+        L.append("(7) market data: %d channels, %d msgs/s published (10 per channel), %d clients, median of %d" % (
+            MD_CHANNELS, MD_RATE, MD_N, REPS))
+        L.append("%-17s %-9s %7s %12s %12s %8s %12s %8s %8s %6s %6s %8s" % (
+            "system", "load", "msg B", "expected/s", "delivered/s", "cpu s/s", "msgs/cpu-s", "p50 ms", "p99 ms",
+            "lost", "ooo", "feed cpu"))
+        for name, m in md.items():
+            if not isinstance(m, dict):
+                L.append("%-17s %s" % (name, m))
+                continue
+            for kind, r in m.items():
+                L.append("%-17s %-9s %7.0f %12d %12s %8.2f %12s %8.2f %8.2f %6d %6d %8s" % (
+                    name, kind, r["bytes_per_msg"], r["expected"], fmt(r["msgs_per_s"]), r["cpu_per_s"] or 0,
+                    fmt(r["msgs_per_cpu_s"]), r["p50"] / 1000, r["p99"] / 1000, r["lost"], r["ooo"],
+                    fmt(r["aux_cpu"], "%.2f") if name in ("exchange-service", "centrifugo") else "-"))
+        for kind in MD_KINDS:
+            o = md.get(ours) if isinstance(md.get(ours), dict) else {}
+            for peer in ("centrifugo", "nginx+nchan", "node ws"):
+                p = md.get(peer) if isinstance(md.get(peer), dict) else {}
+                if kind in o and kind in p:
+                    L.append("  ours/%s %-9s: msgs per CPU-second %s, p99 %.1f vs %.1f ms" % (
+                        peer, kind, ratio(o[kind]["msgs_per_cpu_s"], p[kind]["msgs_per_cpu_s"]),
+                        o[kind]["p99"] / 1000, p[kind]["p99"] / 1000))
+        L.append("")
+    lim = sc.get("limit")
+    if lim:
+        L.append("(8) physical limit: one loopback write() of the frame size (wcost: writer thread CPU, user+sys,"
+                 " a reader draining 100 sockets)")
+        L.append("  " + "; ".join("%d B: %s writes per CPU-second (%.2f us)" % (
+            int(k), fmt(v["writes_per_cpu_s"]), v["us_per_write"]) for k, v in sorted(lim.items(),
+                                                                                    key=lambda kv: int(kv[0]))))
+
+        def limit_for(nbytes):
+            k = min(lim, key=lambda x: abs(int(x) - (nbytes + 4)))
+            return lim[k]["writes_per_cpu_s"]
+        L.append("  %-17s %-22s %12s %12s %8s" % ("system", "row", "msgs/cpu-s", "limit", "of limit"))
+        for (name, n, size), row in sorted(rows.items()):
+            for what, v in (("saturation", row["msgs_per_cpu_s"]),
+                            ("25k/s", (row.get("eq") or {}).get("msgs_per_cpu_s"))):
+                if v:
+                    lv = limit_for(row["bytes_per_msg"])
+                    L.append("  %-17s %-22s %12s %12s %7.0f%%" % (
+                        name, "%dc %s %s" % (n, "1 KB" if size else "small", what), fmt(v), fmt(lv), 100 * v / lv))
+        for name, m in (md or {}).items():
+            if isinstance(m, dict):
+                for kind, r in m.items():
+                    if r["msgs_per_cpu_s"]:
+                        lv = limit_for(r["bytes_per_msg"])
+                        L.append("  %-17s %-22s %12s %12s %7.0f%%" % (name, kind, fmt(r["msgs_per_cpu_s"]), fmt(lv),
+                                                                    100 * r["msgs_per_cpu_s"] / lv))
+        L.append("")
     L.append("(3) idle clients (subscribed, no traffic): server RSS (all processes, VmRSS)")
     L.append("%-17s %8s %12s %12s %14s %10s" % ("system", "clients", "RSS before", "RSS after", "bytes/client",
                                                "conn/s"))
@@ -664,7 +867,47 @@ def print_table(res):
                     "; " + sw["note"] if sw.get("note") else ""))
     else:
         L.append("  %s" % sw)
+    L.extend(goal_lines(sc, rows))
     print("\n".join(L), flush=True)
+
+
+def goal_lines(sc, rows):
+    """Issue 18's goals as ratios from this run: met / NOT met / n/a."""
+    ours = "exchange-service"
+    out = ["", "Goals (this run):"]
+
+    def verdict(ok):
+        return "n/a" if ok is None else "met" if ok else "NOT met"
+    for peer, want in (("centrifugo", 2.0), ("nginx+nchan", 1.5)):
+        for (name, n, size), row in sorted(rows.items()):
+            p = rows.get((peer, n, size))
+            if name != ours or not p:
+                continue
+            a, b = (row.get("eq") or {}).get("msgs_per_cpu_s"), (p.get("eq") or {}).get("msgs_per_cpu_s")
+            out.append("  msgs per CPU-second at 25k/s >= %.1fx %s (%dc %s): %s %s" % (
+                want, peer, n, "1 KB" if size else "small", ratio(a, b), verdict(a / b >= want if a and b else None)))
+    lat = {k: v for k, v in sc.get("latency", {}).items() if isinstance(v, list)}
+    at = {k: next((r for r in v if r["publish_rate"] == EQ_RATE), None) for k, v in lat.items()}
+    mine = at.get(ours)
+    peers = [r["p99"] for k, r in at.items() if k != ours and r]
+    out.append("  p99 at 25k/s no worse than the best peer: %s vs %s ms %s" % (
+        fmt(mine and mine["p99"] / 1000, "%.1f"), fmt(min(peers) / 1000 if peers else None, "%.1f"),
+        verdict(mine["p99"] <= min(peers) if mine and peers else None)))
+    k1 = next((r for r in lat.get(ours, []) if r["publish_rate"] == 1000), None)
+    out.append("  p99 <= 10 ms at %d clients, 1k msgs/s: %s ms %s%s" % (
+        LAT_N, fmt(k1 and k1["p99"] / 1000, "%.1f"), verdict(k1["p99"] <= 10000 if k1 else None),
+        "" if LAT_N >= 10000 else " (goal is at 10k clients)"))
+    idle = sc.get("idle", {})
+    mi, ni = idle.get(ours), idle.get("nginx+nchan")
+    if isinstance(mi, dict):
+        out.append("  idle memory <= 2 KB per client at 20k: %s B at %d clients %s" % (
+            fmt(mi["bytes_per_client"]), mi["clients"],
+            verdict(mi["bytes_per_client"] <= 2048 if mi["clients"] >= 20000 else None)))
+        if isinstance(ni, dict):
+            out.append("  connection setup >= nchan's: %s vs %s conn/s %s" % (
+                fmt(mi["setup_rate"]), fmt(ni["setup_rate"]), verdict(mi["setup_rate"] >= ni["setup_rate"])))
+    out.append("  write_delay_ms >= 3x nchan, reconnect storm, compression: n/a (not implemented)")
+    return out
 
 
 def loadavg():
@@ -714,6 +957,21 @@ def main():
         except Exception as e:  # noqa: BLE001
             log("%s idle failed: %r" % (cls.name, e))
             sc["idle"][cls.name] = "n/a (failed: %s)" % str(e).splitlines()[0][:120]
+    if "7" in ONLY:
+        sc["market"] = {}
+        for cls in SYSTEMS:
+            why = cls.available()
+            try:
+                sc["market"][cls.name] = "n/a (%s)" % why if why else run_market(cls)
+            except Exception as e:  # noqa: BLE001
+                log("%s market failed: %r" % (cls.name, e))
+                sc["market"][cls.name] = "n/a (failed: %s)" % str(e).splitlines()[0][:120]
+    if "8" in ONLY:
+        sizes = [r["bytes_per_msg"] + (2 if r["bytes_per_msg"] < 126 else 4)
+                 for rs in sc.get("fanout", {}).values() if isinstance(rs, list) for r in rs]
+        sizes += [r["bytes_per_msg"] + 4 for m in sc.get("market", {}).values() if isinstance(m, dict)
+                  for r in m.values()]
+        sc["limit"] = write_cost([round(x, -1) for x in sizes] or [270, 1030, 1610])
     if ONLY & {"5", "6"}:
         try:
             sc.update(run_failover_scenarios())

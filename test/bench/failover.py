@@ -12,6 +12,7 @@ integration harness (test/integration/harness).
     switch, against the longest gap before (baseline), and seq gaps/repeats."""
 import os
 import signal
+import shutil
 import statistics
 import time
 
@@ -50,6 +51,14 @@ def _sim(d):
     return Sim(d, args=["--upbit-markets", "KRW-BTC", "--rate", "20"], name="sim").start()
 
 
+def _kafka(d):
+    """A fresh one-node Kafka (the harness keeps a node's data across starts:
+    a second bench run would find the topic already there)."""
+    kd = os.path.join(d, "kafka")
+    shutil.rmtree(kd, ignore_errors=True)
+    return start_kafka(kd, nodes=1, topics=["exchange:3"])
+
+
 def _svc(d, name, sim, kafka, zk=None, extra=None):
     ov = {"service": {"cluster": "bench"},
           "kafka": {"brokers": kafka.bootstrap, "topic": kafka.topic},
@@ -65,11 +74,12 @@ def _svc(d, name, sim, kafka, zk=None, extra=None):
 
 def failover(d, reps, log):
     zk = ZooKeeperServer(os.path.join(d, "zk")).start()
-    kafka = start_kafka(os.path.join(d, "kafka"), nodes=1, topics=["exchange:3"])
-    sim = _sim(d)
+    kafka = sim = None
     svcs = []
     out = {}
     try:
+        kafka = _kafka(d)
+        sim = _sim(d)
         svcs = [_svc(d, "node%d" % i, sim, kafka, zk, {"kafka": {"fallback_after_ms": 60000}})
                 for i in range(2)]
         for s in svcs:
@@ -106,9 +116,9 @@ def failover(d, reps, log):
     finally:
         for s in svcs:
             s.stop(timeout=15)
-        sim.stop()
-        kafka.stop()
-        zk.stop()
+        for x in (sim, kafka, zk):  # whatever started, also when a later start failed
+            if x:
+                x.stop()
     return out
 
 
@@ -124,7 +134,7 @@ def _gaps(frames, t_from, t_to):
 
 
 def switch(d, log):
-    kafka = start_kafka(os.path.join(d, "kafka"), nodes=1, topics=["exchange:3"])
+    kafka = _kafka(d)
     sim = _sim(d)
     svc = None
     fallback_ms, recover_ms = 2000, 2000

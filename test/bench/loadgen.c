@@ -10,15 +10,20 @@
  *   reset          forget each client's last seq (a new publisher starts over)
  *   quit | EOF     close everything, exit 0
  *
- * Client i subscribes to channel i % channels, named PREFIX<i>-KRW. With
+ * Client i subscribes to channel i % channels, named as in channels.h. With
  * --url containing "{ch}" the channel goes in the URL (nchan); otherwise the
  * client sends {"op":"subscribe","channels":[...],"id":1} after the upgrade.
+ * --proto centrifugo: Centrifugo's JSON client protocol instead: one frame
+ * {"id":1,"connect":{}}\n{"id":2,"subscribe":{"channel":CH}}; subscribed on
+ * the reply with id 2; data arrives as {"push":{"channel":..,"pub":{"data":
+ * MESSAGE}}} (several per frame, one per line); server pings {} get {}.
  * --server-pid P (repeatable) names the server; its descendants count too. */
 #include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +33,8 @@
 #include <unistd.h>
 #include <uv.h>
 #include <wslay/wslay.h>
+
+#include "channels.h"
 
 #ifndef IP_BIND_ADDRESS_NO_PORT
 #define IP_BIND_ADDRESS_NO_PORT 24
@@ -59,14 +66,15 @@ typedef struct {
 } hist_t;
 
 static struct {
-    const char *url, *prefix, *host, *path_tmpl;
+    const char *url, *host, *path_tmpl;
     int port;
     int nclients, nchannels, concurrency, src_ips, src_first;
+    int centrifugo; /* --proto centrifugo: its JSON client protocol */
+    int kind;       /* channels.h */
     double connect_timeout_s;
     int npids;
     int pids[16];
-} opt = {.prefix = "trade.sim.S",
-         .nclients = 100,
+} opt = {.nclients = 100,
          .nchannels = 10,
          .concurrency = 256,
          .src_ips = 1,
@@ -343,21 +351,20 @@ static int64_t field_int(const char *s, size_t len, const char *key, size_t klen
 
 static uint64_t cur_us; /* receive time of the read being processed */
 
-static void ws_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *a, void *user)
+/* One server message (a line of a Centrifugo frame, or a whole frame). */
+static void on_server_msg(client_t *c, const char *s, size_t len)
 {
-    client_t *c = user;
-    if (a->opcode == WSLAY_CONNECTION_CLOSE) {
-        (void)ctx;
-        client_end(c, 0);
-        return;
-    }
-    if (a->opcode != WSLAY_TEXT_FRAME && a->opcode != WSLAY_BINARY_FRAME)
-        return;
-    const char *s = (const char *)a->msg;
-    size_t len = a->msg_length;
     int64_t bus = field_int(s, len, "\"bench_us\":", 11);
     if (bus < 0) {
-        if (c->state == C_OPEN && memmem(s, len, "\"subscribed\"", 12))
+        if (opt.centrifugo && len == 2 && s[0] == '{' && s[1] == '}') {
+            /* server ping: answer with an empty command (pong) */
+            struct wslay_event_msg m = {WSLAY_TEXT_FRAME, (const uint8_t *)"{}", 2};
+            wslay_event_queue_msg(c->ws, &m);
+        } else if (c->state == C_OPEN && opt.centrifugo && memmem(s, len, "\"error\"", 7)) {
+            fprintf(stderr, "loadgen: centrifugo error: %.*s\n", (int)(len > 200 ? 200 : len), s);
+            client_end(c, 1);
+        } else if (c->state == C_OPEN && (opt.centrifugo ? memmem(s, len, "\"id\":2,", 7) != NULL
+                                                         : memmem(s, len, "\"subscribed\"", 12) != NULL))
             client_subscribed(c);
         else if (measuring)
             w_other++;
@@ -387,6 +394,32 @@ static void ws_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_m
         c->last_seq = seq;
 }
 
+static void ws_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *a, void *user)
+{
+    client_t *c = user;
+    (void)ctx;
+    if (a->opcode == WSLAY_CONNECTION_CLOSE) {
+        client_end(c, 0);
+        return;
+    }
+    if (a->opcode != WSLAY_TEXT_FRAME && a->opcode != WSLAY_BINARY_FRAME)
+        return;
+    const char *s = (const char *)a->msg, *end = s + a->msg_length;
+    if (!opt.centrifugo) {
+        on_server_msg(c, s, a->msg_length);
+        return;
+    }
+    /* Centrifugo's JSON protocol puts several replies/pushes in one frame,
+     * one per line. */
+    while (s < end && c->state != C_CLOSED && c->state != C_FAILED) {
+        const char *nl = memchr(s, '\n', (size_t)(end - s));
+        const char *e = nl ? nl : end;
+        if (e > s)
+            on_server_msg(c, s, (size_t)(e - s));
+        s = e + 1;
+    }
+}
+
 static const struct wslay_event_callbacks ws_cbs = {
     .recv_callback = ws_recv_cb,
     .send_callback = ws_send_cb,
@@ -411,11 +444,6 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
     *b = uv_buf_init((char *)rbuf, sizeof(rbuf));
 }
 
-static void channel_name(int ch, char *out, size_t n)
-{
-    snprintf(out, n, "%s%d-KRW", opt.prefix, ch);
-}
-
 static void on_upgraded(client_t *c)
 {
     c->state = C_OPEN;
@@ -428,8 +456,11 @@ static void on_upgraded(client_t *c)
         return;
     }
     char ch[128], msg[256];
-    channel_name(c->ch, ch, sizeof(ch));
-    int n = snprintf(msg, sizeof(msg), "{\"op\":\"subscribe\",\"channels\":[\"%s\"],\"id\":1}", ch);
+    channel_name(opt.kind, c->ch, ch, sizeof(ch));
+    int n = opt.centrifugo
+                ? snprintf(msg, sizeof(msg),
+                           "{\"id\":1,\"connect\":{}}\n{\"id\":2,\"subscribe\":{\"channel\":\"%s\"}}", ch)
+                : snprintf(msg, sizeof(msg), "{\"op\":\"subscribe\",\"channels\":[\"%s\"],\"id\":1}", ch);
     struct wslay_event_msg m = {WSLAY_TEXT_FRAME, (const uint8_t *)msg, (size_t)n};
     if (wslay_event_queue_msg(c->ws, &m) != 0 || wslay_event_send(c->ws) != 0)
         client_end(c, 1);
@@ -491,7 +522,7 @@ static void on_connect(uv_connect_t *req, int status)
     char path[512], ch[128], req_s[1024];
     const char *t = strstr(opt.path_tmpl, "{ch}");
     if (t) {
-        channel_name(c->ch, ch, sizeof(ch));
+        channel_name(opt.kind, c->ch, ch, sizeof(ch));
         snprintf(path, sizeof(path), "%.*s%s%s", (int)(t - opt.path_tmpl), opt.path_tmpl, ch, t + 4);
     } else {
         snprintf(path, sizeof(path), "%s", opt.path_tmpl);
@@ -619,6 +650,9 @@ static void run_command(char *line)
         server_usage(&w_cpu0, &rss, &np);
         w_start_us = now_us();
         measuring = 1;
+        /* the loop's cached time may be a long busy iteration old: a window
+         * timed from it would end at once */
+        uv_update_time(loop);
         uv_timer_start(&measure_timer, on_measure_done, (uint64_t)(secs * 1000), 0);
     } else if (strncmp(line, "rss", 3) == 0) {
         double cpu;
@@ -673,29 +707,45 @@ static void on_stdin(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 static void usage(void)
 {
     fprintf(stderr, "usage: loadgen --url ws://127.0.0.1:8080/ws/exchange|ws://H:P/sub/{ch} [--clients N]\n"
-                    "  [--channels C] [--prefix trade.sim.S] [--concurrency K] [--src-ips K]\n"
-                    "  [--src-first I] [--connect-timeout S] [--server-pid P]...\n");
+                    "  [--channels C] [--kind trade|orderbook|ticker|mixed] [--concurrency K] [--src-ips K]\n"
+                    "  [--src-first I] [--connect-timeout S] [--server-pid P]...\n"
+                    "  [--proto exchange|centrifugo]\n");
     exit(64);
 }
 
 int main(int argc, char **argv)
 {
-    static const struct option lo[] = {{"url", 1, 0, 'u'},         {"clients", 1, 0, 'n'},
-                                       {"channels", 1, 0, 'c'},    {"prefix", 1, 0, 'p'},
-                                       {"concurrency", 1, 0, 'k'}, {"src-ips", 1, 0, 's'},
-                                       {"src-first", 1, 0, 'f'},   {"connect-timeout", 1, 0, 't'},
-                                       {"server-pid", 1, 0, 'P'},  {0, 0, 0, 0}};
+    static const struct option lo[] = {{"url", 1, 0, 'u'},
+                                       {"clients", 1, 0, 'n'},
+                                       {"channels", 1, 0, 'c'},
+                                       {"kind", 1, 0, 'K'},
+                                       {"concurrency", 1, 0, 'k'},
+                                       {"src-ips", 1, 0, 's'},
+                                       {"src-first", 1, 0, 'f'},
+                                       {"connect-timeout", 1, 0, 't'},
+                                       {"server-pid", 1, 0, 'P'},
+                                       {"proto", 1, 0, 'r'},
+                                       {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (o) {
         case 'u': opt.url = optarg; break;
         case 'n': opt.nclients = atoi(optarg); break;
         case 'c': opt.nchannels = atoi(optarg); break;
-        case 'p': opt.prefix = optarg; break;
+        case 'K':
+            if ((opt.kind = kind_parse(optarg)) < 0)
+                usage();
+            break;
         case 'k': opt.concurrency = atoi(optarg); break;
         case 's': opt.src_ips = atoi(optarg); break;
         case 'f': opt.src_first = atoi(optarg); break;
         case 't': opt.connect_timeout_s = atof(optarg); break;
+        case 'r':
+            if (strcmp(optarg, "centrifugo") == 0)
+                opt.centrifugo = 1;
+            else if (strcmp(optarg, "exchange") != 0)
+                usage();
+            break;
         case 'P':
             if (opt.npids < 16)
                 opt.pids[opt.npids++] = atoi(optarg);
@@ -722,6 +772,9 @@ int main(int argc, char **argv)
                     (unsigned long)rl.rlim_cur, opt.nclients);
     }
     srand((unsigned)getpid());
+    /* A server closing a client (Centrifugo drops slow ones) must not kill
+     * the whole load generator on the next write. */
+    signal(SIGPIPE, SIG_IGN);
     loop = uv_default_loop();
     clients = calloc((size_t)opt.nclients, sizeof(*clients));
     w_lost_ch = calloc((size_t)opt.nchannels, sizeof(uint64_t));

@@ -2,12 +2,14 @@
  * systems under test; the same normalized JSON for each (DESIGN.md, plus
  * "bench_us", the publish time in CLOCK_REALTIME microseconds, and "pad" up
  * to --size bytes):
- *   --kafka BOOTSTRAP [--topic exchange]  exchange-service (key = channel,
- *                                         header epoch)
+ *   --kafka BOOTSTRAP [--topic exchange]  exchange-service and Centrifugo
+ *                                         (key = channel, header epoch, header
+ *                                         centrifugo-channels = channel)
  *   --http http://H:P/pub/{ch}            nginx + nchan (one POST per message,
  *                                         keep-alive, pipelined)
  *   --tcp H:P                             the node ws peer (one line per message)
- * Channels: PREFIX<i>-KRW, i = 0..channels-1, round robin; seq per channel,
+ * Channels: channels.h (trade.sim.S0-KRW ...), round robin; --kind trade
+ * (default), orderbook (15 levels a side), ticker or mixed; seq per channel,
  * from --seq-base + 1 (a later publisher in the same epoch starts above the
  * last one: fanout workers drop seqs they have already passed).
  * stdin commands: "rate R" (messages/s in total, 0 = pause), "stats" (one
@@ -17,6 +19,7 @@
 #include <http_parser.h>
 #include <inttypes.h>
 #include <librdkafka/rdkafka.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,8 +27,11 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "channels.h"
+
 #define MAX_CONNS 16
 #define PIPELINE 256
+#define BOOK_SIZE 1600
 
 typedef struct {
     uv_tcp_t tcp;
@@ -35,9 +41,9 @@ typedef struct {
 } conn_t;
 
 static struct {
-    const char *kafka, *topic, *http, *tcp, *prefix;
-    int channels, size, conns, epoch;
-} opt = {.topic = "exchange", .prefix = "trade.sim.S", .channels = 10, .size = 128, .conns = 4, .epoch = 1};
+    const char *kafka, *topic, *http, *tcp;
+    int channels, size, conns, epoch, kind;
+} opt = {.topic = "exchange", .channels = 10, .size = 128, .conns = 4, .epoch = 1};
 
 static uv_loop_t *loop;
 static uv_timer_t tick;
@@ -67,21 +73,63 @@ static uint64_t mono_us(void)
     return uv_hrtime() / 1000;
 }
 
-/* The message for channel ch with its next seq; returns its length. */
+/* 15 levels a side, prices and sizes as 8-decimal strings (Binance style). */
+static int book_fields(char *out, size_t cap, int64_t seq)
+{
+    int n = 0;
+    for (int side = 0; side < 2; side++) {
+        n += snprintf(out + n, cap - (size_t)n, ",\"%s\":[", side ? "asks" : "bids");
+        for (int l = 0; l < 15 && (size_t)n < cap; l++) {
+            int64_t px = 5012345 + (side ? l + 1 : -l) * 7 + seq % 13;
+            n += snprintf(out + n, cap - (size_t)n, "%s[\"%" PRId64 ".%02d000000\",\"%d.%08d\"]",
+                          l ? "," : "", px / 100, (int)(px % 100), (int)(seq % 3),
+                          (int)((seq * 7919 + l * 104729) % 100000000));
+        }
+        n += snprintf(out + n, cap - (size_t)n, "]");
+    }
+    return n;
+}
+
+static int ticker_fields(char *out, size_t cap, int64_t seq)
+{
+    int64_t px = 50000000 + seq % 1000;
+    return snprintf(
+        out, cap,
+        ",\"last\":\"%" PRId64 ".5\",\"open\":\"49800000\",\"high\":\"50210000\",\"low\":\"49650000\","
+        "\"volume\":\"1234.56789012\",\"quote_volume\":\"61728394506.25\",\"change_rate\":\"0.0041\","
+        "\"bid\":\"%" PRId64 "\",\"bid_qty\":\"0.5231\",\"ask\":\"%" PRId64 "\",\"ask_qty\":\"0.0871\"",
+        px, px - 1, px + 1);
+}
+
+/* The message for channel ch with its next seq (the prefix in msg_begin's
+ * order, then the kind's fields, "bench_us" and "pad"); returns its length. */
 static int build(char *out, size_t cap, int ch, char *chname, size_t chcap)
 {
-    snprintf(chname, chcap, "%s%d-KRW", opt.prefix, ch);
+    channel_name(opt.kind, ch, chname, chcap);
     int64_t seq = ++seqs[ch];
     uint64_t us = now_us();
+    int kind = channel_kind(opt.kind, ch);
     const char *sym = strrchr(chname, '.') + 1;
     int n = snprintf(out, cap,
-                     "{\"channel\":\"%s\",\"type\":\"trade\",\"exchange\":\"sim\",\"symbol\":\"%s\","
-                     "\"seq\":%" PRId64 ",\"epoch\":%d,\"ts\":%" PRIu64 ",\"recv_ts\":%" PRIu64
-                     ",\"price\":\"%" PRId64 ".5\",\"qty\":\"0.0123\",\"side\":\"%s\",\"trade_id\":\"%" PRId64
-                     "\",\"bench_us\":%" PRIu64 ",\"pad\":\"",
-                     chname, sym, seq, opt.epoch, us / 1000, us / 1000, 50000000 + seq % 1000,
-                     seq & 1 ? "buy" : "sell", seq, us);
-    int want = opt.size - 2 > n ? opt.size - 2 : n;
+                     "{\"channel\":\"%s\",\"type\":\"%s\",\"exchange\":\"sim\",\"symbol\":\"%s\","
+                     "\"seq\":%" PRId64 ",\"epoch\":%d,\"ts\":%" PRIu64 ",\"recv_ts\":%" PRIu64,
+                     chname, kind_names[kind], sym, seq, opt.epoch, us / 1000, us / 1000);
+    if (kind == K_TRADE)
+        n += snprintf(out + n, cap - (size_t)n,
+                      ",\"price\":\"%" PRId64
+                      ".5\",\"qty\":\"0.0123\",\"side\":\"%s\",\"trade_id\":\"%" PRId64 "\"",
+                      50000000 + seq % 1000, seq & 1 ? "buy" : "sell", seq);
+    else if (kind == K_BOOK)
+        n += book_fields(out + n, cap - (size_t)n, seq);
+    else
+        n += ticker_fields(out + n, cap - (size_t)n, seq);
+    n += snprintf(out + n, cap - (size_t)n, ",\"bench_us\":%" PRIu64 ",\"pad\":\"", us);
+    /* Books: at least BOOK_SIZE (15 levels a side in our format are ~1.2 KB;
+     * the scenario asks for 1.5-2 KB books). Mixed: natural sizes. */
+    int size = kind == K_BOOK        ? (opt.size > BOOK_SIZE ? opt.size : BOOK_SIZE)
+               : opt.kind == K_MIXED ? 64
+                                     : opt.size;
+    int want = size - 2 > n ? size - 2 : n;
     if ((size_t)want + 3 > cap)
         want = (int)cap - 3;
     memset(out + n, 'x', (size_t)(want - n));
@@ -131,10 +179,12 @@ static void kafka_send(int ch)
     char msg[8192], chname[128], ep[16];
     int n = build(msg, sizeof(msg), ch, chname, sizeof(chname));
     int eplen = snprintf(ep, sizeof(ep), "%d", opt.epoch);
-    rd_kafka_resp_err_t e =
-        rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(opt.topic), RD_KAFKA_V_KEY(chname, strlen(chname)),
-                          RD_KAFKA_V_VALUE(msg, (size_t)n), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                          RD_KAFKA_V_HEADER("epoch", ep, eplen), RD_KAFKA_V_END);
+    rd_kafka_resp_err_t e = rd_kafka_producev(
+        rk, RD_KAFKA_V_TOPIC(opt.topic), RD_KAFKA_V_KEY(chname, strlen(chname)),
+        RD_KAFKA_V_VALUE(msg, (size_t)n), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+        RD_KAFKA_V_HEADER("epoch", ep, eplen),
+        /* Centrifugo's publication data mode: the channel to publish the value to */
+        RD_KAFKA_V_HEADER("centrifugo-channels", chname, (ssize_t)strlen(chname)), RD_KAFKA_V_END);
     if (e) {
         errors++;
         seqs[ch]--; /* not sent: no gap for the clients */
@@ -279,7 +329,7 @@ static void on_tick(uv_timer_t *t)
             return;
         }
         /* one write per tick with every line */
-        size_t cap = n * ((size_t)opt.size + 512), off = 0;
+        size_t cap = n * ((size_t)(opt.size > 2048 ? opt.size : 2048) + 512), off = 0; /* books ~1.4 KB */
         char *buf = malloc(cap), chname[128];
         for (uint64_t i = 0; i < n && buf; i++) {
             int ch = (int)(next_ch++ % (uint64_t)opt.channels);
@@ -363,10 +413,10 @@ static void on_cmd(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 
 int main(int argc, char **argv)
 {
-    static const struct option lo[] = {{"kafka", 1, 0, 'k'}, {"topic", 1, 0, 'T'},    {"http", 1, 0, 'h'},
-                                       {"tcp", 1, 0, 't'},   {"prefix", 1, 0, 'p'},   {"channels", 1, 0, 'c'},
-                                       {"size", 1, 0, 's'},  {"conns", 1, 0, 'C'},    {"rate", 1, 0, 'r'},
-                                       {"epoch", 1, 0, 'e'}, {"seq-base", 1, 0, 'b'}, {0, 0, 0, 0}};
+    static const struct option lo[] = {{"kafka", 1, 0, 'k'},    {"topic", 1, 0, 'T'},    {"http", 1, 0, 'h'},
+                                       {"tcp", 1, 0, 't'},      {"channels", 1, 0, 'c'}, {"size", 1, 0, 's'},
+                                       {"conns", 1, 0, 'C'},    {"rate", 1, 0, 'r'},     {"epoch", 1, 0, 'e'},
+                                       {"seq-base", 1, 0, 'b'}, {"kind", 1, 0, 'K'},     {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (o) {
@@ -374,13 +424,16 @@ int main(int argc, char **argv)
         case 'T': opt.topic = optarg; break;
         case 'h': opt.http = optarg; break;
         case 't': opt.tcp = optarg; break;
-        case 'p': opt.prefix = optarg; break;
         case 'c': opt.channels = atoi(optarg); break;
         case 's': opt.size = atoi(optarg); break;
         case 'C': opt.conns = atoi(optarg); break;
         case 'r': rate = atof(optarg); break;
         case 'e': opt.epoch = atoi(optarg); break;
         case 'b': seq_base = strtoll(optarg, NULL, 10); break;
+        case 'K':
+            if ((opt.kind = kind_parse(optarg)) < 0)
+                goto usage;
+            break;
         default: goto usage;
         }
     }
@@ -395,6 +448,7 @@ int main(int argc, char **argv)
     seqs = calloc((size_t)opt.channels, sizeof(*seqs));
     for (int i = 0; seqs && i < opt.channels; i++)
         seqs[i] = seq_base;
+    signal(SIGPIPE, SIG_IGN); /* a server closing a feed connection: an error, not death */
     loop = uv_default_loop();
     if (opt.kafka ? kafka_init() : conns_init())
         return 1;
@@ -411,7 +465,8 @@ int main(int argc, char **argv)
 usage:
     fprintf(stderr,
             "usage: publish (--kafka BOOTSTRAP [--topic T] | --http http://H:P/pub/{ch} | --tcp H:P)\n"
-            "  [--channels C] [--prefix trade.sim.S] [--size BYTES] [--conns N] [--rate R]"
-            " [--epoch E] [--seq-base S]\n");
+            "  [--channels C] [--size BYTES] [--conns N] [--rate R]"
+            " [--epoch E] [--seq-base S]\n"
+            "  [--kind trade|orderbook|ticker|mixed]\n");
     return 64;
 }

@@ -179,12 +179,72 @@ static void test_build_and_meta(void **state)
     buf_free(&b);
 }
 
+/* The prefix reader agrees with the full parse on what msg_begin writes, and
+ * leaves everything else to it. */
+static void test_read_prefix(void **state)
+{
+    (void)state;
+    buf_t b;
+    buf_init(&b);
+    msg_begin(&b, "orderbook", "binance", "BTC-USDT", 9007199254740993LL, -2, 0, 1676965262200);
+    msg_raw(&b, "bids", "[[\"1\",\"2\"]]");
+    msg_end(&b);
+    msg_meta_t fast, full;
+    assert_int_equal(msg_read_prefix(b.data, b.len, &fast), 0);
+    assert_string_equal(fast.channel, "orderbook.binance.BTC-USDT");
+    assert_string_equal(fast.type, "orderbook");
+    assert_true(fast.seq == 9007199254740993LL && fast.epoch == -2 && fast.ts == 0 &&
+                fast.recv_ts == 1676965262200);
+    assert_int_equal(msg_parse_meta(b.data, b.len, &full), 0);
+    assert_memory_equal(&fast, &full, sizeof(fast));
+
+    buf_reset(&b);
+    msg_begin(&b, "status", "upbit", NULL, 1, 3, 4, 5);
+    msg_end(&b);
+    assert_int_equal(msg_read_prefix(b.data, b.len, &fast), 0);
+    assert_string_equal(fast.channel, "status.upbit");
+    assert_int_equal(fast.recv_ts, 5);
+
+    /* not msg_begin's form: the prefix reader declines, the full parse reads
+     * it (or rejects it) */
+    static const struct {
+        const char *text;
+        int full_ok;
+    } other[] = {
+        {"{\"type\":\"trade\",\"channel\":\"trade.a.B-C\",\"seq\":1,\"epoch\":2}", 1},
+        {"{\"channel\":\"trade.a.B-C\",\"type\":\"trade\",\"exchange\":\"a\\u0041\",\"seq\":1,\"epoch\":2,"
+         "\"ts\":3,\"recv_ts\":4}",
+         1},
+        {"{\"channel\":\"trade.a.B-C\",\"type\":\"trade\",\"exchange\":\"a\",\"seq\":12345678901234567890,"
+         "\"epoch\":2,\"ts\":3,\"recv_ts\":4}",
+         0},
+        {"{\"channel\":\"trade.a.B-C\",\"type\":\"trade\",\"exchange\":\"a\",\"seq\":01,\"epoch\":2,\"ts\":3,"
+         "\"recv_ts\":4}",
+         0},
+        {"{\"channel\":\"trade.a.B-C\",\"type\":\"trade\",\"exchange\":\"a\",\"seq\":1,\"epoch\":2,\"ts\":3,"
+         "\"recv_ts\":4,\"price\":\"1\"",
+         0},
+        {"{\"channel\":\"trade.a.B-C\",\"type\":\"trade\",\"exchange\":\"a\",\"seq\":1.5,\"epoch\":2,\"ts\":"
+         "3,"
+         "\"recv_ts\":4}",
+         0},
+        {"{\"channel\":\"trade.a.B-C\",\"type\":\"trade\"", 0},
+        {"", 0},
+    };
+    for (size_t i = 0; i < sizeof(other) / sizeof(other[0]); i++) {
+        assert_int_equal(msg_read_prefix(other[i].text, strlen(other[i].text), &fast), -EINVAL);
+        assert_int_equal(msg_parse_meta(other[i].text, strlen(other[i].text), &full),
+                         other[i].full_ok ? 0 : -EINVAL);
+    }
+    buf_free(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fmt_double),        cmocka_unit_test(test_decimal_shift),
         cmocka_unit_test(test_decimal_valid_cmp), cmocka_unit_test(test_channels),
-        cmocka_unit_test(test_build_and_meta),
+        cmocka_unit_test(test_build_and_meta),    cmocka_unit_test(test_read_prefix),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
