@@ -33,6 +33,7 @@ RATE = 50                      # trades per second made by the simulator
 CHANNEL = "trade.upbit.BTC-KRW"
 STATUS = "status.upbit"
 QUIET_TRADES = 150             # trades every client receives between faults
+KAFKA_DOWN_S = 20.0            # Kafka outage: 2 x PRODUCER_TXN_TIMEOUT_MS (workers/ingest/producer.h)
 
 
 class ChaosClient:
@@ -271,9 +272,15 @@ def test_chaos_every_trade_once(zk_server, kafka_factory, sim_factory, service_f
         return [w.get("source") for s in svcs for w in s.workers(kind="fanout", state="running")]
 
     def kafka_down():
+        t_down = time.monotonic()
         kafka_broker.down()
         util.wait_until(lambda: set(sources()) == {"relay"}, timeout=30, interval=0.1,
                         what="every fanout on the relay while Kafka is down")
+        # The outage's length is part of the fault: past two transaction
+        # timeouts, so the coordinator times the open transaction out on its
+        # own (the case that once cost every client ~860 duplicates), not
+        # only when the machine happens to be slow.
+        time.sleep(max(0.0, t_down + KAFKA_DOWN_S - time.monotonic()))
         kafka_broker.up()
         util.wait_until(lambda: set(sources()) == {"kafka"}, timeout=60, interval=0.2,
                         what="every fanout back on Kafka")

@@ -9,11 +9,14 @@ The broker is the session's real single-node Kafka (KRaft), with a topic of
 import json
 import os
 import signal
+import time
 
 import confluent_kafka
 
 from harness import util
 from test_election import SESSION_MS, cluster, ingest_pids, leaders
+
+TXN_TIMEOUT_S = 10.0  # PRODUCER_TXN_TIMEOUT_MS (workers/ingest/producer.h)
 
 
 def topic_ends(bootstrap, topic):
@@ -110,20 +113,27 @@ def test_frozen_leader_cannot_append_after_new_leader(zk_server, kafka_broker, s
     assert late_committed == []
 
 
-def test_aborted_transaction_is_produced_again_in_order(kafka_factory, sim_factory, service_factory):
-    # The broker freezes longer than the transaction timeout: the open
-    # transaction's messages time out, the transaction is aborted, and its
-    # messages are produced again, first and in order: every seq once.
+def single(kafka_factory, sim_factory, service_factory, rate, fallback_after_ms, upbit):
+    """One instance on a private broker, transactions committing: (broker,
+    simulator, service, txns) where txns(result) reads the transaction count."""
     k = kafka_factory(nodes=1)
-    sim = sim_factory(args=["--upbit-markets", "KRW-BTC", "--rate", "20"])
+    sim = sim_factory(args=["--upbit-markets", "KRW-BTC", "--rate", str(rate)])
     svc = service_factory(sim_ports=sim.ports,
                           overrides={"kafka": {"brokers": k.bootstrap, "topic": "exchange",
-                                               "fallback_after_ms": 60000},
-                                     "exchange.upbit": {"markets": "KRW-BTC"}}).wait_ready(timeout=60)
+                                               "fallback_after_ms": fallback_after_ms},
+                                     "exchange.upbit": upbit}).wait_ready(timeout=60)
 
     def txns(result):
         return svc.metric("exchange_ingest_kafka_transactions_total", {"result": result}) or 0
     util.wait_until(lambda: txns("committed") >= 5, timeout=30, what="transactions committed")
+    return k, sim, svc, txns
+
+
+def test_aborted_transaction_is_produced_again_in_order(kafka_factory, sim_factory, service_factory):
+    # The broker freezes longer than the transaction timeout: the open
+    # transaction's messages time out, the transaction is aborted, and its
+    # messages are produced again, first and in order: every seq once.
+    k, _, svc, txns = single(kafka_factory, sim_factory, service_factory, 20, 60000, {"markets": "KRW-BTC"})
     k.node(1).pause()
     try:
         util.wait_until(lambda: (svc.metric("exchange_ingest_kafka_failed_total", {"error": "_MSG_TIMED_OUT"})
@@ -146,3 +156,63 @@ def test_aborted_transaction_is_produced_again_in_order(kafka_factory, sim_facto
     assert seqs
     for ch, s in seqs.items():
         assert s == list(range(s[0], s[0] + len(s))), "%s: %s" % (ch, s[:50])
+
+
+def test_kafka_outage_past_transaction_timeout_loses_nothing(kafka_factory, sim_factory, service_factory):
+    # Kafka is down longer than the transaction timeout (PRODUCER_TXN_TIMEOUT_MS,
+    # 10 s) while trades flow: the coordinator aborts the open transaction on
+    # its own and bumps the producer epoch, so the client cannot even abort it.
+    # The ingest still leads: it must rebuild its client and produce what did
+    # not commit again, not exit (its successor would backfill the trades the
+    # fanouts already had from the relay: every client would get them twice).
+    k, sim, svc, txns = single(kafka_factory, sim_factory, service_factory, 50, 2000,
+                               {"markets": "KRW-BTC", "channels": "trade"})
+
+    def ingest():
+        w = svc.workers(kind="ingest", state="running")
+        return (w[0]["pid"], svc.status()["epoch"]) if w else None
+    before = ingest()
+    assert before is not None
+    t_down = time.monotonic()
+    k.down()
+    try:
+        # message.timeout.ms is the transaction timeout: once the open
+        # transaction's messages time out, the outage is past it.
+        util.wait_until(lambda: (svc.metric("exchange_ingest_kafka_failed_total", {"error": "_MSG_TIMED_OUT"})
+                                 or 0) >= 1, timeout=40, what="messages of the open transaction time out")
+        # The fault's length, not a wait for a condition: two transaction
+        # timeouts, as in a broker restart that takes its time, so the
+        # coordinator times the transaction out on its own before the
+        # producer can abort it.
+        time.sleep(max(0.0, t_down + 2 * TXN_TIMEOUT_S - time.monotonic()))
+    finally:
+        k.up()
+    done = txns("committed") + 5
+    util.wait_until(lambda: txns("committed") >= done, timeout=60, what="commits after Kafka is back")
+    sim.control("POST", "/pause")
+    made = sim.control("GET", "/trades?exchange=upbit")["trades"]["upbit"]["KRW-BTC"]
+    util.wait_until(lambda: svc.metric("exchange_ingest_kafka_queue_messages") == 0, timeout=30,
+                    what="everything committed")
+    assert ingest() == before, "the ingest worker was restarted: %s -> %s" % (before, ingest())
+    assert not svc.metric("exchange_ingest_kafka_dropped_total")
+    recs = read_topic(k.bootstrap, "exchange", "read_committed", topic_ends(k.bootstrap, "exchange"),
+                      values=True)
+    ids, seqs = [], []
+    for p in recs.values():
+        for _, e, v in p:
+            m = json.loads(v)
+            if m.get("channel") == "trade.upbit.BTC-KRW" and m.get("type") == "trade":
+                ids.append(m["trade_id"])
+                seqs.append((m["epoch"], m["seq"]))
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    first = made.index(ids[0]) if ids and ids[0] in made else 0
+    missing = [i for i in made[first:] if i not in set(ids)]
+    print("kafka outage past the transaction timeout: trades in the topic %d, made since the first %d, "
+          "twice %d, missing %d; transactions failed %d, aborted %d; producer rebuilds %d"
+          % (len(ids), len(made) - first, len(twice), len(missing), txns("failed"), txns("aborted"),
+             svc.metric("exchange_ingest_kafka_producer_rebuilds_total") or 0))
+    assert ids
+    assert twice == [], twice[:10]
+    assert missing == [], missing[:10]
+    s = sorted(seqs)
+    assert all(b == (a[0], a[1] + 1) for a, b in zip(s, s[1:]) if a[0] == b[0]), "seq gap"

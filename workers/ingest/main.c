@@ -30,6 +30,11 @@ static uv_timer_t leader_wait;
 #define FEED_CLOSE_MS 2000
 static int feeds_started, flush_started, producer_drained;
 static int tail_running, feeds_wanted; /* the feeds wait for the topic's tail */
+/* The tail is read once the producer's transactions are initialised (any
+ * older leader fenced, so nothing of it lands after the read); waited for at
+ * most [kafka] ingest_tail_ms. */
+static uv_timer_t tail_wait;
+static int tail_started;
 /* Lease (supervisor renews it over IPC): past it nothing is produced or
  * relayed and the worker exits; deposed: abort, never flush. */
 static uv_timer_t lease_timer;
@@ -143,6 +148,40 @@ static void on_tail(void *arg, const tail_result_t *res)
         worker_exit(wk, 1);
 }
 
+static void tail_not_read(void)
+{
+    tail_running = 0;
+    if (feeds_wanted && start_feeds() < 0)
+        worker_exit(wk, 1);
+}
+
+/* Producer ready (init_transactions done): read the tail now. */
+static void on_producer_ready(void *arg)
+{
+    (void)arg;
+    if (!tail_running || tail_started)
+        return;
+    tail_started = 1;
+    uv_timer_stop(&tail_wait);
+    int r = tail_start(ing.loop, ing.cfg, ing.cfg->kafka.ingest_tail, ing.cfg->kafka.ingest_tail_ms, on_tail,
+                       NULL);
+    if (r < 0) {
+        log_warn("topic tail not read", "err=%s", log_q(uv_strerror(r)));
+        tail_not_read();
+    }
+}
+
+static void on_tail_wait(uv_timer_t *t)
+{
+    (void)t;
+    if (tail_started)
+        return;
+    tail_started = 1; /* a late ready no longer reads it */
+    log_warn("kafka transactions not initialised in time: starting without the topic's tail",
+             "waited_ms=%d tx=%s", ing.cfg->kafka.ingest_tail_ms, producer_tx_state(ing.producer));
+    tail_not_read();
+}
+
 static void on_leader_wait(uv_timer_t *t)
 {
     (void)t;
@@ -167,12 +206,11 @@ static int on_start(worker_t *w)
     }
     if ((r = relay_start(&ing, &relay)) < 0)
         return r;
+    uv_timer_init(w->loop, &tail_wait);
     if (ing.producer != NULL && w->cfg->kafka.ingest_tail > 0) {
-        if ((r = tail_start(w->loop, w->cfg, w->cfg->kafka.ingest_tail, w->cfg->kafka.ingest_tail_ms, on_tail,
-                            NULL)) == 0)
-            tail_running = 1;
-        else
-            log_warn("topic tail not read", "err=%s", log_q(uv_strerror(r)));
+        tail_running = 1;
+        uv_timer_start(&tail_wait, on_tail_wait, (uint64_t)w->cfg->kafka.ingest_tail_ms, 0);
+        producer_on_ready(ing.producer, on_producer_ready, NULL); /* may read it at once */
     }
     uv_timer_init(w->loop, &ing.tick);
     uv_timer_start(&ing.tick, on_tick, TICK_MS, TICK_MS);

@@ -14,12 +14,16 @@
 #include <unistd.h>
 #include <librdkafka/rdkafka.h>
 
+#include "backoff.h"
 #include "log.h"
 #include "metrics.h"
 
 #define TOPIC_RETRY_MS 5000
 #define PRODUCER_REJECTED_MAX 64
 #define ADMIN_TIMEOUT_MS 10000
+/* Between rebuilds of a failed transactional client (backoff with jitter). */
+#define REBUILD_BASE_MS 200
+#define REBUILD_MAX_MS 5000
 
 /* One message kept by the transactional producer until its transaction is
  * committed: an aborted transaction is produced again, in order, from these. */
@@ -38,8 +42,10 @@ typedef struct {
 } txlist_t;
 
 /* Transaction states. Only INIT, COMMIT and ABORT have a blocking librdkafka
- * call running on a libuv work thread; the loop thread never blocks. */
-typedef enum { TX_OFF = 0, TX_INIT, TX_IDLE, TX_OPEN, TX_COMMIT, TX_ABORT, TX_DEAD } tx_state_t;
+ * call running on a libuv work thread; the loop thread never blocks.
+ * REBUILD: the failed client is destroyed on a work thread (rd_kafka_destroy
+ * may block), then a new one is created after a backoff and goes to INIT. */
+typedef enum { TX_OFF = 0, TX_INIT, TX_IDLE, TX_OPEN, TX_COMMIT, TX_ABORT, TX_DEAD, TX_REBUILD } tx_state_t;
 
 typedef struct {
     uv_work_t req;
@@ -68,6 +74,7 @@ struct producer_s {
     txlist_t pending; /* waiting for the next transaction, in order */
     uv_timer_t commit_timer, retry_timer;
     int work_busy;        /* a txwork_t is in flight: destroy must wait for it */
+    int destroyed;        /* producer_destroy ran: the memory goes when the last handle closed */
     int stopping;         /* producer_abort: no new transaction */
     int retry_delay;      /* ms, doubles on retriable errors */
     uint64_t lease_until; /* uv_hrtime()/1e6 after which nothing is produced; 0: no lease */
@@ -78,6 +85,11 @@ struct producer_s {
     int nrejected;
     void (*fatal_cb)(void *arg, int fenced);
     void *fatal_arg;
+    void (*ready_cb)(void *arg);
+    void *ready_arg;
+    int ready;                 /* transactions initialised once (or not transactional) */
+    backoff_t rebuild_backoff; /* between client rebuilds; reset by a commit */
+    uint64_t rebuild_delay;    /* ms, of the rebuild under way */
     void (*abort_done)(void *arg);
     void *abort_arg;
     int found_partitions; /* of the topic at start (metadata warm-up), -1 unknown */
@@ -88,7 +100,7 @@ struct producer_s {
     uint64_t drain_deadline;
     /* metrics */
     metric_t *m_produced, *m_failed, *m_dropped, *m_dropped_full, *m_queue, *m_latency;
-    metric_t *m_txn;
+    metric_t *m_txn, *m_rebuilds;
     int closed; /* handles closed so far (4: memory may go) */
 };
 
@@ -173,7 +185,7 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
     if (err == RD_KAFKA_RESP_ERR__FATAL) {
         char buf[512];
         rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, buf, sizeof(buf));
-        log_error(p->tx != TX_OFF ? "kafka fatal error, producer stops"
+        log_error(p->tx != TX_OFF ? "kafka fatal error: the transactional client is rebuilt unless deposed"
                                   : "kafka fatal error, producer will be rebuilt",
                   "err=%s reason=%s", rd_kafka_err2name(orig), log_q(buf));
         p->fatal = 1;
@@ -227,7 +239,9 @@ static void warm_topic_metadata(producer_t *p, rd_kafka_t *rk, const char *topic
     rd_kafka_topic_destroy(rkt);
 }
 
-static rd_kafka_t *make_client(producer_t *p)
+/* warm: fetch the topic's metadata before returning (blocks up to 1 s: only
+ * at start, before any feed runs). */
+static rd_kafka_t *make_client(producer_t *p, int warm)
 {
     const cfg_t *c = p->cfg;
     char errstr[512], id[160];
@@ -290,7 +304,8 @@ static rd_kafka_t *make_client(producer_t *p)
         return NULL;
     }
     rd_kafka_set_log_queue(rk, NULL); /* NULL: the main queue, served by serve_main_queue */
-    warm_topic_metadata(p, rk, c->kafka.topic);
+    if (warm)
+        warm_topic_metadata(p, rk, c->kafka.topic);
     return rk;
 }
 
@@ -359,9 +374,8 @@ static void handle_admin_event(producer_t *p, rd_kafka_event_t *ev)
 
 static int count_remaining(producer_t *p, const char *what)
 {
-    int n = rd_kafka_outq_len(p->rk) + p->txn.n + p->pending.n;
-    if (p->tx != TX_OFF)
-        n = p->txn.n + p->pending.n; /* what librdkafka holds is a copy of txn */
+    /* Transactional: what librdkafka holds is a copy of txn. */
+    int n = p->tx != TX_OFF ? p->txn.n + p->pending.n : rd_kafka_outq_len(p->rk);
     if (n > 0)
         log_warn("kafka messages not delivered", "when=%s remaining=%d", what, n);
     return n;
@@ -436,7 +450,7 @@ static void rebuild(producer_t *p)
     rd_kafka_purge(p->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
     detach_client(p);
     rd_kafka_destroy(p->rk);
-    p->rk = make_client(p);
+    p->rk = make_client(p, 1);
     if (p->rk == NULL) {
         log_error("kafka producer could not be rebuilt", "brokers=%s", log_q(p->cfg->kafka.brokers));
         return;
@@ -448,7 +462,7 @@ static void rebuild(producer_t *p)
 
 static const char *tx_name(tx_state_t s)
 {
-    static const char *const n[] = {"off", "init", "idle", "open", "commit", "abort", "dead"};
+    static const char *const n[] = {"off", "init", "idle", "open", "commit", "abort", "dead", "rebuild"};
     return n[s];
 }
 
@@ -513,10 +527,16 @@ static int lease_expired(const producer_t *p)
     return p->lease_until != 0 && now_ms_mono() >= p->lease_until;
 }
 
+static int fenced_err(rd_kafka_resp_err_t err)
+{
+    return err == RD_KAFKA_RESP_ERR__FENCED || err == RD_KAFKA_RESP_ERR_PRODUCER_FENCED ||
+           err == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH;
+}
+
+/* Deposed, or the lease lapsed (a newer leader may exist): stop for good. */
 static void tx_dead(producer_t *p, const char *why, rd_kafka_resp_err_t err)
 {
-    int fenced = err == RD_KAFKA_RESP_ERR__FENCED || err == RD_KAFKA_RESP_ERR_PRODUCER_FENCED ||
-                 err == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH;
+    int fenced = fenced_err(err);
     if (p->tx == TX_DEAD)
         return;
     p->tx = TX_DEAD;
@@ -525,7 +545,8 @@ static void tx_dead(producer_t *p, const char *why, rd_kafka_resp_err_t err)
     metric_inc(metric_labels(p->m_txn, "result=\"%s\"", fenced ? "fenced" : "fatal"));
     log_error(fenced ? "kafka producer fenced: a newer leader took the transactional id, producing stops"
                      : "kafka transactional producer failed, producing stops",
-              "why=%s err=%s lost=%d", why, rd_kafka_err2name(err), p->txn.n + p->pending.n);
+              "why=%s err=%s lost=%d stopping=%d lease_expired=%d", why, rd_kafka_err2name(err),
+              p->txn.n + p->pending.n, p->stopping, lease_expired(p));
     metric_inc(metric_labels(p->m_dropped, "reason=\"%s\"", fenced ? "fenced" : "fatal"));
     list_free(&p->txn);
     list_free(&p->pending);
@@ -559,8 +580,20 @@ static void drop_rejected(producer_t *p)
     p->nrejected = 0;
 }
 
+/* The messages of the transaction that did not commit go first, in their
+ * order, before what waits: produced again with their original bytes. */
+static void requeue_txn(producer_t *p)
+{
+    drop_rejected(p);
+    list_concat(&p->txn, &p->pending);
+    p->pending = p->txn;
+    p->txn.head = p->txn.tail = NULL;
+    p->txn.n = 0;
+}
+
 /* Runs on a libuv work thread: the only place the blocking transactional
- * calls run. Touches nothing but its own txwork_t. */
+ * calls (and the destruction of a failed client) run. Touches nothing but
+ * its own txwork_t. */
 static void tx_work(uv_work_t *req)
 {
     txwork_t *w = req->data;
@@ -568,8 +601,84 @@ static void tx_work(uv_work_t *req)
     case TX_INIT: w->error = rd_kafka_init_transactions(w->rk, PRODUCER_TXN_TIMEOUT_MS); break;
     case TX_COMMIT: w->error = rd_kafka_commit_transaction(w->rk, -1); break;
     case TX_ABORT: w->error = rd_kafka_abort_transaction(w->rk, -1); break;
+    case TX_REBUILD: rd_kafka_destroy(w->rk); break;
     default: break;
     }
+}
+
+static void on_rebuild_timer(uv_timer_t *t);
+static void tx_work_done(uv_work_t *req, int status);
+
+/* TX_REBUILD, the old client gone and the backoff over: a new client with
+ * the same transactional.id; its init_transactions (on a work thread)
+ * fences whatever is left of the old one. */
+static void rebuild_create(producer_t *p)
+{
+    p->rk = make_client(p, 0);
+    if (p->rk == NULL) {
+        log_error("kafka transactional producer could not be rebuilt, will retry", "brokers=%s pending=%d",
+                  log_q(p->cfg->kafka.brokers), p->pending.n);
+        uv_timer_start(&p->retry_timer, on_rebuild_timer, backoff_next(&p->rebuild_backoff), 0);
+        return;
+    }
+    attach_client(p);
+    p->retry_delay = PRODUCER_POLL_MS;
+    tx_start_work(p, TX_INIT);
+}
+
+/* TX_REBUILD: the backoff is over. */
+static void on_rebuild_timer(uv_timer_t *t)
+{
+    producer_t *p = t->data;
+    if (p->tx == TX_REBUILD && !p->stopping)
+        rebuild_create(p);
+}
+
+/* The client failed (abort refused, fatal error, fenced after the
+ * coordinator timed the transaction out) while this ingest still leads: no
+ * newer leader exists (the lease ends before our ZooKeeper session could),
+ * so its messages are not given up. The client is rebuilt and what did not
+ * commit is produced again, first and in order, with the same bytes (same
+ * epoch and seq: consumers drop what they already have). Deposed or past
+ * the lease: stop for good. */
+static void tx_fail(producer_t *p, const char *why, rd_kafka_resp_err_t err)
+{
+    if (p->tx == TX_DEAD || p->tx == TX_REBUILD)
+        return;
+    if (p->stopping || lease_expired(p)) {
+        tx_dead(p, why, err);
+        return;
+    }
+    uv_timer_stop(&p->commit_timer);
+    uv_timer_stop(&p->retry_timer);
+    requeue_txn(p);
+    uint64_t delay = backoff_next(&p->rebuild_backoff);
+    metric_inc(p->m_rebuilds);
+    metric_inc(metric_labels(p->m_txn, "result=\"failed\""));
+    log_warn("kafka transactional producer failed while this ingest leads: rebuilding the client, its "
+             "messages are produced again",
+             "why=%s err=%s pending=%d attempt=%u delay_ms=%" PRIu64, why, rd_kafka_err2name(err),
+             p->pending.n, p->rebuild_backoff.attempt, delay);
+    p->tx = TX_REBUILD;
+    p->rebuild_delay = delay;
+    if (!p->topic_ready) /* the old client's CreateTopics result is lost with it */
+        p->topic_retry_at = uv_now(p->loop) + TOPIC_RETRY_MS;
+    rd_kafka_t *old = p->rk;
+    rd_kafka_purge(old, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    detach_client(p); /* serves what the old client still reported */
+    p->rk = NULL;
+    p->fatal = 0;
+    /* rd_kafka_destroy waits for librdkafka's threads: off the loop. */
+    txwork_t *w = calloc(1, sizeof(*w));
+    if (w == NULL)
+        abort();
+    w->p = p;
+    w->rk = old;
+    w->op = TX_REBUILD;
+    w->req.data = w;
+    p->work_busy = 1;
+    if (uv_queue_work(p->loop, &w->req, tx_work, tx_work_done) < 0)
+        abort(); /* cannot fail with valid arguments */
 }
 
 static void on_retry(uv_timer_t *t)
@@ -585,6 +694,15 @@ static void retry_later(producer_t *p)
     p->retry_delay = p->retry_delay * 2 > 2000 ? 2000 : p->retry_delay * 2;
 }
 
+static void became_ready(producer_t *p)
+{
+    if (p->ready)
+        return;
+    p->ready = 1;
+    if (p->ready_cb != NULL)
+        p->ready_cb(p->ready_arg);
+}
+
 /* Runs on the loop thread once the work thread returned. */
 static void tx_work_done(uv_work_t *req, int status)
 {
@@ -594,49 +712,67 @@ static void tx_work_done(uv_work_t *req, int status)
     tx_state_t op = w->op;
     free(w);
     p->work_busy = 0;
-    if (p->rk == NULL || status == UV_ECANCELED) { /* destroyed meanwhile */
+    if (p->destroyed || status == UV_ECANCELED) { /* destroyed meanwhile */
         if (e != NULL)
             rd_kafka_error_destroy(e);
-        if (p->rk == NULL && p->closed == 4)
+        if (p->destroyed && p->closed == 4)
             free(p); /* producer_destroy left the memory to us */
+        return;
+    }
+    if (op == TX_REBUILD) { /* the old client is gone */
+        if (p->stopping) {
+            p->tx = TX_IDLE;
+            tx_pump(p); /* finishes the stop */
+        } else {
+            uv_timer_start(&p->retry_timer, on_rebuild_timer, p->rebuild_delay, 0);
+        }
         return;
     }
     serve_main_queue(p);
     if (e == NULL) {
         p->retry_delay = PRODUCER_POLL_MS;
         if (op == TX_INIT) {
-            log_info("kafka transactions initialised: any older producer of this id is fenced", "");
+            log_info("kafka transactions initialised: any older producer of this id is fenced",
+                     "pending=%d rebuilds=%u", p->pending.n, p->rebuild_backoff.attempt);
         } else if (op == TX_COMMIT) {
             metric_inc(metric_labels(p->m_txn, "result=\"committed\""));
             uint64_t now = uv_hrtime() / 1000u;
             for (txmsg_t *m = p->txn.head; m != NULL; m = m->next)
                 metric_observe(p->m_latency, (double)(now - m->t0) / 1e6);
             list_free(&p->txn);
+            backoff_reset(&p->rebuild_backoff);
         } else {
             metric_inc(metric_labels(p->m_txn, "result=\"aborted\""));
             /* The aborted messages are invisible to read-committed consumers:
              * produce them again, first, in their order. */
-            if (!p->stopping) {
-                drop_rejected(p);
-                list_concat(&p->txn, &p->pending);
-                p->pending = p->txn;
-                p->txn.head = p->txn.tail = NULL;
-                p->txn.n = 0;
-            } else {
+            if (!p->stopping)
+                requeue_txn(p);
+            else
                 list_free(&p->txn);
-            }
         }
         p->tx = TX_IDLE;
+        if (op == TX_INIT)
+            became_ready(p);
         tx_pump(p);
         return;
     }
     rd_kafka_resp_err_t err = rd_kafka_error_code(e);
     const char *what = rd_kafka_error_string(e);
+    if (p->stopping && op != TX_ABORT) {
+        /* Deposed meanwhile: nothing more is produced, nothing to retry. */
+        log_info("kafka transactional call failed while stopping", "op=%s err=%s", tx_name(op),
+                 rd_kafka_err2name(err));
+        rd_kafka_error_destroy(e);
+        list_free(&p->txn);
+        p->tx = TX_IDLE;
+        tx_pump(p); /* finishes the stop */
+        return;
+    }
     if (rd_kafka_error_is_fatal(e)) {
         char buf[256];
         rd_kafka_resp_err_t orig = rd_kafka_fatal_error(p->rk, buf, sizeof(buf));
         rd_kafka_error_destroy(e);
-        tx_dead(p, tx_name(op), orig != RD_KAFKA_RESP_ERR_NO_ERROR ? orig : err);
+        tx_fail(p, tx_name(op), orig != RD_KAFKA_RESP_ERR_NO_ERROR ? orig : err);
         return;
     }
     if (op != TX_ABORT && rd_kafka_error_txn_requires_abort(e)) {
@@ -655,8 +791,10 @@ static void tx_work_done(uv_work_t *req, int status)
         retry_later(p);
         return;
     }
+    log_warn("kafka transactional call failed, neither retriable nor abortable", "op=%s err=%s detail=%s",
+             tx_name(op), rd_kafka_err2name(err), log_q(what));
     rd_kafka_error_destroy(e);
-    tx_dead(p, tx_name(op), err); /* neither retriable nor abortable: treat as fatal */
+    tx_fail(p, tx_name(op), err);
 }
 
 static void tx_start_work(producer_t *p, tx_state_t op)
@@ -710,7 +848,7 @@ static void tx_pump(producer_t *p)
                   log_q(rd_kafka_error_string(e)));
         rd_kafka_error_destroy(e);
         if (fatal)
-            tx_dead(p, "begin", err);
+            tx_fail(p, "begin", err);
         return;
     }
     p->tx = TX_OPEN;
@@ -765,19 +903,22 @@ static void finish_drain(producer_t *p, int q)
 static void on_poll(uv_timer_t *t)
 {
     producer_t *p = t->data;
-    if (p->rk == NULL)
+    if (p->destroyed)
         return;
     if (p->fatal && p->tx == TX_OFF)
         rebuild(p);
-    if (p->rk == NULL)
+    if (p->rk == NULL && p->tx == TX_OFF)
         return;
-    serve_main_queue(p);
-    if (p->fatal && p->tx != TX_OFF && p->tx != TX_DEAD && !p->work_busy) {
-        char buf[256];
-        tx_dead(p, "error_cb", rd_kafka_fatal_error(p->rk, buf, sizeof(buf)));
+    if (p->rk != NULL) {
+        serve_main_queue(p);
+        if (p->fatal && p->tx != TX_OFF && p->tx != TX_DEAD && !p->work_busy) {
+            char buf[256];
+            tx_fail(p, "error_cb", rd_kafka_fatal_error(p->rk, buf, sizeof(buf)));
+        }
     }
+    /* p->rk is NULL while a transactional client is rebuilt. */
     int q = p->tx == TX_OFF ? rd_kafka_outq_len(p->rk) : p->txn.n + p->pending.n;
-    if (p->brokers_down && q == 0 && p->tx != TX_INIT) {
+    if (p->brokers_down && q == 0 && p->tx != TX_INIT && p->tx != TX_REBUILD) {
         /* Everything delivered again: brokers are reachable. */
         log_info("kafka: delivering again", "brokers=%s", log_q(p->cfg->kafka.brokers));
         p->brokers_down = 0;
@@ -787,7 +928,7 @@ static void on_poll(uv_timer_t *t)
         handle_admin_event(p, ev);
         rd_kafka_event_destroy(ev);
     }
-    if (!p->topic_ready && p->topic_retry_at != 0 && uv_now(p->loop) >= p->topic_retry_at)
+    if (p->rk != NULL && !p->topic_ready && p->topic_retry_at != 0 && uv_now(p->loop) >= p->topic_retry_at)
         create_topic(p);
     metric_set(p->m_queue, q);
     if (p->tx == TX_OPEN && p->drain_done != NULL && !uv_is_active((uv_handle_t *)&p->commit_timer))
@@ -813,8 +954,13 @@ int producer_create(uv_loop_t *loop, const cfg_t *cfg, producer_t **out)
         metric_gauge("exchange_ingest_kafka_queue_messages", "Messages queued or in flight to Kafka");
     p->m_latency = metric_histogram("exchange_ingest_kafka_delivery_seconds",
                                     "Time from produce to delivery report", NULL, 0);
-    p->m_txn = metric_counter("exchange_ingest_kafka_transactions_total",
-                              "Kafka transactions by result (committed, aborted, retried, fenced, fatal)");
+    p->m_txn =
+        metric_counter("exchange_ingest_kafka_transactions_total",
+                       "Kafka transactions by result (committed, aborted, retried, failed, fenced, fatal)");
+    p->m_rebuilds = metric_counter("exchange_ingest_kafka_producer_rebuilds_total",
+                                   "Transactional clients rebuilt after a failure while leading (their "
+                                   "uncommitted messages produced again)");
+    backoff_init(&p->rebuild_backoff, REBUILD_BASE_MS, REBUILD_MAX_MS, REBUILD_BASE_MS / 2);
     if (pipe2(p->wake_fd, O_NONBLOCK | O_CLOEXEC) < 0) {
         int r = -errno;
         free(p);
@@ -822,7 +968,8 @@ int producer_create(uv_loop_t *loop, const cfg_t *cfg, producer_t **out)
     }
     p->retry_delay = PRODUCER_POLL_MS;
     p->tx = cfg->kafka.transactions ? TX_INIT : TX_OFF;
-    p->rk = make_client(p);
+    p->ready = p->tx == TX_OFF;
+    p->rk = make_client(p, 1);
     if (p->rk == NULL) {
         close(p->wake_fd[0]);
         close(p->wake_fd[1]);
@@ -855,6 +1002,14 @@ void producer_on_fatal(producer_t *p, void (*cb)(void *arg, int fenced), void *a
 {
     p->fatal_cb = cb;
     p->fatal_arg = arg;
+}
+
+void producer_on_ready(producer_t *p, void (*cb)(void *arg), void *arg)
+{
+    p->ready_cb = cb;
+    p->ready_arg = arg;
+    if (p->ready)
+        cb(arg);
 }
 
 void producer_set_lease(producer_t *p, uint64_t until_ms)
@@ -902,7 +1057,8 @@ static int send_transactional(producer_t *p, const char *channel, const char *js
 
 int producer_send(producer_t *p, const char *channel, const char *json, size_t len, int64_t epoch)
 {
-    if (p->rk == NULL) {
+    /* A transactional client being rebuilt (rk NULL) keeps what is sent. */
+    if (p->destroyed || (p->rk == NULL && p->tx == TX_OFF)) {
         metric_inc(metric_labels(p->m_dropped, "reason=\"no_client\""));
         return -EIO;
     }
@@ -925,9 +1081,9 @@ int producer_send(producer_t *p, const char *channel, const char *json, size_t l
 
 int producer_queue_len(const producer_t *p)
 {
-    if (p->rk == NULL)
-        return 0;
-    return p->tx == TX_OFF ? rd_kafka_outq_len(p->rk) : p->txn.n + p->pending.n;
+    if (p->tx != TX_OFF)
+        return p->txn.n + p->pending.n;
+    return p->rk != NULL ? rd_kafka_outq_len(p->rk) : 0;
 }
 
 int producer_busy(const producer_t *p)
@@ -972,16 +1128,24 @@ void producer_abort(producer_t *p, void (*done)(void *arg), void *arg)
         p->abort_done = NULL;
         done(arg);
         break;
-    default: break; /* INIT/COMMIT/ABORT in flight: tx_work_done pumps, and pump finishes the stop */
+    case TX_INIT:
+    case TX_REBUILD:
+        if (!p->work_busy) { /* waiting for a retry or a rebuild: nothing of ours is open */
+            uv_timer_stop(&p->retry_timer);
+            p->tx = TX_IDLE;
+            tx_pump(p);
+        } /* else tx_work_done finishes the stop */
+        break;
+    default: break; /* COMMIT/ABORT in flight: tx_work_done pumps, and pump finishes the stop */
     }
 }
 
 int producer_flush(producer_t *p, int timeout_ms)
 {
-    if (p->rk == NULL)
-        return 0;
     if (p->tx != TX_OFF)
         return count_remaining(p, "stop"); /* no commit without a supervisor: we may be deposed */
+    if (p->rk == NULL)
+        return 0;
     rd_kafka_flush(p->rk, timeout_ms);
     serve_main_queue(p);
     return count_remaining(p, "flush");
@@ -998,6 +1162,7 @@ void producer_destroy(producer_t *p)
 {
     if (p == NULL)
         return;
+    p->destroyed = 1;
     if (p->rk != NULL) {
         rd_kafka_purge(p->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
         detach_client(p);

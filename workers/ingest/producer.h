@@ -23,8 +23,15 @@ typedef struct producer_s producer_t;
  *   transaction_commit_ms                     message goes into a transaction committed
  *                                             every transaction_commit_ms; the messages of
  *                                             an aborted transaction are produced again in
- *                                             order; a fatal error (fenced by a newer
- *                                             producer of the id) stops producing for good
+ *                                             order. A client that fails for good (abort
+ *                                             refused, fatal error, fenced after the
+ *                                             coordinator timed the transaction out) while
+ *                                             the lease holds and not deposed is rebuilt
+ *                                             (same transactional.id, backoff, counted in
+ *                                             exchange_ingest_kafka_producer_rebuilds_total)
+ *                                             and what did not commit is produced again,
+ *                                             first, in order, same bytes. Deposed or past
+ *                                             the lease: producing stops for good
  * Fixed: enable.idempotence=true, acks=all, compression lz4,
  * message.timeout.ms = PRODUCER_MESSAGE_TIMEOUT_MS (transactional:
  * PRODUCER_TXN_TIMEOUT_MS). init/commit/abort_transaction block: they run on
@@ -43,10 +50,15 @@ int producer_create(uv_loop_t *loop, const cfg_t *cfg, producer_t **out);
  * -ENOBUFS: local queue full, dropped and counted; other negative: dropped
  * and counted with the librdkafka error name. */
 int producer_send(producer_t *p, const char *channel, const char *json, size_t len, int64_t epoch);
-/* cb(arg, fenced) once the transactional producer has failed for good
- * (fenced: a newer producer of the transactional id took over); nothing is
- * produced after it. */
+/* cb(arg, fenced) once the transactional producer has failed for good: it
+ * failed while deposed (producer_abort) or past its lease, i.e. when a newer
+ * leader may exist (fenced: Kafka said so); nothing is produced after it. */
 void producer_on_fatal(producer_t *p, void (*cb)(void *arg, int fenced), void *arg);
+/* cb(arg) once, on the loop thread, when init_transactions first completed
+ * (any older producer of the id is fenced, its open transaction aborted):
+ * from then on the topic holds nothing more of an older leader. Called at
+ * once when already so (not transactional: always). */
+void producer_on_ready(producer_t *p, void (*cb)(void *arg), void *arg);
 /* Nothing is produced once the monotonic clock (uv_hrtime in ms) passes
  * until_ms (0: no lease); messages sent later are dropped and counted. */
 void producer_set_lease(producer_t *p, uint64_t until_ms);
@@ -55,7 +67,8 @@ void producer_set_lease(producer_t *p, uint64_t until_ms);
 void producer_abort(producer_t *p, void (*done)(void *arg), void *arg);
 /* A blocking transactional call is running on a work thread. */
 int producer_busy(const producer_t *p);
-/* "off" (not transactional), "init", "idle", "open", "commit", "abort", "dead". */
+/* "off" (not transactional), "init", "idle", "open", "commit", "abort", "dead",
+ * "rebuild" (a failed client replaced). */
 const char *producer_tx_state(const producer_t *p);
 /* Messages queued or in flight (rd_kafka_outq_len; transactional: not yet committed). */
 int producer_queue_len(const producer_t *p);
