@@ -630,8 +630,13 @@ static void rebuild_create(producer_t *p)
 static void on_rebuild_timer(uv_timer_t *t)
 {
     producer_t *p = t->data;
-    if (p->tx == TX_REBUILD && !p->stopping)
-        rebuild_create(p);
+    if (p->tx != TX_REBUILD || p->stopping)
+        return;
+    if (lease_expired(p)) { /* a newer leader may exist: its producer must not be fenced */
+        tx_dead(p, "rebuild", RD_KAFKA_RESP_ERR__STATE);
+        return;
+    }
+    rebuild_create(p);
 }
 
 /* The client failed (abort refused, fatal error, fenced after the
@@ -733,7 +738,7 @@ static void tx_work_done(uv_work_t *req, int status)
         p->retry_delay = PRODUCER_POLL_MS;
         if (op == TX_INIT) {
             log_info("kafka transactions initialised: any older producer of this id is fenced",
-                     "pending=%d rebuilds=%u", p->pending.n, p->rebuild_backoff.attempt);
+                     "pending=%d rebuild_attempts=%u", p->pending.n, p->rebuild_backoff.attempt);
         } else if (op == TX_COMMIT) {
             metric_inc(metric_labels(p->m_txn, "result=\"committed\""));
             uint64_t now = uv_hrtime() / 1000u;
@@ -758,8 +763,8 @@ static void tx_work_done(uv_work_t *req, int status)
     }
     rd_kafka_resp_err_t err = rd_kafka_error_code(e);
     const char *what = rd_kafka_error_string(e);
-    if (p->stopping && op != TX_ABORT) {
-        /* Deposed meanwhile: nothing more is produced, nothing to retry. */
+    if (p->stopping && op == TX_INIT) {
+        /* Deposed meanwhile: nothing of ours is open, nothing to retry. */
         log_info("kafka transactional call failed while stopping", "op=%s err=%s", tx_name(op),
                  rd_kafka_err2name(err));
         rd_kafka_error_destroy(e);
