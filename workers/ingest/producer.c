@@ -203,10 +203,12 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
         log_debug("kafka error", "err=%s reason=%s", rd_kafka_err2name(err), log_q(reason));
     else
         log_warn("kafka error", "err=%s reason=%s", rd_kafka_err2name(err), log_q(reason));
-    /* A broker lost while a transaction was being set up raises no
-     * ALL_BROKERS_DOWN (librdkafka never counted it up): still note the
+    /* A transactional producer's brokers going down often raise no
+     * ALL_BROKERS_DOWN (measured: none while a transaction is being set up,
+     * nor for a single broker lost with transactions running, librdkafka's
+     * transaction coordinator handle not counting as down): still note the
      * outage, so its end is logged ("delivering again"). */
-    if (transport && p->tx == TX_INIT)
+    if (transport && p->tx != TX_OFF)
         p->brokers_down = 1;
 }
 
