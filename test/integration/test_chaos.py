@@ -284,6 +284,12 @@ def test_chaos_every_trade_once(zk_server, kafka_factory, sim_factory, service_f
         kafka_broker.up()
         util.wait_until(lambda: set(sources()) == {"kafka"}, timeout=60, interval=0.2,
                         what="every fanout back on Kafka")
+        lead = leaders(svcs)[0]
+        print("Kafka down: leader's transactional producer rebuilds %d, transactions failed %d, aborted %d"
+              % tuple(lead.metric(n, lb) or 0 for n, lb in (
+                  ("exchange_ingest_kafka_producer_rebuilds_total", None),
+                  ("exchange_ingest_kafka_transactions_total", {"result": "failed"}),
+                  ("exchange_ingest_kafka_transactions_total", {"result": "aborted"}))))
 
     def kill9_ingest():
         lead = leaders(svcs)[0]
