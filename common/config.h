@@ -41,7 +41,7 @@ typedef struct {
         char *connect;
         int session_timeout_ms;
         char *root;
-        char *auth; /* digest user:password, resolved from file: / a path; "" none */
+        char *auth;   /* digest user:password, resolved from file: / a path; "" none */
         int lease_ms; /* 0 = auto: cfg_lease_ms() */
     } zookeeper;
     struct {

@@ -137,8 +137,8 @@ static void note_topic_exists(producer_t *p, const char *how)
                  log_q(p->cfg->kafka.topic), p->found_partitions, p->found_replicas, p->cfg->kafka.partitions,
                  how);
     else
-        log_info("kafka topic exists", "topic=%s partitions=%d replication=%d how=%s", log_q(p->cfg->kafka.topic),
-                 p->found_partitions, p->found_replicas, how);
+        log_info("kafka topic exists", "topic=%s partitions=%d replication=%d how=%s",
+                 log_q(p->cfg->kafka.topic), p->found_partitions, p->found_replicas, how);
 }
 
 /* Runs on the loop thread: delivery reports are events on main_q, served
