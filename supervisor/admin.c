@@ -394,8 +394,7 @@ void admin_retire_worker(const proc_t *p)
     if (p->metrics == NULL)
         return;
     if (retired == NULL && (retired = metrics_registry_new()) == NULL) {
-        log_error("cannot keep an exited worker's counters", "pid=%d err=%s", (int)p->pid,
-                  log_q(strerror(ENOMEM)));
+        log_error_err(-ENOMEM, "cannot keep an exited worker's counters", "pid=%d", (int)p->pid);
         return;
     }
     keep = json_array();
@@ -644,7 +643,7 @@ static void on_timeout(uv_timer_t *t)
 static void on_connection(uv_stream_t *server, int status)
 {
     if (status < 0) {
-        log_warn("admin accept failed", "err=%s", log_q(uv_strerror(status)));
+        log_warn_err(status, "admin accept failed", LOG_NOFIELDS);
         return;
     }
     admin_conn_t *c = calloc(1, sizeof(*c));

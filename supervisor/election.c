@@ -14,7 +14,7 @@ static int use_zk;
 int election_start(void)
 {
     if (sup.cfg->zookeeper.connect == NULL || sup.cfg->zookeeper.connect[0] == '\0') {
-        log_info("standalone: no ZooKeeper configured, this instance always leads", "");
+        log_info("standalone: no ZooKeeper configured, this instance always leads", LOG_NOFIELDS);
         snprintf(sup.session_state, sizeof(sup.session_state), "standalone");
         sup_become_leader(0);
         return 0;

@@ -88,7 +88,7 @@ static void on_worker_msg(ipc_t *ipc, json_t *msg, void *arg)
         if (!sup.ready_reported && sup_is_ready()) {
             sup.ready_reported = 1;
             sd_notify_msg("READY=1");
-            log_info("service ready", "");
+            log_info("service ready", LOG_NOFIELDS);
         }
     } else if (strcmp(t, "stats") == 0) {
         json_t *m = json_object_get(msg, "metrics");
@@ -110,7 +110,7 @@ static void on_worker_close(ipc_t *ipc, int err, void *arg)
     (void)ipc;
     p->ipc = NULL;
     if (err != 0)
-        log_warn("worker ipc closed with error", "pid=%d err=%d", (int)p->pid, err);
+        log_warn_err(err, "worker ipc closed with error", "pid=%d", (int)p->pid);
 }
 
 static uint64_t now_ms(void)
@@ -127,13 +127,13 @@ int procs_spawn(proc_kind_t kind, int slot)
              kind == PROC_INGEST ? "exchange-ingest" : "exchange-fanout");
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
         r = -errno;
-        log_error("socketpair failed", "err=%s", log_q(strerror(errno)));
+        log_error_err(r, "socketpair failed", LOG_NOFIELDS);
         return r;
     }
     pid_t pid = fork();
     if (pid < 0) {
         r = -errno;
-        log_error("fork failed", "err=%s", log_q(strerror(errno)));
+        log_error_err(r, "fork failed", LOG_NOFIELDS);
         close(sv[0]);
         close(sv[1]);
         return r;
@@ -174,7 +174,7 @@ int procs_spawn(proc_kind_t kind, int slot)
     p->next = sup.procs;
     sup.procs = p;
     if ((r = ipc_open(sup.loop, sv[0], on_worker_msg, on_worker_close, p, &p->ipc)) < 0) {
-        log_error("ipc open failed", "err=%s", log_q(uv_strerror(r)));
+        log_error_err(r, "ipc open failed", LOG_NOFIELDS);
         close(sv[0]);
         kill(pid, SIGKILL);
         return r;

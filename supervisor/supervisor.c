@@ -26,7 +26,8 @@ void sup_start_ingest_if_leader(void)
         return;
     sup.ingest_gen++;
     if (sup.ingest_gen > 999)
-        log_warn("ingest restarted more than 999 times in one leadership; epoch no longer grows", "");
+        log_warn("ingest restarted more than 999 times in one leadership; epoch no longer grows",
+                 LOG_NOFIELDS);
     log_info("starting ingest worker", "epoch=%lld", (long long)sup_epoch());
     procs_on_leader_change(); /* fanouts learn the new epoch and relay first */
     (void)procs_spawn(PROC_INGEST, 0);
@@ -63,7 +64,7 @@ void sup_become_follower(const char *leader_id, const char *relay)
     if (sup.role == ROLE_LEADER) {
         sup.transitions++;
         sup.last_transition_ms = worker_now_ms();
-        log_warn("stepping down", "");
+        log_warn("stepping down", LOG_NOFIELDS);
     }
     sup.role = ROLE_FOLLOWER;
     snprintf(sup.leader_id, sizeof(sup.leader_id), "%s", leader_id ? leader_id : "");
@@ -77,6 +78,6 @@ void sup_check_drained(void)
 {
     if (!sup.draining || procs_any_alive())
         return;
-    log_info("all workers exited, bye", "");
+    log_info("all workers exited, bye", LOG_NOFIELDS);
     uv_stop(sup.loop);
 }

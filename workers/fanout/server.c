@@ -461,14 +461,14 @@ static void accept_client(fanout_t *f, int fd)
     if (c == NULL) {
         close(fd);
         metric_inc(metric_labels(f->m.accept_errors, "reason=\"enomem\""));
-        log_warn("accept failed", "err=%s", log_q(strerror(ENOMEM)));
+        log_warn_err(-ENOMEM, "accept failed", LOG_NOFIELDS);
         return;
     }
     c->f = f;
     int r = wss_accept_fd(f->wss, fd, c, &c->conn);
     if (r < 0) {
         metric_inc(metric_labels(f->m.accept_errors, "reason=\"setup\""));
-        log_warn("accept failed", "err=%s", uv_strerror(r));
+        log_warn_err(r, "accept failed", LOG_NOFIELDS);
         free(c);
         return;
     }
@@ -512,11 +512,11 @@ static void accept_pause(fanout_t *f, int err)
     if (f->accept_pauses++ == 0) {
         struct rlimit rl = {0, 0};
         (void)getrlimit(RLIMIT_NOFILE, &rl);
-        log_error("accept failed, pausing accepts",
-                  "err=%s clients=%d nofile_soft=%llu nofile_hard=%llu "
-                  "pause_ms=%d",
-                  log_q(strerror(err)), f->nclients, (unsigned long long)rl.rlim_cur,
-                  (unsigned long long)rl.rlim_max, ACCEPT_PAUSE_MS);
+        log_error_err(err, "accept failed, pausing accepts",
+                      "clients=%d nofile_soft=%llu nofile_hard=%llu "
+                      "pause_ms=%d",
+                      f->nclients, (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max,
+                      ACCEPT_PAUSE_MS);
     }
     uv_poll_stop(&f->listener);
     uv_timer_start(&f->accept_timer, on_accept_resume, ACCEPT_PAUSE_MS, 0);
@@ -527,7 +527,7 @@ static void on_listen_readable(uv_poll_t *h, int status, int events)
     fanout_t *f = h->data;
     (void)events;
     if (status < 0) {
-        log_warn("listen socket poll failed", "err=%s", uv_strerror(status));
+        log_warn_err(status, "listen socket poll failed", LOG_NOFIELDS);
         accept_pause(f, -status);
         return;
     }
@@ -587,8 +587,7 @@ static int open_listener(fanout_t *f)
     else
         r = uv_ip4_addr(host, port, (struct sockaddr_in *)&ss);
     if (r < 0) {
-        log_error("bad [fanout] listen address", "listen=%s err=%s", log_q(f->cfg->fanout.listen),
-                  uv_strerror(r));
+        log_error_err(r, "bad [fanout] listen address", "listen=%s", log_q(f->cfg->fanout.listen));
         return r;
     }
     /* Our own socket so SO_REUSEPORT is set before bind: every worker binds
@@ -629,7 +628,7 @@ static int open_listener(fanout_t *f)
              log_q(f->cfg->fanout.path));
     return 0;
 fail:
-    log_error("cannot listen", "listen=%s err=%s", log_q(f->cfg->fanout.listen), uv_strerror(r));
+    log_error_err(r, "cannot listen", "listen=%s", log_q(f->cfg->fanout.listen));
     if (fd >= 0)
         close(fd);
     close_listener(f);

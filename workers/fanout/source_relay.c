@@ -216,7 +216,7 @@ int source_relay_new(uv_loop_t *loop, const cfg_t *cfg, const char *addr, const 
     wsc_callbacks_t cb = {
         .on_open = on_open, .on_message = on_message, .on_close = on_close, .on_stopped = on_stopped};
     if ((r = wsc_start(loop, &o, &cb, s, &s->wsc)) < 0) {
-        log_error("relay source not started", "addr=%s err=%s", log_q(addr), uv_strerror(r));
+        log_error_err(r, "relay source not started", "addr=%s", log_q(addr));
         free(s);
         return r;
     }

@@ -500,7 +500,7 @@ int source_switch_new(uv_loop_t *loop, const cfg_t *cfg, const source_sink_t *si
         s->mode = MODE_KAFKA;
         s->base.vt = &vt_kafka;
     } else {
-        log_info("no kafka brokers: the leader's relay is the only source", "");
+        log_info("no kafka brokers: the leader's relay is the only source", LOG_NOFIELDS);
         s->mode = MODE_RELAY;
         s->base.vt = &vt_relay;
     }

@@ -596,7 +596,7 @@ static void ws_on_open(wsc_t *wsc, void *arg)
     backfill_begin(f->bf);
     int r = f->ops->on_open(f->conn);
     if (r < 0) {
-        log_warn("subscribe failed", "exchange=%s err=%d", f->name, r);
+        log_warn_err(r, "subscribe failed", "exchange=%s", f->name);
         wsc_reconnect(f->wsc, "subscribe_failed");
     }
 }
@@ -708,8 +708,7 @@ int feed_start(ingest_t *in, int ex, feed_t **out)
         .on_stopped = ws_on_stopped,
     };
     if ((r = wsc_start(in->loop, &o, &cbs, f, &f->wsc)) < 0) {
-        log_error("cannot start websocket client", "exchange=%s url=%s err=%s", f->name, log_q(f->url.data),
-                  log_q(uv_strerror(r)));
+        log_error_err(r, "cannot start websocket client", "exchange=%s url=%s", f->name, log_q(f->url.data));
         goto fail;
     }
     log_info("exchange feed started", "exchange=%s url=%s rest_url=%s", f->name, log_q(f->url.data),

@@ -126,8 +126,8 @@ static void on_tail(void *arg, const tail_result_t *res)
     }
     ing.tail_max_epoch = res->max_epoch;
     if (res->err < 0)
-        log_warn("topic tail not read; starting without it", "err=%s detail=%s elapsed_ms=%" PRId64,
-                 log_q(uv_strerror(res->err)), log_q(res->detail), res->elapsed_ms);
+        log_warn_err(res->err, "topic tail not read; starting without it", "detail=%s elapsed_ms=%" PRId64,
+                     log_q(res->detail), res->elapsed_ms);
     log_info("topic tail read",
              "partitions=%d records=%" PRId64 " trades=%d max_epoch=%" PRId64 " elapsed_ms=%" PRId64,
              res->partitions, res->records, res->ntrades, res->max_epoch, res->elapsed_ms);
@@ -163,7 +163,7 @@ static int on_start(worker_t *w)
                             NULL)) == 0)
             tail_running = 1;
         else
-            log_warn("topic tail not read", "err=%s", log_q(uv_strerror(r)));
+            log_warn_err(r, "topic tail not read", LOG_NOFIELDS);
     }
     uv_timer_init(w->loop, &ing.tick);
     uv_timer_start(&ing.tick, on_tick, TICK_MS, TICK_MS);

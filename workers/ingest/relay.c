@@ -426,7 +426,7 @@ static void on_connection(uv_stream_t *s, int status)
 {
     relay_t *r = s->data;
     if (status < 0) {
-        log_warn("relay accept failed", "err=%s", uv_strerror(status));
+        log_warn_err(status, "relay accept failed", LOG_NOFIELDS);
         return;
     }
     rconn_t *c = calloc(1, sizeof(*c));
@@ -435,7 +435,7 @@ static void on_connection(uv_stream_t *s, int status)
     c->r = r;
     int rc = wss_accept(r->wss, s, c, &c->conn);
     if (rc < 0) {
-        log_warn("relay accept failed", "err=%s", uv_strerror(rc));
+        log_warn_err(rc, "relay accept failed", LOG_NOFIELDS);
         free(c);
         return;
     }
@@ -489,8 +489,7 @@ int relay_start(ingest_t *in, relay_t **out)
     rc = strchr(host, ':') != NULL ? uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss)
                                    : uv_ip4_addr(host, port, (struct sockaddr_in *)&ss);
     if (rc < 0) {
-        log_error("bad [relay] listen address", "listen=%s err=%s", log_q(cfg->relay.listen),
-                  uv_strerror(rc));
+        log_error_err(rc, "bad [relay] listen address", "listen=%s", log_q(cfg->relay.listen));
         goto fail;
     }
     wss_limits_t lim = {
@@ -510,7 +509,7 @@ int relay_start(ingest_t *in, relay_t **out)
     r->listening = 1;
     if ((rc = uv_tcp_bind(&r->listener, (struct sockaddr *)&ss, 0)) < 0 ||
         (rc = uv_listen((uv_stream_t *)&r->listener, 128, on_connection)) < 0) {
-        log_error("relay cannot listen", "listen=%s err=%s", log_q(cfg->relay.listen), uv_strerror(rc));
+        log_error_err(rc, "relay cannot listen", "listen=%s", log_q(cfg->relay.listen));
         r->stopping = 1;
         wss_ctx_free(r->wss);
         uv_close((uv_handle_t *)&r->listener, on_listener_closed); /* frees r */
