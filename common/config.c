@@ -1583,17 +1583,6 @@ const char *cfg_source(const cfg_t *c, const char *section, const char *key)
     return i < 0 || c == NULL || c->source == NULL ? NULL : c->source[i];
 }
 
-int cfg_get_text(const cfg_t *c, const char *section, const char *key, buf_t *out)
-{
-    init_table();
-    int i = find_slot(section, key);
-    if (i < 0)
-        return -ENOENT;
-    char tmp[32];
-    buf_puts(out, slot_text(c, i, tmp));
-    return 0;
-}
-
 int cfg_key_count(void)
 {
     init_table();

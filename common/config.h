@@ -169,8 +169,6 @@ int cfg_keep_restart_keys(cfg_t *new_c, const cfg_t *old_c);
 /* Where a key's value came from ("default", "conf/x.ini:3", "env NAME"),
  * NULL for an unknown key. */
 const char *cfg_source(const cfg_t *c, const char *section, const char *key);
-/* Append a key's value as INI text to out (0, or -ENOENT for unknown keys). */
-int cfg_get_text(const cfg_t *c, const char *section, const char *key, buf_t *out);
 /* Number of (section, key) slots, the length of cfg_t.source. */
 int cfg_key_count(void);
 /* CPUs allowed by a cgroup v2 cpu.max text ("max 100000", "200000 100000":

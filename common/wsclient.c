@@ -1147,11 +1147,6 @@ int wsc_send_text(wsc_t *w, const char *data, size_t len)
     return send_msg(w, WSLAY_TEXT_FRAME, data, len);
 }
 
-int wsc_send_binary(wsc_t *w, const void *data, size_t len)
-{
-    return send_msg(w, WSLAY_BINARY_FRAME, data, len);
-}
-
 void wsc_reconnect(wsc_t *w, const char *cause)
 {
     if (w->stopping || !w->conn)
@@ -1206,11 +1201,6 @@ int wsc_is_open(const wsc_t *w)
     return w && w->conn && w->conn->state == ST_OPEN;
 }
 
-const char *wsc_name(const wsc_t *w)
-{
-    return w->name;
-}
-
 const char *wsc_last_error(const wsc_t *w)
 {
     return w->last_error;
@@ -1219,9 +1209,4 @@ const char *wsc_last_error(const wsc_t *w)
 int wsc_last_http_status(const wsc_t *w)
 {
     return w->last_http_status;
-}
-
-uint64_t wsc_last_message_ms(const wsc_t *w)
-{
-    return w->last_msg_ms;
 }

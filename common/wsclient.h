@@ -61,10 +61,9 @@ typedef struct {
  * the next loop iteration. Returns 0, -EINVAL (bad URL, name, headers or
  * numbers; ca_file unreadable) or -ENOMEM; on error no callback is made. */
 int wsc_start(uv_loop_t *loop, const wsc_opts_t *opts, const wsc_callbacks_t *cb, void *arg, wsc_t **out);
-/* Queue a text/binary message. 0, -ENOTCONN when not open, -ENOBUFS when
+/* Queue a text message. 0, -ENOTCONN when not open, -ENOBUFS when
  * the socket is backed up (over 16 MiB unsent), -ENOMEM. */
 int wsc_send_text(wsc_t *w, const char *data, size_t len);
-int wsc_send_binary(wsc_t *w, const void *data, size_t len);
 /* Drop the connection now (close frame best effort) and reconnect after
  * backoff. cause is logged; the metric label is cause when it is one of
  * the known causes, else "user". No-op while waiting for a retry. */
@@ -75,14 +74,11 @@ int wsc_set_url(wsc_t *w, const char *url);
  * Safe from inside any callback; later calls are ignored. */
 void wsc_stop(wsc_t *w);
 int wsc_is_open(const wsc_t *w);
-const char *wsc_name(const wsc_t *w);
 /* Why the last attempt ended, as text ("certificate verify failed: ...",
  * "connection refused", "http status 429"); "" if none yet. */
 const char *wsc_last_error(const wsc_t *w);
 /* The status of the last non-101 upgrade answer, else 0. */
 int wsc_last_http_status(const wsc_t *w);
-/* Milliseconds (uv_now) of the last data message, 0 if none. */
-uint64_t wsc_last_message_ms(const wsc_t *w);
 
 /* uv_alloc_cb for read callbacks that consume all data before returning
  * (one per-thread slab; also used by common/httpc). */

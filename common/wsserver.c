@@ -1166,11 +1166,6 @@ void *wss_conn_data(const wss_conn_t *c)
     return c->data;
 }
 
-void wss_conn_set_data(wss_conn_t *c, void *data)
-{
-    c->data = data;
-}
-
 int wss_conn_is_open(const wss_conn_t *c)
 {
     return c->state == ST_OPEN && !c->tcp_closing;
@@ -1189,9 +1184,4 @@ const char *wss_peer(const wss_conn_t *c)
 const char *wss_peer_ip(const wss_conn_t *c)
 {
     return c->ip;
-}
-
-const char *wss_tls_version(const wss_conn_t *c)
-{
-    return c->tls ? tls_conn_version(c->tls) : "";
 }

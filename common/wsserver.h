@@ -83,13 +83,10 @@ int wss_accept(wss_ctx_t *ctx, uv_stream_t *server, void *data, wss_conn_t **out
 int wss_accept_fd(wss_ctx_t *ctx, int fd, void *data, wss_conn_t **out);
 
 void *wss_conn_data(const wss_conn_t *c);
-void wss_conn_set_data(wss_conn_t *c, void *data);
 int wss_conn_is_open(const wss_conn_t *c); /* upgraded and not closing */
 size_t wss_queued_bytes(const wss_conn_t *c);
 const char *wss_peer(const wss_conn_t *c);    /* "ip:port" */
 const char *wss_peer_ip(const wss_conn_t *c); /* "ip" */
-/* wss:// only: the negotiated protocol ("TLSv1.3"), else "". */
-const char *wss_tls_version(const wss_conn_t *c);
 
 /* Queue a pre-framed frame (wss_frame()); takes its own reference.
  * tag != NULL makes it conflatable: when the peer is behind (a write still

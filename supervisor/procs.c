@@ -215,15 +215,6 @@ void procs_on_leader_change(void)
     json_decref(msg);
 }
 
-int procs_count(proc_kind_t kind, int only_live)
-{
-    int n = 0;
-    for (proc_t *p = sup.procs; p != NULL; p = p->next)
-        if (p->kind == kind && (only_live ? (p->state == PS_RUNNING) : (p->state != PS_EXITED)))
-            n++;
-    return n;
-}
-
 proc_t *procs_ingest(void)
 {
     for (proc_t *p = sup.procs; p != NULL; p = p->next)

@@ -2,7 +2,8 @@
  * (last seq + a bounded ring of recent messages for the relay), the exchange
  * feeds and the Kafka producer. main.c wires it to the worker runtime;
  * feed.c owns the channel table and one feed per exchange; producer.c the
- * Kafka side; relay.c (later) serves the stream through ingest_relay_t. */
+ * Kafka side; relay.c serves the stream to standby fanouts through
+ * ingest_relay_t. */
 #ifndef INGEST_H
 #define INGEST_H
 #include <stddef.h>
