@@ -133,6 +133,9 @@ $(BUILD)/exchange-ingest: $(call obj,workers/ingest/main.c) $(LIBINGEST) $(LIBCO
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
 $(BUILD)/exchange-fanout: $(call obj,workers/fanout/main.c) $(LIBFANOUT) $(LIBCOMMON)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
+# Tests, tools and fuzz targets include module headers by name: "hub.h", not
+# "../../workers/fanout/hub.h".
+$(BUILD)/obj/test/%.o: ALL_CFLAGS += -Iworkers/fanout -Iworkers/ingest -Isupervisor
 $(BUILD)/test/%: $(BUILD)/obj/test/unit/%.o $(ALL_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) -o $@ $< -Wl,--start-group $(ALL_LIBS) -Wl,--end-group $(PKG_LIBS) $(CMOCKA_LIBS)

@@ -12,6 +12,7 @@
 #include "http.h"
 #include "jwt.h"
 #include "log.h"
+#include "status_page.h"
 #include "supervisor.h"
 #include "worker.h"
 
@@ -30,8 +31,6 @@ typedef struct {
 static uv_tcp_t admin_listener;
 static int admin_listening;
 static metric_t *m_requests;
-
-extern const char status_page_html[];
 
 /* ---- rates and latency for /status ------------------------------------------
  * Workers send cumulative counters (metrics snapshots, ingest status) every

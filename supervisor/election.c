@@ -5,10 +5,6 @@
 #include "log.h"
 #include "supervisor.h"
 
-int election_zk_start(void);
-void election_zk_resign(void);
-void election_zk_stop(void);
-
 static int use_zk;
 
 int election_start(void)

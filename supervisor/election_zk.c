@@ -14,6 +14,7 @@
 #define THREADED 1 /* the synchronous API of libzookeeper_mt */
 #include <zookeeper/zookeeper.h>
 
+#include "election.h"
 #include "log.h"
 #include "supervisor.h"
 #include "worker.h"

@@ -6,6 +6,8 @@
  * percentiles. Every state is shown as colour plus text. Elements carry
  * data-exchange / data-kind / data-field attributes for the browser test
  * (test/browser/pages.mjs). */
+#include "status_page.h"
+
 const char status_page_html[] =
     "<!doctype html>\n"
     "<html lang=\"en\"><head><meta charset=\"utf-8\">\n"

@@ -12,9 +12,8 @@
 
 #include "buf.h"
 #include "http.h"
-#include "../../workers/fanout/demo_page.h"
-
-extern const char status_page_html[];
+#include "demo_page.h"
+#include "status_page.h"
 
 static int parse(http_req_t *r, const char *text)
 {

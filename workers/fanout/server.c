@@ -14,7 +14,7 @@
 #include "auth.h"
 #include "demo_page.h"
 #include "fanout.h"
-#include "limits.h"
+#include "iplimits.h"
 #include "log.h"
 #include "protocol.h"
 
@@ -149,7 +149,7 @@ static void list_add(client_t *c, int which)
 static void client_free(client_t *c)
 {
     if (c->ip_counted)
-        limits_disconnect(c->f->limits, c->ip);
+        iplimits_disconnect(c->f->limits, c->ip);
     auth_grant_free(&c->grant);
     list_del(c);
     hub_client_free(c->hc);
@@ -230,8 +230,8 @@ static int on_request(wss_conn_t *conn, const http_req_t *req, buf_t *extra, buf
         f->nclients++;
         return 0;
     }
-    if (c->limited != LIMITS_OK) {
-        int conns = c->limited == LIMITS_CONNECTIONS;
+    if (c->limited != IPLIMITS_OK) {
+        int conns = c->limited == IPLIMITS_CONNECTIONS;
         limit_hit(f, conns ? "max_connections_per_ip" : "max_connections_per_sec_per_ip");
         buf_puts(extra, "Retry-After: 1\r\n");
         buf_puts(body,
@@ -476,8 +476,8 @@ static void accept_client(fanout_t *f, int fd)
     if (cfg->fanout.max_connections_per_ip > 0 || cfg->fanout.max_connections_per_sec_per_ip > 0) {
         snprintf(c->ip, sizeof c->ip, "%s", wss_peer_ip(c->conn));
         c->ip_counted = 1;
-        c->limited = limits_connect(f->limits, c->ip, cfg->fanout.max_connections_per_ip,
-                                    cfg->fanout.max_connections_per_sec_per_ip, uv_now(f->loop));
+        c->limited = iplimits_connect(f->limits, c->ip, cfg->fanout.max_connections_per_ip,
+                                      cfg->fanout.max_connections_per_sec_per_ip, uv_now(f->loop));
     }
 }
 
@@ -678,7 +678,7 @@ int server_start(fanout_t *f)
         return -ENOMEM;
     if ((r = wss_ctx_new(f->loop, &lim, &wss_cbs, &f->wss)) < 0)
         return r;
-    if ((f->limits = limits_new()) == NULL)
+    if ((f->limits = iplimits_new()) == NULL)
         return -ENOMEM;
     if ((r = server_tls_start(f)) < 0)
         return r;

@@ -1,7 +1,7 @@
 /* Per-IP connection counts and connection-rate windows, in a chained hash
  * table that grows with the number of addresses and is swept of idle
  * entries at most once a second. */
-#include "limits.h"
+#include "iplimits.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +16,7 @@ typedef struct ent_s {
     int window_count;
 } ent_t;
 
-struct limits_s {
+struct iplimits_s {
     ent_t **b;
     size_t nb, n;
     uint64_t last_sweep_ms;
@@ -30,9 +30,9 @@ static uint64_t hash_ip(const char *s)
     return h;
 }
 
-limits_t *limits_new(void)
+iplimits_t *iplimits_new(void)
 {
-    limits_t *l = calloc(1, sizeof *l);
+    iplimits_t *l = calloc(1, sizeof *l);
     if (l == NULL)
         return NULL;
     l->nb = 256;
@@ -43,7 +43,7 @@ limits_t *limits_new(void)
     return l;
 }
 
-void limits_free(limits_t *l)
+void iplimits_free(iplimits_t *l)
 {
     if (l == NULL)
         return;
@@ -56,7 +56,7 @@ void limits_free(limits_t *l)
     free(l);
 }
 
-static ent_t **find(const limits_t *l, const char *ip)
+static ent_t **find(const iplimits_t *l, const char *ip)
 {
     ent_t **pp = &l->b[hash_ip(ip) & (l->nb - 1)];
     while (*pp != NULL && strcmp((*pp)->ip, ip) != 0)
@@ -64,7 +64,7 @@ static ent_t **find(const limits_t *l, const char *ip)
     return pp;
 }
 
-static void grow(limits_t *l)
+static void grow(iplimits_t *l)
 {
     size_t nb = l->nb * 2;
     ent_t **b = calloc(nb, sizeof *b);
@@ -83,7 +83,7 @@ static void grow(limits_t *l)
 }
 
 /* Drop entries with no connection whose window is over. */
-static void sweep(limits_t *l, uint64_t now_ms)
+static void sweep(iplimits_t *l, uint64_t now_ms)
 {
     if (now_ms - l->last_sweep_ms < 1000)
         return;
@@ -103,15 +103,15 @@ static void sweep(limits_t *l, uint64_t now_ms)
     }
 }
 
-int limits_connect(limits_t *l, const char *ip, int max_conns, int max_per_sec, uint64_t now_ms)
+int iplimits_connect(iplimits_t *l, const char *ip, int max_conns, int max_per_sec, uint64_t now_ms)
 {
     if (l == NULL || ip == NULL || (max_conns <= 0 && max_per_sec <= 0))
-        return LIMITS_OK;
+        return IPLIMITS_OK;
     sweep(l, now_ms);
     ent_t **pp = find(l, ip), *e = *pp;
     if (e == NULL) {
         if ((e = calloc(1, sizeof *e)) == NULL)
-            return LIMITS_OK; /* fail open: memory is the lesser problem */
+            return IPLIMITS_OK; /* fail open: memory is the lesser problem */
         strncpy(e->ip, ip, IP_MAX - 1);
         e->window_ms = now_ms;
         *pp = e;
@@ -125,13 +125,13 @@ int limits_connect(limits_t *l, const char *ip, int max_conns, int max_per_sec, 
     }
     e->window_count++;
     if (max_conns > 0 && e->open > max_conns)
-        return LIMITS_CONNECTIONS;
+        return IPLIMITS_CONNECTIONS;
     if (max_per_sec > 0 && e->window_count > max_per_sec)
-        return LIMITS_RATE;
-    return LIMITS_OK;
+        return IPLIMITS_RATE;
+    return IPLIMITS_OK;
 }
 
-void limits_disconnect(limits_t *l, const char *ip)
+void iplimits_disconnect(iplimits_t *l, const char *ip)
 {
     if (l == NULL || ip == NULL)
         return;
@@ -140,13 +140,13 @@ void limits_disconnect(limits_t *l, const char *ip)
         e->open--;
 }
 
-int limits_open(const limits_t *l, const char *ip)
+int iplimits_open(const iplimits_t *l, const char *ip)
 {
     ent_t *e = l ? *find(l, ip) : NULL;
     return e ? e->open : 0;
 }
 
-int limits_tracked(const limits_t *l)
+int iplimits_tracked(const iplimits_t *l)
 {
     return l ? (int)l->n : 0;
 }
