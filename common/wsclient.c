@@ -20,6 +20,7 @@
 #include <wslay/wslay.h>
 
 #include "buf.h"
+#include "http.h"
 #include "log.h"
 #include "metrics.h"
 #include "tls.h"
@@ -182,25 +183,6 @@ int wsc_url_parse(const char *url, wsc_url_t *out)
 
 /* ------------------------------------------------------------- upgrade */
 
-/* True if the comma-separated list value contains token (any case). */
-static int has_token(const char *value, const char *token)
-{
-    size_t tl = strlen(token);
-    const char *p = value;
-    while (*p) {
-        while (*p == ' ' || *p == '\t' || *p == ',')
-            p++;
-        const char *e = p + strcspn(p, ",");
-        const char *end = e;
-        while (end > p && (end[-1] == ' ' || end[-1] == '\t'))
-            end--;
-        if ((size_t)(end - p) == tl && strncasecmp(p, token, tl) == 0)
-            return 1;
-        p = e;
-    }
-    return 0;
-}
-
 enum { H_NONE, H_UPGRADE, H_CONNECTION, H_ACCEPT, H_EXTENSIONS };
 
 static void append_capped(char *dst, size_t cap, const char *src, size_t n)
@@ -328,7 +310,8 @@ int wsc_upgrade_verify(const wsc_upgrade_t *u, const char *key)
         return -EPROTO;
     if (u->status != 101)
         return u->status > 0 ? u->status : -EPROTO;
-    if (!has_token(u->upgrade, "websocket") || !has_token(u->connection, "upgrade") || u->has_extensions)
+    if (!http_header_has_token(u->upgrade, "websocket") || !http_header_has_token(u->connection, "upgrade") ||
+        u->has_extensions)
         return -EPROTO;
     char want[29];
     if (ws_accept_key(key, want) < 0)

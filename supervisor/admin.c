@@ -10,7 +10,6 @@
 #include <unistd.h>
 
 #include "http.h"
-#include "jwt.h"
 #include "log.h"
 #include "status_page.h"
 #include "supervisor.h"
@@ -525,23 +524,7 @@ static void respond(admin_conn_t *c, int status, const char *ctype, const char *
  * passes its own ?token= on to its /status requests). */
 static int admin_authorized(admin_conn_t *c)
 {
-    const char *want = sup.cfg->admin.token;
-    if (want == NULL || want[0] == '\0')
-        return 1;
-    const char *h = http_req_header(&c->req, "authorization");
-    if (h != NULL && strncasecmp(h, "Bearer ", 7) == 0) {
-        h += 7;
-        while (*h == ' ')
-            h++;
-        size_t n = strlen(h);
-        while (n > 0 && h[n - 1] == ' ')
-            n--;
-        if (jwt_secret_equal(h, n, want, strlen(want)))
-            return 1;
-    }
-    char q[512];
-    return http_req_query(&c->req, "token", q, sizeof q) == 0 &&
-           jwt_secret_equal(q, strlen(q), want, strlen(want));
+    return http_req_token_ok(&c->req, sup.cfg->admin.token);
 }
 
 static void respond_unauthorized(admin_conn_t *c)

@@ -48,28 +48,6 @@ struct relay_s {
 
 /* ---- helpers ------------------------------------------------------------ */
 
-int relay_token_ok(const char *token, const char *auth_header, const char *query_token)
-{
-    if (token == NULL || token[0] == '\0')
-        return 1;
-    const char *got = NULL;
-    if (auth_header != NULL && strncasecmp(auth_header, "Bearer ", 7) == 0) {
-        got = auth_header + 7;
-        while (*got == ' ')
-            got++;
-    } else if (query_token != NULL) {
-        got = query_token;
-    }
-    if (got == NULL)
-        return 0;
-    /* Constant time in the length of the presented token, whatever matches. */
-    size_t lt = strlen(token), lg = strlen(got);
-    unsigned char d = lt != lg;
-    for (size_t i = 0; i < lg; i++)
-        d |= (unsigned char)((i < lt ? token[i] : 0) ^ got[i]);
-    return d == 0;
-}
-
 static void list_del(rconn_t *c)
 {
     if (c->prev)
@@ -317,7 +295,7 @@ static int on_request(wss_conn_t *conn, const http_req_t *req, buf_t *extra, buf
 {
     rconn_t *c = wss_conn_data(conn);
     relay_t *r = c->r;
-    char path[256], accept[29], qtok[512];
+    char path[256], accept[29];
     int st;
     if (r->stopping) {
         buf_puts(body, "relay stopping");
@@ -332,9 +310,7 @@ static int on_request(wss_conn_t *conn, const http_req_t *req, buf_t *extra, buf
         buf_puts(body, "WebSocket upgrade required");
         return st;
     }
-    int has_q = http_req_query(req, "token", qtok, sizeof qtok) == 0;
-    if (!relay_token_ok(r->in->cfg->relay.token, http_req_header(req, "authorization"),
-                        has_q ? qtok : NULL)) {
+    if (!http_req_token_ok(req, r->in->cfg->relay.token)) {
         buf_puts(extra, "WWW-Authenticate: Bearer realm=\"relay\"\r\n");
         buf_puts(body, "relay token required");
         return 401;

@@ -46,9 +46,4 @@ void relay_stop(relay_t *r);
 /* {"listen":..,"clients":N,"messages":N} */
 json_t *relay_status(const relay_t *r);
 
-/* Pure helpers, exposed for unit tests. */
-/* 1 when the request's credentials (Authorization: Bearer, else ?token=)
- * match token; token "" accepts everything. Constant time in the token. */
-int relay_token_ok(const char *token, const char *auth_header, const char *query_token);
-
 #endif
