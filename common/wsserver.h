@@ -13,12 +13,7 @@
 #include "http.h"
 #include "rbuf.h"
 #include "tls.h"
-
-#define WSS_OP_TEXT 0x1
-#define WSS_OP_BINARY 0x2
-#define WSS_OP_CLOSE 0x8
-#define WSS_OP_PING 0x9
-#define WSS_OP_PONG 0xa
+#include "wsproto.h" /* WSS_OP_*, wss_frame: server frames */
 
 /* Why a connection ended, for metrics and logs. */
 typedef enum {
@@ -110,11 +105,6 @@ void wss_abort(wss_conn_t *c);
  * and accept (29 bytes with NUL) holds Sec-WebSocket-Accept; else 426 when it
  * is not an upgrade at all or 400 for a bad key, version or method. */
 int wss_check_upgrade(const http_req_t *req, char accept[29]);
-/* Sec-WebSocket-Accept for a client key. */
-/* Frame a message once (server frames are unmasked). */
-rbuf_t *wss_frame(int opcode, const void *data, size_t len);
-/* Header length for a payload of len bytes. */
-size_t wss_frame_header_len(size_t len);
 
 /* Counters kept by every context since start (for metrics). */
 typedef struct {

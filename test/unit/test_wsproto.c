@@ -9,7 +9,6 @@
 
 #include "rbuf.h"
 #include "wsproto.h"
-#include "wsserver.h"
 
 static void test_frame_header(void **state)
 {

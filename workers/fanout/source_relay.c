@@ -14,9 +14,9 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "relay_proto.h"
 #include "wsclient.h"
 
-#define RELAY_PATH "/relay"
 #define RELAY_RECONNECT_MIN_MS 200
 #define RELAY_RECONNECT_MAX_MS 2000
 #define RELAY_PING_MS 5000
@@ -60,7 +60,7 @@ static void on_open(wsc_t *w, void *arg)
     rsrc_t *s = arg;
     json_t *req = s->resume ? s->resume(s->resume_arg) : NULL;
     if (req == NULL)
-        req = json_pack("{s:s, s:I, s:{}}", "op", "resume", "epoch", (json_int_t)0, "since");
+        req = relay_proto_resume_new(0, NULL, -1);
     char *text = json_dumps(req, JSON_COMPACT);
     json_decref(req);
     if (text == NULL || wsc_send_text(w, text, strlen(text)) < 0) {

@@ -32,6 +32,7 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "relay_proto.h"
 
 #define TICK_MS 100
 
@@ -220,8 +221,7 @@ static json_t *build_resume(void *arg)
                 json_object_set_new(since, t->name, json_integer(t->seq));
     int tail = s->cfg->fanout.history > 0 ? s->cfg->fanout.history : 1;
     log_info("relay resume", "epoch=%" PRId64 " channels=%zu", s->max_epoch, json_object_size(since));
-    return json_pack("{s:s, s:I, s:o, s:i}", "op", "resume", "epoch", (json_int_t)s->max_epoch, "since",
-                     since, "tail", tail);
+    return relay_proto_resume_new(s->max_epoch, since, tail);
 }
 
 /* ---- sinks (loop thread) ----------------------------------------------------- */

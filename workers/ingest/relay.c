@@ -12,14 +12,11 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "relay_proto.h"
+#include "wsproto.h"
 #include "wsserver.h"
 
 enum { RC_HANDSHAKE = 0, RC_AWAIT_RESUME, RC_LIVE, RC_CLOSING };
-
-/* Close code for a relay client that fell behind. 1013 (try again later)
- * would say it best, but wslay, under the fanout's wsclient, only accepts
- * 1000-1011 and 3000-4999 and would report a protocol error instead. */
-#define RELAY_CLOSE_SLOW 1008
 
 typedef struct rconn_s rconn_t;
 struct rconn_s {
@@ -93,10 +90,10 @@ static int send_frame(rconn_t *c, rbuf_t *frame, int replay)
         metric_inc(metric_labels(r->m_disconnects, "reason=\"slow\""));
         log_warn("relay client too slow, disconnected", "peer=%s queued=%zu", wss_peer(c->conn),
                  wss_queued_bytes(c->conn));
-        wss_close(c->conn, RELAY_CLOSE_SLOW, "relay queue limit exceeded; resume again", 1);
+        wss_close(c->conn, RELAY_CLOSE_POLICY, "relay queue limit exceeded; resume again", 1);
     } else if (rc != -EPIPE) {
         /* Missed a message (no memory): never leave a hole in an open stream. */
-        wss_close(c->conn, 1011, "relay send failed; resume again", 1);
+        wss_close(c->conn, RELAY_CLOSE_ERROR, "relay send failed; resume again", 1);
     }
     set_state(c, RC_CLOSING);
     return rc;
@@ -117,7 +114,7 @@ static void hook_publish(void *arg, const char *channel, int64_t seq, rbuf_t *ms
          * silent hole in every client's stream. */
         for (rconn_t *c = r->conns; c != NULL; c = c->next)
             if (c->state == RC_LIVE) {
-                wss_close(c->conn, 1011, "out of memory; resume again", 1);
+                wss_close(c->conn, RELAY_CLOSE_ERROR, "out of memory; resume again", 1);
                 set_state(c, RC_CLOSING);
             }
         return;
@@ -151,10 +148,9 @@ enum { FROM_SINCE, FROM_TAIL, FROM_ALL, FROM_NONE };
  * otherwise disconnect the client on every attempt. */
 typedef struct {
     rconn_t *c;
-    json_t *since;
+    relay_resume_t req;
     int mode;
-    int pass; /* 0: count bytes, 1: send */
-    int64_t tail;
+    int pass;            /* 0: count bytes, 1: send */
     uint64_t budget;     /* bytes the replay may queue */
     uint64_t total;      /* pass 0: bytes missing over every channel */
     uint64_t chan_bytes; /* bytes missing on the current channel */
@@ -209,11 +205,9 @@ static int replay_chan(void *arg, const char *channel, int64_t last_seq, rbuf_t 
     int64_t from = 0;
     int expect_all = 1;
     if (rp->mode == FROM_SINCE) {
-        json_t *v = json_object_get(rp->since, channel);
-        if (json_is_integer(v))
-            from = (int64_t)json_integer_value(v);
+        from = relay_proto_resume_since(&rp->req, channel);
     } else if (rp->mode == FROM_TAIL) {
-        from = last_seq - rp->tail;
+        from = last_seq - rp->req.tail;
         if (from < 0)
             from = 0;
         expect_all = 0;
@@ -244,17 +238,11 @@ static int replay_chan(void *arg, const char *channel, int64_t last_seq, rbuf_t 
     return rp->overflow;
 }
 
-static void handle_resume(rconn_t *c, json_t *req)
+static void handle_resume(rconn_t *c, const relay_resume_t *req)
 {
     relay_t *r = c->r;
-    json_t *ep = json_object_get(req, "epoch");
-    json_t *tail = json_object_get(req, "tail");
-    replay_t rp = {.c = c, .since = json_object_get(req, "since"), .tail = 1};
-    int64_t epoch = json_is_integer(ep) ? (int64_t)json_integer_value(ep) : 0;
-    if (json_is_integer(tail) && json_integer_value(tail) >= 0)
-        rp.tail = (int64_t)json_integer_value(tail);
-    if (!json_is_object(rp.since))
-        rp.since = NULL;
+    replay_t rp = {.c = c, .req = *req};
+    int64_t epoch = req->epoch;
     if (epoch <= 0)
         rp.mode = FROM_TAIL;
     else if (epoch == r->in->epoch)
@@ -274,7 +262,7 @@ static void handle_resume(rconn_t *c, json_t *req)
         metric_inc(metric_labels(r->m_disconnects, "reason=\"replay_overflow\""));
         log_warn("relay replay exceeds client_queue_bytes; client must resume again", "peer=%s sent=%" PRIu64,
                  wss_peer(c->conn), rp.sent);
-        wss_close(c->conn, RELAY_CLOSE_SLOW, "replay exceeds the relay queue; resume again", 0);
+        wss_close(c->conn, RELAY_CLOSE_POLICY, "replay exceeds the relay queue; resume again", 0);
         set_state(c, RC_CLOSING);
         return;
     }
@@ -336,12 +324,13 @@ static void on_message(wss_conn_t *conn, int opcode, const char *data, size_t le
     json_error_t err;
     json_t *req = json_loadb(data, len, 0, &err);
     const char *op = json_string_value(json_object_get(req, "op"));
-    if (op != NULL && strcmp(op, "resume") == 0 && c->state == RC_AWAIT_RESUME) {
-        handle_resume(c, req);
+    relay_resume_t rr;
+    if (c->state == RC_AWAIT_RESUME && relay_proto_resume_parse(req, &rr) == 0) {
+        handle_resume(c, &rr);
     } else {
         /* Only one request exists; anything else is a confused peer. */
         log_warn("relay: unexpected client message", "peer=%s op=%s", wss_peer(conn), log_q(op ? op : ""));
-        wss_close(conn, 1008, "expected one resume request", 1);
+        wss_close(conn, RELAY_CLOSE_POLICY, "expected one resume request", 1);
         set_state(c, RC_CLOSING);
     }
     json_decref(req);
