@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "http.h"
+#include "listener.h"
 #include "log.h"
 #include "status_page.h"
 #include "supervisor.h"
@@ -645,9 +646,7 @@ static void on_connection(uv_stream_t *server, int status)
 
 int admin_start(const char *listen_addr)
 {
-    char host[256];
-    int port, r;
-    struct sockaddr_storage ss;
+    int r;
     m_requests = metrics_reg_family(sup.reg, METRIC_COUNTER, "exchange_admin_requests_total",
                                     "Admin HTTP requests by status code.", NULL, 0);
     if (!rate_timer_on) {
@@ -656,14 +655,7 @@ int admin_start(const char *listen_addr)
         uv_unref((uv_handle_t *)&rate_timer);
         rate_timer_on = 1;
     }
-    if ((r = cfg_parse_addr(listen_addr, host, sizeof(host), &port)) < 0)
-        return r;
-    if (uv_ip4_addr(host[0] ? host : "0.0.0.0", port, (struct sockaddr_in *)&ss) != 0 &&
-        (r = uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss)) != 0)
-        return r;
-    uv_tcp_init(sup.loop, &admin_listener);
-    if ((r = uv_tcp_bind(&admin_listener, (struct sockaddr *)&ss, 0)) < 0 ||
-        (r = uv_listen((uv_stream_t *)&admin_listener, 128, on_connection)) < 0) {
+    if ((r = listener_tcp(sup.loop, &admin_listener, listen_addr, 128, on_connection, NULL)) < 0) {
         uv_close((uv_handle_t *)&admin_listener, NULL);
         return r;
     }

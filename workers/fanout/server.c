@@ -15,6 +15,7 @@
 #include "demo_page.h"
 #include "fanout.h"
 #include "iplimits.h"
+#include "listener.h"
 #include "log.h"
 #include "protocol.h"
 
@@ -573,43 +574,11 @@ static void on_sync_timer(uv_timer_t *t)
 
 static int open_listener(fanout_t *f)
 {
-    char host[256];
-    int port = 0, r, fd = -1, one = 1;
-    struct sockaddr_storage ss;
-    if (cfg_parse_addr(f->cfg->fanout.listen, host, sizeof host, &port) < 0) {
-        log_error("bad [fanout] listen", "listen=%s", log_q(f->cfg->fanout.listen));
-        return -EINVAL;
-    }
-    if (host[0] == '\0' || strcmp(host, "*") == 0)
-        snprintf(host, sizeof host, "0.0.0.0");
-    if (strchr(host, ':') != NULL)
-        r = uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss);
-    else
-        r = uv_ip4_addr(host, port, (struct sockaddr_in *)&ss);
-    if (r < 0) {
-        log_error_err(r, "bad [fanout] listen address", "listen=%s", log_q(f->cfg->fanout.listen));
-        return r;
-    }
-    /* Our own socket so SO_REUSEPORT is set before bind: every worker binds
-     * the same port and the kernel spreads new connections among them. */
-    if ((fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)) < 0) {
-        r = -errno;
+    int r, fd;
+    /* SO_REUSEPORT: every worker binds the same port and the kernel spreads
+     * new connections among them. */
+    if ((fd = r = listener_open(f->cfg->fanout.listen, 1, LISTEN_BACKLOG, &f->port)) < 0)
         goto fail;
-    }
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) {
-        r = -errno;
-        goto fail;
-    }
-    socklen_t sl = ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-    if (bind(fd, (struct sockaddr *)&ss, sl) < 0) {
-        r = -errno;
-        goto fail;
-    }
-    if (listen(fd, LISTEN_BACKLOG) < 0) {
-        r = -errno;
-        goto fail;
-    }
     /* Accepted here (accept4), not by uv_listen: libuv answers EMFILE by
      * closing every waiting connection, unlogged (see accept_pause). */
     if ((r = uv_poll_init_socket(f->loop, &f->listener, fd)) < 0)
@@ -620,10 +589,6 @@ static int open_listener(fanout_t *f)
     f->listening = 1;
     if ((r = uv_poll_start(&f->listener, UV_READABLE, on_listen_readable)) < 0)
         goto fail;
-    socklen_t nl = sizeof ss;
-    if (getsockname(f->listen_fd, (struct sockaddr *)&ss, &nl) == 0)
-        f->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                                 : ((struct sockaddr_in *)&ss)->sin_port);
     log_info("fanout listening", "listen=%s port=%d path=%s", log_q(f->cfg->fanout.listen), f->port,
              log_q(f->cfg->fanout.path));
     return 0;

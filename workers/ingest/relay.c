@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "listener.h"
 #include "log.h"
 #include "metrics.h"
 #include "relay_proto.h"
@@ -421,9 +422,7 @@ static void on_listener_closed(uv_handle_t *h)
 int relay_start(ingest_t *in, relay_t **out)
 {
     const cfg_t *cfg = in->cfg;
-    char host[256];
-    int port = 0, rc;
-    struct sockaddr_storage ss;
+    int rc;
     relay_t *r = calloc(1, sizeof(*r));
     if (r == NULL)
         return -ENOMEM;
@@ -444,19 +443,6 @@ int relay_start(ingest_t *in, relay_t **out)
                                "Channels whose ring no longer reached back to a resuming client's position");
     metric_set(r->m_clients, 0);
 
-    if (cfg_parse_addr(cfg->relay.listen, host, sizeof host, &port) < 0) {
-        log_error("bad [relay] listen", "listen=%s", log_q(cfg->relay.listen));
-        rc = -EINVAL;
-        goto fail;
-    }
-    if (host[0] == '\0' || strcmp(host, "*") == 0)
-        snprintf(host, sizeof host, "0.0.0.0");
-    rc = strchr(host, ':') != NULL ? uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss)
-                                   : uv_ip4_addr(host, port, (struct sockaddr_in *)&ss);
-    if (rc < 0) {
-        log_error_err(rc, "bad [relay] listen address", "listen=%s", log_q(cfg->relay.listen));
-        goto fail;
-    }
     wss_limits_t lim = {
         .max_header_bytes = 16384,
         /* The resume request names every channel the worker knows. */
@@ -469,11 +455,9 @@ int relay_start(ingest_t *in, relay_t **out)
     };
     if ((rc = wss_ctx_new(r->loop, &lim, &relay_cbs, &r->wss)) < 0)
         goto fail;
-    uv_tcp_init(r->loop, &r->listener);
     r->listener.data = r;
     r->listening = 1;
-    if ((rc = uv_tcp_bind(&r->listener, (struct sockaddr *)&ss, 0)) < 0 ||
-        (rc = uv_listen((uv_stream_t *)&r->listener, 128, on_connection)) < 0) {
+    if ((rc = listener_tcp(r->loop, &r->listener, cfg->relay.listen, 128, on_connection, NULL)) < 0) {
         log_error_err(rc, "relay cannot listen", "listen=%s", log_q(cfg->relay.listen));
         r->stopping = 1;
         wss_ctx_free(r->wss);
