@@ -965,14 +965,6 @@ static void test_helpers(void **state)
     assert_int_equal(ms, 1675974770700);
     assert_int_equal(conn_rfc3339_ms("2023-02-09", &ms), -EINVAL);
     assert_int_equal(conn_rfc3339_ms("2023-02-09T20:32:50.Z", &ms), -EINVAL);
-    char **items;
-    int n;
-    assert_int_equal(conn_split_list(" a, b ,,c ", &items, &n), 0);
-    assert_int_equal(n, 3);
-    assert_string_equal(items[0], "a");
-    assert_string_equal(items[1], "b");
-    assert_string_equal(items[2], "c");
-    conn_free_list(items, n);
     assert_ptr_equal(connectors[EX_UPBIT], &upbit_connector);
     assert_ptr_equal(connectors[EX_BITHUMB], &bithumb_connector);
     assert_ptr_equal(connectors[EX_BINANCE], &binance_connector);

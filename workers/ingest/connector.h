@@ -94,9 +94,6 @@ struct connector_s {
 /* Fill the base from cfg; -EINVAL on a bad channel name or no markets. */
 int conn_base_init(connector_t *c, const connector_ops_t *ops, const cfg_exchange_t *cfg, norm_sink_t *sink);
 void conn_base_free(connector_t *c);
-/* Split a comma list into trimmed non-empty items; 0 or -errno. */
-int conn_split_list(const char *s, char ***items, int *n);
-void conn_free_list(char **items, int n);
 /* Validate UTF-8 then parse one frame; on failure reports bad_utf8,
  * bad_json, huge_number, or not_object via sink->malformed and returns NULL. */
 struct json_t *conn_parse(connector_t *c, const char *data, size_t len);
