@@ -12,6 +12,7 @@
 #include <uv.h>
 #include "config.h"
 #include "rbuf.h"
+#include "strmap.h"
 
 typedef struct producer_s producer_t;
 typedef struct feed_s feed_t;
@@ -42,9 +43,7 @@ typedef struct ingest_s {
     producer_t *producer;    /* NULL when [kafka] brokers is empty */
     feed_t *feeds[EX_COUNT]; /* NULL for disabled exchanges */
     const ingest_relay_t *relay;
-    /* channel table: open hashing, power-of-two buckets */
-    ingest_chan_t **buckets;
-    size_t nbuckets, nchans;
+    strmap_t chans;  /* channel table (ingest_chan_t by name) */
     uv_timer_t tick; /* 100 ms: every connector's on_tick */
     int draining;
 } ingest_t;
