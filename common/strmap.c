@@ -76,6 +76,17 @@ void strmap_put(strmap_t *m, strmap_node_t *node, const char *key, size_t n)
     m->count++;
 }
 
+void strmap_del(strmap_t *m, strmap_node_t *node)
+{
+    strmap_node_t **pp = &m->buckets[node->hash & (m->nbuckets - 1)];
+    while (*pp != NULL && *pp != node)
+        pp = &(*pp)->next;
+    if (*pp == node) {
+        *pp = node->next;
+        m->count--;
+    }
+}
+
 strmap_node_t *strmap_next(const strmap_t *m, size_t *bucket, const strmap_node_t *prev)
 {
     if (prev != NULL && prev->next != NULL)

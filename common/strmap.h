@@ -33,6 +33,8 @@ strmap_node_t *strmap_get(const strmap_t *m, const char *key, size_t n);
  * already present). Grows the table when it can (a failed grow keeps
  * longer chains). */
 void strmap_put(strmap_t *m, strmap_node_t *node, const char *key, size_t n);
+/* Unlink node (in the table). */
+void strmap_del(strmap_t *m, strmap_node_t *node);
 /* Iterate: the first node with prev NULL, then the one after prev; NULL at
  * the end. *bucket is the cursor (start it at 0). Read the next node before
  * freeing prev. */

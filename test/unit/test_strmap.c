@@ -72,6 +72,28 @@ static void test_get_put_grow(void **state)
     assert_null(m.buckets);
 }
 
+static void test_del(void **state)
+{
+    (void)state;
+    strmap_t m;
+    assert_int_equal(strmap_init(&m, 2), 0);
+    ent_t *a = add(&m, "a", 1), *b = add(&m, "b", 2), *c = add(&m, "c", 3);
+    strmap_del(&m, &b->node);
+    assert_int_equal(m.count, 2);
+    assert_int_equal(value_of(&m, "b", 1), -1);
+    assert_int_equal(value_of(&m, "a", 1), 1);
+    assert_int_equal(value_of(&m, "c", 1), 3);
+    strmap_del(&m, &a->node);
+    strmap_del(&m, &c->node);
+    assert_int_equal(m.count, 0);
+    size_t k = 0;
+    assert_null(strmap_next(&m, &k, NULL));
+    free(a);
+    free(b);
+    free(c);
+    strmap_free(&m);
+}
+
 static void test_empty(void **state)
 {
     (void)state;
@@ -92,6 +114,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_get_put_grow),
+        cmocka_unit_test(test_del),
         cmocka_unit_test(test_empty),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
