@@ -33,6 +33,18 @@ void strmap_free(strmap_t *m)
     m->nbuckets = m->count = 0;
 }
 
+void strmap_clear(strmap_t *m, void (*free_entry)(strmap_node_t *node))
+{
+    for (size_t i = 0; i < m->nbuckets; i++) {
+        strmap_node_t *e = m->buckets[i], *next;
+        for (; e != NULL; e = next) {
+            next = e->next;
+            free_entry(e);
+        }
+    }
+    strmap_free(m);
+}
+
 strmap_node_t *strmap_get(const strmap_t *m, const char *key, size_t n)
 {
     if (m->nbuckets == 0)

@@ -28,6 +28,8 @@ uint64_t strmap_hash(const void *key, size_t n); /* FNV-1a */
 int strmap_init(strmap_t *m, size_t nbuckets);
 /* Frees the bucket array, not the entries (free them first, strmap_next). */
 void strmap_free(strmap_t *m);
+/* free_entry(node) for every entry (unlinked first), then strmap_free. */
+void strmap_clear(strmap_t *m, void (*free_entry)(strmap_node_t *node));
 strmap_node_t *strmap_get(const strmap_t *m, const char *key, size_t n);
 /* Insert node under key (which must stay valid while the node is in; not
  * already present). Grows the table when it can (a failed grow keeps

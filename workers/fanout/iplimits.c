@@ -34,17 +34,16 @@ iplimits_t *iplimits_new(void)
     return l;
 }
 
+static void ent_free(strmap_node_t *n)
+{
+    free(STRMAP_ENTRY(n, ent_t, node));
+}
+
 void iplimits_free(iplimits_t *l)
 {
     if (l == NULL)
         return;
-    size_t b = 0;
-    strmap_node_t *e = strmap_next(&l->map, &b, NULL), *next;
-    for (; e != NULL; e = next) {
-        next = strmap_next(&l->map, &b, e);
-        free(STRMAP_ENTRY(e, ent_t, node));
-    }
-    strmap_free(&l->map);
+    strmap_clear(&l->map, ent_free);
     free(l);
 }
 

@@ -159,15 +159,14 @@ static int track(sw_t *s, const char *json, size_t len, int *new_epoch)
     return 1;
 }
 
+static void track_entry_free(strmap_node_t *n)
+{
+    free(STRMAP_ENTRY(n, track_t, node));
+}
+
 static void track_free(sw_t *s)
 {
-    size_t b = 0;
-    strmap_node_t *e = strmap_next(&s->chans, &b, NULL), *next;
-    for (; e != NULL; e = next) {
-        next = strmap_next(&s->chans, &b, e);
-        free(STRMAP_ENTRY(e, track_t, node));
-    }
-    strmap_free(&s->chans);
+    strmap_clear(&s->chans, track_entry_free);
 }
 
 /* The relay's resume request: our position on every channel of the newest

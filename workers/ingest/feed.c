@@ -76,23 +76,22 @@ static void ring_clear(ingest_chan_t *c)
     c->head = c->count = 0;
 }
 
+static void chan_free(strmap_node_t *n)
+{
+    ingest_chan_t *c = STRMAP_ENTRY(n, ingest_chan_t, node);
+    ring_clear(c);
+    if (c->tr != NULL) {
+        dedup_free(&c->tr->ids);
+        free(c->tr->held);
+        free(c->tr);
+    }
+    free(c->ring);
+    free(c);
+}
+
 void ingest_free(ingest_t *in)
 {
-    size_t b = 0;
-    strmap_node_t *e = strmap_next(&in->chans, &b, NULL), *next;
-    for (; e != NULL; e = next) {
-        next = strmap_next(&in->chans, &b, e);
-        ingest_chan_t *c = STRMAP_ENTRY(e, ingest_chan_t, node);
-        ring_clear(c);
-        if (c->tr != NULL) {
-            dedup_free(&c->tr->ids);
-            free(c->tr->held);
-            free(c->tr);
-        }
-        free(c->ring);
-        free(c);
-    }
-    strmap_free(&in->chans);
+    strmap_clear(&in->chans, chan_free);
 }
 
 static ingest_chan_t *chan_find(ingest_t *in, const char *name, int create)
