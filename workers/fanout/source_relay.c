@@ -1,5 +1,5 @@
 /* Relay source: a WebSocket client (common/wsclient) to the leader's relay
- * (workers/ingest/relay.h, path /relay, Bearer [relay] token). On every
+ * (common/relay_proto.h: RELAY_PATH, Bearer [relay] token). On every
  * (re)connect it first sends the resume request built by the owner (the
  * per-channel positions it has delivered), so the relay replays exactly
  * what is missing before going live; then every text message is handed to
