@@ -35,9 +35,18 @@ static void test_frame_header(void **state)
     assert_string_equal(acc, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
 }
 
+static void test_accept_rfc6455(void **state)
+{
+    (void)state;
+    char out[29];
+    ws_accept_key("dGhlIHNhbXBsZSBub25jZQ==", out);
+    assert_string_equal(out, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_accept_rfc6455),
         cmocka_unit_test(test_frame_header),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
