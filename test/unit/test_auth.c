@@ -1,9 +1,5 @@
 /* Unit tests for workers/fanout/auth.c: the channel grants a token carries. */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "unit.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -70,10 +66,4 @@ static void test_grant_patterns(void **state)
     json_decref(c);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_grant_patterns),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+UNIT_MAIN(cmocka_unit_test(test_grant_patterns))

@@ -1,9 +1,5 @@
 /* Unit tests for workers/ingest/backfill.c: REST pages into trades. */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "unit.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -83,10 +79,4 @@ static void test_backfill_pages(void **state)
     assert_int_equal(backfill_parse_page(EX_UPBIT, "[{\"market\":1}]", 14, &v, &n), -EPROTO);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_backfill_pages),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+UNIT_MAIN(cmocka_unit_test(test_backfill_pages))

@@ -1,9 +1,5 @@
 /* Unit tests for common/backoff.c. */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "unit.h"
 
 #include <stdint.h>
 
@@ -70,11 +66,4 @@ static void test_backoff_floor_and_overflow(void **state)
         assert_int_equal(backoff_next(&b), 7);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_backoff_bounds),
-        cmocka_unit_test(test_backoff_floor_and_overflow),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+UNIT_MAIN(cmocka_unit_test(test_backoff_bounds), cmocka_unit_test(test_backoff_floor_and_overflow))

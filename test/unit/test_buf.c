@@ -1,9 +1,5 @@
 /* Unit tests for common/buf.c. */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "unit.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -98,13 +94,5 @@ static void test_buf_json_str(void **state)
     buf_free(&b);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_buf_basic),
-        cmocka_unit_test(test_buf_large_printf),
-        cmocka_unit_test(test_buf_zeroed_struct),
-        cmocka_unit_test(test_buf_json_str),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+UNIT_MAIN(cmocka_unit_test(test_buf_basic), cmocka_unit_test(test_buf_large_printf),
+          cmocka_unit_test(test_buf_zeroed_struct), cmocka_unit_test(test_buf_json_str))

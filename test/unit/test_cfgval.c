@@ -1,10 +1,6 @@
 /* Unit tests for common/cfgval.c: comma lists, host:port addresses, the
  * cgroup CPU count. */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "unit.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -69,12 +65,4 @@ static void test_cpus(void **state)
     assert_true(n >= 1 && n <= 256);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_split_list),
-        cmocka_unit_test(test_parse_addr),
-        cmocka_unit_test(test_cpus),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+UNIT_MAIN(cmocka_unit_test(test_split_list), cmocka_unit_test(test_parse_addr), cmocka_unit_test(test_cpus))

@@ -1,11 +1,7 @@
 /* Unit tests for HTTP request parsing: a real WebSocket upgrade request with
  * the frame bytes after it left unconsumed, pipelined requests, split input,
  * header limits (431), parse errors (400), query decoding, tokens, responses. */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "unit.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -341,20 +337,8 @@ static void test_token_ok(void **state)
     assert_true(http_token_ok("s3cret", "Basic abc", "s3cret"));
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_secret_equal),
-        cmocka_unit_test(test_bearer),
-        cmocka_unit_test(test_token_ok),
-        cmocka_unit_test(test_upgrade_request),
-        cmocka_unit_test(test_split_feeds),
-        cmocka_unit_test(test_pipelined),
-        cmocka_unit_test(test_repeated_headers),
-        cmocka_unit_test(test_header_limits),
-        cmocka_unit_test(test_parse_errors),
-        cmocka_unit_test(test_query_decoding),
-        cmocka_unit_test(test_tokens_and_responses),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+UNIT_MAIN(cmocka_unit_test(test_secret_equal), cmocka_unit_test(test_bearer), cmocka_unit_test(test_token_ok),
+          cmocka_unit_test(test_upgrade_request), cmocka_unit_test(test_split_feeds),
+          cmocka_unit_test(test_pipelined), cmocka_unit_test(test_repeated_headers),
+          cmocka_unit_test(test_header_limits), cmocka_unit_test(test_parse_errors),
+          cmocka_unit_test(test_query_decoding), cmocka_unit_test(test_tokens_and_responses))

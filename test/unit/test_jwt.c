@@ -1,9 +1,5 @@
 /* Unit tests for the fanout's jwt.c: HS256 verify/sign, base64url. */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "unit.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -107,13 +103,5 @@ static void test_malformed_and_alg(void **state)
     assert_string_equal(jwt_result_name(JWT_NOT_YET_VALID), "not_yet_valid");
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_b64url),
-        cmocka_unit_test(test_sign_verify_roundtrip),
-        cmocka_unit_test(test_time_claims),
-        cmocka_unit_test(test_malformed_and_alg),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+UNIT_MAIN(cmocka_unit_test(test_b64url), cmocka_unit_test(test_sign_verify_roundtrip),
+          cmocka_unit_test(test_time_claims), cmocka_unit_test(test_malformed_and_alg))

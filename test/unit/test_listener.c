@@ -1,10 +1,6 @@
 /* Unit tests for common/listener.c: numeric and named hosts, port 0,
  * SO_REUSEPORT sharing, and the errors for bad or unknown addresses. */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "unit.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -110,14 +106,5 @@ static void test_tcp(void **state)
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_numeric_and_port_zero),
-        cmocka_unit_test(test_host_name),
-        cmocka_unit_test(test_reuseport),
-        cmocka_unit_test(test_errors),
-        cmocka_unit_test(test_tcp),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+UNIT_MAIN(cmocka_unit_test(test_numeric_and_port_zero), cmocka_unit_test(test_host_name),
+          cmocka_unit_test(test_reuseport), cmocka_unit_test(test_errors), cmocka_unit_test(test_tcp))

@@ -1,10 +1,6 @@
 /* Unit tests for common/log.c: line formatting (logfmt and JSON), log_q
  * quoting, levels, and log_errf rendering an error code in both formats. */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "unit.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -249,12 +245,6 @@ static void test_log_errf_json(void **state)
     free(copy);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_log_logfmt),      cmocka_unit_test(test_log_json),
-        cmocka_unit_test(test_log_q),           cmocka_unit_test(test_log_levels_and_write),
-        cmocka_unit_test(test_log_errf_logfmt), cmocka_unit_test(test_log_errf_json),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+UNIT_MAIN(cmocka_unit_test(test_log_logfmt), cmocka_unit_test(test_log_json), cmocka_unit_test(test_log_q),
+          cmocka_unit_test(test_log_levels_and_write), cmocka_unit_test(test_log_errf_logfmt),
+          cmocka_unit_test(test_log_errf_json))

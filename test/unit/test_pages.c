@@ -1,11 +1,7 @@
 /* Unit tests for the pages compiled into the binaries: the fanout's demo
  * page answer (paths, methods, upgrades, the endpoint path written into the
  * page, headers) and the status page's self-containment (no external URL). */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "unit.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -98,13 +94,5 @@ static void test_status_page_self_contained(void **state)
     assert_null(strstr(status_page_html, "<link rel=\"stylesheet\""));
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_demo_page_served),
-        cmocka_unit_test(test_demo_page_escapes_path),
-        cmocka_unit_test(test_demo_page_not_served),
-        cmocka_unit_test(test_status_page_self_contained),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+UNIT_MAIN(cmocka_unit_test(test_demo_page_served), cmocka_unit_test(test_demo_page_escapes_path),
+          cmocka_unit_test(test_demo_page_not_served), cmocka_unit_test(test_status_page_self_contained))

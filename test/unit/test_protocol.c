@@ -1,10 +1,6 @@
 /* Unit tests for workers/fanout/protocol.c: client requests and replies,
  * error codes, the per-client rate limit. */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "unit.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -138,12 +134,5 @@ static void test_rate_limit(void **state)
     hub_free(h);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_protocol_errors),
-        cmocka_unit_test(test_protocol_replies),
-        cmocka_unit_test(test_rate_limit),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+UNIT_MAIN(cmocka_unit_test(test_protocol_errors), cmocka_unit_test(test_protocol_replies),
+          cmocka_unit_test(test_rate_limit))

@@ -1,10 +1,6 @@
 /* Unit tests for common/relay_proto.c: the resume request as the fanout
  * builds it and the ingest parses it. */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "unit.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -74,12 +70,5 @@ static void test_not_a_resume(void **state)
     assert_int_equal(relay_proto_resume_parse(NULL, &r), -EINVAL); /* bad JSON */
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_build_and_parse),
-        cmocka_unit_test(test_defaults),
-        cmocka_unit_test(test_not_a_resume),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+UNIT_MAIN(cmocka_unit_test(test_build_and_parse), cmocka_unit_test(test_defaults),
+          cmocka_unit_test(test_not_a_resume))

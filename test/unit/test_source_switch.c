@@ -1,10 +1,6 @@
 /* Unit tests for workers/fanout/source_switch.c: the decision between Kafka
  * and the relay, and the cheap scan of a message's channel/seq/epoch. */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "unit.h"
 
 #include <string.h>
 
@@ -81,11 +77,4 @@ static void test_decide(void **state)
     assert_int_equal(switch_decide(&in, &why), SWITCH_RELAY);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_scan),
-        cmocka_unit_test(test_decide),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+UNIT_MAIN(cmocka_unit_test(test_scan), cmocka_unit_test(test_decide))

@@ -1,10 +1,6 @@
 /* Unit tests for common/strmap.c: lookups across growth, keys that are not
  * NUL-terminated, iteration that frees as it goes. */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "unit.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -110,12 +106,4 @@ static void test_empty(void **state)
     assert_true(strmap_hash("a", 1) == 0xaf63dc4c8601ec8cull);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_get_put_grow),
-        cmocka_unit_test(test_del),
-        cmocka_unit_test(test_empty),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+UNIT_MAIN(cmocka_unit_test(test_get_put_grow), cmocka_unit_test(test_del), cmocka_unit_test(test_empty))

@@ -1,9 +1,5 @@
 /* Unit tests for workers/ingest/tail.c: reading the topic tail records. */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "unit.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -46,10 +42,4 @@ static void test_tail_records(void **state)
     assert_int_equal(tail_parse_record(NOID, strlen(NOID), &t, &ep), 0);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_tail_records),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+UNIT_MAIN(cmocka_unit_test(test_tail_records))

@@ -1,14 +1,10 @@
 /* Unit tests for common/wsclient.c's reconnect delay policy (its parsers:
  * test_wsclient_parse.c; the connection itself: test_wsclient.py). */
 #include <errno.h>
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
-#include <cmocka.h>
+#include "unit.h"
 
 #include "wsclient.h"
 
@@ -57,11 +53,5 @@ static void test_retry_delay_grows_and_caps(void **state)
     assert_true(wsc_retry_delay(&b, 5, 0, 100) <= 100);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_retry_delay_never_under_min),
-        cmocka_unit_test(test_retry_delay_grows_and_caps),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+UNIT_MAIN(cmocka_unit_test(test_retry_delay_never_under_min),
+          cmocka_unit_test(test_retry_delay_grows_and_caps))

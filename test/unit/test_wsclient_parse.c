@@ -1,10 +1,6 @@
 /* Unit tests for common/wsclient_parse.c: ws:// and wss:// URLs and the
  * server's upgrade answer, whole and byte by byte. */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "unit.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -236,13 +232,7 @@ static void test_upgrade_garbage_and_bounds(void **state)
     wsc_upgrade_free(&u);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_url_good),           cmocka_unit_test(test_url_bad),
-        cmocka_unit_test(test_upgrade_101_ok),     cmocka_unit_test(test_upgrade_byte_by_byte),
-        cmocka_unit_test(test_upgrade_bad_accept), cmocka_unit_test(test_upgrade_missing_headers),
-        cmocka_unit_test(test_upgrade_429),        cmocka_unit_test(test_upgrade_garbage_and_bounds),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+UNIT_MAIN(cmocka_unit_test(test_url_good), cmocka_unit_test(test_url_bad),
+          cmocka_unit_test(test_upgrade_101_ok), cmocka_unit_test(test_upgrade_byte_by_byte),
+          cmocka_unit_test(test_upgrade_bad_accept), cmocka_unit_test(test_upgrade_missing_headers),
+          cmocka_unit_test(test_upgrade_429), cmocka_unit_test(test_upgrade_garbage_and_bounds))

@@ -1,9 +1,5 @@
 /* Unit tests for common/wsproto.c: frame headers and the upgrade accept key. */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "unit.h"
 
 #include <string.h>
 
@@ -43,11 +39,4 @@ static void test_accept_rfc6455(void **state)
     assert_string_equal(out, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_accept_rfc6455),
-        cmocka_unit_test(test_frame_header),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+UNIT_MAIN(cmocka_unit_test(test_accept_rfc6455), cmocka_unit_test(test_frame_header))
