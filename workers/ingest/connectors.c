@@ -335,22 +335,24 @@ static int join(const char *a, size_t al, const char *b, size_t bl, char *out, s
     return 0;
 }
 
+/* "A-B" as "A-B" upper-cased, or swapped to "B-A". */
+static int dash_symbol(const char *sym, int swap, char *out, size_t outsz)
+{
+    const char *a, *b;
+    size_t al, bl;
+    if (dash_parts(sym, &a, &al, &b, &bl) < 0)
+        return -EINVAL;
+    return swap ? join(b, bl, a, al, out, outsz) : join(a, al, b, bl, out, outsz);
+}
+
 int conn_symbol_quote_first(const char *code, char *out, size_t outsz)
 {
-    const char *q, *b;
-    size_t ql, bl;
-    if (dash_parts(code, &q, &ql, &b, &bl) < 0)
-        return -EINVAL;
-    return join(b, bl, q, ql, out, outsz);
+    return dash_symbol(code, 1, out, outsz);
 }
 
 int conn_symbol_dash(const char *sym, char *out, size_t outsz)
 {
-    const char *b, *q;
-    size_t bl, ql;
-    if (dash_parts(sym, &b, &bl, &q, &ql) < 0)
-        return -EINVAL;
-    return join(b, bl, q, ql, out, outsz);
+    return dash_symbol(sym, 0, out, outsz);
 }
 
 /* Binance quote assets; the longest matching suffix wins (FDUSD over USD). */
