@@ -7,6 +7,7 @@
 #define CONNECTOR_H
 #include <stddef.h>
 #include <stdint.h>
+#include <jansson.h>
 #include "buf.h"
 #include "config.h"
 #include "msg.h"
@@ -121,6 +122,9 @@ void conn_emit_trade(connector_t *c, const char *symbol, const char *price, cons
 void conn_trade_msg(buf_t *out, const char *exchange, const norm_trade_t *t, int64_t seq, int64_t epoch);
 /* A data frame arrived: sends status "subscribed" once per connection. */
 void conn_data_seen(connector_t *c);
+/* The end of every on_frame: reports why (NULL: nothing wrong) as
+ * malformed, frees the parsed frame; returns 0 for on_frame to return. */
+int conn_frame_done(connector_t *c, const char *why, json_t *root);
 void conn_malformed(connector_t *c, const char *reason);
 /* A random version 4 UUID (37 bytes with the NUL). */
 void conn_uuid(char out[37]);

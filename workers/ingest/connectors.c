@@ -442,6 +442,14 @@ void conn_data_seen(connector_t *c)
         c->sink->status(c->sink->arg, c->exchange, "subscribed", "");
 }
 
+int conn_frame_done(connector_t *c, const char *why, json_t *root)
+{
+    if (why)
+        conn_malformed(c, why);
+    json_decref(root);
+    return 0;
+}
+
 void conn_uuid(char out[37])
 {
     unsigned char r[16];
