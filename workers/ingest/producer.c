@@ -612,7 +612,7 @@ static void tx_work_done(uv_work_t *req, int status)
     if (e == NULL) {
         p->retry_delay = PRODUCER_POLL_MS;
         if (op == TX_INIT) {
-            log_info("kafka transactions initialised: any older producer of this id is fenced", "");
+            log_info("kafka transactions initialised: any older producer of this id is fenced", LOG_NOFIELDS);
         } else if (op == TX_COMMIT) {
             metric_inc(metric_labels(p->m_txn, "result=\"committed\""));
             uint64_t now = uv_hrtime() / 1000u;
@@ -681,7 +681,7 @@ static void tx_start_work(producer_t *p, tx_state_t op)
     if (r < 0) { /* cannot happen with valid arguments */
         free(w);
         p->work_busy = 0;
-        log_error("uv_queue_work failed", "err=%s", log_q(uv_strerror(r)));
+        log_error_err(r, "uv_queue_work failed", LOG_NOFIELDS);
         retry_later(p);
     }
 }
