@@ -120,12 +120,27 @@ $(BUILD)/gen/clients-js/index.js: $(JS_CLIENT_SRC)
 	@test -x $(JS_TSC) || { echo "$(JS_TSC) missing: run make deps (npm ci in clients/js)" >&2; exit 1; }
 	$(JS_TSC) -p clients/js/tsconfig.json --outDir $(BUILD)/gen/clients-js
 	@touch $@
+# A text file as the lines of a C string literal (\ and " escaped).
+C_STRING = sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/^/    "/' -e 's/$$/\\n"/'
 $(BUILD)/gen/exchange_client_js.h: $(BUILD)/gen/clients-js/index.js
 	@{ echo '/* Generated from clients/js (tsc output) by the Makefile. */'; \
-	  echo 'static const char exchange_client_js[] ='; \
-	  sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/^/    "/' -e 's/$$/\\n"/' $<; echo ';'; } > $@.tmp && mv $@.tmp $@
-$(call obj,workers/fanout/demo_page.c): $(BUILD)/gen/exchange_client_js.h
+	  echo 'static const char exchange_client_js[] ='; $(C_STRING) $<; echo ';'; } > $@.tmp && mv $@.tmp $@
+# The status and demo pages are real .html/.js files, embedded the same way:
+# status_page.html becomes `const char status_page_html[]` in status_page_html.h
+# (static for the demo page's, which only demo_page.c uses).
+$(BUILD)/gen/status_page_html.h: supervisor/status_page.html
+$(BUILD)/gen/demo_page_html.h: workers/fanout/demo_page.html
+$(BUILD)/gen/demo_page_js.h: workers/fanout/demo_page.js
+$(BUILD)/gen/demo_page_html.h $(BUILD)/gen/demo_page_js.h: EMBED_STORAGE := static
+$(BUILD)/gen/status_page_html.h $(BUILD)/gen/demo_page_html.h $(BUILD)/gen/demo_page_js.h:
+	@mkdir -p $(dir $@)
+	@{ echo '/* Generated from $< by the Makefile. */'; \
+	  echo '$(EMBED_STORAGE) const char $(subst .,_,$(notdir $<))[] ='; $(C_STRING) $<; echo ';'; } > $@.tmp && mv $@.tmp $@
+$(call obj,workers/fanout/demo_page.c): $(BUILD)/gen/exchange_client_js.h $(BUILD)/gen/demo_page_html.h \
+  $(BUILD)/gen/demo_page_js.h
 $(call obj,workers/fanout/demo_page.c): ALL_CFLAGS += -I$(BUILD)/gen
+$(call obj,supervisor/status_page.c): $(BUILD)/gen/status_page_html.h
+$(call obj,supervisor/status_page.c): ALL_CFLAGS += -I$(BUILD)/gen
 
 $(BUILD)/exchange-service: $(call obj,supervisor/main.c) $(LIBSUPER) $(LIBCOMMON)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
@@ -133,6 +148,9 @@ $(BUILD)/exchange-ingest: $(call obj,workers/ingest/main.c) $(LIBINGEST) $(LIBCO
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
 $(BUILD)/exchange-fanout: $(call obj,workers/fanout/main.c) $(LIBFANOUT) $(LIBCOMMON)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
+# Tests, tools and fuzz targets include module headers by name: "hub.h", not
+# "../../workers/fanout/hub.h".
+$(BUILD)/obj/test/%.o: ALL_CFLAGS += -Iworkers/fanout -Iworkers/ingest -Isupervisor
 $(BUILD)/test/%: $(BUILD)/obj/test/unit/%.o $(ALL_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) -o $@ $< -Wl,--start-group $(ALL_LIBS) -Wl,--end-group $(PKG_LIBS) $(CMOCKA_LIBS)

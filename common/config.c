@@ -9,7 +9,6 @@
 #include <ini.h>
 #include <limits.h>
 #include <pthread.h>
-#include <sched.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -475,164 +474,6 @@ static char *xstrdup(const char *s)
     return p;
 }
 
-static char *trim(char *s)
-{
-    while (isspace((unsigned char)*s))
-        s++;
-    size_t n = strlen(s);
-    while (n > 0 && isspace((unsigned char)s[n - 1]))
-        s[--n] = '\0';
-    return s;
-}
-
-/* ---- public helpers ------------------------------------------------------ */
-
-int cfg_split_list(const char *s, char ***items, int *n)
-{
-    *items = NULL;
-    *n = 0;
-    if (s == NULL)
-        return 0;
-    char *copy = strdup(s);
-    if (copy == NULL)
-        return -ENOMEM;
-    int cap = 0, r = 0;
-    char *save = NULL;
-    for (char *tok = strtok_r(copy, ",", &save); tok != NULL; tok = strtok_r(NULL, ",", &save)) {
-        char *t = trim(tok);
-        if (*t == '\0')
-            continue;
-        if (*n == cap) {
-            cap = cap ? cap * 2 : 8;
-            if (cap > CFG_MAX_LIST * 64) {
-                r = -E2BIG;
-                goto fail;
-            }
-            char **grown = realloc(*items, sizeof(char *) * (size_t)cap);
-            if (grown == NULL) {
-                r = -ENOMEM;
-                goto fail;
-            }
-            *items = grown;
-        }
-        if (((*items)[*n] = strdup(t)) == NULL) {
-            r = -ENOMEM;
-            goto fail;
-        }
-        (*n)++;
-    }
-    free(copy);
-    return 0;
-fail:
-    free(copy);
-    cfg_free_list(*items, *n);
-    *items = NULL;
-    *n = 0;
-    return r;
-}
-
-void cfg_free_list(char **items, int n)
-{
-    for (int i = 0; i < n; i++)
-        free(items[i]);
-    free(items);
-}
-
-static int valid_host(const char *h, size_t n)
-{
-    if (n == 0)
-        return 1;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)h[i];
-        if (!isalnum(ch) && ch != '-' && ch != '.' && ch != '_')
-            return 0;
-    }
-    return 1;
-}
-
-int cfg_parse_addr(const char *s, char *host, size_t hostsz, int *port)
-{
-    if (s == NULL)
-        return -EINVAL;
-    const char *h = s, *colon;
-    size_t hl;
-    if (*s == '[') { /* [v6]:port */
-        const char *end = strchr(s, ']');
-        if (end == NULL || end[1] != ':')
-            return -EINVAL;
-        h = s + 1;
-        hl = (size_t)(end - h);
-        colon = end + 1;
-        for (size_t i = 0; i < hl; i++)
-            if (!isxdigit((unsigned char)h[i]) && h[i] != ':' && h[i] != '.' && h[i] != '%')
-                return -EINVAL;
-        if (hl == 0)
-            return -EINVAL;
-    } else {
-        colon = strrchr(s, ':');
-        if (colon == NULL)
-            return -EINVAL;
-        hl = (size_t)(colon - s);
-        if (hl == 1 && *s == '*')
-            hl = 0;
-        else if (!valid_host(s, hl))
-            return -EINVAL;
-    }
-    const char *p = colon + 1;
-    if (*p == '\0' || strlen(p) > 5)
-        return -EINVAL;
-    long v = 0;
-    for (; *p; p++) {
-        if (!isdigit((unsigned char)*p))
-            return -EINVAL;
-        v = v * 10 + (*p - '0');
-    }
-    if (v > 65535)
-        return -EINVAL;
-    if (hl == 0) {
-        h = "0.0.0.0";
-        hl = 7;
-    }
-    if (host != NULL) {
-        if (hl + 1 > hostsz)
-            return -ENAMETOOLONG;
-        memcpy(host, h, hl);
-        host[hl] = '\0';
-    }
-    if (port != NULL)
-        *port = (int)v;
-    return 0;
-}
-
-int cfg_cpus_from_cpu_max(const char *text, int ncpu)
-{
-    long quota = 0, period = 0;
-    char q[32] = "";
-    if (ncpu < 1)
-        ncpu = 1;
-    if (text != NULL && sscanf(text, "%31s %ld", q, &period) == 2 && strcmp(q, "max") != 0) {
-        char *end;
-        quota = strtol(q, &end, 10);
-        if (*end == '\0' && quota > 0 && period > 0) {
-            long n = (quota + period - 1) / period;
-            if (n < ncpu)
-                ncpu = (int)n;
-        }
-    }
-    return ncpu < 1 ? 1 : ncpu;
-}
-
-static int read_small_file(const char *path, char *out, size_t n)
-{
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return -errno;
-    size_t got = fread(out, 1, n - 1, f);
-    out[got] = '\0';
-    fclose(f);
-    return 0;
-}
-
 int cfg_lease_ms(const cfg_t *c)
 {
     return c->zookeeper.lease_ms > 0 ? c->zookeeper.lease_ms : c->zookeeper.session_timeout_ms / 3;
@@ -650,28 +491,7 @@ int cfg_fanout_workers(const cfg_t *c)
 {
     if (c != NULL && c->fanout.workers > 0)
         return c->fanout.workers;
-    int ncpu = 0;
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof(set), &set) == 0)
-        ncpu = CPU_COUNT(&set);
-    if (ncpu < 1)
-        ncpu = (int)sysconf(_SC_NPROCESSORS_ONLN);
-    char text[128];
-    if (read_small_file("/sys/fs/cgroup/cpu.max", text, sizeof(text)) == 0) {
-        ncpu = cfg_cpus_from_cpu_max(text, ncpu);
-    } else { /* cgroup v1 */
-        char q[32], p[32];
-        if (read_small_file("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", q, sizeof(q)) == 0 &&
-            read_small_file("/sys/fs/cgroup/cpu/cpu.cfs_period_us", p, sizeof(p)) == 0 && atol(q) > 0) {
-            snprintf(text, sizeof(text), "%ld %ld", atol(q), atol(p));
-            ncpu = cfg_cpus_from_cpu_max(text, ncpu);
-        }
-    }
-    if (ncpu < 1)
-        ncpu = 1;
-    if (ncpu > 256)
-        ncpu = 256;
-    return ncpu;
+    return cfg_cgroup_cpus();
 }
 
 /* ---- validation ------------------------------------------------------------ */
@@ -815,13 +635,13 @@ static int validate(const cfg_key_t *k, const char *v, int *ival, char **sval, c
         buf_init(&out);
         char *copy = xstrdup(v);
         int bad = 0, count = 0;
-        if (*trim(copy) != '\0') {
+        if (*cfg_trim(copy) != '\0') {
             char *save = NULL, *p = copy;
             for (;;) {
                 char *comma = strchr(p, ',');
                 if (comma)
                     *comma = '\0';
-                char *item = trim(p);
+                char *item = cfg_trim(p);
                 if (*item == '\0') {
                     bad = 1;
                 } else {
@@ -1035,7 +855,7 @@ static int next_line(parse_t *ps)
     if (ps->lineno == 1 && (unsigned char)l[0] == 0xEF && (unsigned char)l[1] == 0xBB &&
         (unsigned char)l[2] == 0xBF)
         l += 3;
-    l = trim(l);
+    l = cfg_trim(l);
 
     free(ps->line);
     ps->line = NULL;
@@ -1052,7 +872,7 @@ static int next_line(parse_t *ps)
             ps->sec_ok = 0;
         } else {
             *end = '\0';
-            char *name = trim(l + 1);
+            char *name = cfg_trim(l + 1);
             const char *rest = end + 1;
             while (isspace((unsigned char)*rest))
                 rest++;
@@ -1276,7 +1096,7 @@ static void apply_env(cfg_t *c, errs_t *e)
     if (ll != NULL && *ll != '\0') {
         char *v = xstrdup(ll);
         snprintf(where, sizeof(where), "env LOG_LEVEL");
-        (void)set_value(c, find_slot("log", "level"), trim(v), where, where, e);
+        (void)set_value(c, find_slot("log", "level"), cfg_trim(v), where, where, e);
         free(v);
     }
     for (int i = 0; i < g_nslots; i++) {
@@ -1285,7 +1105,7 @@ static void apply_env(cfg_t *c, errs_t *e)
             continue;
         char *copy = xstrdup(v);
         snprintf(where, sizeof(where), "env %s", g_slots[i].env);
-        (void)set_value(c, i, trim(copy), where, where, e);
+        (void)set_value(c, i, cfg_trim(copy), where, where, e);
         free(copy);
     }
     /* A near miss of a known variable is a typo, not someone else's variable. */
@@ -1614,17 +1434,6 @@ const char *cfg_source(const cfg_t *c, const char *section, const char *key)
     init_table();
     int i = find_slot(section, key);
     return i < 0 || c == NULL || c->source == NULL ? NULL : c->source[i];
-}
-
-int cfg_get_text(const cfg_t *c, const char *section, const char *key, buf_t *out)
-{
-    init_table();
-    int i = find_slot(section, key);
-    if (i < 0)
-        return -ENOENT;
-    char tmp[32];
-    buf_puts(out, slot_text(c, i, tmp));
-    return 0;
 }
 
 int cfg_key_count(void)

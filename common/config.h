@@ -5,6 +5,7 @@
 #define CONFIG_H
 #include <stddef.h>
 #include "buf.h"
+#include "cfgval.h" /* lists, addresses, CPU count */
 
 enum { EX_UPBIT = 0, EX_BITHUMB, EX_BINANCE, EX_COINBASE, EX_COUNT };
 extern const char *const cfg_exchange_names[EX_COUNT]; /* "upbit", ... */
@@ -41,7 +42,7 @@ typedef struct {
         char *connect;
         int session_timeout_ms;
         char *root;
-        char *auth; /* digest user:password, resolved from file: / a path; "" none */
+        char *auth;   /* digest user:password, resolved from file: / a path; "" none */
         int lease_ms; /* 0 = auto: cfg_lease_ms() */
     } zookeeper;
     struct {
@@ -165,11 +166,6 @@ int cfg_lease_ms(const cfg_t *c);
 void cfg_transactional_id(const cfg_t *c, char *out, size_t n);
 /* Resolved fanout worker count ([fanout] workers, 0 = CPUs of the cgroup). */
 int cfg_fanout_workers(const cfg_t *c);
-/* Split a comma list into trimmed items (malloc'd array of malloc'd strings). */
-int cfg_split_list(const char *s, char ***items, int *n);
-void cfg_free_list(char **items, int n);
-/* Parse "host:port" (host may be empty or "*" for 0.0.0.0) into parts. */
-int cfg_parse_addr(const char *s, char *host, size_t hostsz, int *port);
 
 /* Added by the config module (not in the first draft of this header): */
 /* For SIGHUP: copy the old value (and source) of every non-reloadable key
@@ -178,12 +174,7 @@ int cfg_keep_restart_keys(cfg_t *new_c, const cfg_t *old_c);
 /* Where a key's value came from ("default", "conf/x.ini:3", "env NAME"),
  * NULL for an unknown key. */
 const char *cfg_source(const cfg_t *c, const char *section, const char *key);
-/* Append a key's value as INI text to out (0, or -ENOENT for unknown keys). */
-int cfg_get_text(const cfg_t *c, const char *section, const char *key, buf_t *out);
 /* Number of (section, key) slots, the length of cfg_t.source. */
 int cfg_key_count(void);
-/* CPUs allowed by a cgroup v2 cpu.max text ("max 100000", "200000 100000":
- * ceil(quota/period)), capped at ncpu, at least 1. */
-int cfg_cpus_from_cpu_max(const char *text, int ncpu);
 
 #endif

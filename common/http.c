@@ -11,6 +11,9 @@
 #include <string.h>
 #include <strings.h>
 
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
 #define HTTP_DEFAULT_MAX_HEADER_BYTES 16384
 #define HTTP_MAX_BODY (1u << 20)
 
@@ -400,4 +403,57 @@ int http_response(buf_t *out, int status, const char *content_type, const char *
     if (!nobody && n && (r = buf_append(out, body, n)) < 0)
         return r;
     return 0;
+}
+
+/* ------------------------------------------------------------- tokens */
+
+int http_secret_equal(const char *a, size_t alen, const char *b, size_t blen)
+{
+    unsigned char da[EVP_MAX_MD_SIZE], db[EVP_MAX_MD_SIZE];
+    unsigned int la = 0, lb = 0;
+    if (a == NULL || b == NULL)
+        return 0;
+    if (!EVP_Digest(a, alen, da, &la, EVP_sha256(), NULL) ||
+        !EVP_Digest(b, blen, db, &lb, EVP_sha256(), NULL))
+        return 0;
+    return la == lb && CRYPTO_memcmp(da, db, la) == 0;
+}
+
+int http_bearer(const char *h, const char **tok, size_t *n)
+{
+    if (h == NULL || strncasecmp(h, "Bearer ", 7) != 0)
+        return 0;
+    h += 7;
+    while (*h == ' ')
+        h++;
+    size_t len = strlen(h);
+    while (len > 0 && h[len - 1] == ' ')
+        len--;
+    *tok = h;
+    *n = len;
+    return len > 0;
+}
+
+int http_token_ok(const char *want, const char *authorization, const char *query_token)
+{
+    if (want == NULL || want[0] == '\0')
+        return 1;
+    const char *got = NULL;
+    size_t n = 0;
+    if (!http_bearer(authorization, &got, &n)) {
+        if (authorization != NULL && strncasecmp(authorization, "Bearer ", 7) == 0)
+            return 0; /* an empty Bearer header is a wrong token, not none */
+        if (query_token == NULL)
+            return 0;
+        got = query_token;
+        n = strlen(query_token);
+    }
+    return http_secret_equal(got, n, want, strlen(want));
+}
+
+int http_req_token_ok(const http_req_t *r, const char *want)
+{
+    char q[1024];
+    int has_q = http_req_query(r, "token", q, sizeof q) == 0;
+    return http_token_ok(want, http_req_header(r, "authorization"), has_q ? q : NULL);
 }

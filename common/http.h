@@ -47,6 +47,20 @@ int http_req_query(const http_req_t *r, const char *key, char *out, size_t outsz
 /* True if a comma-separated header contains token (case-insensitive). */
 int http_header_has_token(const char *value, const char *token);
 
+/* Secrets compared in constant time (over their SHA-256), whatever matches
+ * and whatever the lengths. 0 for NULL. */
+int http_secret_equal(const char *a, size_t alen, const char *b, size_t blen);
+/* The token of an "Authorization: Bearer T" header (spaces around T
+ * trimmed): 1 and tok, n set, else 0 (absent, another scheme, empty). */
+int http_bearer(const char *authorization, const char **tok, size_t *n);
+/* The one shared-token check (admin, relay): 1 when want is empty or the
+ * request presents it. The Bearer header wins (it stays out of access logs);
+ * without one, ?token= is looked at. authorization and query_token may be
+ * NULL. */
+int http_token_ok(const char *want, const char *authorization, const char *query_token);
+/* http_token_ok on a parsed request (its Authorization and ?token=). */
+int http_req_token_ok(const http_req_t *r, const char *want);
+
 const char *http_status_text(int status);
 /* A full response with Content-Length and Connection: close. extra_headers is
  * "" or CRLF-terminated header lines. */

@@ -12,6 +12,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <uv.h>
+
 #include "buf.h"
 
 #define LOG_Q_SLOTS 8
@@ -246,33 +248,43 @@ void log_format_line(buf_t *b, log_level_t lvl, const char *msg, const char *fie
     }
 }
 
-void log_write(log_level_t lvl, const char *msg, const char *fields, ...)
+const char *log_strerror(int err)
 {
-    if (!log_enabled(lvl))
-        return;
+    if (err > 0)
+        err = -err;
+    return uv_strerror(err);
+}
+
+/* Format fields (and, with has_err and a non-zero err, the err="..." pair)
+ * and write the line. */
+static void log_vwrite(log_level_t lvl, int has_err, int err, const char *msg, const char *fields, va_list ap)
+{
     int saved_errno = errno;
+    buf_t f, line;
+    buf_init(&f);
+    buf_init(&line);
     char fbuf[1024];
-    char *f = fbuf;
-    char *heap = NULL;
-    va_list ap;
-    va_start(ap, fields);
+    va_list ap2;
+    va_copy(ap2, ap);
     int n = vsnprintf(fbuf, sizeof fbuf, fields ? fields : "", ap);
-    va_end(ap);
-    if (n < 0) {
-        fbuf[0] = '\0';
-    } else if ((size_t)n >= sizeof fbuf) {
-        heap = malloc((size_t)n + 1);
+    if (n > 0 && (size_t)n < sizeof fbuf) {
+        buf_append(&f, fbuf, (size_t)n);
+    } else if (n > 0) {
+        char *heap = malloc((size_t)n + 1);
         if (heap) {
-            va_start(ap, fields);
-            vsnprintf(heap, (size_t)n + 1, fields, ap);
-            va_end(ap);
-            f = heap;
+            vsnprintf(heap, (size_t)n + 1, fields, ap2);
+            buf_append(&f, heap, (size_t)n);
+            free(heap);
         }
     }
-
-    buf_t line;
-    buf_init(&line);
-    log_format_line(&line, lvl, msg, f);
+    va_end(ap2);
+    if (has_err && err != 0) {
+        if (f.len)
+            buf_append(&f, " ", 1);
+        buf_puts(&f, "err=");
+        buf_puts(&f, log_q(log_strerror(err)));
+    }
+    log_format_line(&line, lvl, msg, f.data ? f.data : "");
     size_t off = 0;
     while (off < line.len) {
         ssize_t w = write(STDERR_FILENO, line.data + off, line.len - off);
@@ -284,6 +296,26 @@ void log_write(log_level_t lvl, const char *msg, const char *fields, ...)
         off += (size_t)w;
     }
     buf_free(&line);
-    free(heap);
+    buf_free(&f);
     errno = saved_errno;
+}
+
+void log_write(log_level_t lvl, const char *msg, const char *fields, ...)
+{
+    if (!log_enabled(lvl))
+        return;
+    va_list ap;
+    va_start(ap, fields);
+    log_vwrite(lvl, 0, 0, msg, fields, ap);
+    va_end(ap);
+}
+
+void log_errf(log_level_t lvl, int err, const char *msg, const char *fields, ...)
+{
+    if (!log_enabled(lvl))
+        return;
+    va_list ap;
+    va_start(ap, fields);
+    log_vwrite(lvl, 1, err, msg, fields, ap);
+    va_end(ap);
 }

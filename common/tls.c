@@ -39,20 +39,32 @@ static void set_err(char *err, size_t errsz, const char *what)
     }
 }
 
-int tls_client_ctx_new(const char *ca_file, int insecure_skip_verify, tls_ctx_t **out, char *err,
-                       size_t errsz)
+/* A context with what both sides share: TLS 1.2 or newer, buffers released
+ * while idle. */
+static int ctx_alloc(const SSL_METHOD *method, tls_ctx_t **out, char *err, size_t errsz)
 {
     tls_ctx_t *t = calloc(1, sizeof *t);
     if (!t)
         return -ENOMEM;
     ERR_clear_error();
-    t->ssl_ctx = SSL_CTX_new(TLS_client_method());
-    if (!t->ssl_ctx) {
+    if ((t->ssl_ctx = SSL_CTX_new(method)) == NULL) {
         set_err(err, errsz, "SSL_CTX_new");
-        goto fail;
+        free(t);
+        return -EINVAL;
     }
     SSL_CTX_set_min_proto_version(t->ssl_ctx, TLS1_2_VERSION);
     SSL_CTX_set_mode(t->ssl_ctx, SSL_MODE_RELEASE_BUFFERS);
+    *out = t;
+    return 0;
+}
+
+int tls_client_ctx_new(const char *ca_file, int insecure_skip_verify, tls_ctx_t **out, char *err,
+                       size_t errsz)
+{
+    tls_ctx_t *t;
+    int r = ctx_alloc(TLS_client_method(), &t, err, errsz);
+    if (r < 0)
+        return r;
     if (insecure_skip_verify) {
         SSL_CTX_set_verify(t->ssl_ctx, SSL_VERIFY_NONE, NULL);
     } else {
@@ -70,25 +82,16 @@ int tls_client_ctx_new(const char *ca_file, int insecure_skip_verify, tls_ctx_t 
     *out = t;
     return 0;
 fail:
-    if (t->ssl_ctx)
-        SSL_CTX_free(t->ssl_ctx);
-    free(t);
+    tls_ctx_free(t);
     return -EINVAL;
 }
 
 int tls_server_ctx_new(const char *cert_file, const char *key_file, tls_ctx_t **out, char *err, size_t errsz)
 {
-    tls_ctx_t *t = calloc(1, sizeof *t);
-    if (!t)
-        return -ENOMEM;
-    ERR_clear_error();
-    t->ssl_ctx = SSL_CTX_new(TLS_server_method());
-    if (!t->ssl_ctx) {
-        set_err(err, errsz, "SSL_CTX_new");
-        goto fail;
-    }
-    SSL_CTX_set_min_proto_version(t->ssl_ctx, TLS1_2_VERSION);
-    SSL_CTX_set_mode(t->ssl_ctx, SSL_MODE_RELEASE_BUFFERS);
+    tls_ctx_t *t;
+    int r = ctx_alloc(TLS_server_method(), &t, err, errsz);
+    if (r < 0)
+        return r;
     /* TLS 1.2: forward-secret AEAD suites only (TLS 1.3 suites are all
      * modern); our order wins; no renegotiation, no compression. */
     if (SSL_CTX_set_cipher_list(t->ssl_ctx, TLS_SERVER_CIPHERS) != 1) {
@@ -112,9 +115,7 @@ int tls_server_ctx_new(const char *cert_file, const char *key_file, tls_ctx_t **
     *out = t;
     return 0;
 fail:
-    if (t->ssl_ctx)
-        SSL_CTX_free(t->ssl_ctx);
-    free(t);
+    tls_ctx_free(t);
     return -EINVAL;
 }
 

@@ -83,7 +83,7 @@ static int start_worker(worker_t *w)
     int r;
     apply_log_settings(w->cfg);
     if ((r = w->ops->on_start(w)) < 0) {
-        log_error("worker failed to start", "err=%s", log_q(strerror(-r)));
+        log_error_err(r, "worker failed to start", LOG_NOFIELDS);
         return r;
     }
     uv_timer_start(&w->stats_timer, on_stats_timer, 50, (uint64_t)w->cfg->supervisor.stats_interval_ms);
@@ -100,12 +100,12 @@ static void on_ipc_msg(ipc_t *ipc, json_t *msg, void *arg)
     (void)ipc;
     const char *t = json_string_value(json_object_get(msg, "t"));
     if (t == NULL) {
-        log_warn("ipc message without type ignored", "");
+        log_warn("ipc message without type ignored", LOG_NOFIELDS);
         return;
     }
     if (strcmp(t, "config") == 0) {
         if (w->cfg != NULL) {
-            log_warn("second config message ignored", "");
+            log_warn("second config message ignored", LOG_NOFIELDS);
             return;
         }
         const char *ini = json_string_value(json_object_get(msg, "ini"));
@@ -140,7 +140,7 @@ static void on_ipc_close(ipc_t *ipc, int err, void *arg)
     worker_t *w = arg;
     (void)ipc;
     w->ipc = NULL;
-    log_info("supervisor gone, exiting", "err=%d", err);
+    log_errf(LOG_INFO, err, "supervisor gone, exiting", LOG_NOFIELDS);
     if (w->ops->on_stop != NULL)
         w->ops->on_stop(w);
     worker_exit(w, 0);
@@ -212,11 +212,11 @@ int worker_main(int argc, char **argv, const worker_ops_t *ops, void *data)
         prctl(PR_SET_PDEATHSIG, SIGTERM);
         int r = ipc_open(w.loop, ipc_fd, on_ipc_msg, on_ipc_close, &w, &w.ipc);
         if (r < 0) {
-            log_error("cannot open ipc channel", "fd=%d err=%s", ipc_fd, log_q(uv_strerror(r)));
+            log_error_err(r, "cannot open ipc channel", "fd=%d", ipc_fd);
             return 1;
         }
         if (getppid() == 1) {
-            log_error("parent already gone at start", "");
+            log_error("parent already gone at start", LOG_NOFIELDS);
             return 1;
         }
         log_info("worker started, waiting for config", "ipc_fd=%d", ipc_fd);

@@ -22,6 +22,7 @@
 #include <uv.h>
 
 #include "backoff.h"
+#include "wsclient_parse.h" /* wsc_url_t, the upgrade answer parser */
 
 typedef struct wsc_s wsc_t;
 
@@ -61,10 +62,9 @@ typedef struct {
  * the next loop iteration. Returns 0, -EINVAL (bad URL, name, headers or
  * numbers; ca_file unreadable) or -ENOMEM; on error no callback is made. */
 int wsc_start(uv_loop_t *loop, const wsc_opts_t *opts, const wsc_callbacks_t *cb, void *arg, wsc_t **out);
-/* Queue a text/binary message. 0, -ENOTCONN when not open, -ENOBUFS when
+/* Queue a text message. 0, -ENOTCONN when not open, -ENOBUFS when
  * the socket is backed up (over 16 MiB unsent), -ENOMEM. */
 int wsc_send_text(wsc_t *w, const char *data, size_t len);
-int wsc_send_binary(wsc_t *w, const void *data, size_t len);
 /* Drop the connection now (close frame best effort) and reconnect after
  * backoff. cause is logged; the metric label is cause when it is one of
  * the known causes, else "user". No-op while waiting for a retry. */
@@ -75,56 +75,17 @@ int wsc_set_url(wsc_t *w, const char *url);
  * Safe from inside any callback; later calls are ignored. */
 void wsc_stop(wsc_t *w);
 int wsc_is_open(const wsc_t *w);
-const char *wsc_name(const wsc_t *w);
 /* Why the last attempt ended, as text ("certificate verify failed: ...",
  * "connection refused", "http status 429"); "" if none yet. */
 const char *wsc_last_error(const wsc_t *w);
 /* The status of the last non-101 upgrade answer, else 0. */
 int wsc_last_http_status(const wsc_t *w);
-/* Milliseconds (uv_now) of the last data message, 0 if none. */
-uint64_t wsc_last_message_ms(const wsc_t *w);
 
 /* uv_alloc_cb for read callbacks that consume all data before returning
  * (one per-thread slab; also used by common/httpc). */
 void wsc_slab_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b);
 
 /* ---- pure helpers, exposed for unit tests ---- */
-
-typedef struct {
-    int tls;
-    char host[256]; /* without brackets for IPv6 */
-    int port;
-    char path[2048];   /* path + "?query", at least "/" */
-    char hosthdr[270]; /* Host header value: host[:port], brackets for IPv6 */
-} wsc_url_t;
-
-/* Parse ws:// or wss:// (scheme case-insensitive). Rejects other schemes,
- * userinfo, fragments, empty hosts, bad ports, spaces/control chars and
- * over-long parts with -EINVAL. */
-int wsc_url_parse(const char *url, wsc_url_t *out);
-
-/* Incremental parser for the server's upgrade answer (http_parser,
- * HTTP_RESPONSE), bounded to max_bytes of header. */
-typedef struct {
-    void *parser; /* http_parser, allocated by wsc_upgrade_init */
-    size_t bytes, max_bytes;
-    int done, status, in_value, cur;
-    char field[40];
-    size_t field_len;
-    char upgrade[64], connection[128], accept[64];
-    int has_extensions;
-} wsc_upgrade_t;
-
-int wsc_upgrade_init(wsc_upgrade_t *u, size_t max_bytes);
-void wsc_upgrade_free(wsc_upgrade_t *u);
-/* Returns bytes consumed (the rest, after a 101, is WebSocket data), or
- * -EPROTO (not HTTP) or -E2BIG (header over max_bytes). u->done is set
- * once the status line and headers are in. */
-long wsc_upgrade_feed(wsc_upgrade_t *u, const char *data, size_t n);
-/* After done: 0 if it is a valid 101 answer to key; the HTTP status (> 0)
- * when it is not 101; -EPROTO for a 101 with a wrong accept, missing
- * Upgrade/Connection tokens, or an extension we did not ask for. */
-int wsc_upgrade_verify(const wsc_upgrade_t *u, const char *key);
 
 /* Delay before the next attempt: the backoff draw, raised so that the gap
  * since the previous attempt start (last_attempt_ms, 0 = none) is at least

@@ -35,3 +35,32 @@ ssize_t ws_feed_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, cons
     *rxlen -= n;
     return (ssize_t)n;
 }
+
+size_t wss_frame_header_len(size_t len)
+{
+    return len < 126 ? 2 : len <= 0xffff ? 4 : 10;
+}
+
+rbuf_t *wss_frame(int opcode, const void *data, size_t len)
+{
+    size_t h = wss_frame_header_len(len);
+    rbuf_t *b = rbuf_alloc(h + len);
+    if (b == NULL)
+        return NULL;
+    unsigned char *p = (unsigned char *)b->data;
+    p[0] = (unsigned char)(0x80 | (opcode & 0x0f));
+    if (len < 126) {
+        p[1] = (unsigned char)len;
+    } else if (len <= 0xffff) {
+        p[1] = 126;
+        p[2] = (unsigned char)(len >> 8);
+        p[3] = (unsigned char)len;
+    } else {
+        p[1] = 127;
+        for (int i = 0; i < 8; i++)
+            p[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
+    }
+    if (len)
+        memcpy(p + h, data, len);
+    return b;
+}

@@ -130,35 +130,6 @@ int wss_check_upgrade(const http_req_t *req, char accept[29])
     return ws_accept_key(key, accept);
 }
 
-size_t wss_frame_header_len(size_t len)
-{
-    return len < 126 ? 2 : len <= 0xffff ? 4 : 10;
-}
-
-rbuf_t *wss_frame(int opcode, const void *data, size_t len)
-{
-    size_t h = wss_frame_header_len(len);
-    rbuf_t *b = rbuf_alloc(h + len);
-    if (b == NULL)
-        return NULL;
-    unsigned char *p = (unsigned char *)b->data;
-    p[0] = (unsigned char)(0x80 | (opcode & 0x0f));
-    if (len < 126) {
-        p[1] = (unsigned char)len;
-    } else if (len <= 0xffff) {
-        p[1] = 126;
-        p[2] = (unsigned char)(len >> 8);
-        p[3] = (unsigned char)len;
-    } else {
-        p[1] = 127;
-        for (int i = 0; i < 8; i++)
-            p[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
-    }
-    if (len)
-        memcpy(p + h, data, len);
-    return b;
-}
-
 /* ---- context --------------------------------------------------------------- */
 
 static void conn_flush(wss_conn_t *c);
@@ -1166,11 +1137,6 @@ void *wss_conn_data(const wss_conn_t *c)
     return c->data;
 }
 
-void wss_conn_set_data(wss_conn_t *c, void *data)
-{
-    c->data = data;
-}
-
 int wss_conn_is_open(const wss_conn_t *c)
 {
     return c->state == ST_OPEN && !c->tcp_closing;
@@ -1189,9 +1155,4 @@ const char *wss_peer(const wss_conn_t *c)
 const char *wss_peer_ip(const wss_conn_t *c)
 {
     return c->ip;
-}
-
-const char *wss_tls_version(const wss_conn_t *c)
-{
-    return c->tls ? tls_conn_version(c->tls) : "";
 }

@@ -13,12 +13,7 @@
 #include "http.h"
 #include "rbuf.h"
 #include "tls.h"
-
-#define WSS_OP_TEXT 0x1
-#define WSS_OP_BINARY 0x2
-#define WSS_OP_CLOSE 0x8
-#define WSS_OP_PING 0x9
-#define WSS_OP_PONG 0xa
+#include "wsproto.h" /* WSS_OP_*, wss_frame: server frames */
 
 /* Why a connection ended, for metrics and logs. */
 typedef enum {
@@ -83,13 +78,10 @@ int wss_accept(wss_ctx_t *ctx, uv_stream_t *server, void *data, wss_conn_t **out
 int wss_accept_fd(wss_ctx_t *ctx, int fd, void *data, wss_conn_t **out);
 
 void *wss_conn_data(const wss_conn_t *c);
-void wss_conn_set_data(wss_conn_t *c, void *data);
 int wss_conn_is_open(const wss_conn_t *c); /* upgraded and not closing */
 size_t wss_queued_bytes(const wss_conn_t *c);
 const char *wss_peer(const wss_conn_t *c);    /* "ip:port" */
 const char *wss_peer_ip(const wss_conn_t *c); /* "ip" */
-/* wss:// only: the negotiated protocol ("TLSv1.3"), else "". */
-const char *wss_tls_version(const wss_conn_t *c);
 
 /* Queue a pre-framed frame (wss_frame()); takes its own reference.
  * tag != NULL makes it conflatable: when the peer is behind (a write still
@@ -113,11 +105,6 @@ void wss_abort(wss_conn_t *c);
  * and accept (29 bytes with NUL) holds Sec-WebSocket-Accept; else 426 when it
  * is not an upgrade at all or 400 for a bad key, version or method. */
 int wss_check_upgrade(const http_req_t *req, char accept[29]);
-/* Sec-WebSocket-Accept for a client key. */
-/* Frame a message once (server frames are unmasked). */
-rbuf_t *wss_frame(int opcode, const void *data, size_t len);
-/* Header length for a payload of len bytes. */
-size_t wss_frame_header_len(size_t len);
 
 /* Counters kept by every context since start (for metrics). */
 typedef struct {

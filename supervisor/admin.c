@@ -10,8 +10,9 @@
 #include <unistd.h>
 
 #include "http.h"
-#include "jwt.h"
+#include "listener.h"
 #include "log.h"
+#include "status_page.h"
 #include "supervisor.h"
 #include "worker.h"
 
@@ -30,8 +31,6 @@ typedef struct {
 static uv_tcp_t admin_listener;
 static int admin_listening;
 static metric_t *m_requests;
-
-extern const char status_page_html[];
 
 /* ---- rates and latency for /status ------------------------------------------
  * Workers send cumulative counters (metrics snapshots, ingest status) every
@@ -394,8 +393,7 @@ void admin_retire_worker(const proc_t *p)
     if (p->metrics == NULL)
         return;
     if (retired == NULL && (retired = metrics_registry_new()) == NULL) {
-        log_error("cannot keep an exited worker's counters", "pid=%d err=%s", (int)p->pid,
-                  log_q(strerror(ENOMEM)));
+        log_error_err(-ENOMEM, "cannot keep an exited worker's counters", "pid=%d", (int)p->pid);
         return;
     }
     keep = json_array();
@@ -527,23 +525,7 @@ static void respond(admin_conn_t *c, int status, const char *ctype, const char *
  * passes its own ?token= on to its /status requests). */
 static int admin_authorized(admin_conn_t *c)
 {
-    const char *want = sup.cfg->admin.token;
-    if (want == NULL || want[0] == '\0')
-        return 1;
-    const char *h = http_req_header(&c->req, "authorization");
-    if (h != NULL && strncasecmp(h, "Bearer ", 7) == 0) {
-        h += 7;
-        while (*h == ' ')
-            h++;
-        size_t n = strlen(h);
-        while (n > 0 && h[n - 1] == ' ')
-            n--;
-        if (jwt_secret_equal(h, n, want, strlen(want)))
-            return 1;
-    }
-    char q[512];
-    return http_req_query(&c->req, "token", q, sizeof q) == 0 &&
-           jwt_secret_equal(q, strlen(q), want, strlen(want));
+    return http_req_token_ok(&c->req, sup.cfg->admin.token);
 }
 
 static void respond_unauthorized(admin_conn_t *c)
@@ -644,7 +626,7 @@ static void on_timeout(uv_timer_t *t)
 static void on_connection(uv_stream_t *server, int status)
 {
     if (status < 0) {
-        log_warn("admin accept failed", "err=%s", log_q(uv_strerror(status)));
+        log_warn_err(status, "admin accept failed", LOG_NOFIELDS);
         return;
     }
     admin_conn_t *c = calloc(1, sizeof(*c));
@@ -664,9 +646,7 @@ static void on_connection(uv_stream_t *server, int status)
 
 int admin_start(const char *listen_addr)
 {
-    char host[256];
-    int port, r;
-    struct sockaddr_storage ss;
+    int r;
     m_requests = metrics_reg_family(sup.reg, METRIC_COUNTER, "exchange_admin_requests_total",
                                     "Admin HTTP requests by status code.", NULL, 0);
     if (!rate_timer_on) {
@@ -675,14 +655,7 @@ int admin_start(const char *listen_addr)
         uv_unref((uv_handle_t *)&rate_timer);
         rate_timer_on = 1;
     }
-    if ((r = cfg_parse_addr(listen_addr, host, sizeof(host), &port)) < 0)
-        return r;
-    if (uv_ip4_addr(host[0] ? host : "0.0.0.0", port, (struct sockaddr_in *)&ss) != 0 &&
-        (r = uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss)) != 0)
-        return r;
-    uv_tcp_init(sup.loop, &admin_listener);
-    if ((r = uv_tcp_bind(&admin_listener, (struct sockaddr *)&ss, 0)) < 0 ||
-        (r = uv_listen((uv_stream_t *)&admin_listener, 128, on_connection)) < 0) {
+    if ((r = listener_tcp(sup.loop, &admin_listener, listen_addr, 128, on_connection, NULL)) < 0) {
         uv_close((uv_handle_t *)&admin_listener, NULL);
         return r;
     }

@@ -9,18 +9,12 @@
 #include "log.h"
 #include "supervisor.h"
 
-int election_zk_start(void);
-void election_zk_resign(void);
-void election_zk_stop(void);
-void election_zk_alloc_epoch(int64_t floor, election_epoch_cb cb);
-int64_t election_zk_lease_bound_ms(void);
-
 static int use_zk;
 
 int election_start(void)
 {
     if (sup.cfg->zookeeper.connect == NULL || sup.cfg->zookeeper.connect[0] == '\0') {
-        log_info("standalone: no ZooKeeper configured, this instance always leads", "");
+        log_info("standalone: no ZooKeeper configured, this instance always leads", LOG_NOFIELDS);
         snprintf(sup.session_state, sizeof(sup.session_state), "standalone");
         sup_become_leader(0);
         return 0;

@@ -17,5 +17,12 @@ void election_alloc_epoch(int64_t floor, election_epoch_cb cb);
 /* How long from now our leadership is certain, in ms (<= 0: not certain):
  * the lease handed to the ingest worker never reaches past it. */
 int64_t election_lease_bound_ms(void);
+/* The ZooKeeper recipe (election_zk.c), used by election.c when
+ * [zookeeper] connect is set. */
+int election_zk_start(void);
+void election_zk_resign(void);
+void election_zk_stop(void);
+void election_zk_alloc_epoch(int64_t floor, election_epoch_cb cb);
+int64_t election_zk_lease_bound_ms(void);
 
 #endif

@@ -207,7 +207,7 @@ static void request_children(void)
 {
     int rc = zoo_aget_children(zh, election_path, 0, on_children_done, ctx_new(EV_CHILDREN, NULL));
     if (rc != ZOK)
-        log_warn("zookeeper get_children failed", "err=%s", zerror(rc));
+        log_warn("zookeeper get_children failed", "err=%s", log_q(zerror(rc)));
 }
 
 /* [zookeeper] auth: digest credentials for the session, and the nodes we
@@ -228,7 +228,7 @@ static void zk_add_auth(void)
         return;
     int rc = zoo_add_auth(zh, "digest", a, (int)strlen(a), NULL, NULL);
     if (rc != ZOK)
-        log_error("zookeeper add_auth failed", "scheme=digest err=%s", zerror(rc));
+        log_error("zookeeper add_auth failed", "scheme=digest err=%s", log_q(zerror(rc)));
 }
 
 static void create_node(void)
@@ -243,7 +243,7 @@ static void create_node(void)
                          ctx_new(EV_CREATED, path));
     if (rc != ZOK) {
         creating = 0;
-        log_warn("zookeeper create failed", "err=%s", zerror(rc));
+        log_warn("zookeeper create failed", "err=%s", log_q(zerror(rc)));
     }
     buf_free(&d);
 }
@@ -281,7 +281,7 @@ static int cmp_seq(const void *a, const void *b)
 static void on_children(zev_t *e)
 {
     if (e->rc != ZOK) {
-        log_warn("zookeeper children read failed", "err=%s", zerror(e->rc));
+        log_warn("zookeeper children read failed", "err=%s", log_q(zerror(e->rc)));
         if (e->rc == ZNONODE)
             ensure_parents();
         return;
@@ -295,7 +295,7 @@ static void on_children(zev_t *e)
         my_seq = -1;
         my_node[0] = '\0';
         if (sup.role == ROLE_LEADER) {
-            log_warn("our election node is gone: stepping down", "");
+            log_warn("our election node is gone: stepping down", LOG_NOFIELDS);
             sup_become_follower("", "");
         }
         if (!creating && !resigned)
@@ -333,7 +333,7 @@ static void on_ping_timer(uv_timer_t *t)
         return;
     int rc = zoo_aexists(zh, election_path, 0, on_stat_done, ctx_new(EV_PING, NULL));
     if (rc != ZOK)
-        log_debug("zookeeper ping failed", "err=%s", zerror(rc));
+        log_debug("zookeeper ping failed", "err=%s", log_q(zerror(rc)));
 }
 
 static int session_timeout_ms(void)
@@ -347,7 +347,7 @@ static void on_suspend_timer(uv_timer_t *t)
     (void)t;
     if (connected || sup.role != ROLE_LEADER)
         return;
-    log_warn("zookeeper unreachable: stopping ingest before our session could expire", "");
+    log_warn("zookeeper unreachable: stopping ingest before our session could expire", LOG_NOFIELDS);
     sup_become_follower("", "");
 }
 
@@ -388,7 +388,7 @@ static void on_session(zev_t *e)
             ensure_parents();
     } else if (e->state == ZOO_CONNECTING_STATE) {
         if (connected)
-            log_warn("zookeeper disconnected", "");
+            log_warn("zookeeper disconnected", LOG_NOFIELDS);
         connected = 0;
         set_session_state("disconnected");
         uv_timer_stop(&z_ping_timer);
@@ -438,7 +438,7 @@ static void on_async(uv_async_t *a)
             case EV_PARENTS:
                 if (e->rc != ZOK && e->rc != ZNODEEXISTS)
                     log_warn("zookeeper create parent failed", "path=%s err=%s", log_q(e->path),
-                             zerror(e->rc));
+                             log_q(zerror(e->rc)));
                 request_children();
                 break;
             case EV_CREATED:
@@ -446,7 +446,7 @@ static void on_async(uv_async_t *a)
                 if (e->rc == ZOK)
                     log_info("election node created", "node=%s", log_q(e->value));
                 else
-                    log_warn("election node create failed", "err=%s", zerror(e->rc));
+                    log_warn("election node create failed", "err=%s", log_q(zerror(e->rc)));
                 /* On connection loss the reply may be lost while the node
                  * exists: the next children read finds it by prefix. */
                 if (e->rc == ZOK || e->rc == ZNONODE)
@@ -493,8 +493,8 @@ static void session_start(void)
     zh = zookeeper_init(sup.cfg->zookeeper.connect, on_session_event, sup.cfg->zookeeper.session_timeout_ms,
                         NULL, (void *)(intptr_t)zgen, 0);
     if (zh == NULL) {
-        log_error("zookeeper init failed, retrying", "connect=%s err=%s", log_q(sup.cfg->zookeeper.connect),
-                  log_q(strerror(errno)));
+        log_error_err(-errno, "zookeeper init failed, retrying", "connect=%s",
+                      log_q(sup.cfg->zookeeper.connect));
         uv_timer_start(&z_retry_timer, on_retry_timer, 2000, 0);
         return;
     }
@@ -537,7 +537,7 @@ void election_zk_resign(void)
     resigned = 1;
     if (zh != NULL && my_node[0] != '\0' && connected) {
         int rc = zoo_delete(zh, my_node, -1);
-        log_info("resigned: election node deleted", "node=%s rc=%s", log_q(my_node), zerror(rc));
+        log_info("resigned: election node deleted", "node=%s rc=%s", log_q(my_node), log_q(zerror(rc)));
     }
     my_node[0] = '\0';
     /* Closing the session also removes anything ephemeral left behind. */

@@ -169,7 +169,7 @@ void sup_resign(void)
     sup.role = ROLE_DRAINING;
     if (procs_ingest() != NULL) {
         resign_pending = 1;
-        log_info("resigning once the ingest has committed and exited", "");
+        log_info("resigning once the ingest has committed and exited", LOG_NOFIELDS);
         return;
     }
     election_resign();

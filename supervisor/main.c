@@ -55,7 +55,7 @@ static void raise_nofile_limit(void)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) < 0) {
-        log_warn("cannot read the open-files limit", "err=%s", log_q(strerror(errno)));
+        log_warn_err(-errno, "cannot read the open-files limit", LOG_NOFIELDS);
         return;
     }
     unsigned long long was = (unsigned long long)rl.rlim_cur;
@@ -64,8 +64,8 @@ static void raise_nofile_limit(void)
         if (setrlimit(RLIMIT_NOFILE, &want) == 0)
             rl = want;
         else
-            log_warn("cannot raise the open-files limit", "soft=%llu hard=%llu err=%s", was,
-                     (unsigned long long)rl.rlim_max, log_q(strerror(errno)));
+            log_warn_err(-errno, "cannot raise the open-files limit", "soft=%llu hard=%llu", was,
+                         (unsigned long long)rl.rlim_max);
     }
     log_info("open-files limit", "soft=%llu hard=%llu soft_before=%llu", (unsigned long long)rl.rlim_cur,
              (unsigned long long)rl.rlim_max, was);
@@ -141,7 +141,7 @@ static void spawn_fanouts(void)
 static void on_drain_timeout(uv_timer_t *t)
 {
     (void)t;
-    log_warn("drain deadline passed, killing remaining workers", "");
+    log_warn("drain deadline passed, killing remaining workers", LOG_NOFIELDS);
     procs_kill_all(SIGKILL);
 }
 
@@ -177,7 +177,7 @@ static void reload(void)
     buf_init(&err);
     buf_init(&why);
     sd_notify_msg("RELOADING=1");
-    log_info("reload requested", "");
+    log_info("reload requested", LOG_NOFIELDS);
     cfg_t *nc = cfg_load(&sup.cfg_opts, &err);
     if (nc == NULL) {
         metric_inc(metric_labels(m_reloads, "result=\"failed\""));
@@ -209,7 +209,7 @@ static void reload(void)
             procs_drain(p, nc->fanout.drain_ms);
     spawn_fanouts();
     if (ingest_changed && procs_ingest() != NULL) {
-        log_info("ingest settings changed: restarting ingest worker", "");
+        log_info("ingest settings changed: restarting ingest worker", LOG_NOFIELDS);
         sup_stop_ingest(0); /* procs.c starts the new one when it has exited */
     }
     cfg_free(old);
@@ -309,7 +309,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     raise_nofile_limit();
     if ((r = find_exe_dir()) < 0) {
-        log_error("cannot find own executable", "err=%s", log_q(strerror(-r)));
+        log_error_err(r, "cannot find own executable", LOG_NOFIELDS);
         return 1;
     }
     sup.loop = uv_default_loop();
@@ -336,18 +336,18 @@ int main(int argc, char **argv)
              log_q(sup.cfg->profile ? sup.cfg->profile : ""), log_q(sup.cfg->files ? sup.cfg->files : ""),
              (int)getpid());
     if ((r = admin_start(sup.cfg->admin.listen)) < 0) {
-        log_error("admin listen failed", "addr=%s err=%s", sup.cfg->admin.listen, log_q(uv_strerror(r)));
+        log_error_err(r, "admin listen failed", "addr=%s", log_q(sup.cfg->admin.listen));
         return 1;
     }
     sd_watchdog_start(sup.loop);
     spawn_fanouts();
     if ((r = election_start()) < 0) {
-        log_error("election start failed", "err=%s", log_q(uv_strerror(r)));
+        log_error_err(r, "election start failed", LOG_NOFIELDS);
         return 1;
     }
     uv_run(sup.loop, UV_RUN_DEFAULT);
     admin_stop();
     election_stop();
-    log_info("exchange-service stopped", "");
+    log_info("exchange-service stopped", LOG_NOFIELDS);
     return 0;
 }

@@ -96,7 +96,7 @@ static void on_worker_msg(ipc_t *ipc, json_t *msg, void *arg)
         if (!sup.ready_reported && sup_is_ready()) {
             sup.ready_reported = 1;
             sd_notify_msg("READY=1");
-            log_info("service ready", "");
+            log_info("service ready", LOG_NOFIELDS);
         }
     } else if (strcmp(t, "epoch_seen") == 0 && p->kind == PROC_INGEST) {
         json_t *e = json_object_get(msg, "epoch");
@@ -122,7 +122,7 @@ static void on_worker_close(ipc_t *ipc, int err, void *arg)
     (void)ipc;
     p->ipc = NULL;
     if (err != 0)
-        log_warn("worker ipc closed with error", "pid=%d err=%d", (int)p->pid, err);
+        log_warn_err(err, "worker ipc closed with error", "pid=%d", (int)p->pid);
 }
 
 static uint64_t now_ms(void)
@@ -139,13 +139,13 @@ int procs_spawn(proc_kind_t kind, int slot)
              kind == PROC_INGEST ? "exchange-ingest" : "exchange-fanout");
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
         r = -errno;
-        log_error("socketpair failed", "err=%s", log_q(strerror(errno)));
+        log_error_err(r, "socketpair failed", LOG_NOFIELDS);
         return r;
     }
     pid_t pid = fork();
     if (pid < 0) {
         r = -errno;
-        log_error("fork failed", "err=%s", log_q(strerror(errno)));
+        log_error_err(r, "fork failed", LOG_NOFIELDS);
         close(sv[0]);
         close(sv[1]);
         return r;
@@ -186,7 +186,7 @@ int procs_spawn(proc_kind_t kind, int slot)
     p->next = sup.procs;
     sup.procs = p;
     if ((r = ipc_open(sup.loop, sv[0], on_worker_msg, on_worker_close, p, &p->ipc)) < 0) {
-        log_error("ipc open failed", "err=%s", log_q(uv_strerror(r)));
+        log_error_err(r, "ipc open failed", LOG_NOFIELDS);
         close(sv[0]);
         kill(pid, SIGKILL);
         return r;
@@ -225,15 +225,6 @@ void procs_on_leader_change(void)
     json_t *msg = procs_leader_msg();
     procs_send_all(PROC_FANOUT, msg);
     json_decref(msg);
-}
-
-int procs_count(proc_kind_t kind, int only_live)
-{
-    int n = 0;
-    for (proc_t *p = sup.procs; p != NULL; p = p->next)
-        if (p->kind == kind && (only_live ? (p->state == PS_RUNNING) : (p->state != PS_EXITED)))
-            n++;
-    return n;
 }
 
 proc_t *procs_ingest(void)

@@ -36,7 +36,7 @@ void sup_become_follower(const char *leader_id, const char *relay)
     if (sup.role == ROLE_LEADER) {
         sup.transitions++;
         sup.last_transition_ms = worker_now_ms();
-        log_warn("stepping down", "");
+        log_warn("stepping down", LOG_NOFIELDS);
     }
     sup.role = ROLE_FOLLOWER;
     snprintf(sup.leader_id, sizeof(sup.leader_id), "%s", leader_id ? leader_id : "");
@@ -50,6 +50,6 @@ void sup_check_drained(void)
 {
     if (!sup.draining || procs_any_alive())
         return;
-    log_info("all workers exited, bye", "");
+    log_info("all workers exited, bye", LOG_NOFIELDS);
     uv_stop(sup.loop);
 }

@@ -74,7 +74,6 @@ int procs_spawn(proc_kind_t kind, int slot);
 void procs_reap(void);
 void procs_send_all(proc_kind_t kind, json_t *msg);
 void procs_drain(proc_t *p, int ms);
-int procs_count(proc_kind_t kind, int only_live);
 proc_t *procs_ingest(void);
 void procs_kill_all(int sig);
 int procs_any_alive(void);

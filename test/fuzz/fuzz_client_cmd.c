@@ -14,8 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../workers/fanout/hub.h"
-#include "../../workers/fanout/protocol.h"
+#include "hub.h"
+#include "protocol.h"
 #include "log.h"
 #include "fuzz_util.h"
 

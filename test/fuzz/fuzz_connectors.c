@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../workers/ingest/connector.h"
+#include "connector.h"
 #include "log.h"
 #include "msg.h"
 #include "fuzz_util.h"

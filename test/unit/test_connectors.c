@@ -12,14 +12,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../workers/ingest/backfill.h"
-#include "../../workers/ingest/book.h"
-#include "../../workers/ingest/dedup.h"
-#include "../../workers/ingest/ingest.h"
-#include "../../workers/ingest/tail.h"
+#include "backfill.h"
+#include "book.h"
+#include "dedup.h"
+#include "ingest.h"
+#include "tail.h"
 #include "buf.h"
 #include "config.h"
-#include "../../workers/ingest/connector.h"
+#include "connector.h"
 #include "log.h"
 #include "msg.h"
 
@@ -953,43 +953,6 @@ static void test_coinbase_book(void **state)
     fx_free(f);
 }
 
-static void test_book(void **state)
-{
-    (void)state;
-    book_t b;
-    buf_t o;
-    book_init(&b);
-    buf_init(&o);
-    /* bids descending, asks ascending, by exact decimal value */
-    const char *bids[] = {"9.5", "10.1", "10.10000001", "0.99", "100"};
-    for (size_t i = 0; i < 5; i++)
-        assert_int_equal(book_set(&b, 1, bids[i], "1"), 0);
-    book_top_json(&b, 1, 10, &o);
-    assert_string_equal(o.data, "[[\"100\",\"1\"],[\"10.10000001\",\"1\"],[\"10.1\",\"1\"],"
-                                "[\"9.5\",\"1\"],[\"0.99\",\"1\"]]");
-    assert_int_equal(book_set(&b, 1, "10.100", "0.000"), 0); /* removes "10.1" */
-    assert_int_equal(book_set(&b, 1, "7", "0"), 0);          /* absent: no-op */
-    assert_int_equal(book_depth(&b, 1), 4);
-    assert_int_equal(book_set(&b, 1, "1e3", "1"), -EINVAL);
-    assert_int_equal(book_set(&b, 0, "2", "x"), -EINVAL);
-    for (int i = 2000; i > 0; i--) {
-        char p[16];
-        snprintf(p, sizeof(p), "%d.%d", i, i % 7);
-        assert_int_equal(book_set(&b, 0, p, "1"), 0);
-    }
-    assert_int_equal(book_depth(&b, 0), 2000);
-    assert_string_equal(book_level(&b, 0, 0)->price, "1.1");
-    assert_string_equal(book_level(&b, 0, 1999)->price, "2000.5");
-    assert_null(book_level(&b, 0, 2000));
-    buf_reset(&o);
-    book_top_json(&b, 0, 2, &o);
-    assert_string_equal(o.data, "[[\"1.1\",\"1\"],[\"2.2\",\"1\"]]");
-    book_clear(&b);
-    assert_int_equal(book_depth(&b, 0), 0);
-    buf_free(&o);
-    book_free(&b);
-}
-
 static void test_helpers(void **state)
 {
     (void)state;
@@ -1002,14 +965,6 @@ static void test_helpers(void **state)
     assert_int_equal(ms, 1675974770700);
     assert_int_equal(conn_rfc3339_ms("2023-02-09", &ms), -EINVAL);
     assert_int_equal(conn_rfc3339_ms("2023-02-09T20:32:50.Z", &ms), -EINVAL);
-    char **items;
-    int n;
-    assert_int_equal(conn_split_list(" a, b ,,c ", &items, &n), 0);
-    assert_int_equal(n, 3);
-    assert_string_equal(items[0], "a");
-    assert_string_equal(items[1], "b");
-    assert_string_equal(items[2], "c");
-    conn_free_list(items, n);
     assert_ptr_equal(connectors[EX_UPBIT], &upbit_connector);
     assert_ptr_equal(connectors[EX_BITHUMB], &bithumb_connector);
     assert_ptr_equal(connectors[EX_BINANCE], &binance_connector);
@@ -1333,128 +1288,6 @@ static void test_hold_backfill_release(void **state)
     tfx_free(t);
 }
 
-static void test_dedup_ring(void **state)
-{
-    (void)state;
-    dedup_t d;
-    char id[32];
-    assert_int_equal(dedup_init(&d, 4), 0);
-    for (int i = 0; i < 6; i++) {
-        snprintf(id, sizeof(id), "u%d", i);
-        assert_false(dedup_seen(&d, id, 0));
-        dedup_add(&d, id, 0);
-        assert_true(dedup_seen(&d, id, 0));
-    }
-    assert_false(dedup_seen(&d, "u1", 0)); /* evicted: only the last 4 */
-    assert_true(dedup_seen(&d, "u2", 0));
-    /* ordered ids: anything at or below the mark is a duplicate */
-    dedup_add(&d, "1000", 1);
-    assert_true(dedup_seen(&d, "999", 1));
-    assert_false(dedup_seen(&d, "999", 0));
-    assert_false(dedup_seen(&d, "1001", 1));
-    assert_false(dedup_seen(&d, "abc", 1));
-    int64_t v;
-    assert_int_equal(dedup_id_num("17303368620470000", &v), 0);
-    assert_true(v == 17303368620470000LL);
-    assert_int_equal(dedup_id_num("12x", &v), -EINVAL);
-    assert_int_equal(dedup_id_num("", &v), -EINVAL);
-    dedup_free(&d);
-}
-
-static void test_backfill_pages(void **state)
-{
-    (void)state;
-    norm_trade_t *v;
-    int n;
-    buf_t b;
-    buf_init(&b);
-    static const struct {
-        int ex, days;
-        const char *market, *cursor, *want;
-    } paths[] = {
-        {EX_UPBIT, 0, "KRW-BTC", "", "/v1/trades/ticks?market=KRW-BTC&count=200"},
-        {EX_BITHUMB, 0, "KRW-BTC", "17303368620470000",
-         "/v1/trades/ticks?market=KRW-BTC&count=200&cursor=17303368620470000"},
-        {EX_UPBIT, 1, "KRW-BTC", "", "/v1/trades/ticks?market=KRW-BTC&count=200&days_ago=1"},
-        {EX_BITHUMB, 2, "KRW-BTC", "5", "/v1/trades/ticks?market=KRW-BTC&count=200&cursor=5&daysAgo=2"},
-        {EX_BINANCE, 0, "BTCUSDT", "28457",
-         "/api/v3/historicalTrades?symbol=BTCUSDT&limit=1000&fromId=28457"},
-        {EX_BINANCE, 0, "BTCUSDT", "", "/api/v3/trades?symbol=BTCUSDT&limit=1000"},
-        {EX_COINBASE, 0, "BTC-USD", "1700000000",
-         "/api/v3/brokerage/market/products/BTC-USD/ticker?limit=1000&end=1700000000"},
-    };
-    for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); i++) {
-        buf_reset(&b);
-        assert_int_equal(backfill_page_path(paths[i].ex, paths[i].market, paths[i].cursor, paths[i].days, &b),
-                         0);
-        assert_string_equal(b.data, paths[i].want);
-    }
-    buf_free(&b);
-
-    /* Upbit: 17-digit sequential_id (> 2^53) kept exact, BID = buy */
-    static const char UP[] =
-        "[{\"market\":\"KRW-BTC\",\"trade_date_utc\":\"2024-10-31\",\"trade_time_utc\":\"01:07:42\","
-        "\"timestamp\":1730336862047,\"trade_price\":100473000.0,\"trade_volume\":0.00014208,"
-        "\"prev_closing_price\":100571000.0,\"change_price\":-98000.0,\"ask_bid\":\"BID\","
-        "\"sequential_id\":17303368620470001}]";
-    assert_int_equal(backfill_parse_page(EX_UPBIT, UP, strlen(UP), &v, &n), 0);
-    assert_int_equal(n, 1);
-    assert_string_equal(v[0].trade_id, "17303368620470001");
-    assert_string_equal(v[0].price, "100473000");
-    assert_string_equal(v[0].qty, "0.00014208");
-    assert_string_equal(v[0].side, "buy");
-    assert_string_equal(v[0].symbol, "BTC-KRW");
-    assert_true(v[0].ts == 1730336862047LL && v[0].backfill);
-    free(v);
-    static const char BN[] =
-        "[{\"id\":28457,\"price\":\"4.00000100\",\"qty\":\"12.00000000\",\"quoteQty\":"
-        "\"48.000012\",\"time\":1499865549590,\"isBuyerMaker\":true,\"isBestMatch\":true}]";
-    assert_int_equal(backfill_parse_page(EX_BINANCE, BN, strlen(BN), &v, &n), 0);
-    assert_string_equal(v[0].trade_id, "28457");
-    assert_string_equal(v[0].price, "4.00000100");
-    assert_string_equal(v[0].side, "sell");
-    free(v);
-    static const char CB[] =
-        "{\"trades\":[{\"trade_id\":\"10438098\",\"product_id\":\"BTC-USD\",\"price\":\"68900.5\",\"size\":"
-        "\"0.0015\",\"time\":\"2026-04-07T14:30:02.789012Z\",\"side\":\"BUY\",\"exchange\":\"coinbase\"}],"
-        "\"best_bid\":\"68900\",\"best_ask\":\"68901\"}";
-    assert_int_equal(backfill_parse_page(EX_COINBASE, CB, strlen(CB), &v, &n), 0);
-    assert_string_equal(v[0].trade_id, "10438098");
-    assert_string_equal(v[0].symbol, "BTC-USD");
-    assert_true(v[0].ts == 1775572202789LL);
-    free(v);
-    /* not a page: Upbit's plain-text 429 body, an error object */
-    assert_int_equal(backfill_parse_page(EX_UPBIT, "Too many API requests.", 22, &v, &n), -EPROTO);
-    assert_int_equal(backfill_parse_page(EX_BINANCE, "{\"code\":-1121}", 14, &v, &n), -EPROTO);
-    assert_int_equal(backfill_parse_page(EX_UPBIT, "[{\"market\":1}]", 14, &v, &n), -EPROTO);
-}
-
-/* Records of the topic's tail: trades give channel, id, time; other
- * messages only their epoch. */
-static void test_tail_records(void **state)
-{
-    (void)state;
-    tail_trade_t t;
-    int64_t ep = 0;
-    static const char TR[] =
-        HDR("trade", "upbit", "BTC-KRW", 41, 1676965262139) ",\"price\":\"31373000\","
-                                                            "\"qty\":\"0.1\",\"side\":\"buy\","
-                                                            "\"trade_id\":\"1676965262139000\","
-                                                            "\"backfill\":true}";
-    assert_int_equal(tail_parse_record(TR, strlen(TR), &t, &ep), 1);
-    assert_string_equal(t.channel, "trade.upbit.BTC-KRW");
-    assert_string_equal(t.trade_id, "1676965262139000");
-    assert_true(t.ts == 1676965262139LL && t.seq == 41 && t.epoch == 7 && ep == 7);
-    static const char ST[] = "{\"channel\":\"status.upbit\",\"type\":\"status\",\"exchange\":\"upbit\","
-                             "\"seq\":3,\"epoch\":9,\"ts\":1,\"recv_ts\":1,\"state\":\"connected\"}";
-    assert_int_equal(tail_parse_record(ST, strlen(ST), &t, &ep), 0);
-    assert_int_equal(ep, 9);
-    assert_int_equal(tail_parse_record("not json", 8, &t, &ep), -EINVAL);
-    /* a trade without its id (an older producer): not a trade to seed */
-    static const char NOID[] = HDR("trade", "upbit", "BTC-KRW", 1, 1) ",\"price\":\"1\"}";
-    assert_int_equal(tail_parse_record(NOID, strlen(NOID), &t, &ep), 0);
-}
-
 int main(void)
 {
     log_set_level("error");
@@ -1475,16 +1308,12 @@ int main(void)
         cmocka_unit_test(test_coinbase_open),
         cmocka_unit_test(test_coinbase_trades_ticker),
         cmocka_unit_test(test_coinbase_book),
-        cmocka_unit_test(test_book),
         cmocka_unit_test(test_helpers),
         cmocka_unit_test(test_garbage),
         cmocka_unit_test(test_upbit_snapshot_resend_once),
         cmocka_unit_test(test_coinbase_snapshot_once_and_oldest_first),
         cmocka_unit_test(test_binance_dedup_across_reconnect),
         cmocka_unit_test(test_hold_backfill_release),
-        cmocka_unit_test(test_dedup_ring),
-        cmocka_unit_test(test_backfill_pages),
-        cmocka_unit_test(test_tail_records),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

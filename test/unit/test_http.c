@@ -1,11 +1,7 @@
 /* Unit tests for HTTP request parsing: a real WebSocket upgrade request with
  * the frame bytes after it left unconsumed, pipelined requests, split input,
  * header limits (431), parse errors (400), query decoding, tokens, responses. */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "unit.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -299,13 +295,50 @@ static void test_tokens_and_responses(void **state)
     buf_free(&b);
 }
 
-int main(void)
+static void test_secret_equal(void **state)
 {
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_upgrade_request), cmocka_unit_test(test_split_feeds),
-        cmocka_unit_test(test_pipelined),       cmocka_unit_test(test_repeated_headers),
-        cmocka_unit_test(test_header_limits),   cmocka_unit_test(test_parse_errors),
-        cmocka_unit_test(test_query_decoding),  cmocka_unit_test(test_tokens_and_responses),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    (void)state;
+    assert_true(http_secret_equal("abc", 3, "abc", 3));
+    assert_false(http_secret_equal("abc", 3, "abd", 3));
+    assert_false(http_secret_equal("abc", 3, "abcd", 4));
+    assert_false(http_secret_equal(NULL, 0, "", 0));
 }
+
+/* An "Authorization: Bearer" value alone: trimmed, other schemes refused. */
+static void test_bearer(void **state)
+{
+    (void)state;
+    const char *t = NULL;
+    size_t n = 0;
+    assert_true(http_bearer("bearer   abc  ", &t, &n));
+    assert_int_equal(n, 3);
+    assert_memory_equal(t, "abc", 3);
+    assert_false(http_bearer("Basic abc", &t, &n));
+    assert_false(http_bearer("Bearer   ", &t, &n));
+    assert_false(http_bearer(NULL, &t, &n));
+}
+
+static void test_token_ok(void **state)
+{
+    (void)state;
+    assert_true(http_token_ok("", NULL, NULL)); /* no token configured */
+    assert_true(http_token_ok(NULL, "Bearer x", NULL));
+    assert_false(http_token_ok("s3cret", NULL, NULL)); /* nothing presented */
+    assert_true(http_token_ok("s3cret", "Bearer s3cret", NULL));
+    assert_true(http_token_ok("s3cret", "bearer   s3cret", NULL));
+    assert_false(http_token_ok("s3cret", "Bearer s3cre", NULL));
+    assert_false(http_token_ok("s3cret", "Bearer s3cretX", NULL));
+    assert_false(http_token_ok("s3cret", "Basic s3cret", NULL));
+    assert_false(http_token_ok("s3cret", "Bearer ", NULL));
+    assert_true(http_token_ok("s3cret", NULL, "s3cret"));
+    assert_false(http_token_ok("s3cret", NULL, ""));
+    /* The header wins over the query when both are given. */
+    assert_false(http_token_ok("s3cret", "Bearer wrong", "s3cret"));
+    assert_true(http_token_ok("s3cret", "Basic abc", "s3cret"));
+}
+
+UNIT_MAIN(cmocka_unit_test(test_secret_equal), cmocka_unit_test(test_bearer), cmocka_unit_test(test_token_ok),
+          cmocka_unit_test(test_upgrade_request), cmocka_unit_test(test_split_feeds),
+          cmocka_unit_test(test_pipelined), cmocka_unit_test(test_repeated_headers),
+          cmocka_unit_test(test_header_limits), cmocka_unit_test(test_parse_errors),
+          cmocka_unit_test(test_query_decoding), cmocka_unit_test(test_tokens_and_responses))

@@ -1,6 +1,6 @@
-/* Hub and client protocol logic driven by fake clients: subscriptions and
- * patterns, snapshots first, history recovery, fencing and duplicates,
- * conflation tags, error replies, the rate limit. */
+/* Unit tests for workers/fanout/hub.c driven by fake clients: subscriptions
+ * and patterns, snapshots first, history recovery, fencing and duplicates,
+ * conflation tags. (Client requests: test_protocol.c.) */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,72 +12,11 @@
 #include <cmocka.h>
 #include "wsproto.h"
 
-#include "../../workers/fanout/hub.h"
-#include "../../workers/fanout/protocol.h"
+#include "hub.h"
+#include "protocol.h"
 #include "wsserver.h"
 
-/* A fake client records every frame it gets (payload text, tag). */
-#define MAXF 256
-typedef struct {
-    char *text[MAXF];
-    const void *tag[MAXF];
-    int n;
-    int refuse; /* return -ENOBUFS */
-} fake_t;
-
-static int fake_send(void *user, rbuf_t *frame, const void *tag)
-{
-    fake_t *f = user;
-    if (f->refuse)
-        return -105;
-    size_t h = 2;
-    unsigned char b1 = (unsigned char)frame->data[1];
-    if ((b1 & 0x7f) == 126)
-        h = 4;
-    else if ((b1 & 0x7f) == 127)
-        h = 10;
-    assert_true(f->n < MAXF);
-    f->text[f->n] = strndup(frame->data + h, frame->len - h);
-    f->tag[f->n] = tag;
-    f->n++;
-    return 0;
-}
-
-static void fake_reset(fake_t *f)
-{
-    for (int i = 0; i < f->n; i++)
-        free(f->text[i]);
-    f->n = 0;
-}
-
-static hub_t *mkhub(int history, int maxsubs)
-{
-    hub_opts_t o = {.history = history, .max_subscriptions = maxsubs};
-    hub_ops_t ops = {.send = fake_send};
-    return hub_new(&o, &ops);
-}
-
-static int pub(hub_t *h, const char *ch, long seq, long epoch)
-{
-    char buf[512];
-    const char *t = strncmp(ch, "trade", 5) == 0       ? "trade"
-                    : strncmp(ch, "orderbook", 9) == 0 ? "orderbook"
-                                                       : "ticker";
-    snprintf(buf, sizeof buf,
-             "{\"channel\":\"%s\",\"type\":\"%s\",\"exchange\":\"x\",\"symbol\":\"A-B\",\"seq\":%ld,"
-             "\"epoch\":%ld,\"ts\":1,\"recv_ts\":2}",
-             ch, t, seq, epoch);
-    return hub_publish(h, buf, strlen(buf), NULL, NULL);
-}
-
-/* seq of a data frame, -1 for a non-data frame */
-static long seq_of(const char *text)
-{
-    const char *p = strstr(text, "\"seq\":");
-    if (p == NULL || strstr(text, "\"channel\"") == NULL)
-        return -1;
-    return strtol(p + 6, NULL, 10);
-}
+#include "fake_hub.h"
 
 static void test_exact_subscribe_live_and_snapshot(void **state)
 {
@@ -515,157 +454,6 @@ static void test_refusing_client_does_not_block_others(void **state)
     hub_free(h);
 }
 
-/* ---- protocol ---------------------------------------------------------------- */
-
-static const char *last(fake_t *f)
-{
-    return f->n ? f->text[f->n - 1] : "";
-}
-
-static void req(hub_client_t *c, proto_rate_t *r, const char *text)
-{
-    assert_int_equal(proto_handle(c, r, 0, text, strlen(text), 1000, NULL), PROTO_OK);
-}
-
-static void test_protocol_errors(void **state)
-{
-    (void)state;
-    hub_t *h = mkhub(10, 2);
-    fake_t a = {0};
-    proto_rate_t r = {0};
-    hub_client_t *ca = hub_client_new(h, &a);
-    req(ca, &r, "{bad");
-    assert_non_null(strstr(last(&a), "\"code\":\"bad_json\""));
-    req(ca, &r, "[1]");
-    assert_non_null(strstr(last(&a), "\"code\":\"bad_json\""));
-    req(ca, &r, "{\"op\":\"dance\",\"id\":3}");
-    assert_non_null(strstr(last(&a), "\"code\":\"unknown_op\""));
-    assert_non_null(strstr(last(&a), "\"id\":3"));
-    req(ca, &r, "{\"id\":4}");
-    assert_non_null(strstr(last(&a), "\"code\":\"bad_request\""));
-    req(ca, &r, "{\"op\":\"subscribe\",\"channels\":[\"nope\"],\"id\":5}");
-    assert_non_null(strstr(last(&a), "\"code\":\"bad_channel\""));
-    assert_non_null(strstr(last(&a), "\"id\":5"));
-    req(ca, &r, "{\"op\":\"subscribe\",\"channels\":\"ticker.x.A-B\"}");
-    assert_non_null(strstr(last(&a), "\"code\":\"bad_request\""));
-    req(ca, &r, "{\"op\":\"subscribe\",\"channels\":[\"a.b.C\",\"a.b.D\",\"a.b.E\"],\"id\":6}");
-    assert_non_null(strstr(last(&a), "\"code\":\"too_many_subscriptions\""));
-    assert_int_equal(hub_client_sub_count(ca), 0); /* all or nothing */
-    req(ca, &r, "{\"op\":\"subscribe\",\"channels\":[\"a.b.C\"],\"since\":{\"a.*.C\":1}}");
-    assert_non_null(strstr(last(&a), "\"code\":\"bad_channel\""));
-    req(ca, &r, "{\"op\":\"subscribe\",\"channels\":[\"a.b.C\"],\"since\":{\"a.b.C\":\"x\"}}");
-    assert_non_null(strstr(last(&a), "\"code\":\"bad_request\""));
-    req(ca, &r, "{\"op\":\"subscribe\",\"since\":{\"a.b.C\":{\"epoch\":-1,\"seq\":1}}}");
-    assert_non_null(strstr(last(&a), "\"code\":\"bad_request\""));
-    req(ca, &r, "{\"op\":\"subscribe\",\"since\":{\"a.b.C\":{\"epoch\":1}}}");
-    assert_non_null(strstr(last(&a), "\"code\":\"bad_request\""));
-    assert_int_equal(hub_client_sub_count(ca), 0);
-    proto_binary(ca);
-    assert_non_null(strstr(last(&a), "\"code\":\"bad_request\""));
-    hub_client_free(ca);
-    fake_reset(&a);
-    hub_free(h);
-}
-
-static void test_protocol_replies(void **state)
-{
-    (void)state;
-    hub_t *h = mkhub(10, 0);
-    fake_t a = {0};
-    proto_rate_t r = {0};
-    for (int i = 1; i <= 3; i++)
-        pub(h, "ticker.x.A-B", i, 1);
-    hub_client_t *ca = hub_client_new(h, &a);
-    req(ca, &r, "{\"op\":\"subscribe\",\"channels\":[\"ticker.*.A-B\"],\"id\":1}");
-    assert_int_equal(a.n, 2);
-    assert_non_null(strstr(a.text[0], "\"type\":\"subscribed\""));
-    assert_non_null(strstr(a.text[0], "\"id\":1"));
-    assert_int_equal(seq_of(a.text[1]), 3); /* reply, then snapshot */
-    req(ca, &r, "{\"op\":\"ping\",\"id\":\"p\"}");
-    assert_non_null(strstr(last(&a), "\"type\":\"pong\""));
-    assert_non_null(strstr(last(&a), "\"id\":\"p\""));
-    assert_non_null(strstr(last(&a), "\"ts\":1000"));
-    req(ca, &r, "{\"op\":\"list\"}");
-    assert_non_null(strstr(last(&a), "\"channels\":[\"ticker.x.A-B\"]"));
-    req(ca, &r, "{\"op\":\"unsubscribe\",\"channels\":[\"ticker.*.A-B\"],\"id\":2}");
-    assert_non_null(strstr(last(&a), "\"type\":\"unsubscribed\""));
-    fake_reset(&a);
-    /* since: recovered true replays, recovered false sends the snapshot */
-    req(ca, &r, "{\"op\":\"subscribe\",\"since\":{\"ticker.x.A-B\":1},\"id\":3}");
-    assert_non_null(strstr(a.text[0], "\"recovered\":{\"ticker.x.A-B\":true}"));
-    assert_int_equal(a.n, 3);
-    assert_int_equal(seq_of(a.text[1]), 2);
-    assert_int_equal(seq_of(a.text[2]), 3);
-    fake_reset(&a);
-    req(ca, &r, "{\"op\":\"unsubscribe\",\"channels\":[\"ticker.x.A-B\"]}");
-    /* a legacy seq past the newest here may be from an older epoch: a gap,
-     * the snapshot, and no floor */
-    req(ca, &r, "{\"op\":\"subscribe\",\"channels\":[\"ticker.x.A-B\"],\"since\":{\"ticker.x.A-B\":99}}");
-    assert_non_null(strstr(a.text[1], "\"recovered\":{\"ticker.x.A-B\":false}"));
-    assert_int_equal(a.n, 3);
-    assert_int_equal(seq_of(a.text[2]), 3);
-    hub_client_free(ca);
-    fake_reset(&a);
-    hub_free(h);
-}
-
-static void test_rate_limit(void **state)
-{
-    (void)state;
-    hub_t *h = mkhub(0, 0);
-    fake_t a = {0};
-    proto_rate_t r = {0};
-    hub_client_t *ca = hub_client_new(h, &a);
-    const char *ping = "{\"op\":\"ping\"}";
-    int limited = 0, res = PROTO_OK;
-    for (int i = 0; i < 5; i++) {
-        res = proto_handle(ca, &r, 5, ping, strlen(ping), 10000, &limited);
-        assert_int_equal(res, PROTO_OK);
-        assert_false(limited);
-    }
-    res = proto_handle(ca, &r, 5, ping, strlen(ping), 10100, &limited);
-    assert_int_equal(res, PROTO_OK);
-    assert_true(limited);
-    assert_non_null(strstr(last(&a), "\"code\":\"rate_limited\""));
-    for (int i = 0; i < 4; i++)
-        res = proto_handle(ca, &r, 5, ping, strlen(ping), 10200, &limited);
-    assert_int_equal(res, PROTO_OK);
-    res = proto_handle(ca, &r, 5, ping, strlen(ping), 10300, &limited);
-    assert_int_equal(res, PROTO_CLOSE_POLICY);
-    /* a new second starts afresh */
-    res = proto_handle(ca, &r, 5, ping, strlen(ping), 11001, &limited);
-    assert_int_equal(res, PROTO_OK);
-    assert_false(limited);
-    hub_client_free(ca);
-    fake_reset(&a);
-    hub_free(h);
-}
-
-static void test_frame_header(void **state)
-{
-    (void)state;
-    char big[70000];
-    memset(big, 'a', sizeof big);
-    rbuf_t *b = wss_frame(WSS_OP_TEXT, big, 125);
-    assert_int_equal(b->len, 127);
-    assert_int_equal((unsigned char)b->data[0], 0x81);
-    assert_int_equal((unsigned char)b->data[1], 125);
-    rbuf_unref(b);
-    b = wss_frame(WSS_OP_TEXT, big, 300);
-    assert_int_equal(b->len, 304);
-    assert_int_equal((unsigned char)b->data[1], 126);
-    assert_int_equal(((unsigned char)b->data[2] << 8) | (unsigned char)b->data[3], 300);
-    rbuf_unref(b);
-    b = wss_frame(WSS_OP_TEXT, big, sizeof big);
-    assert_int_equal(b->len, sizeof big + 10);
-    assert_int_equal((unsigned char)b->data[1], 127);
-    rbuf_unref(b);
-    char acc[29];
-    /* RFC 6455 section 1.3 example */
-    ws_accept_key("dGhlIHNhbXBsZSBub25jZQ==", acc);
-    assert_string_equal(acc, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -681,10 +469,6 @@ int main(void)
         cmocka_unit_test(test_resume_on_a_channel_already_covered),
         cmocka_unit_test(test_max_subscriptions),
         cmocka_unit_test(test_refusing_client_does_not_block_others),
-        cmocka_unit_test(test_protocol_errors),
-        cmocka_unit_test(test_protocol_replies),
-        cmocka_unit_test(test_rate_limit),
-        cmocka_unit_test(test_frame_header),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,11 +1,7 @@
 /* Unit tests for the metrics registry: exact Prometheus text for a small
  * registry, label escaping, snapshot/merge sums with per-worker labels, and
  * `promtool check metrics` on the rendered text when promtool is installed. */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "unit.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -262,15 +258,6 @@ static void test_promtool(void **state)
     metrics_registry_free(sum);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_render_exact),
-        cmocka_unit_test(test_labels_escaping_and_histogram_labels),
-        cmocka_unit_test(test_many_series_lookup),
-        cmocka_unit_test(test_snapshot_merge),
-        cmocka_unit_test(test_default_registry),
-        cmocka_unit_test(test_promtool),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+UNIT_MAIN(cmocka_unit_test(test_render_exact), cmocka_unit_test(test_labels_escaping_and_histogram_labels),
+          cmocka_unit_test(test_many_series_lookup), cmocka_unit_test(test_snapshot_merge),
+          cmocka_unit_test(test_default_registry), cmocka_unit_test(test_promtool))

@@ -1,20 +1,15 @@
 /* Unit tests for the pages compiled into the binaries: the fanout's demo
  * page answer (paths, methods, upgrades, the endpoint path written into the
  * page, headers) and the status page's self-containment (no external URL). */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "unit.h"
 
 #include <stdio.h>
 #include <string.h>
 
 #include "buf.h"
 #include "http.h"
-#include "../../workers/fanout/demo_page.h"
-
-extern const char status_page_html[];
+#include "demo_page.h"
+#include "status_page.h"
 
 static int parse(http_req_t *r, const char *text)
 {
@@ -99,13 +94,5 @@ static void test_status_page_self_contained(void **state)
     assert_null(strstr(status_page_html, "<link rel=\"stylesheet\""));
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_demo_page_served),
-        cmocka_unit_test(test_demo_page_escapes_path),
-        cmocka_unit_test(test_demo_page_not_served),
-        cmocka_unit_test(test_status_page_self_contained),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+UNIT_MAIN(cmocka_unit_test(test_demo_page_served), cmocka_unit_test(test_demo_page_escapes_path),
+          cmocka_unit_test(test_demo_page_not_served), cmocka_unit_test(test_status_page_self_contained))

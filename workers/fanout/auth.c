@@ -79,21 +79,6 @@ fail:
     return r < 0 && r != -EINVAL ? r : -EINVAL;
 }
 
-static int bearer(const char *h, const char **tok, size_t *n)
-{
-    if (h == NULL || strncasecmp(h, "Bearer ", 7) != 0)
-        return 0;
-    h += 7;
-    while (*h == ' ')
-        h++;
-    size_t len = strlen(h);
-    while (len > 0 && h[len - 1] == ' ')
-        len--;
-    *tok = h;
-    *n = len;
-    return len > 0;
-}
-
 jwt_result_t auth_request(const cfg_t *cfg, const http_req_t *req, int64_t now_ms, auth_grant_t *g)
 {
     memset(g, 0, sizeof *g);
@@ -101,7 +86,7 @@ jwt_result_t auth_request(const cfg_t *cfg, const http_req_t *req, int64_t now_m
     size_t n = 0;
     char *q = NULL;
     /* The header wins: it does not end up in access logs. */
-    if (!bearer(http_req_header(req, "authorization"), &tok, &n)) {
+    if (!http_bearer(http_req_header(req, "authorization"), &tok, &n)) {
         if ((q = malloc(JWT_MAX_LEN + 2)) == NULL)
             return JWT_MALFORMED;
         if (http_req_query(req, "token", q, JWT_MAX_LEN + 2) == 0) {

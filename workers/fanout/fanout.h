@@ -55,8 +55,8 @@ typedef struct fanout_s {
     uv_timer_t drain_timer, deadline_timer, sync_timer;
     int timers_init;
     fanout_metrics_t m;
-    struct limits_s *limits; /* per-IP connection limits (limits.h) */
-    tls_ctx_t *tls;          /* wss:// serving ([tls] cert), read at start */
+    struct iplimits_s *limits; /* per-IP connection limits (iplimits.h) */
+    tls_ctx_t *tls;            /* wss:// serving ([tls] cert), read at start */
     /* last values copied from wss/hub stats into counters */
     uint64_t synced_frames, synced_bytes, synced_conflated;
 } fanout_t;

@@ -14,7 +14,8 @@
 #include "auth.h"
 #include "demo_page.h"
 #include "fanout.h"
-#include "limits.h"
+#include "iplimits.h"
+#include "listener.h"
 #include "log.h"
 #include "protocol.h"
 
@@ -149,7 +150,7 @@ static void list_add(client_t *c, int which)
 static void client_free(client_t *c)
 {
     if (c->ip_counted)
-        limits_disconnect(c->f->limits, c->ip);
+        iplimits_disconnect(c->f->limits, c->ip);
     auth_grant_free(&c->grant);
     list_del(c);
     hub_client_free(c->hc);
@@ -230,8 +231,8 @@ static int on_request(wss_conn_t *conn, const http_req_t *req, buf_t *extra, buf
         f->nclients++;
         return 0;
     }
-    if (c->limited != LIMITS_OK) {
-        int conns = c->limited == LIMITS_CONNECTIONS;
+    if (c->limited != IPLIMITS_OK) {
+        int conns = c->limited == IPLIMITS_CONNECTIONS;
         limit_hit(f, conns ? "max_connections_per_ip" : "max_connections_per_sec_per_ip");
         buf_puts(extra, "Retry-After: 1\r\n");
         buf_puts(body,
@@ -461,14 +462,14 @@ static void accept_client(fanout_t *f, int fd)
     if (c == NULL) {
         close(fd);
         metric_inc(metric_labels(f->m.accept_errors, "reason=\"enomem\""));
-        log_warn("accept failed", "err=%s", log_q(strerror(ENOMEM)));
+        log_warn_err(-ENOMEM, "accept failed", LOG_NOFIELDS);
         return;
     }
     c->f = f;
     int r = wss_accept_fd(f->wss, fd, c, &c->conn);
     if (r < 0) {
         metric_inc(metric_labels(f->m.accept_errors, "reason=\"setup\""));
-        log_warn("accept failed", "err=%s", uv_strerror(r));
+        log_warn_err(r, "accept failed", LOG_NOFIELDS);
         free(c);
         return;
     }
@@ -476,8 +477,8 @@ static void accept_client(fanout_t *f, int fd)
     if (cfg->fanout.max_connections_per_ip > 0 || cfg->fanout.max_connections_per_sec_per_ip > 0) {
         snprintf(c->ip, sizeof c->ip, "%s", wss_peer_ip(c->conn));
         c->ip_counted = 1;
-        c->limited = limits_connect(f->limits, c->ip, cfg->fanout.max_connections_per_ip,
-                                    cfg->fanout.max_connections_per_sec_per_ip, uv_now(f->loop));
+        c->limited = iplimits_connect(f->limits, c->ip, cfg->fanout.max_connections_per_ip,
+                                      cfg->fanout.max_connections_per_sec_per_ip, uv_now(f->loop));
     }
 }
 
@@ -512,11 +513,11 @@ static void accept_pause(fanout_t *f, int err)
     if (f->accept_pauses++ == 0) {
         struct rlimit rl = {0, 0};
         (void)getrlimit(RLIMIT_NOFILE, &rl);
-        log_error("accept failed, pausing accepts",
-                  "err=%s clients=%d nofile_soft=%llu nofile_hard=%llu "
-                  "pause_ms=%d",
-                  log_q(strerror(err)), f->nclients, (unsigned long long)rl.rlim_cur,
-                  (unsigned long long)rl.rlim_max, ACCEPT_PAUSE_MS);
+        log_error_err(err, "accept failed, pausing accepts",
+                      "clients=%d nofile_soft=%llu nofile_hard=%llu "
+                      "pause_ms=%d",
+                      f->nclients, (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max,
+                      ACCEPT_PAUSE_MS);
     }
     uv_poll_stop(&f->listener);
     uv_timer_start(&f->accept_timer, on_accept_resume, ACCEPT_PAUSE_MS, 0);
@@ -527,7 +528,7 @@ static void on_listen_readable(uv_poll_t *h, int status, int events)
     fanout_t *f = h->data;
     (void)events;
     if (status < 0) {
-        log_warn("listen socket poll failed", "err=%s", uv_strerror(status));
+        log_warn_err(status, "listen socket poll failed", LOG_NOFIELDS);
         accept_pause(f, -status);
         return;
     }
@@ -573,44 +574,11 @@ static void on_sync_timer(uv_timer_t *t)
 
 static int open_listener(fanout_t *f)
 {
-    char host[256];
-    int port = 0, r, fd = -1, one = 1;
-    struct sockaddr_storage ss;
-    if (cfg_parse_addr(f->cfg->fanout.listen, host, sizeof host, &port) < 0) {
-        log_error("bad [fanout] listen", "listen=%s", log_q(f->cfg->fanout.listen));
-        return -EINVAL;
-    }
-    if (host[0] == '\0' || strcmp(host, "*") == 0)
-        snprintf(host, sizeof host, "0.0.0.0");
-    if (strchr(host, ':') != NULL)
-        r = uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss);
-    else
-        r = uv_ip4_addr(host, port, (struct sockaddr_in *)&ss);
-    if (r < 0) {
-        log_error("bad [fanout] listen address", "listen=%s err=%s", log_q(f->cfg->fanout.listen),
-                  uv_strerror(r));
-        return r;
-    }
-    /* Our own socket so SO_REUSEPORT is set before bind: every worker binds
-     * the same port and the kernel spreads new connections among them. */
-    if ((fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)) < 0) {
-        r = -errno;
+    int r, fd;
+    /* SO_REUSEPORT: every worker binds the same port and the kernel spreads
+     * new connections among them. */
+    if ((fd = r = listener_open(f->cfg->fanout.listen, 1, LISTEN_BACKLOG, &f->port)) < 0)
         goto fail;
-    }
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) {
-        r = -errno;
-        goto fail;
-    }
-    socklen_t sl = ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-    if (bind(fd, (struct sockaddr *)&ss, sl) < 0) {
-        r = -errno;
-        goto fail;
-    }
-    if (listen(fd, LISTEN_BACKLOG) < 0) {
-        r = -errno;
-        goto fail;
-    }
     /* Accepted here (accept4), not by uv_listen: libuv answers EMFILE by
      * closing every waiting connection, unlogged (see accept_pause). */
     if ((r = uv_poll_init_socket(f->loop, &f->listener, fd)) < 0)
@@ -621,15 +589,11 @@ static int open_listener(fanout_t *f)
     f->listening = 1;
     if ((r = uv_poll_start(&f->listener, UV_READABLE, on_listen_readable)) < 0)
         goto fail;
-    socklen_t nl = sizeof ss;
-    if (getsockname(f->listen_fd, (struct sockaddr *)&ss, &nl) == 0)
-        f->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                                 : ((struct sockaddr_in *)&ss)->sin_port);
     log_info("fanout listening", "listen=%s port=%d path=%s", log_q(f->cfg->fanout.listen), f->port,
              log_q(f->cfg->fanout.path));
     return 0;
 fail:
-    log_error("cannot listen", "listen=%s err=%s", log_q(f->cfg->fanout.listen), uv_strerror(r));
+    log_error_err(r, "cannot listen", "listen=%s", log_q(f->cfg->fanout.listen));
     if (fd >= 0)
         close(fd);
     close_listener(f);
@@ -679,7 +643,7 @@ int server_start(fanout_t *f)
         return -ENOMEM;
     if ((r = wss_ctx_new(f->loop, &lim, &wss_cbs, &f->wss)) < 0)
         return r;
-    if ((f->limits = limits_new()) == NULL)
+    if ((f->limits = iplimits_new()) == NULL)
         return -ENOMEM;
     if ((r = server_tls_start(f)) < 0)
         return r;

@@ -1,7 +1,7 @@
 /* Where the fanout worker's messages come from. A source delivers normalized
  * messages (one JSON object each) on the loop thread through source_sink_t and
- * reports its health. source_kafka.c is one; a relay source (the leader's
- * WebSocket relay) can be added beside it with the same interface. */
+ * reports its health. source_kafka.c reads Kafka, source_relay.c the leader's
+ * WebSocket relay, and source_switch.c chooses between them. */
 #ifndef FANOUT_SOURCE_H
 #define FANOUT_SOURCE_H
 #include <jansson.h>

@@ -192,7 +192,7 @@ static void on_poll(uv_poll_t *h, int status, int events)
     char junk[256];
     (void)events;
     if (status < 0) {
-        log_error("kafka wakeup pipe failed", "err=%s", uv_strerror(status));
+        log_error_err(status, "kafka wakeup pipe failed", LOG_NOFIELDS);
         return;
     }
     while (read(k->pipefd[0], junk, sizeof junk) > 0) {

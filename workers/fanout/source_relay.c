@@ -1,5 +1,5 @@
 /* Relay source: a WebSocket client (common/wsclient) to the leader's relay
- * (workers/ingest/relay.h, path /relay, Bearer [relay] token). On every
+ * (common/relay_proto.h: RELAY_PATH, Bearer [relay] token). On every
  * (re)connect it first sends the resume request built by the owner (the
  * per-channel positions it has delivered), so the relay replays exactly
  * what is missing before going live; then every text message is handed to
@@ -14,9 +14,9 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "relay_proto.h"
 #include "wsclient.h"
 
-#define RELAY_PATH "/relay"
 #define RELAY_RECONNECT_MIN_MS 200
 #define RELAY_RECONNECT_MAX_MS 2000
 #define RELAY_PING_MS 5000
@@ -60,7 +60,7 @@ static void on_open(wsc_t *w, void *arg)
     rsrc_t *s = arg;
     json_t *req = s->resume ? s->resume(s->resume_arg) : NULL;
     if (req == NULL)
-        req = json_pack("{s:s, s:I, s:{}}", "op", "resume", "epoch", (json_int_t)0, "since");
+        req = relay_proto_resume_new(0, NULL, -1);
     char *text = json_dumps(req, JSON_COMPACT);
     json_decref(req);
     if (text == NULL || wsc_send_text(w, text, strlen(text)) < 0) {
@@ -216,7 +216,7 @@ int source_relay_new(uv_loop_t *loop, const cfg_t *cfg, const char *addr, const 
     wsc_callbacks_t cb = {
         .on_open = on_open, .on_message = on_message, .on_close = on_close, .on_stopped = on_stopped};
     if ((r = wsc_start(loop, &o, &cb, s, &s->wsc)) < 0) {
-        log_error("relay source not started", "addr=%s err=%s", log_q(addr), uv_strerror(r));
+        log_error_err(r, "relay source not started", "addr=%s", log_q(addr));
         free(s);
         return r;
     }

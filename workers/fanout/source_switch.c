@@ -32,6 +32,8 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "relay_proto.h"
+#include "strmap.h"
 
 #define TICK_MS 100
 
@@ -40,8 +42,7 @@
 
 typedef struct track_s track_t;
 struct track_s {
-    track_t *next;
-    uint64_t hash;
+    strmap_node_t node; /* in sw_t.chans, keyed by name */
     int64_t epoch, seq;
     char name[];
 };
@@ -66,8 +67,7 @@ typedef struct {
     void (*on_closed)(void *);
     void *closed_arg;
     /* per-channel highest (epoch, seq) delivered */
-    track_t **buckets;
-    size_t nbuckets, nchans;
+    strmap_t chans; /* track_t by channel; allocated on the first message */
     int64_t max_epoch;
     metric_t *m_to_relay, *m_to_kafka, *m_active_kafka, *m_active_relay;
 } sw_t;
@@ -81,14 +81,6 @@ static uint64_t now_ms(sw_t *s)
 }
 
 /* ---- per-channel positions ----------------------------------------------- */
-
-static uint64_t hash_mem(const char *p, size_t n)
-{
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
-    return h;
-}
 
 static int scan_int(const char *json, size_t len, const char *key, size_t klen, int64_t *out)
 {
@@ -130,25 +122,6 @@ int switch_scan_meta(const char *json, size_t len, const char **ch, size_t *chle
     return 0;
 }
 
-static void grow(sw_t *s)
-{
-    size_t n = s->nbuckets ? s->nbuckets * 2 : 256;
-    track_t **b = calloc(n, sizeof(*b));
-    if (b == NULL)
-        return;
-    for (size_t i = 0; i < s->nbuckets; i++) {
-        track_t *t = s->buckets[i], *next;
-        for (; t != NULL; t = next) {
-            next = t->next;
-            t->next = b[t->hash & (n - 1)];
-            b[t->hash & (n - 1)] = t;
-        }
-    }
-    free(s->buckets);
-    s->buckets = b;
-    s->nbuckets = n;
-}
-
 /* Record one message; returns 1 when it is at or past the newest seen on its
  * channel (the source delivering it is at the head), 0 when behind, -1 when
  * it could not be read. *new_epoch (optional): 1 when it starts a higher
@@ -162,23 +135,15 @@ static int track(sw_t *s, const char *json, size_t len, int *new_epoch)
         *new_epoch = 0;
     if (switch_scan_meta(json, len, &ch, &n, &seq, &epoch) < 0)
         return -1;
-    if (s->nchans >= s->nbuckets)
-        grow(s);
-    if (s->nbuckets == 0)
+    if (s->chans.nbuckets == 0 && strmap_init(&s->chans, 256) < 0)
         return -1;
-    uint64_t h = hash_mem(ch, n);
-    track_t *t = s->buckets[h & (s->nbuckets - 1)];
-    for (; t != NULL; t = t->next)
-        if (t->hash == h && strlen(t->name) == n && memcmp(t->name, ch, n) == 0)
-            break;
+    strmap_node_t *e = strmap_get(&s->chans, ch, n);
+    track_t *t = e != NULL ? STRMAP_ENTRY(e, track_t, node) : NULL;
     if (t == NULL) {
         if ((t = calloc(1, sizeof(*t) + n + 1)) == NULL)
             return -1;
         memcpy(t->name, ch, n);
-        t->hash = h;
-        t->next = s->buckets[h & (s->nbuckets - 1)];
-        s->buckets[h & (s->nbuckets - 1)] = t;
-        s->nchans++;
+        strmap_put(&s->chans, &t->node, t->name, n);
         t->epoch = -1; /* nothing seen yet */
     }
     if (epoch > s->max_epoch)
@@ -194,18 +159,14 @@ static int track(sw_t *s, const char *json, size_t len, int *new_epoch)
     return 1;
 }
 
+static void track_entry_free(strmap_node_t *n)
+{
+    free(STRMAP_ENTRY(n, track_t, node));
+}
+
 static void track_free(sw_t *s)
 {
-    for (size_t i = 0; i < s->nbuckets; i++) {
-        track_t *t = s->buckets[i], *next;
-        for (; t != NULL; t = next) {
-            next = t->next;
-            free(t);
-        }
-    }
-    free(s->buckets);
-    s->buckets = NULL;
-    s->nbuckets = s->nchans = 0;
+    strmap_clear(&s->chans, track_entry_free);
 }
 
 /* The relay's resume request: our position on every channel of the newest
@@ -214,14 +175,15 @@ static json_t *build_resume(void *arg)
 {
     sw_t *s = arg;
     json_t *since = json_object();
-    for (size_t i = 0; i < s->nbuckets; i++)
-        for (track_t *t = s->buckets[i]; t != NULL; t = t->next)
-            if (t->epoch == s->max_epoch)
-                json_object_set_new(since, t->name, json_integer(t->seq));
+    size_t b = 0;
+    for (strmap_node_t *e = strmap_next(&s->chans, &b, NULL); e != NULL; e = strmap_next(&s->chans, &b, e)) {
+        const track_t *t = STRMAP_ENTRY(e, track_t, node);
+        if (t->epoch == s->max_epoch)
+            json_object_set_new(since, t->name, json_integer(t->seq));
+    }
     int tail = s->cfg->fanout.history > 0 ? s->cfg->fanout.history : 1;
     log_info("relay resume", "epoch=%" PRId64 " channels=%zu", s->max_epoch, json_object_size(since));
-    return json_pack("{s:s, s:I, s:o, s:i}", "op", "resume", "epoch", (json_int_t)s->max_epoch, "since",
-                     since, "tail", tail);
+    return relay_proto_resume_new(s->max_epoch, since, tail);
 }
 
 /* ---- sinks (loop thread) ----------------------------------------------------- */
@@ -500,7 +462,7 @@ int source_switch_new(uv_loop_t *loop, const cfg_t *cfg, const source_sink_t *si
         s->mode = MODE_KAFKA;
         s->base.vt = &vt_kafka;
     } else {
-        log_info("no kafka brokers: the leader's relay is the only source", "");
+        log_info("no kafka brokers: the leader's relay is the only source", LOG_NOFIELDS);
         s->mode = MODE_RELAY;
         s->base.vt = &vt_relay;
     }

@@ -459,8 +459,7 @@ static void kick(backfill_t *b)
     if (r < 0) {
         b->req = NULL;
         count_req(b, "error");
-        log_error("backfill request not sent", "exchange=%s url=%s err=%s", b->name, log_q(b->url.data),
-                  log_q(uv_strerror(r)));
+        log_error_err(r, "backfill request not sent", "exchange=%s url=%s", b->name, log_q(b->url.data));
         job_finish(b, j, 1);
         kick(b);
     }

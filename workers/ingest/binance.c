@@ -337,10 +337,7 @@ static int binance_on_frame(connector_t *c, int binary, const char *data, size_t
     if (!why)
         conn_data_seen(c);
 out:
-    if (why)
-        conn_malformed(c, why);
-    json_decref(root);
-    return 0;
+    return conn_frame_done(c, why, root);
 }
 
 const connector_ops_t binance_connector = {

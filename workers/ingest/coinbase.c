@@ -481,10 +481,7 @@ static int coinbase_on_frame(connector_t *c, int binary, const char *data, size_
         why = "unknown_type";
     }
 out:
-    if (why)
-        conn_malformed(c, why);
-    json_decref(root);
-    return 0;
+    return conn_frame_done(c, why, root);
 }
 
 static void publish(connector_t *c, cb_book_t *b, int64_t now_ms)

@@ -7,6 +7,7 @@
 #define CONNECTOR_H
 #include <stddef.h>
 #include <stdint.h>
+#include <jansson.h>
 #include "buf.h"
 #include "config.h"
 #include "msg.h"
@@ -94,9 +95,6 @@ struct connector_s {
 /* Fill the base from cfg; -EINVAL on a bad channel name or no markets. */
 int conn_base_init(connector_t *c, const connector_ops_t *ops, const cfg_exchange_t *cfg, norm_sink_t *sink);
 void conn_base_free(connector_t *c);
-/* Split a comma list into trimmed non-empty items; 0 or -errno. */
-int conn_split_list(const char *s, char ***items, int *n);
-void conn_free_list(char **items, int n);
 /* Validate UTF-8 then parse one frame; on failure reports bad_utf8,
  * bad_json, huge_number, or not_object via sink->malformed and returns NULL. */
 struct json_t *conn_parse(connector_t *c, const char *data, size_t len);
@@ -124,6 +122,9 @@ void conn_emit_trade(connector_t *c, const char *symbol, const char *price, cons
 void conn_trade_msg(buf_t *out, const char *exchange, const norm_trade_t *t, int64_t seq, int64_t epoch);
 /* A data frame arrived: sends status "subscribed" once per connection. */
 void conn_data_seen(connector_t *c);
+/* The end of every on_frame: reports why (NULL: nothing wrong) as
+ * malformed, frees the parsed frame; returns 0 for on_frame to return. */
+int conn_frame_done(connector_t *c, const char *why, json_t *root);
 void conn_malformed(connector_t *c, const char *reason);
 /* A random version 4 UUID (37 bytes with the NUL). */
 void conn_uuid(char out[37]);

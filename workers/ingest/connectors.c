@@ -21,54 +21,6 @@ const connector_ops_t *const connectors[EX_COUNT] = {
     [EX_COINBASE] = &coinbase_connector,
 };
 
-int conn_split_list(const char *s, char ***items, int *n)
-{
-    *items = NULL;
-    *n = 0;
-    if (!s)
-        return 0;
-    int cap = 0;
-    const char *p = s;
-    while (*p) {
-        const char *e = strchr(p, ',');
-        size_t l = e ? (size_t)(e - p) : strlen(p);
-        const char *a = p, *z = p + l;
-        while (a < z && (*a == ' ' || *a == '\t'))
-            a++;
-        while (z > a && (z[-1] == ' ' || z[-1] == '\t'))
-            z--;
-        if (z > a) {
-            if (*n == cap) {
-                cap = cap ? cap * 2 : 8;
-                char **ni = realloc(*items, sizeof(char *) * (size_t)cap);
-                if (!ni)
-                    goto fail;
-                *items = ni;
-            }
-            (*items)[*n] = strndup(a, (size_t)(z - a));
-            if (!(*items)[*n])
-                goto fail;
-            (*n)++;
-        }
-        if (!e)
-            break;
-        p = e + 1;
-    }
-    return 0;
-fail:
-    conn_free_list(*items, *n);
-    *items = NULL;
-    *n = 0;
-    return -ENOMEM;
-}
-
-void conn_free_list(char **items, int n)
-{
-    for (int i = 0; i < n; i++)
-        free(items[i]);
-    free(items);
-}
-
 int conn_base_init(connector_t *c, const connector_ops_t *ops, const cfg_exchange_t *cfg, norm_sink_t *sink)
 {
     char **chs = NULL;
@@ -78,9 +30,9 @@ int conn_base_init(connector_t *c, const connector_ops_t *ops, const cfg_exchang
     c->exchange = ops->name;
     buf_init(&c->body);
     buf_init(&c->out);
-    if ((r = conn_split_list(cfg->markets, &c->markets, &c->nmarkets)) < 0)
+    if ((r = cfg_split_list(cfg->markets, &c->markets, &c->nmarkets)) < 0)
         return r;
-    if ((r = conn_split_list(cfg->channels ? cfg->channels : "ticker,trade,orderbook", &chs, &nch)) < 0)
+    if ((r = cfg_split_list(cfg->channels ? cfg->channels : "ticker,trade,orderbook", &chs, &nch)) < 0)
         goto fail;
     r = -EINVAL;
     for (int i = 0; i < nch; i++) {
@@ -98,21 +50,21 @@ int conn_base_init(connector_t *c, const connector_ops_t *ops, const cfg_exchang
     }
     if (c->nmarkets == 0 || c->nchannels == 0)
         goto fail;
-    conn_free_list(chs, nch);
+    cfg_free_list(chs, nch);
     c->depth = cfg->depth > 0 ? cfg->depth : 0;
     c->book_interval_ms = cfg->book_interval_ms > 0 ? cfg->book_interval_ms : 0;
     snprintf(c->format, sizeof(c->format), "%s",
              cfg->format && !strcasecmp(cfg->format, "SIMPLE") ? "SIMPLE" : "DEFAULT");
     return 0;
 fail:
-    conn_free_list(chs, nch);
+    cfg_free_list(chs, nch);
     conn_base_free(c);
     return r;
 }
 
 void conn_base_free(connector_t *c)
 {
-    conn_free_list(c->markets, c->nmarkets);
+    cfg_free_list(c->markets, c->nmarkets);
     c->markets = NULL;
     c->nmarkets = 0;
     for (int i = 0; i < c->nchannels; i++)
@@ -383,22 +335,24 @@ static int join(const char *a, size_t al, const char *b, size_t bl, char *out, s
     return 0;
 }
 
+/* "A-B" as "A-B" upper-cased, or swapped to "B-A". */
+static int dash_symbol(const char *sym, int swap, char *out, size_t outsz)
+{
+    const char *a, *b;
+    size_t al, bl;
+    if (dash_parts(sym, &a, &al, &b, &bl) < 0)
+        return -EINVAL;
+    return swap ? join(b, bl, a, al, out, outsz) : join(a, al, b, bl, out, outsz);
+}
+
 int conn_symbol_quote_first(const char *code, char *out, size_t outsz)
 {
-    const char *q, *b;
-    size_t ql, bl;
-    if (dash_parts(code, &q, &ql, &b, &bl) < 0)
-        return -EINVAL;
-    return join(b, bl, q, ql, out, outsz);
+    return dash_symbol(code, 1, out, outsz);
 }
 
 int conn_symbol_dash(const char *sym, char *out, size_t outsz)
 {
-    const char *b, *q;
-    size_t bl, ql;
-    if (dash_parts(sym, &b, &bl, &q, &ql) < 0)
-        return -EINVAL;
-    return join(b, bl, q, ql, out, outsz);
+    return dash_symbol(sym, 0, out, outsz);
 }
 
 /* Binance quote assets; the longest matching suffix wins (FDUSD over USD). */
@@ -486,6 +440,14 @@ void conn_data_seen(connector_t *c)
     c->subscribed = 1;
     if (c->sink->status)
         c->sink->status(c->sink->arg, c->exchange, "subscribed", "");
+}
+
+int conn_frame_done(connector_t *c, const char *why, json_t *root)
+{
+    if (why)
+        conn_malformed(c, why);
+    json_decref(root);
+    return 0;
 }
 
 void conn_uuid(char out[37])

@@ -48,23 +48,14 @@ typedef struct {
 } trade_state_t;
 
 struct ingest_chan_s {
-    trade_state_t *tr; /* trade channels only, created on the first trade */
-    ingest_chan_t *next;
-    uint64_t hash;
-    int64_t next_seq; /* last seq handed out by ingest_next_seq */
-    int64_t last_pub; /* seq of the last published message */
-    hist_ent_t *ring; /* cap entries; oldest at head */
+    trade_state_t *tr;  /* trade channels only, created on the first trade */
+    strmap_node_t node; /* in ingest_t.chans, keyed by name */
+    int64_t next_seq;   /* last seq handed out by ingest_next_seq */
+    int64_t last_pub;   /* seq of the last published message */
+    hist_ent_t *ring;   /* cap entries; oldest at head */
     int cap, head, count;
     char name[];
 };
-
-static uint64_t hash_str(const char *s)
-{
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
 
 int ingest_init(ingest_t *in, uv_loop_t *loop, const cfg_t *cfg, int64_t epoch)
 {
@@ -75,9 +66,7 @@ int ingest_init(ingest_t *in, uv_loop_t *loop, const cfg_t *cfg, int64_t epoch)
     /* At least the latest message per channel is always kept: the relay
      * needs it for snapshots even with history = 0. */
     in->history = cfg->relay.history > 0 ? cfg->relay.history : 1;
-    in->nbuckets = 256;
-    in->buckets = calloc(in->nbuckets, sizeof(*in->buckets));
-    return in->buckets != NULL ? 0 : -ENOMEM;
+    return strmap_init(&in->chans, 256);
 }
 
 static void ring_clear(ingest_chan_t *c)
@@ -87,55 +76,32 @@ static void ring_clear(ingest_chan_t *c)
     c->head = c->count = 0;
 }
 
-void ingest_free(ingest_t *in)
+static void chan_free(strmap_node_t *n)
 {
-    for (size_t i = 0; i < in->nbuckets; i++) {
-        ingest_chan_t *c = in->buckets[i], *next;
-        for (; c != NULL; c = next) {
-            next = c->next;
-            ring_clear(c);
-            if (c->tr != NULL) {
-                dedup_free(&c->tr->ids);
-                free(c->tr->held);
-                free(c->tr);
-            }
-            free(c->ring);
-            free(c);
-        }
+    ingest_chan_t *c = STRMAP_ENTRY(n, ingest_chan_t, node);
+    ring_clear(c);
+    if (c->tr != NULL) {
+        dedup_free(&c->tr->ids);
+        free(c->tr->held);
+        free(c->tr);
     }
-    free(in->buckets);
-    in->buckets = NULL;
-    in->nbuckets = in->nchans = 0;
+    free(c->ring);
+    free(c);
 }
 
-static void grow(ingest_t *in)
+void ingest_free(ingest_t *in)
 {
-    size_t n = in->nbuckets * 2;
-    ingest_chan_t **b = calloc(n, sizeof(*b));
-    if (b == NULL)
-        return; /* keep the longer chains */
-    for (size_t i = 0; i < in->nbuckets; i++) {
-        ingest_chan_t *c = in->buckets[i], *next;
-        for (; c != NULL; c = next) {
-            next = c->next;
-            c->next = b[c->hash & (n - 1)];
-            b[c->hash & (n - 1)] = c;
-        }
-    }
-    free(in->buckets);
-    in->buckets = b;
-    in->nbuckets = n;
+    strmap_clear(&in->chans, chan_free);
 }
 
 static ingest_chan_t *chan_find(ingest_t *in, const char *name, int create)
 {
-    uint64_t h = hash_str(name);
-    for (ingest_chan_t *c = in->buckets[h & (in->nbuckets - 1)]; c != NULL; c = c->next)
-        if (c->hash == h && strcmp(c->name, name) == 0)
-            return c;
+    size_t n = strlen(name);
+    strmap_node_t *e = strmap_get(&in->chans, name, n);
+    if (e != NULL)
+        return STRMAP_ENTRY(e, ingest_chan_t, node);
     if (!create)
         return NULL;
-    size_t n = strlen(name);
     ingest_chan_t *c = calloc(1, sizeof(*c) + n + 1);
     if (c == NULL)
         return NULL;
@@ -145,13 +111,8 @@ static ingest_chan_t *chan_find(ingest_t *in, const char *name, int create)
         return NULL;
     }
     c->cap = in->history;
-    c->hash = h;
     memcpy(c->name, name, n + 1);
-    if (in->nchans >= in->nbuckets)
-        grow(in);
-    c->next = in->buckets[h & (in->nbuckets - 1)];
-    in->buckets[h & (in->nbuckets - 1)] = c;
-    in->nchans++;
+    strmap_put(&in->chans, &c->node, c->name, n);
     return c;
 }
 
@@ -173,13 +134,15 @@ void ingest_set_epoch(ingest_t *in, int64_t epoch)
     if (epoch == in->epoch)
         return;
     log_info("new epoch, channel seqs restart at 1", "old=%" PRId64 " new=%" PRId64 " channels=%zu",
-             in->epoch, epoch, in->nchans);
+             in->epoch, epoch, in->chans.count);
     in->epoch = epoch;
-    for (size_t i = 0; i < in->nbuckets; i++)
-        for (ingest_chan_t *c = in->buckets[i]; c != NULL; c = c->next) {
-            c->next_seq = c->last_pub = 0;
-            ring_clear(c);
-        }
+    size_t b = 0;
+    for (strmap_node_t *e = strmap_next(&in->chans, &b, NULL); e != NULL;
+         e = strmap_next(&in->chans, &b, e)) {
+        ingest_chan_t *c = STRMAP_ENTRY(e, ingest_chan_t, node);
+        c->next_seq = c->last_pub = 0;
+        ring_clear(c);
+    }
     for (int ex = 0; ex < EX_COUNT; ex++)
         if (in->feeds[ex] != NULL)
             feed_set_epoch(in->feeds[ex], epoch);
@@ -258,12 +221,14 @@ int ingest_history(ingest_t *in, const char *channel, int64_t since, ingest_hist
 
 void ingest_channels(ingest_t *in, ingest_chan_cb cb, void *arg)
 {
-    for (size_t i = 0; i < in->nbuckets; i++)
-        for (ingest_chan_t *c = in->buckets[i]; c != NULL; c = c->next) {
-            rbuf_t *latest = c->count > 0 ? c->ring[(c->head + c->count - 1) % c->cap].msg : NULL;
-            if (c->last_pub > 0 && cb(arg, c->name, c->last_pub, latest) != 0)
-                return;
-        }
+    size_t b = 0;
+    for (strmap_node_t *e = strmap_next(&in->chans, &b, NULL); e != NULL;
+         e = strmap_next(&in->chans, &b, e)) {
+        ingest_chan_t *c = STRMAP_ENTRY(e, ingest_chan_t, node);
+        rbuf_t *latest = c->count > 0 ? c->ring[(c->head + c->count - 1) % c->cap].msg : NULL;
+        if (c->last_pub > 0 && cb(arg, c->name, c->last_pub, latest) != 0)
+            return;
+    }
 }
 
 /* ---- trades ------------------------------------------------------------- */
@@ -596,7 +561,7 @@ static void ws_on_open(wsc_t *wsc, void *arg)
     backfill_begin(f->bf);
     int r = f->ops->on_open(f->conn);
     if (r < 0) {
-        log_warn("subscribe failed", "exchange=%s err=%d", f->name, r);
+        log_warn_err(r, "subscribe failed", "exchange=%s", f->name);
         wsc_reconnect(f->wsc, "subscribe_failed");
     }
 }
@@ -708,8 +673,7 @@ int feed_start(ingest_t *in, int ex, feed_t **out)
         .on_stopped = ws_on_stopped,
     };
     if ((r = wsc_start(in->loop, &o, &cbs, f, &f->wsc)) < 0) {
-        log_error("cannot start websocket client", "exchange=%s url=%s err=%s", f->name, log_q(f->url.data),
-                  log_q(uv_strerror(r)));
+        log_error_err(r, "cannot start websocket client", "exchange=%s url=%s", f->name, log_q(f->url.data));
         goto fail;
     }
     log_info("exchange feed started", "exchange=%s url=%s rest_url=%s", f->name, log_q(f->url.data),

@@ -2,7 +2,8 @@
  * (last seq + a bounded ring of recent messages for the relay), the exchange
  * feeds and the Kafka producer. main.c wires it to the worker runtime;
  * feed.c owns the channel table and one feed per exchange; producer.c the
- * Kafka side; relay.c (later) serves the stream through ingest_relay_t. */
+ * Kafka side; relay.c serves the stream to standby fanouts through
+ * ingest_relay_t. */
 #ifndef INGEST_H
 #define INGEST_H
 #include <stddef.h>
@@ -11,6 +12,7 @@
 #include <uv.h>
 #include "config.h"
 #include "rbuf.h"
+#include "strmap.h"
 
 typedef struct producer_s producer_t;
 typedef struct feed_s feed_t;
@@ -41,9 +43,7 @@ typedef struct ingest_s {
     producer_t *producer;    /* NULL when [kafka] brokers is empty */
     feed_t *feeds[EX_COUNT]; /* NULL for disabled exchanges */
     const ingest_relay_t *relay;
-    /* channel table: open hashing, power-of-two buckets */
-    ingest_chan_t **buckets;
-    size_t nbuckets, nchans;
+    strmap_t chans;  /* channel table (ingest_chan_t by name) */
     uv_timer_t tick; /* 100 ms: every connector's on_tick */
     int draining;
 } ingest_t;

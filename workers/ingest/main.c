@@ -139,8 +139,8 @@ static void on_tail(void *arg, const tail_result_t *res)
     }
     ing.tail_max_epoch = res->max_epoch;
     if (res->err < 0)
-        log_warn("topic tail not read; starting without it", "err=%s detail=%s elapsed_ms=%" PRId64,
-                 log_q(uv_strerror(res->err)), log_q(res->detail), res->elapsed_ms);
+        log_warn_err(res->err, "topic tail not read; starting without it", "detail=%s elapsed_ms=%" PRId64,
+                     log_q(res->detail), res->elapsed_ms);
     log_info("topic tail read",
              "partitions=%d records=%" PRId64 " trades=%d max_epoch=%" PRId64 " elapsed_ms=%" PRId64,
              res->partitions, res->records, res->ntrades, res->max_epoch, res->elapsed_ms);
@@ -166,7 +166,7 @@ static void on_producer_ready(void *arg)
     int r = tail_start(ing.loop, ing.cfg, ing.cfg->kafka.ingest_tail, ing.cfg->kafka.ingest_tail_ms, on_tail,
                        NULL);
     if (r < 0) {
-        log_warn("topic tail not read", "err=%s", log_q(uv_strerror(r)));
+        log_warn_err(r, "topic tail not read", LOG_NOFIELDS);
         tail_not_read();
     }
 }
@@ -237,7 +237,7 @@ static void on_lease(json_t *msg)
 {
     json_t *ms = json_object_get(msg, "ms");
     if (!json_is_integer(ms) || json_integer_value(ms) <= 0) {
-        log_warn("lease message without a valid duration ignored", "");
+        log_warn("lease message without a valid duration ignored", LOG_NOFIELDS);
         return;
     }
     uint64_t d = (uint64_t)json_integer_value(ms);

@@ -133,6 +133,26 @@ static int rejected_for_good(rd_kafka_resp_err_t err)
            err == RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE || err == RD_KAFKA_RESP_ERR__INVALID_ARG;
 }
 
+/* The topic is there (CreateTopics said so, or a message was delivered to
+ * it): say once what was found. Used as it is: a partition count is only
+ * ever raised by an operator (it moves keys between partitions). */
+static void note_topic_exists(producer_t *p, const char *how)
+{
+    if (p->topic_ready)
+        return;
+    p->topic_ready = 1;
+    if (p->found_partitions <= 0) /* not in the metadata at start: nothing to compare */
+        log_info("kafka topic exists", "topic=%s how=%s", log_q(p->cfg->kafka.topic), how);
+    else if (p->found_partitions != p->cfg->kafka.partitions)
+        log_warn("kafka topic exists with another partition count, used as it is",
+                 "topic=%s partitions=%d replication=%d configured_partitions=%d how=%s",
+                 log_q(p->cfg->kafka.topic), p->found_partitions, p->found_replicas, p->cfg->kafka.partitions,
+                 how);
+    else
+        log_info("kafka topic exists", "topic=%s partitions=%d replication=%d how=%s",
+                 log_q(p->cfg->kafka.topic), p->found_partitions, p->found_replicas, how);
+}
+
 /* Runs on the loop thread: delivery reports are events on main_q, served
  * only by serve_main_queue (rd_kafka_flush inside commit_transaction, on a
  * work thread, then waits for them instead of serving them). */
@@ -143,8 +163,7 @@ static void on_delivery(producer_t *p, const rd_kafka_message_t *m)
         if (!p->topic_ready) {
             /* A delivery proves the topic exists (a cluster may refuse
              * CreateTopics to this client): stop retrying. */
-            log_info("kafka topic exists", "topic=%s how=delivery", log_q(p->cfg->kafka.topic));
-            p->topic_ready = 1;
+            note_topic_exists(p, "delivery");
         }
         if (p->tx != TX_OFF)
             return; /* latency is observed at commit: what read-committed consumers wait */
@@ -352,19 +371,7 @@ static void handle_admin_event(producer_t *p, rd_kafka_event_t *ev)
                  p->cfg->kafka.partitions, p->cfg->kafka.replication);
         p->topic_ready = 1;
     } else if (err == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
-        /* Used as it is: a partition count is only ever raised by an
-         * operator (it moves keys between partitions). */
-        if (p->found_partitions <= 0) /* not in the metadata at start: nothing to compare */
-            log_info("kafka topic exists", "topic=%s", log_q(p->cfg->kafka.topic));
-        else if (p->found_partitions != p->cfg->kafka.partitions)
-            log_warn("kafka topic exists with another partition count, used as it is",
-                     "topic=%s partitions=%d replication=%d configured_partitions=%d",
-                     log_q(p->cfg->kafka.topic), p->found_partitions, p->found_replicas,
-                     p->cfg->kafka.partitions);
-        else
-            log_info("kafka topic exists", "topic=%s partitions=%d replication=%d",
-                     log_q(p->cfg->kafka.topic), p->found_partitions, p->found_replicas);
-        p->topic_ready = 1;
+        note_topic_exists(p, "create");
     } else {
         if (p->topic_ready)
             return; /* a delivery already showed the topic is there */
@@ -819,7 +826,7 @@ static void tx_start_work(producer_t *p, tx_state_t op)
     if (r < 0) { /* cannot happen with valid arguments */
         free(w);
         p->work_busy = 0;
-        log_error("uv_queue_work failed", "err=%s", log_q(uv_strerror(r)));
+        log_error_err(r, "uv_queue_work failed", LOG_NOFIELDS);
         retry_later(p);
     }
 }

@@ -10,16 +10,14 @@
 #include <string.h>
 #include <strings.h>
 
+#include "listener.h"
 #include "log.h"
 #include "metrics.h"
+#include "relay_proto.h"
+#include "wsproto.h"
 #include "wsserver.h"
 
 enum { RC_HANDSHAKE = 0, RC_AWAIT_RESUME, RC_LIVE, RC_CLOSING };
-
-/* Close code for a relay client that fell behind. 1013 (try again later)
- * would say it best, but wslay, under the fanout's wsclient, only accepts
- * 1000-1011 and 3000-4999 and would report a protocol error instead. */
-#define RELAY_CLOSE_SLOW 1008
 
 typedef struct rconn_s rconn_t;
 struct rconn_s {
@@ -47,28 +45,6 @@ struct relay_s {
 };
 
 /* ---- helpers ------------------------------------------------------------ */
-
-int relay_token_ok(const char *token, const char *auth_header, const char *query_token)
-{
-    if (token == NULL || token[0] == '\0')
-        return 1;
-    const char *got = NULL;
-    if (auth_header != NULL && strncasecmp(auth_header, "Bearer ", 7) == 0) {
-        got = auth_header + 7;
-        while (*got == ' ')
-            got++;
-    } else if (query_token != NULL) {
-        got = query_token;
-    }
-    if (got == NULL)
-        return 0;
-    /* Constant time in the length of the presented token, whatever matches. */
-    size_t lt = strlen(token), lg = strlen(got);
-    unsigned char d = lt != lg;
-    for (size_t i = 0; i < lg; i++)
-        d |= (unsigned char)((i < lt ? token[i] : 0) ^ got[i]);
-    return d == 0;
-}
 
 static void list_del(rconn_t *c)
 {
@@ -115,10 +91,10 @@ static int send_frame(rconn_t *c, rbuf_t *frame, int replay)
         metric_inc(metric_labels(r->m_disconnects, "reason=\"slow\""));
         log_warn("relay client too slow, disconnected", "peer=%s queued=%zu", wss_peer(c->conn),
                  wss_queued_bytes(c->conn));
-        wss_close(c->conn, RELAY_CLOSE_SLOW, "relay queue limit exceeded; resume again", 1);
+        wss_close(c->conn, RELAY_CLOSE_POLICY, "relay queue limit exceeded; resume again", 1);
     } else if (rc != -EPIPE) {
         /* Missed a message (no memory): never leave a hole in an open stream. */
-        wss_close(c->conn, 1011, "relay send failed; resume again", 1);
+        wss_close(c->conn, RELAY_CLOSE_ERROR, "relay send failed; resume again", 1);
     }
     set_state(c, RC_CLOSING);
     return rc;
@@ -139,7 +115,7 @@ static void hook_publish(void *arg, const char *channel, int64_t seq, rbuf_t *ms
          * silent hole in every client's stream. */
         for (rconn_t *c = r->conns; c != NULL; c = c->next)
             if (c->state == RC_LIVE) {
-                wss_close(c->conn, 1011, "out of memory; resume again", 1);
+                wss_close(c->conn, RELAY_CLOSE_ERROR, "out of memory; resume again", 1);
                 set_state(c, RC_CLOSING);
             }
         return;
@@ -173,10 +149,9 @@ enum { FROM_SINCE, FROM_TAIL, FROM_ALL, FROM_NONE };
  * otherwise disconnect the client on every attempt. */
 typedef struct {
     rconn_t *c;
-    json_t *since;
+    relay_resume_t req;
     int mode;
-    int pass; /* 0: count bytes, 1: send */
-    int64_t tail;
+    int pass;            /* 0: count bytes, 1: send */
     uint64_t budget;     /* bytes the replay may queue */
     uint64_t total;      /* pass 0: bytes missing over every channel */
     uint64_t chan_bytes; /* bytes missing on the current channel */
@@ -231,11 +206,9 @@ static int replay_chan(void *arg, const char *channel, int64_t last_seq, rbuf_t 
     int64_t from = 0;
     int expect_all = 1;
     if (rp->mode == FROM_SINCE) {
-        json_t *v = json_object_get(rp->since, channel);
-        if (json_is_integer(v))
-            from = (int64_t)json_integer_value(v);
+        from = relay_proto_resume_since(&rp->req, channel);
     } else if (rp->mode == FROM_TAIL) {
-        from = last_seq - rp->tail;
+        from = last_seq - rp->req.tail;
         if (from < 0)
             from = 0;
         expect_all = 0;
@@ -266,17 +239,11 @@ static int replay_chan(void *arg, const char *channel, int64_t last_seq, rbuf_t 
     return rp->overflow;
 }
 
-static void handle_resume(rconn_t *c, json_t *req)
+static void handle_resume(rconn_t *c, const relay_resume_t *req)
 {
     relay_t *r = c->r;
-    json_t *ep = json_object_get(req, "epoch");
-    json_t *tail = json_object_get(req, "tail");
-    replay_t rp = {.c = c, .since = json_object_get(req, "since"), .tail = 1};
-    int64_t epoch = json_is_integer(ep) ? (int64_t)json_integer_value(ep) : 0;
-    if (json_is_integer(tail) && json_integer_value(tail) >= 0)
-        rp.tail = (int64_t)json_integer_value(tail);
-    if (!json_is_object(rp.since))
-        rp.since = NULL;
+    replay_t rp = {.c = c, .req = *req};
+    int64_t epoch = req->epoch;
     if (epoch <= 0)
         rp.mode = FROM_TAIL;
     else if (epoch == r->in->epoch)
@@ -296,7 +263,7 @@ static void handle_resume(rconn_t *c, json_t *req)
         metric_inc(metric_labels(r->m_disconnects, "reason=\"replay_overflow\""));
         log_warn("relay replay exceeds client_queue_bytes; client must resume again", "peer=%s sent=%" PRIu64,
                  wss_peer(c->conn), rp.sent);
-        wss_close(c->conn, RELAY_CLOSE_SLOW, "replay exceeds the relay queue; resume again", 0);
+        wss_close(c->conn, RELAY_CLOSE_POLICY, "replay exceeds the relay queue; resume again", 0);
         set_state(c, RC_CLOSING);
         return;
     }
@@ -317,7 +284,7 @@ static int on_request(wss_conn_t *conn, const http_req_t *req, buf_t *extra, buf
 {
     rconn_t *c = wss_conn_data(conn);
     relay_t *r = c->r;
-    char path[256], accept[29], qtok[512];
+    char path[256], accept[29];
     int st;
     if (r->stopping) {
         buf_puts(body, "relay stopping");
@@ -332,9 +299,7 @@ static int on_request(wss_conn_t *conn, const http_req_t *req, buf_t *extra, buf
         buf_puts(body, "WebSocket upgrade required");
         return st;
     }
-    int has_q = http_req_query(req, "token", qtok, sizeof qtok) == 0;
-    if (!relay_token_ok(r->in->cfg->relay.token, http_req_header(req, "authorization"),
-                        has_q ? qtok : NULL)) {
+    if (!http_req_token_ok(req, r->in->cfg->relay.token)) {
         buf_puts(extra, "WWW-Authenticate: Bearer realm=\"relay\"\r\n");
         buf_puts(body, "relay token required");
         return 401;
@@ -360,12 +325,13 @@ static void on_message(wss_conn_t *conn, int opcode, const char *data, size_t le
     json_error_t err;
     json_t *req = json_loadb(data, len, 0, &err);
     const char *op = json_string_value(json_object_get(req, "op"));
-    if (op != NULL && strcmp(op, "resume") == 0 && c->state == RC_AWAIT_RESUME) {
-        handle_resume(c, req);
+    relay_resume_t rr;
+    if (c->state == RC_AWAIT_RESUME && relay_proto_resume_parse(req, &rr) == 0) {
+        handle_resume(c, &rr);
     } else {
         /* Only one request exists; anything else is a confused peer. */
         log_warn("relay: unexpected client message", "peer=%s op=%s", wss_peer(conn), log_q(op ? op : ""));
-        wss_close(conn, 1008, "expected one resume request", 1);
+        wss_close(conn, RELAY_CLOSE_POLICY, "expected one resume request", 1);
         set_state(c, RC_CLOSING);
     }
     json_decref(req);
@@ -426,7 +392,7 @@ static void on_connection(uv_stream_t *s, int status)
 {
     relay_t *r = s->data;
     if (status < 0) {
-        log_warn("relay accept failed", "err=%s", uv_strerror(status));
+        log_warn_err(status, "relay accept failed", LOG_NOFIELDS);
         return;
     }
     rconn_t *c = calloc(1, sizeof(*c));
@@ -435,7 +401,7 @@ static void on_connection(uv_stream_t *s, int status)
     c->r = r;
     int rc = wss_accept(r->wss, s, c, &c->conn);
     if (rc < 0) {
-        log_warn("relay accept failed", "err=%s", uv_strerror(rc));
+        log_warn_err(rc, "relay accept failed", LOG_NOFIELDS);
         free(c);
         return;
     }
@@ -456,9 +422,7 @@ static void on_listener_closed(uv_handle_t *h)
 int relay_start(ingest_t *in, relay_t **out)
 {
     const cfg_t *cfg = in->cfg;
-    char host[256];
-    int port = 0, rc;
-    struct sockaddr_storage ss;
+    int rc;
     relay_t *r = calloc(1, sizeof(*r));
     if (r == NULL)
         return -ENOMEM;
@@ -479,20 +443,6 @@ int relay_start(ingest_t *in, relay_t **out)
                                "Channels whose ring no longer reached back to a resuming client's position");
     metric_set(r->m_clients, 0);
 
-    if (cfg_parse_addr(cfg->relay.listen, host, sizeof host, &port) < 0) {
-        log_error("bad [relay] listen", "listen=%s", log_q(cfg->relay.listen));
-        rc = -EINVAL;
-        goto fail;
-    }
-    if (host[0] == '\0' || strcmp(host, "*") == 0)
-        snprintf(host, sizeof host, "0.0.0.0");
-    rc = strchr(host, ':') != NULL ? uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss)
-                                   : uv_ip4_addr(host, port, (struct sockaddr_in *)&ss);
-    if (rc < 0) {
-        log_error("bad [relay] listen address", "listen=%s err=%s", log_q(cfg->relay.listen),
-                  uv_strerror(rc));
-        goto fail;
-    }
     wss_limits_t lim = {
         .max_header_bytes = 16384,
         /* The resume request names every channel the worker knows. */
@@ -505,12 +455,10 @@ int relay_start(ingest_t *in, relay_t **out)
     };
     if ((rc = wss_ctx_new(r->loop, &lim, &relay_cbs, &r->wss)) < 0)
         goto fail;
-    uv_tcp_init(r->loop, &r->listener);
     r->listener.data = r;
     r->listening = 1;
-    if ((rc = uv_tcp_bind(&r->listener, (struct sockaddr *)&ss, 0)) < 0 ||
-        (rc = uv_listen((uv_stream_t *)&r->listener, 128, on_connection)) < 0) {
-        log_error("relay cannot listen", "listen=%s err=%s", log_q(cfg->relay.listen), uv_strerror(rc));
+    if ((rc = listener_tcp(r->loop, &r->listener, cfg->relay.listen, 128, on_connection, NULL)) < 0) {
+        log_error_err(rc, "relay cannot listen", "listen=%s", log_q(cfg->relay.listen));
         r->stopping = 1;
         wss_ctx_free(r->wss);
         uv_close((uv_handle_t *)&r->listener, on_listener_closed); /* frees r */

@@ -310,10 +310,7 @@ int upbitlike_on_frame(connector_t *c, int binary, const char *data, size_t len,
     if (!why)
         conn_data_seen(c);
 out:
-    if (why)
-        conn_malformed(c, why);
-    json_decref(root);
-    return 0;
+    return conn_frame_done(c, why, root);
 }
 
 static connector_t *upbit_create(const cfg_exchange_t *cfg, norm_sink_t *sink)

@@ -1,37 +1,12 @@
-/* Unit tests for the relay fallback's pure parts: the relay's token check
- * (workers/ingest/relay.c) and the fanout's source switch decision and
- * message scan (workers/fanout/source_switch.c). */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
+/* Unit tests for workers/fanout/source_switch.c: the decision between Kafka
+ * and the relay, and the cheap scan of a message's channel/seq/epoch. */
+#include "unit.h"
 
 #include <string.h>
 
 #include "buf.h"
 #include "msg.h"
-#include "../../workers/fanout/source_switch.h"
-#include "../../workers/ingest/relay.h"
-
-static void test_token(void **state)
-{
-    (void)state;
-    assert_true(relay_token_ok("", NULL, NULL)); /* no token configured */
-    assert_true(relay_token_ok(NULL, "Bearer x", NULL));
-    assert_false(relay_token_ok("s3cret", NULL, NULL)); /* nothing presented */
-    assert_true(relay_token_ok("s3cret", "Bearer s3cret", NULL));
-    assert_true(relay_token_ok("s3cret", "bearer   s3cret", NULL));
-    assert_false(relay_token_ok("s3cret", "Bearer s3cre", NULL));
-    assert_false(relay_token_ok("s3cret", "Bearer s3cretX", NULL));
-    assert_false(relay_token_ok("s3cret", "Basic s3cret", NULL));
-    assert_false(relay_token_ok("s3cret", "Bearer ", NULL));
-    assert_true(relay_token_ok("s3cret", NULL, "s3cret"));
-    assert_false(relay_token_ok("s3cret", NULL, ""));
-    /* The header wins over the query when both are given. */
-    assert_false(relay_token_ok("s3cret", "Bearer wrong", "s3cret"));
-    assert_true(relay_token_ok("s3cret", "Basic abc", "s3cret"));
-}
+#include "source_switch.h"
 
 static void test_scan(void **state)
 {
@@ -102,12 +77,4 @@ static void test_decide(void **state)
     assert_int_equal(switch_decide(&in, &why), SWITCH_RELAY);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_token),
-        cmocka_unit_test(test_scan),
-        cmocka_unit_test(test_decide),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+UNIT_MAIN(cmocka_unit_test(test_scan), cmocka_unit_test(test_decide))

@@ -35,11 +35,6 @@ const char *jwt_result_name(jwt_result_t r);
  * tools). NULL on bad input or out of memory. */
 char *jwt_sign_hs256(const char *payload_json, const void *key, size_t keylen);
 
-/* Constant-time equality of two secrets (e.g. a presented bearer token and
- * the configured one): compares their SHA-256 digests, so neither the
- * content nor the length leaks through timing. NULL equals nothing. */
-int jwt_secret_equal(const char *a, size_t alen, const char *b, size_t blen);
-
 /* base64url without padding. decode: out must hold n*3/4+1 bytes; returns
  * the decoded length or -1 on a bad character or length. */
 long jwt_b64url_decode(const char *in, size_t n, unsigned char *out);

@@ -211,15 +211,3 @@ char *jwt_sign_hs256(const char *payload_json, const void *key, size_t keylen)
     jwt_b64url_encode(mac, maclen, out + o);
     return out;
 }
-
-int jwt_secret_equal(const char *a, size_t alen, const char *b, size_t blen)
-{
-    unsigned char da[EVP_MAX_MD_SIZE], db[EVP_MAX_MD_SIZE];
-    unsigned int la = 0, lb = 0;
-    if (a == NULL || b == NULL)
-        return 0;
-    if (!EVP_Digest(a, alen, da, &la, EVP_sha256(), NULL) ||
-        !EVP_Digest(b, blen, db, &lb, EVP_sha256(), NULL))
-        return 0;
-    return la == lb && CRYPTO_memcmp(da, db, la) == 0;
-}
