@@ -3,6 +3,7 @@
  * rules, and exact decimal-text arithmetic (never through a double). */
 #include "msg.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
@@ -90,13 +91,201 @@ int msg_read_prefix(const char *json, size_t len, msg_meta_t *m)
     return 0;
 }
 
+/* ---- JSON syntax check without a tree (RFC 8259, UTF-8) ------------------ */
+
+typedef struct {
+    const unsigned char *p, *end;
+    int depth;
+} jscan_t;
+
+#define JSCAN_MAX_DEPTH 64
+
+static void js_ws(jscan_t *s)
+{
+    while (s->p < s->end && (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r'))
+        s->p++;
+}
+
+/* One UTF-8 sequence starting at a byte >= 0x80 (no overlongs, no
+ * surrogates, nothing above U+10FFFF). */
+static int js_utf8(jscan_t *s)
+{
+    unsigned c = *s->p;
+    int n;
+    unsigned min;
+    if (c >= 0xc2 && c <= 0xdf)
+        n = 1, min = 0x80;
+    else if (c >= 0xe0 && c <= 0xef)
+        n = 2, min = 0x800;
+    else if (c >= 0xf0 && c <= 0xf4)
+        n = 3, min = 0x10000;
+    else
+        return 0;
+    if (s->end - s->p <= n)
+        return 0;
+    unsigned cp = c & (0x3f >> n);
+    for (int i = 1; i <= n; i++) {
+        if ((s->p[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s->p[i] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    s->p += n + 1;
+    return 1;
+}
+
+static int js_string(jscan_t *s)
+{
+    s->p++; /* the opening quote */
+    while (s->p < s->end) {
+        unsigned c = *s->p;
+        if (c == '"') {
+            s->p++;
+            return 1;
+        }
+        if (c < 0x20)
+            return 0;
+        if (c == '\\') {
+            if (++s->p >= s->end)
+                return 0;
+            c = *s->p;
+            if (c == 'u') {
+                if (s->end - s->p < 5)
+                    return 0;
+                for (int i = 1; i <= 4; i++)
+                    if (!isxdigit(s->p[i]))
+                        return 0;
+                s->p += 5;
+            } else if (strchr("\"\\/bfnrt", (int)c) != NULL && c != '\0') {
+                s->p++;
+            } else {
+                return 0;
+            }
+        } else if (c >= 0x80) {
+            if (!js_utf8(s))
+                return 0;
+        } else {
+            s->p++;
+        }
+    }
+    return 0;
+}
+
+static int js_digits(jscan_t *s)
+{
+    const unsigned char *start = s->p;
+    while (s->p < s->end && isdigit(*s->p))
+        s->p++;
+    return s->p > start;
+}
+
+static int js_number(jscan_t *s)
+{
+    if (*s->p == '-')
+        s->p++;
+    if (s->p < s->end && *s->p == '0')
+        s->p++;
+    else if (!js_digits(s))
+        return 0;
+    if (s->p < s->end && *s->p == '.') {
+        s->p++;
+        if (!js_digits(s))
+            return 0;
+    }
+    if (s->p < s->end && (*s->p == 'e' || *s->p == 'E')) {
+        s->p++;
+        if (s->p < s->end && (*s->p == '+' || *s->p == '-'))
+            s->p++;
+        if (!js_digits(s))
+            return 0;
+    }
+    return 1;
+}
+
+static int js_word(jscan_t *s, const char *w)
+{
+    size_t n = strlen(w);
+    if ((size_t)(s->end - s->p) < n || memcmp(s->p, w, n) != 0)
+        return 0;
+    s->p += n;
+    return 1;
+}
+
+static int js_value(jscan_t *s);
+
+/* An object or an array: open is '{' or '['. */
+static int js_container(jscan_t *s, unsigned char close)
+{
+    if (++s->depth > JSCAN_MAX_DEPTH)
+        return 0;
+    s->p++;
+    js_ws(s);
+    if (s->p < s->end && *s->p == close) {
+        s->p++;
+        s->depth--;
+        return 1;
+    }
+    for (;;) {
+        if (close == '}') {
+            if (s->p >= s->end || *s->p != '"' || !js_string(s))
+                return 0;
+            js_ws(s);
+            if (s->p >= s->end || *s->p != ':')
+                return 0;
+            s->p++;
+        }
+        if (!js_value(s))
+            return 0;
+        js_ws(s);
+        if (s->p >= s->end)
+            return 0;
+        if (*s->p == ',') {
+            s->p++;
+            js_ws(s);
+            continue;
+        }
+        if (*s->p != close)
+            return 0;
+        s->p++;
+        s->depth--;
+        return 1;
+    }
+}
+
+static int js_value(jscan_t *s)
+{
+    js_ws(s);
+    if (s->p >= s->end)
+        return 0;
+    switch (*s->p) {
+    case '{': return js_container(s, '}');
+    case '[': return js_container(s, ']');
+    case '"': return js_string(s);
+    case 't': return js_word(s, "true");
+    case 'f': return js_word(s, "false");
+    case 'n': return js_word(s, "null");
+    default: return (*s->p == '-' || isdigit(*s->p)) && js_number(s);
+    }
+}
+
+int msg_json_object_valid(const char *json, size_t len)
+{
+    jscan_t s = {(const unsigned char *)json, (const unsigned char *)json + len, 0};
+    js_ws(&s);
+    if (s.p >= s.end || *s.p != '{' || !js_value(&s))
+        return 0;
+    js_ws(&s);
+    return s.p == s.end;
+}
+
 int msg_parse_meta(const char *json, size_t len, msg_meta_t *m)
 {
     /* The fanout forwards messages it never needs to parse: the prefix the
      * ingest wrote (msg_begin) holds every routing field. Anything else
      * (another writer, another field order, escapes) takes the full parse. */
     if (msg_read_prefix(json, len, m) == 0)
-        return 0;
+        return msg_json_object_valid(json, len) ? 0 : -EINVAL; /* forwarded as is: whole and valid */
     json_error_t err;
     json_t *root = json_loadb(json, len, 0, &err);
     int r = -EINVAL;

@@ -239,12 +239,78 @@ static void test_read_prefix(void **state)
     buf_free(&b);
 }
 
+/* The fanout forwards a message whose prefix it read only when the whole
+ * message is one valid JSON object: garbage after a good prefix is refused. */
+static void test_json_object_valid(void **state)
+{
+    (void)state;
+    static const char *good[] = {
+        "{}",
+        " {\"a\":1} ",
+        "{\"channel\":\"trade.upbit.BTC-KRW\",\"seq\":4,\"epoch\":5,\"p\":\"1.5\",\"x\":[1,-2.5e3,true,false,null]}",
+        "{\"s\":\"caf\xc3\xa9 \\u00e9 \\\" \\\\ \\/ \\n\",\"n\":{\"m\":[[]]}}",
+        "{\"e\":\"\xf0\x9f\x98\x80\"}",
+    };
+    static const char *bad[] = {
+        "",
+        "[]",
+        "{",
+        "{\"a\":1,}",
+        "{\"a\" 1}",
+        "{\"a\":01}",
+        "{\"a\":1.}",
+        "{\"a\":-}",
+        "{\"a\":tru}",
+        "{\"a\":\"x}",
+        "{\"a\":\"\\x\"}",
+        "{\"a\":\"\\u12g4\"}",
+        "{\"a\":1} x",
+        "{\"a\":1}{}",
+        "{a:1}",
+        "{\"a\":\"\x01\"}",
+        "{\"a\":\"\xc3\"}",
+        "{\"a\":\"\xc0\xaf\"}",
+        "{\"a\":\"\xed\xa0\x80\"}",
+        "{\"a\":\"\xf4\x90\x80\x80\"}",
+    };
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+        assert_true(msg_json_object_valid(good[i], strlen(good[i])));
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        if (msg_json_object_valid(bad[i], strlen(bad[i])))
+            fail_msg("accepted: %s", bad[i]);
+    /* nesting: 64 levels pass, 65 do not */
+    char deep[200];
+    size_t n = 0;
+    deep[n++] = '{';
+    deep[n++] = '"';
+    deep[n++] = 'a';
+    deep[n++] = '"';
+    deep[n++] = ':';
+    for (int k = 0; k < 63; k++)
+        deep[n++] = '[';
+    for (int k = 0; k < 63; k++)
+        deep[n++] = ']';
+    deep[n++] = '}';
+    assert_true(msg_json_object_valid(deep, n));
+    memmove(deep + 6, deep + 5, n - 5);
+    deep[5] = '[';
+    memmove(deep + n + 1 - 1, deep + n - 1, 1);
+    deep[n] = ']';
+    deep[n + 1] = '}';
+    assert_false(msg_json_object_valid(deep, n + 2));
+    /* msg_parse_meta: a good prefix followed by garbage is refused */
+    const char *tampered = "{\"channel\":\"ticker.upbit.BTC-KRW\",\"type\":\"ticker\",\"exchange\":\"upbit\","
+                           "\"symbol\":\"BTC-KRW\",\"seq\":4,\"epoch\":5,\"ts\":1,\"recv_ts\":2,\xde\x8f\"x\":1}";
+    msg_meta_t m;
+    assert_int_equal(msg_parse_meta(tampered, strlen(tampered), &m), -EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fmt_double),        cmocka_unit_test(test_decimal_shift),
         cmocka_unit_test(test_decimal_valid_cmp), cmocka_unit_test(test_channels),
-        cmocka_unit_test(test_build_and_meta),    cmocka_unit_test(test_read_prefix),
+        cmocka_unit_test(test_build_and_meta),    cmocka_unit_test(test_read_prefix), cmocka_unit_test(test_json_object_valid),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
