@@ -247,7 +247,8 @@ static void test_json_object_valid(void **state)
     static const char *good[] = {
         "{}",
         " {\"a\":1} ",
-        "{\"channel\":\"trade.upbit.BTC-KRW\",\"seq\":4,\"epoch\":5,\"p\":\"1.5\",\"x\":[1,-2.5e3,true,false,null]}",
+        "{\"channel\":\"trade.upbit.BTC-KRW\",\"seq\":4,\"epoch\":5,\"p\":\"1.5\",\"x\":[1,-2.5e3,true,false,"
+        "null]}",
         "{\"s\":\"caf\xc3\xa9 \\u00e9 \\\" \\\\ \\/ \\n\",\"n\":{\"m\":[[]]}}",
         "{\"e\":\"\xf0\x9f\x98\x80\"}",
     };
@@ -299,8 +300,9 @@ static void test_json_object_valid(void **state)
     deep[n + 1] = '}';
     assert_false(msg_json_object_valid(deep, n + 2));
     /* msg_parse_meta: a good prefix followed by garbage is refused */
-    const char *tampered = "{\"channel\":\"ticker.upbit.BTC-KRW\",\"type\":\"ticker\",\"exchange\":\"upbit\","
-                           "\"symbol\":\"BTC-KRW\",\"seq\":4,\"epoch\":5,\"ts\":1,\"recv_ts\":2,\xde\x8f\"x\":1}";
+    const char *tampered =
+        "{\"channel\":\"ticker.upbit.BTC-KRW\",\"type\":\"ticker\",\"exchange\":\"upbit\","
+        "\"symbol\":\"BTC-KRW\",\"seq\":4,\"epoch\":5,\"ts\":1,\"recv_ts\":2,\xde\x8f\"x\":1}";
     msg_meta_t m;
     assert_int_equal(msg_parse_meta(tampered, strlen(tampered), &m), -EINVAL);
 }
@@ -310,7 +312,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fmt_double),        cmocka_unit_test(test_decimal_shift),
         cmocka_unit_test(test_decimal_valid_cmp), cmocka_unit_test(test_channels),
-        cmocka_unit_test(test_build_and_meta),    cmocka_unit_test(test_read_prefix), cmocka_unit_test(test_json_object_valid),
+        cmocka_unit_test(test_build_and_meta),    cmocka_unit_test(test_read_prefix),
+        cmocka_unit_test(test_json_object_valid),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
