@@ -220,3 +220,46 @@ def test_websockets_interoperates_over_many_sizes(fanout_factory, feed):
         await plain.close()
 
     run(go())
+
+
+def test_chromium_interoperates(fanout_factory, feed):
+    """Chromium negotiates the extension, sends a compressed request and gets
+    the same texts as a client without it, at the same time."""
+    import shutil
+    import subprocess
+    from harness import REPO
+    node = shutil.which("node")
+    browser_dir = os.path.join(REPO, "test", "browser")
+    assert node and os.access("/usr/bin/chromium", os.X_OK) and \
+        os.path.isdir(os.path.join(browser_dir, "node_modules", "playwright-core")), \
+        "chromium, node or playwright-core missing: run `make deps`"
+    f = fanout_factory()
+    n = 30
+    p = subprocess.Popen([node, os.path.join(browser_dir, "deflate.mjs"), "--fanout",
+                          "http://127.0.0.1:%d" % f.port, "--channel", BOOK, "--count", str(n)],
+                         cwd=browser_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = json.loads(p.stdout.readline() or "{}")
+        assert ready.get("ready"), "chromium did not subscribe: %s" % p.stderr.read()[-3000:]
+        assert ready["extensions"].startswith("permessage-deflate"), ready
+
+        async def go():
+            plain = await connect(f.port, "?channels=" + BOOK, compression=None)
+            feed(*[book(i) for i in range(1, n + 1)])
+            out = []
+            while len(out) < n:
+                m = await asyncio.wait_for(plain.recv(), 15)
+                if '"channel"' in m:
+                    out.append(m)
+            await plain.close()
+            return out
+
+        plain = run(go())
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err[-3000:]
+        res = json.loads(out.strip().splitlines()[-1])
+        assert res["messages"] == plain
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
