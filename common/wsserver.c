@@ -677,16 +677,17 @@ static void ws_pump(wss_conn_t *c)
  * remembered for the next connections; NULL: send the plain frame. */
 static rbuf_t *deflated(wss_ctx_t *ctx, rbuf_t *plain)
 {
+    /* Small frames go plain without taking a cache slot. */
+    if (plain->len < WSS_DEFLATE_MIN + 2)
+        return NULL;
     for (int i = 0; i < WSS_ZCACHE; i++)
         if (ctx->zcache[i].plain == plain)
             return ctx->zcache[i].z;
     const unsigned char *p = (const unsigned char *)plain->data;
-    if (plain->len < 2 || (p[0] & 0xf0) != 0x80 || (p[0] & 0x0f) >= 0x8)
+    if ((p[0] & 0xf0) != 0x80 || (p[0] & 0x0f) >= 0x8)
         return NULL; /* only a whole, uncompressed data frame */
     unsigned l7 = p[1] & 0x7f;
     size_t h = l7 < 126 ? 2 : l7 == 126 ? 4 : 10;
-    if (plain->len < h)
-        return NULL;
     size_t len = plain->len - h;
     rbuf_t *z = NULL;
     if (len >= WSS_DEFLATE_MIN && (ctx->dz != NULL || ws_deflater_new(WSS_DEFLATE_LEVEL, &ctx->dz) == 0))
