@@ -9,6 +9,7 @@ import base64
 import json
 import os
 import socket
+import time
 import zlib
 
 import websockets
@@ -178,6 +179,16 @@ def test_compressed_client_messages_bounded(fanout_factory):
     compressed_frame(bad, b'{"op":"ping","x":"\xff\xfe"}')
     assert bad.close_code() == 1007
     bad.close()
+    # RSV1 on a control frame or a continuation frame is a protocol error (RFC 7692 6)
+    ping = raw_deflate_client(f.port)
+    ping.send_frame(0x49, b"hi")
+    assert ping.close_code() == 1002
+    ping.close()
+    cont = raw_deflate_client(f.port)
+    cont.send_frame(0x41, b"", fin=False)
+    cont.send_frame(0x40, b"\x00")
+    assert cont.close_code() == 1002
+    cont.close()
     # RSV1 without the extension negotiated is a protocol error
     plain = RawWS(f.port)
     plain.send_frame(0x41, b"\x00")
@@ -263,3 +274,20 @@ def test_chromium_interoperates(fanout_factory, feed):
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def test_write_delay_holds_writes_for_the_window(fanout_factory):
+    """A reply waits for the tick: its round trip is at least the window
+    (a lower bound, so a slow machine cannot make it fail)."""
+    f = fanout_factory(write_delay_ms=300)
+
+    async def go():
+        ws = await connect(f.port)
+        for i in range(3):
+            t0 = time.monotonic()
+            r = await request(ws, {"op": "ping", "id": i})
+            assert r["id"] == i
+            assert time.monotonic() - t0 >= 0.25
+        await ws.close()
+
+    run(go())
