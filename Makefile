@@ -11,7 +11,7 @@ DESTDIR ?=
 CC ?= cc
 SAN ?=
 
-PKGS := libuv rdkafka jansson inih openssl
+PKGS := libuv rdkafka jansson inih openssl zlib
 # Asked of pkg-config when first used (inside a recipe), not when the Makefile
 # is parsed: on a new machine `make test` parses this file before `deps` has
 # installed the -dev packages, and `test`/`run` build in a sub-make after it.
@@ -64,7 +64,7 @@ $(BUILD)/obj/supervisor/main.o: ALL_CFLAGS += -DEXCHANGE_VERSION='"$(VERSION)"' 
 # ---- dependencies (Debian 12) ------------------------------------------
 NPM_DIRS := $(patsubst %/package-lock.json,%,$(wildcard test/*/package-lock.json clients/js/package-lock.json))
 DEB_PKGS := build-essential pkg-config libuv1-dev librdkafka-dev libzookeeper-mt-dev \
-  libwslay-dev libjansson-dev libinih-dev libssl-dev libhttp-parser-dev libcmocka-dev \
+  libwslay-dev libjansson-dev libinih-dev libssl-dev zlib1g-dev libhttp-parser-dev libcmocka-dev \
   zookeeper default-jre-headless python3 python3-pytest python3-websockets python3-kazoo \
   python3-confluent-kafka nginx-light libnginx-mod-nchan prometheus clang libclang-rt-14-dev \
   openssl yamllint procps iproute2 ca-certificates clang-format cppcheck strace \

@@ -159,6 +159,11 @@ static const cfg_key_t main_keys[] = {
     K(fanout, max_bytes_in_per_sec, T_INT, R, 0, 1073741824, NULL, "262144",
       "Bytes per second one client may send (every frame counts); over it the client is closed (1008); 0: no "
       "limit"),
+    K(fanout, compression, T_BOOL, R, 0, 0, NULL, "true",
+      "permessage-deflate (RFC 7692) with clients that offer it: each message compressed once per worker "
+      "and shared (server_no_context_takeover); messages under 128 bytes go plain"),
+    K(fanout, write_delay_ms, T_INT, R, 0, 1000, NULL, "0",
+      "Hold a client's messages this long so those within the window leave in one write; 0: write at once"),
 
     K(relay, listen, T_ADDR, CF_LISTEN, 0, 0, NULL, "0.0.0.0:8091",
       "Relay WebSocket address served by the ingest worker"),

@@ -86,6 +86,8 @@ typedef struct {
         int max_connections_per_ip;
         int max_connections_per_sec_per_ip;
         int max_bytes_in_per_sec;
+        int compression;    /* permessage-deflate with clients that offer it */
+        int write_delay_ms; /* 0: write at once */
     } fanout;
     struct {
         char *listen;

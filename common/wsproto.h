@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 #include <wslay/wslay.h>
+#include "buf.h"
+#include "rbuf.h"
 
 #include "rbuf.h"
 
@@ -32,5 +34,42 @@ ssize_t ws_feed_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, cons
 rbuf_t *wss_frame(int opcode, const void *data, size_t len);
 /* Header length of such a frame for a payload of len bytes. */
 size_t wss_frame_header_len(size_t len);
+
+/* Header length of a server (unmasked) frame with a len-byte payload. */
+size_t ws_frame_header_len(size_t len);
+/* Write that header: first byte b0 (FIN, RSV, opcode), then the length.
+ * Returns the header length. */
+size_t ws_frame_header(unsigned char *p, unsigned b0, size_t len);
+
+/* ---- permessage-deflate (RFC 7692) ---------------------------------------- */
+
+/* Answer a Sec-WebSocket-Extensions offer list. We compress every message
+ * on its own (server_no_context_takeover, so one compressed frame serves
+ * every client) and inflate every message on its own (we always ask for
+ * client_no_context_takeover, allowed by 7.1.1.1). The first
+ * permessage-deflate offer whose parameters we can honour is accepted:
+ * its response parameters go to resp (NUL-terminated) and 1 is returned;
+ * 0 when none can be (unknown or repeated parameters, bad values,
+ * server_max_window_bits below 15): the connection then runs without it. */
+int ws_deflate_negotiate(const char *offers, char *resp, size_t cap);
+
+/* Compress one message payload (raw deflate, sync flush, the trailing
+ * 00 00 ff ff removed) into a server frame with RSV1 set. NULL when the
+ * result would not be smaller than the plain frame, or on error. */
+typedef struct ws_deflater_s ws_deflater_t;
+int ws_deflater_new(int level, ws_deflater_t **out);
+void ws_deflater_free(ws_deflater_t *z);
+rbuf_t *ws_deflate_frame(ws_deflater_t *z, int opcode, const void *data, size_t len);
+
+/* Inflate one compressed message (7.2.2: 00 00 ff ff appended) into out,
+ * replacing its contents. 0, -EMSGSIZE when it would exceed max bytes
+ * (close 1009), -EINVAL for bad deflate data, -ENOMEM. */
+typedef struct ws_inflater_s ws_inflater_t;
+int ws_inflater_new(ws_inflater_t **out);
+void ws_inflater_free(ws_inflater_t *z);
+int ws_inflate(ws_inflater_t *z, const void *data, size_t len, size_t max, buf_t *out);
+
+/* 1 when data is valid UTF-8 (RFC 3629). */
+int ws_utf8_valid(const unsigned char *p, size_t n);
 
 #endif

@@ -17,6 +17,8 @@
 
 #define WSS_MAX_IOV 256
 #define WSS_READ_BUF (64 * 1024)
+#define WSS_ZCACHE 8        /* compressed frames remembered per context */
+#define WSS_DEFLATE_LEVEL 6 /* zlib level: once per message, shared by its clients */
 
 typedef struct {
     rbuf_t *b;
@@ -24,6 +26,13 @@ typedef struct {
 } qent_t;
 
 enum { ST_HTTP, ST_OPEN, ST_CLOSING };
+
+/* A plain frame (a reference held, so its address is not reused) and its
+ * compressed twin, or NULL when it goes out plain. */
+typedef struct {
+    rbuf_t *plain;
+    rbuf_t *z;
+} zent_t;
 
 struct wss_ctx_s {
     uv_loop_t *loop;
@@ -33,6 +42,9 @@ struct wss_ctx_s {
     int nconns;
     int freeing;
     wss_conn_t *dirty; /* connections with frames to write */
+    wss_conn_t *later; /* write_delay_ms: open connections waiting for the tick */
+    uv_timer_t tick;   /* write_delay_ms: flushes `later` */
+    int handles;       /* check and tick: the context is freed when both closed */
     char *rdbuf;       /* one read buffer: every read is consumed at once */
     int rdbuf_busy;
     wss_stats_t stats;
@@ -42,9 +54,13 @@ struct wss_ctx_s {
      * these are shared rather than kept per connection (idle memory). */
     const uint8_t *rx; /* input being fed to wslay */
     size_t rxlen;
-    buf_t ctl;    /* control frames produced by wslay */
-    buf_t msg;    /* NUL-terminated copy of an inbound message */
-    rbuf_t *ping; /* the idle ping, framed once and shared */
+    buf_t ctl;         /* control frames produced by wslay */
+    buf_t msg;         /* NUL-terminated copy of an inbound message */
+    rbuf_t *ping;      /* the idle ping, framed once and shared */
+    ws_deflater_t *dz; /* permessage-deflate: on first use */
+    ws_inflater_t *iz;
+    zent_t zcache[WSS_ZCACHE];
+    unsigned znext;
     /* One gather list for every connection's flush: uv_write copies it, and
      * TLS consumes it at once, so no connection needs its own (4 KB each). */
     uv_buf_t iov[WSS_MAX_IOV];
@@ -70,6 +86,8 @@ struct wss_conn_s {
     unsigned in_dirty : 1;
     unsigned ping_out : 1;
     unsigned rx_limited : 1; /* closed for the input rate: input is dropped */
+    unsigned deflate : 1;    /* permessage-deflate negotiated */
+    unsigned in_later : 1;   /* in ctx->later rather than ctx->dirty */
     http_req_t *req;         /* only during the handshake (idle memory) */
     /* Only while the peer sends something (9 KB): created when input
      * arrives, freed again between frames (see ws_release_idle). */
@@ -142,24 +160,39 @@ static void dirty_del(wss_conn_t *c)
         return;
     if (c->dprev)
         c->dprev->dnext = c->dnext;
+    else if (c->in_later)
+        c->ctx->later = c->dnext;
     else
         c->ctx->dirty = c->dnext;
     if (c->dnext)
         c->dnext->dprev = c->dprev;
     c->dnext = c->dprev = NULL;
     c->in_dirty = 0;
+    c->in_later = 0;
 }
+
+static void on_tick(uv_timer_t *t);
 
 static void dirty_add(wss_conn_t *c)
 {
     if (c->in_dirty || c->writing || c->tcp_closing)
         return;
+    wss_ctx_t *ctx = c->ctx;
+    /* write_delay_ms: an open connection's frames wait for the tick, so
+     * what arrives within the window leaves in one write. */
+    wss_conn_t **head = &ctx->dirty;
+    if (ctx->lim.write_delay_ms > 0 && c->state == ST_OPEN) {
+        head = &ctx->later;
+        c->in_later = 1;
+        if (ctx->later == NULL)
+            uv_timer_start(&ctx->tick, on_tick, ctx->lim.write_delay_ms, 0);
+    }
     c->in_dirty = 1;
     c->dprev = NULL;
-    c->dnext = c->ctx->dirty;
+    c->dnext = *head;
     if (c->dnext)
         c->dnext->dprev = c;
-    c->ctx->dirty = c;
+    *head = c;
 }
 
 /* Runs once per loop iteration after I/O: every frame queued during this
@@ -171,6 +204,25 @@ static void on_check(uv_check_t *h)
         wss_conn_t *c = ctx->dirty;
         dirty_del(c);
         conn_flush(c);
+    }
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    wss_ctx_t *ctx = t->data;
+    /* Detach the list: connections queueing again during the flush (a
+     * partial write's rest) start the next window. */
+    wss_conn_t *c = ctx->later;
+    ctx->later = NULL;
+    while (c) {
+        wss_conn_t *next = c->dnext;
+        c->in_dirty = 0;
+        c->in_later = 0;
+        c->dnext = c->dprev = NULL;
+        if (next)
+            next->dprev = NULL;
+        conn_flush(c);
+        c = next;
     }
 }
 
@@ -199,6 +251,10 @@ int wss_ctx_new(uv_loop_t *loop, const wss_limits_t *lim, const wss_callbacks_t 
     ctx->check.data = ctx;
     uv_check_start(&ctx->check, on_check);
     uv_unref((uv_handle_t *)&ctx->check);
+    uv_timer_init(loop, &ctx->tick);
+    ctx->tick.data = ctx;
+    uv_unref((uv_handle_t *)&ctx->tick);
+    ctx->handles = 2;
     *out = ctx;
     return 0;
 }
@@ -211,6 +267,16 @@ void wss_ctx_set_tls(wss_ctx_t *ctx, tls_ctx_t *tls)
 static void ctx_on_check_closed(uv_handle_t *h)
 {
     wss_ctx_t *ctx = h->data;
+    if (--ctx->handles > 0)
+        return;
+    for (int i = 0; i < WSS_ZCACHE; i++) {
+        if (ctx->zcache[i].plain)
+            rbuf_unref(ctx->zcache[i].plain);
+        if (ctx->zcache[i].z)
+            rbuf_unref(ctx->zcache[i].z);
+    }
+    ws_deflater_free(ctx->dz);
+    ws_inflater_free(ctx->iz);
     if (ctx->ping)
         rbuf_unref(ctx->ping);
     buf_free(&ctx->ctl);
@@ -222,8 +288,10 @@ static void ctx_on_check_closed(uv_handle_t *h)
 
 static void ctx_maybe_free(wss_ctx_t *ctx)
 {
-    if (ctx->freeing && ctx->nconns == 0 && !uv_is_closing((uv_handle_t *)&ctx->check))
+    if (ctx->freeing && ctx->nconns == 0 && !uv_is_closing((uv_handle_t *)&ctx->check)) {
+        uv_close((uv_handle_t *)&ctx->tick, ctx_on_check_closed);
         uv_close((uv_handle_t *)&ctx->check, ctx_on_check_closed);
+    }
 }
 
 void wss_ctx_free(wss_ctx_t *ctx)
@@ -587,10 +655,58 @@ static void ws_pump(wss_conn_t *c)
     }
 }
 
+/* The compressed twin of a plain data frame, made on first use and
+ * remembered for the next connections; NULL: send the plain frame. */
+static rbuf_t *deflated(wss_ctx_t *ctx, rbuf_t *plain)
+{
+    /* Small frames go plain without taking a cache slot. */
+    if (plain->len < WSS_DEFLATE_MIN + 2)
+        return NULL;
+    for (int i = 0; i < WSS_ZCACHE; i++)
+        if (ctx->zcache[i].plain == plain)
+            return ctx->zcache[i].z;
+    const unsigned char *p = (const unsigned char *)plain->data;
+    if ((p[0] & 0xf0) != 0x80 || (p[0] & 0x0f) >= 0x8)
+        return NULL; /* only a whole, uncompressed data frame */
+    unsigned l7 = p[1] & 0x7f;
+    size_t h = l7 < 126 ? 2 : l7 == 126 ? 4 : 10;
+    size_t len = plain->len - h;
+    rbuf_t *z = NULL;
+    if (len >= WSS_DEFLATE_MIN && (ctx->dz != NULL || ws_deflater_new(WSS_DEFLATE_LEVEL, &ctx->dz) == 0))
+        z = ws_deflate_frame(ctx->dz, p[0] & 0x0f, p + h, len);
+    if (z != NULL) {
+        ctx->stats.deflated++;
+        ctx->stats.deflate_in_bytes += plain->len;
+        ctx->stats.deflate_out_bytes += z->len;
+    } else {
+        ctx->stats.deflate_plain++;
+    }
+    zent_t *e = &ctx->zcache[ctx->znext++ % WSS_ZCACHE];
+    if (e->plain)
+        rbuf_unref(e->plain);
+    if (e->z)
+        rbuf_unref(e->z);
+    e->plain = rbuf_ref(plain);
+    e->z = z;
+    return z;
+}
+
+int wss_conn_deflate(const wss_conn_t *c)
+{
+    return c->deflate;
+}
+
 int wss_send(wss_conn_t *c, rbuf_t *frame, const void *tag)
 {
     if (c->state != ST_OPEN || c->tcp_closing)
         return -EPIPE;
+    if (c->deflate) {
+        rbuf_t *z = deflated(c->ctx, frame);
+        if (z != NULL) {
+            frame = z;
+            c->ctx->stats.compressed_frames++;
+        }
+    }
     size_t lim = c->ctx->lim.queue_bytes;
     /* Conflate only when the peer is behind: a write still in progress with
      * a quarter of the bound queued, or a frame that would not fit. A client
@@ -676,13 +792,36 @@ static ssize_t ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size
 static void ws_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg, void *user)
 {
     wss_conn_t *c = user;
-    (void)ctx;
     if (arg->opcode != WSLAY_TEXT_FRAME && arg->opcode != WSLAY_BINARY_FRAME)
         return;
     if (c->state != ST_OPEN || c->ctx->cbs.on_message == NULL)
         return;
     buf_t *m = &c->ctx->msg;
     buf_reset(m);
+    if (c->deflate && (arg->rsv & WSLAY_RSV1_BIT)) {
+        /* Bounded by max_message_bytes after inflating: a deflate bomb
+         * ends at the bound with 1009. */
+        size_t max = c->ctx->lim.max_message_bytes ? c->ctx->lim.max_message_bytes : SIZE_MAX - 1;
+        int r = c->ctx->iz != NULL || ws_inflater_new(&c->ctx->iz) == 0
+                    ? ws_inflate(c->ctx->iz, arg->msg, arg->msg_length, max, m)
+                    : -ENOMEM;
+        if (r == 0 && arg->opcode == WSLAY_TEXT_FRAME &&
+            !ws_utf8_valid((const unsigned char *)m->data, m->len))
+            r = -EILSEQ;
+        if (r < 0) {
+            static const char *const why[] = {"message too big", "invalid UTF-8", "bad deflate data"};
+            int k = r == -EMSGSIZE ? 0 : r == -EILSEQ ? 1 : 2;
+            uint16_t code = r == -EMSGSIZE ? WSLAY_CODE_MESSAGE_TOO_BIG
+                            : r == -EILSEQ ? WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA
+                            : r == -ENOMEM ? WSLAY_CODE_INTERNAL_SERVER_ERROR
+                                           : WSLAY_CODE_PROTOCOL_ERROR;
+            (void)wslay_event_queue_close(ctx, code, (const uint8_t *)why[k], strlen(why[k]));
+            return;
+        }
+        c->ctx->stats.inflated++;
+        c->ctx->cbs.on_message(c, arg->opcode, m->data, m->len);
+        return;
+    }
     if (buf_append(m, arg->msg, arg->msg_length) < 0)
         return;
     c->ctx->cbs.on_message(c, arg->opcode, m->data ? m->data : "", arg->msg_length);
@@ -780,8 +919,16 @@ static int ws_ensure(wss_conn_t *c)
         c->ws = NULL;
         return -ENOMEM;
     }
-    if (c->ctx->lim.max_message_bytes)
-        wslay_event_config_set_max_recv_msg_length(c->ws, c->ctx->lim.max_message_bytes);
+    size_t max = c->ctx->lim.max_message_bytes;
+    if (c->deflate) {
+        wslay_event_config_set_allowed_rsv_bits(c->ws, WSLAY_RSV1_BIT);
+        /* The bound applies to the inflated message; an incompressible
+         * one arrives a little larger than it is. */
+        if (max)
+            max += max / 64 + 64;
+    }
+    if (max)
+        wslay_event_config_set_max_recv_msg_length(c->ws, max);
     return 0;
 }
 
@@ -839,6 +986,13 @@ static int conn_upgrade(wss_conn_t *c, const char *rest, size_t restn)
             buf_puts(&extra, "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n");
         else if (status == 400)
             buf_puts(&extra, "Sec-WebSocket-Version: 13\r\n");
+    }
+    char ext[128];
+    if (status == 0 && ctx->lim.deflate &&
+        ws_deflate_negotiate(http_req_header(c->req, "sec-websocket-extensions"), ext, sizeof ext)) {
+        buf_printf(&extra, "Sec-WebSocket-Extensions: %s\r\n", ext);
+        c->deflate = 1;
+        ctx->stats.deflate_clients++;
     }
     if (status != 0) {
         conn_reject(c, status, extra.data ? extra.data : "", body.data);

@@ -40,6 +40,9 @@ typedef struct {
     uint64_t handshake_timeout_ms; /* whole HTTP request must arrive within this */
     size_t max_rx_bytes_per_sec;   /* bytes read from one peer per second (every frame, and TLS
                                       records as received); over it close 1008; 0 = no limit */
+    int deflate;                   /* negotiate permessage-deflate (RFC 7692) with clients that offer it */
+    uint64_t write_delay_ms;       /* data frames of an open connection wait this long to leave in one
+                                      write with what follows; 0 = written in the loop iteration */
 } wss_limits_t;
 
 typedef struct {
@@ -92,6 +95,14 @@ const char *wss_peer_ip(const wss_conn_t *c); /* "ip" */
  * limits.queue_bytes (nothing queued; the caller decides, usually close 1013),
  * -EPIPE when the connection is closing or not open yet. */
 int wss_send(wss_conn_t *c, rbuf_t *frame, const void *tag);
+/* Data frames (wss_send) are compressed for a connection that negotiated
+ * permessage-deflate: once per frame and context, on first use, and the
+ * compressed frame is shared by every such connection (server_no_context_
+ * takeover). Frames under WSS_DEFLATE_MIN payload bytes, and those that do
+ * not shrink, go out plain. Replies (wss_send_text) and control frames are
+ * never compressed. 1 when c negotiated it. */
+#define WSS_DEFLATE_MIN 128
+int wss_conn_deflate(const wss_conn_t *c);
 /* Frame and queue a text message (not bounded: replies, control). */
 int wss_send_text(wss_conn_t *c, const char *data, size_t len);
 /* Start the closing handshake with code and reason. drop_queued discards the
@@ -117,8 +128,15 @@ typedef struct {
     uint64_t bad_utf8;        /* 1007 */
     uint64_t protocol_errors; /* 1002 and other wslay errors */
     uint64_t tls_handshake_failures;
-    uint64_t rx_rate_closes; /* over max_rx_bytes_per_sec */
-    size_t queued_bytes;     /* now, over all connections */
+    uint64_t rx_rate_closes;    /* over max_rx_bytes_per_sec */
+    uint64_t deflate_clients;   /* connections that negotiated permessage-deflate */
+    uint64_t deflated;          /* messages compressed (once each, shared) */
+    uint64_t deflate_in_bytes;  /* their plain frame bytes */
+    uint64_t deflate_out_bytes; /* their compressed frame bytes */
+    uint64_t deflate_plain;     /* messages left plain: small, or no smaller compressed */
+    uint64_t compressed_frames; /* compressed frames queued on connections */
+    uint64_t inflated;          /* compressed client messages inflated */
+    size_t queued_bytes;        /* now, over all connections */
 } wss_stats_t;
 const wss_stats_t *wss_ctx_stats(const wss_ctx_t *ctx);
 

@@ -30,6 +30,8 @@ typedef struct {
     metric_t *source_gaps;   /* counter */
     metric_t *auth_failures; /* family, reason= (4001 jwt reasons, 4003 forbidden_channel) */
     metric_t *accept_errors; /* family, reason= (emfile, enfile, enobufs, enomem, setup, other) */
+    metric_t *deflate_clients, *deflated, *compressed_frames, *inflated; /* counters */
+    metric_t *deflate_ratio;                                             /* gauge */
 } fanout_metrics_t;
 
 typedef struct fanout_s {
@@ -59,6 +61,7 @@ typedef struct fanout_s {
     tls_ctx_t *tls;            /* wss:// serving ([tls] cert), read at start */
     /* last values copied from wss/hub stats into counters */
     uint64_t synced_frames, synced_bytes, synced_conflated;
+    uint64_t synced_dclients, synced_deflated, synced_zframes, synced_inflated;
 } fanout_t;
 
 void fanout_metrics_init(fanout_metrics_t *m);

@@ -88,6 +88,16 @@ void fanout_metrics_init(fanout_metrics_t *m)
     m->accept_errors = metric_counter("exchange_fanout_accept_errors_total",
                                       "accept() failures on the client port, by reason (emfile: the "
                                       "open-files limit; enfile: the system's); accepting pauses briefly");
+    m->deflate_clients = metric_counter("exchange_fanout_compression_clients_total",
+                                        "Clients that negotiated permessage-deflate ([fanout] compression)");
+    m->deflated = metric_counter("exchange_fanout_compressed_messages_total",
+                                 "Messages compressed (once per message and worker, shared by its clients)");
+    m->compressed_frames = metric_counter("exchange_fanout_compressed_frames_total",
+                                          "Compressed frames queued for clients (the rest go plain)");
+    m->inflated =
+        metric_counter("exchange_fanout_inflated_messages_total", "Compressed client messages inflated");
+    m->deflate_ratio = metric_gauge("exchange_fanout_compression_ratio",
+                                    "Compressed bytes over plain bytes of the messages compressed so far");
 }
 
 void server_sync_metrics(fanout_t *f)
@@ -100,6 +110,16 @@ void server_sync_metrics(fanout_t *f)
         f->synced_frames = s->frames_sent;
         f->synced_bytes = s->bytes_sent;
         f->synced_conflated = s->conflated;
+        metric_add(f->m.deflate_clients, (double)(s->deflate_clients - f->synced_dclients));
+        metric_add(f->m.deflated, (double)(s->deflated - f->synced_deflated));
+        metric_add(f->m.compressed_frames, (double)(s->compressed_frames - f->synced_zframes));
+        metric_add(f->m.inflated, (double)(s->inflated - f->synced_inflated));
+        f->synced_dclients = s->deflate_clients;
+        f->synced_deflated = s->deflated;
+        f->synced_zframes = s->compressed_frames;
+        f->synced_inflated = s->inflated;
+        if (s->deflate_in_bytes > 0)
+            metric_set(f->m.deflate_ratio, (double)s->deflate_out_bytes / (double)s->deflate_in_bytes);
         metric_set(f->m.queue_bytes, (double)s->queued_bytes);
     }
     metric_set(f->m.clients, f->nclients);
@@ -637,6 +657,8 @@ int server_start(fanout_t *f)
         .close_timeout_ms = 5000,
         .handshake_timeout_ms = 10000,
         .max_rx_bytes_per_sec = (size_t)cfg->fanout.max_bytes_in_per_sec,
+        .deflate = cfg->fanout.compression,
+        .write_delay_ms = (uint64_t)cfg->fanout.write_delay_ms,
     };
     if (cfg->fanout.allowed_origins && *cfg->fanout.allowed_origins &&
         cfg_split_list(cfg->fanout.allowed_origins, &f->origins, &f->norigins) < 0)
