@@ -219,12 +219,13 @@ def seconds_until_gone(pid, t0, bound_s, what):
 
 
 def test_role_is_draining_once_resigned(service_factory):
-    # A client keeps the drain going, so /status can be read during it.
-    svc = service_factory(overrides={"fanout": {"drain_ms": 4000}}).wait_ready()
+    # Clients keep the drain going (their closes are spread over drain_ms; the
+    # first may go at once), so /status can be read during it.
+    svc = service_factory(overrides={"fanout": {"drain_ms": 30000}}).wait_ready()
     assert svc.status()["role"] == "leader"
     assert svc.metric("exchange_leader") == 1
-    client = WsClient(svc.ws_url, name="c").start()
-    util.wait_until(lambda: svc.status()["clients"] >= 1, timeout=10, what="the client connected")
+    clients = [WsClient(svc.ws_url, name="c%d" % i).start() for i in range(3)]
+    util.wait_until(lambda: svc.status()["clients"] >= 3, timeout=10, what="the clients connected")
     svc.signal(signal.SIGTERM)
     # The first answer after the signal already says draining: never two
     # leaders for drain_ms.
@@ -234,8 +235,9 @@ def test_role_is_draining_once_resigned(service_factory):
     assert st["role"] == "draining" and st["draining"]
     assert svc.metric("exchange_leader") == 0
     assert svc.running()
-    client.close()
-    svc.proc.wait(timeout=15)
+    for c in clients:
+        c.close()
+    svc.proc.wait(timeout=15)         # no client left: the drain ends
 
 
 def test_ingest_stops_when_its_lease_is_not_renewed(service_factory):
