@@ -27,6 +27,7 @@ import time
 import websockets
 
 from harness import util
+from harness.service import leaders
 
 SESSION_MS = 4000
 RATE = 50                      # trades per second made by the simulator
@@ -126,19 +127,6 @@ class ChaosClient:
 
 def upbit_ts(trade_id):
     return int(trade_id) // 1000
-
-
-def leaders(svcs):
-    out = []
-    for s in svcs:
-        if not s.running():
-            continue
-        try:
-            if s.status().get("role") == "leader":
-                out.append(s)
-        except (OSError, AssertionError, ValueError):
-            pass
-    return out
 
 
 def made_ids(sim):

@@ -8,23 +8,10 @@ import time
 import pytest
 
 from harness import util
+from harness.service import leaders
 from harness.wsclient import WsClient
 
 SESSION_MS = 2000
-
-
-def leaders(svcs):
-    out = []
-    for s in svcs:
-        if not s.running():
-            continue
-        try:
-            st = s.status()
-        except Exception:  # noqa: BLE001 - a dying instance
-            continue
-        if st["role"] == "leader":
-            out.append(s)
-    return out
 
 
 def ingest_pids(svcs):

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from harness import util
+from harness.service import leaders
 from harness.kafka import start_kafka
 from harness.wsclient import WsClient, seq_problems
 
@@ -45,17 +46,6 @@ def fanouts(svc):
         return [w for w in svc.status()["workers"] if w["kind"] == "fanout" and w["state"] == "running"]
     except Exception:  # noqa: BLE001 - a busy instance
         return []
-
-
-def leaders(svcs):
-    out = []
-    for s in svcs:
-        try:
-            if s.running() and s.status()["role"] == "leader":
-                out.append(s)
-        except Exception:  # noqa: BLE001
-            continue
-    return out
 
 
 def kafka_messages(svc):

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from harness import util
+from harness.service import leaders
 from harness.kafka import Consumer
 from harness.wsclient import WsClient, seq_problems
 
@@ -40,19 +41,6 @@ def sources(svc):
 
 def all_source(svcs, name):
     return all(sources(s) and all(x == name for x in sources(s)) for s in svcs)
-
-
-def leaders(svcs):
-    out = []
-    for s in svcs:
-        if not s.running():
-            continue
-        try:
-            if s.status()["role"] == "leader":
-                out.append(s)
-        except Exception:  # noqa: BLE001
-            continue
-    return out
 
 
 def cluster(service_factory, zk, sim, n=2, kafka=None, extra=None):

@@ -247,8 +247,7 @@ static void test_json_object_valid(void **state)
     static const char *good[] = {
         "{}",
         " {\"a\":1} ",
-        "{\"channel\":\"trade.upbit.BTC-KRW\",\"seq\":4,\"epoch\":5,\"p\":\"1.5\",\"x\":[1,-2.5e3,true,false,"
-        "null]}",
+        "{\"channel\":\"trade.upbit.BTC-KRW\",\"seq\":4,\"p\":\"1.5\",\"x\":[1,-2.5e3,true,false,null]}",
         "{\"s\":\"caf\xc3\xa9 \\u00e9 \\\" \\\\ \\/ \\n\",\"n\":{\"m\":[[]]}}",
         "{\"e\":\"\xf0\x9f\x98\x80\"}",
     };

@@ -20,7 +20,7 @@ from harness import util
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 EXCHANGES = ("upbit", "bithumb", "binance", "coinbase")
 
-__all__ = ["Service", "service_factory", "REPO"]
+__all__ = ["Service", "service_factory", "REPO", "leaders"]
 
 
 def ini_text(sections):
@@ -165,6 +165,21 @@ class Service:
 
     def tree(self):
         return util.descendants(self.pid) if self.pid else []
+
+
+def leaders(svcs):
+    """The running instances whose /status says role leader (a dying one,
+    whose admin port no longer answers, is skipped)."""
+    out = []
+    for s in svcs:
+        if not s.running():
+            continue
+        try:
+            if s.status().get("role") == "leader":
+                out.append(s)
+        except Exception:  # noqa: BLE001 - a dying instance
+            continue
+    return out
 
 
 @pytest.fixture
