@@ -12,7 +12,7 @@ ARG BASE_IMAGE=debian:bookworm-slim
 FROM ${BASE_IMAGE} AS build
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       build-essential pkg-config libuv1-dev librdkafka-dev libzookeeper-mt-dev libwslay-dev \
-      libjansson-dev libinih-dev libssl-dev libhttp-parser-dev nodejs npm \
+      libjansson-dev libinih-dev libssl-dev libhttp-parser-dev zlib1g-dev nodejs npm \
     && rm -rf /var/lib/apt/lists/*
 ARG VERSION=unknown
 ARG COMMIT=unknown
@@ -41,7 +41,7 @@ LABEL org.opencontainers.image.title="exchange-service" \
       org.opencontainers.image.revision="${COMMIT}" \
       org.opencontainers.image.base.name="docker.io/library/debian:bookworm-slim"
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      libuv1 librdkafka1 libzookeeper-mt2 libwslay1 libjansson4 libinih1 libssl3 libhttp-parser2.9 \
+      libuv1 librdkafka1 libzookeeper-mt2 libwslay1 libjansson4 libinih1 libssl3 libhttp-parser2.9 zlib1g \
       ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin exchange
