@@ -177,11 +177,14 @@ void ingest_publish(ingest_t *in, const char *channel, int64_t seq, const char *
                      log_q(channel), seq, c->last_pub);
         c->last_pub = seq;
     }
-    if (in->producer != NULL)
-        (void)producer_send(in->producer, channel, json, len, in->epoch);
+    /* One copy of the message: the history, the relay and Kafka share it. */
     rbuf_t *m = rbuf_new(json, len);
-    if (m == NULL)
+    if (m == NULL) {
+        log_error("out of memory: message not published", "channel=%s bytes=%zu", log_q(channel), len);
         return;
+    }
+    if (in->producer != NULL)
+        (void)producer_send(in->producer, channel, m, in->epoch);
     if (c != NULL) {
         if (c->count == c->cap) {
             rbuf_unref(c->ring[c->head].msg);
