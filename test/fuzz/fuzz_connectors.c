@@ -81,8 +81,7 @@ static void f_emit(void *arg, const char *channel, const char *json, size_t len)
         json_object_foreach(m, k, v)
         {
             if (strcmp(k, "price") == 0 || strcmp(k, "qty") == 0 || strcmp(k, "last") == 0)
-                FUZZ_CHECK(json_is_string(v) &&
-                           msg_decimal_valid(json_string_value(v), json_string_length(v)));
+                FUZZ_CHECK(json_is_string(v) && decimal_valid(json_string_value(v), json_string_length(v)));
         }
     } else if (strcmp(type, "orderbook") == 0) {
         FUZZ_CHECK(json_is_array(json_object_get(m, "bids")));
