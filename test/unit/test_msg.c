@@ -51,18 +51,25 @@ static void test_fmt_double(void **state)
 static void test_channels(void **state)
 {
     (void)state;
-    assert_true(msg_channel_valid("ticker.upbit.BTC-KRW", 0));
-    assert_true(msg_channel_valid("status.binance", 0));
-    assert_false(msg_channel_valid("ticker.upbit", 0));
-    assert_false(msg_channel_valid("ticker.upbit.BTC-KRW.x", 0));
-    assert_false(msg_channel_valid("ticker..BTC-KRW", 0));
-    assert_false(msg_channel_valid("", 0));
-    assert_false(msg_channel_valid("ticker.up bit.BTC-KRW", 0));
-    assert_false(msg_channel_valid("ticker.*.BTC-KRW", 0));
-    assert_true(msg_channel_valid("ticker.*.BTC-KRW", 1));
-    assert_true(msg_channel_valid("*.*.*", 1));
-    assert_true(msg_channel_valid("status.*", 1));
-    assert_false(msg_channel_valid("tick*.upbit.BTC-KRW", 1));
+    static const struct {
+        const char *ch;
+        int wildcard, valid;
+    } t[] = {
+        {"ticker.upbit.BTC-KRW", 0, 1},
+        {"status.binance", 0, 1},
+        {"ticker.upbit", 0, 0},
+        {"ticker.upbit.BTC-KRW.x", 0, 0},
+        {"ticker..BTC-KRW", 0, 0},
+        {"", 0, 0},
+        {"ticker.up bit.BTC-KRW", 0, 0},
+        {"ticker.*.BTC-KRW", 0, 0},
+        {"ticker.*.BTC-KRW", 1, 1},
+        {"*.*.*", 1, 1},
+        {"status.*", 1, 1},
+        {"tick*.upbit.BTC-KRW", 1, 0},
+    };
+    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+        assert_int_equal(msg_channel_valid(t[i].ch, t[i].wildcard), t[i].valid);
     char longch[200];
     memset(longch, 'a', sizeof(longch) - 1);
     longch[sizeof(longch) - 1] = 0;

@@ -115,6 +115,17 @@ static int symbol_for(int ex, const char *s, char *out, size_t outsz)
     return conn_symbol_dash(s, out, outsz);
 }
 
+/* The id, price and quantity every exchange's trade has, under its names. */
+static const char *trade_fields(json_t *o, const char *id, const char *price, const char *qty,
+                                norm_trade_t *t)
+{
+    const char *why;
+    if ((why = conn_id(json_object_get(o, id), t->trade_id, sizeof(t->trade_id))) ||
+        (why = conn_decimal(json_object_get(o, price), t->price, sizeof(t->price))))
+        return why;
+    return conn_decimal(json_object_get(o, qty), t->qty, sizeof(t->qty));
+}
+
 static const char *parse_one(int ex, json_t *o, norm_trade_t *t)
 {
     const char *why;
@@ -124,9 +135,7 @@ static const char *parse_one(int ex, json_t *o, norm_trade_t *t)
     if (!json_is_object(o))
         return "wrong_type";
     if (ex == EX_UPBIT || ex == EX_BITHUMB) {
-        if ((why = conn_id(json_object_get(o, "sequential_id"), t->trade_id, sizeof(t->trade_id))) ||
-            (why = conn_decimal(json_object_get(o, "trade_price"), t->price, sizeof(t->price))) ||
-            (why = conn_decimal(json_object_get(o, "trade_volume"), t->qty, sizeof(t->qty))) ||
+        if ((why = trade_fields(o, "sequential_id", "trade_price", "trade_volume", t)) ||
             (why = conn_ts(json_object_get(o, "timestamp"), &t->ts)))
             return why;
         side = json_object_get(o, "ask_bid");
@@ -139,9 +148,7 @@ static const char *parse_one(int ex, json_t *o, norm_trade_t *t)
         return NULL;
     }
     if (ex == EX_BINANCE) {
-        if ((why = conn_id(json_object_get(o, "id"), t->trade_id, sizeof(t->trade_id))) ||
-            (why = conn_decimal(json_object_get(o, "price"), t->price, sizeof(t->price))) ||
-            (why = conn_decimal(json_object_get(o, "qty"), t->qty, sizeof(t->qty))) ||
+        if ((why = trade_fields(o, "id", "price", "qty", t)) ||
             (why = conn_ts(json_object_get(o, "time"), &t->ts)))
             return why;
         side = json_object_get(o, "isBuyerMaker");
@@ -151,9 +158,7 @@ static const char *parse_one(int ex, json_t *o, norm_trade_t *t)
         return NULL;
     }
     json_t *tm = json_object_get(o, "time"), *pid = json_object_get(o, "product_id");
-    if ((why = conn_id(json_object_get(o, "trade_id"), t->trade_id, sizeof(t->trade_id))) ||
-        (why = conn_decimal(json_object_get(o, "price"), t->price, sizeof(t->price))) ||
-        (why = conn_decimal(json_object_get(o, "size"), t->qty, sizeof(t->qty))))
+    if ((why = trade_fields(o, "trade_id", "price", "size", t)))
         return why;
     if (!json_is_string(tm) || conn_rfc3339_ms(json_string_value(tm), &t->ts) < 0)
         return "bad_time";

@@ -589,16 +589,23 @@ static void ws_on_close(wsc_t *wsc, const char *cause, void *arg)
     sink_status(f, f->name, "disconnected", cause ? cause : "");
 }
 
+/* The feed's memory, its connector included (wsclient stopped or never started). */
+static void feed_free(feed_t *f)
+{
+    if (f->conn != NULL)
+        f->ops->destroy(f->conn);
+    buf_free(&f->url);
+    buf_free(&f->scratch);
+    free(f);
+}
+
 static void ws_on_stopped(wsc_t *wsc, void *arg)
 {
     feed_t *f = arg;
     (void)wsc;
     if (f->in->feeds[f->ex] == f)
         f->in->feeds[f->ex] = NULL;
-    f->ops->destroy(f->conn);
-    buf_free(&f->url);
-    buf_free(&f->scratch);
-    free(f);
+    feed_free(f);
 }
 
 int feed_start(ingest_t *in, int ex, feed_t **out)
@@ -685,11 +692,7 @@ int feed_start(ingest_t *in, int ex, feed_t **out)
     return 0;
 fail:
     backfill_stop(f->bf);
-    if (f->conn != NULL)
-        f->ops->destroy(f->conn);
-    buf_free(&f->url);
-    buf_free(&f->scratch);
-    free(f);
+    feed_free(f);
     return r;
 }
 
