@@ -167,6 +167,14 @@ static inline void expect_malformed(fx_t *f, const char *json, const char *reaso
     assert_int_equal(f->rec.n_emitted, 0);
 }
 
+/* n messages emitted so far, the last one exactly `want`. */
+static inline void expect_emitted(fx_t *f, int n, const char *want)
+{
+    assert_int_equal(f->rec.n_malformed, 0);
+    assert_int_equal(f->rec.n_emitted, n);
+    assert_string_equal(f->rec.emitted[n - 1], want);
+}
+
 /* One frame that must only report `want` ("state|detail"). */
 static inline void expect_status(fx_t *f, int binary, const char *json, const char *want)
 {

@@ -86,9 +86,8 @@ static void test_binance_frames(void **state)
          "{\"stream\":\"btcusdt@trade\",\"data\":{\"e\":\"trade\",\"E\":1672515782136,\"s\":"
          "\"BTCUSDT\",\"t\":12345,\"p\":\"16500.01000000\",\"q\":\"0.00100000\",\"T\":"
          "1672515782134,\"m\":true,\"M\":true}}");
-    assert_int_equal(f->rec.n_emitted, 1);
-    assert_string_equal(
-        f->rec.emitted[0],
+    expect_emitted(
+        f, 1,
         HDR("trade", "binance", "BTC-USDT", 1,
             1672515782134) ",\"price\":\"16500.01000000\",\"qty\":\"0.00100000\",\"side\":\"sell\","
                            "\"trade_id\":\"12345\"}");

@@ -11,11 +11,10 @@ static void test_upbit_trade(void **state)
     assert_int_equal(f->ops->on_open(f->c), 0);
     rec_clear(&f->rec);
     feed(f, 1, UPBIT_TRADE);
-    assert_int_equal(f->rec.n_emitted, 1);
-    assert_string_equal(f->rec.emitted[0],
-                        HDR("trade", "upbit", "BTC-KRW", 1,
-                            1676965262139) ",\"price\":\"31373000\",\"qty\":\"0.00016039\",\"side\":\"buy\","
-                                           "\"trade_id\":\"1676965262139000\"}");
+    expect_emitted(f, 1,
+                   HDR("trade", "upbit", "BTC-KRW", 1,
+                       1676965262139) ",\"price\":\"31373000\",\"qty\":\"0.00016039\",\"side\":\"buy\","
+                                      "\"trade_id\":\"1676965262139000\"}");
     /* the first data frame of a connection says "subscribed", once */
     assert_int_equal(f->rec.n_status, 1);
     assert_string_equal(f->rec.status[0], "subscribed|");
@@ -111,10 +110,8 @@ static void test_upbit_control(void **state)
     feed(f, 1, "{\"status\":\"UP\"}");
     assert_int_equal(f->rec.n_emitted + f->rec.n_malformed + f->rec.n_status, 0);
     /* error frame -> status error */
-    feed(f, 1, "{\"error\":{\"name\":\"WRONG_FORMAT\",\"message\":\"bad request\"}}");
-    assert_int_equal(f->rec.n_status, 1);
-    assert_string_equal(f->rec.status[0], "error|WRONG_FORMAT: bad request");
-    assert_int_equal(f->rec.n_emitted + f->rec.n_malformed, 0);
+    expect_status(f, 1, "{\"error\":{\"name\":\"WRONG_FORMAT\",\"message\":\"bad request\"}}",
+                  "error|WRONG_FORMAT: bad request");
     fx_free(f);
 }
 
