@@ -126,6 +126,17 @@ static const char *trade_fields(json_t *o, const char *id, const char *price, co
     return conn_decimal(json_object_get(o, qty), t->qty, sizeof(t->qty));
 }
 
+/* t->side from a text field: "buy" when it reads buy_word (compared by
+ * cmp), else "sell". */
+static const char *side_text(json_t *v, const char *buy_word, int (*cmp)(const char *, const char *),
+                             norm_trade_t *t)
+{
+    if (!json_is_string(v))
+        return "missing_field";
+    snprintf(t->side, sizeof(t->side), "%s", cmp(json_string_value(v), buy_word) == 0 ? "buy" : "sell");
+    return NULL;
+}
+
 static const char *parse_one(int ex, json_t *o, norm_trade_t *t)
 {
     const char *why;
@@ -136,12 +147,9 @@ static const char *parse_one(int ex, json_t *o, norm_trade_t *t)
         return "wrong_type";
     if (ex == EX_UPBIT || ex == EX_BITHUMB) {
         if ((why = trade_fields(o, "sequential_id", "trade_price", "trade_volume", t)) ||
-            (why = conn_ts(json_object_get(o, "timestamp"), &t->ts)))
+            (why = conn_ts(json_object_get(o, "timestamp"), &t->ts)) ||
+            (why = side_text(json_object_get(o, "ask_bid"), "BID", strcmp, t)))
             return why;
-        side = json_object_get(o, "ask_bid");
-        if (!json_is_string(side))
-            return "missing_field";
-        snprintf(t->side, sizeof(t->side), "%s", !strcmp(json_string_value(side), "BID") ? "buy" : "sell");
         json_t *m = json_object_get(o, "market");
         if (json_is_string(m) && symbol_for(ex, json_string_value(m), t->symbol, sizeof(t->symbol)) < 0)
             return "bad_symbol";
@@ -162,10 +170,8 @@ static const char *parse_one(int ex, json_t *o, norm_trade_t *t)
         return why;
     if (!json_is_string(tm) || conn_rfc3339_ms(json_string_value(tm), &t->ts) < 0)
         return "bad_time";
-    side = json_object_get(o, "side");
-    if (!json_is_string(side))
-        return "missing_field";
-    snprintf(t->side, sizeof(t->side), "%s", !strcasecmp(json_string_value(side), "BUY") ? "buy" : "sell");
+    if ((why = side_text(json_object_get(o, "side"), "BUY", strcasecmp, t)))
+        return why;
     if (json_is_string(pid) && symbol_for(ex, json_string_value(pid), t->symbol, sizeof(t->symbol)) < 0)
         return "bad_symbol";
     return NULL;
