@@ -160,7 +160,7 @@ static void on_rate_tick(uv_timer_t *t)
     char key[48];
     (void)t;
     rate_tick++;
-    for (proc_t *p = sup.procs; p != NULL; p = p->next) {
+    for (proc_t *p = sup.procs.list; p != NULL; p = p->next) {
         if (p->state == PS_EXITED)
             continue;
         if (p->kind == PROC_FANOUT && p->metrics != NULL) {
@@ -301,19 +301,6 @@ static const char *role_name(void)
     return sup.role == ROLE_LEADER ? "leader" : sup.role == ROLE_DRAINING ? "draining" : "follower";
 }
 
-int sup_is_ready(void)
-{
-    if (sup.draining)
-        return 0;
-    int fanouts = 0;
-    for (proc_t *p = sup.procs; p != NULL; p = p->next) {
-        if (p->kind != PROC_FANOUT || p->state != PS_RUNNING)
-            continue;
-        fanouts++;
-    }
-    return fanouts > 0;
-}
-
 /* {"soft": N, "hard": N, "supervisor_open_fds": N}: the open-files limit the
  * workers inherit (raised at start, main.c). */
 static json_t *nofile_json(void)
@@ -336,7 +323,7 @@ json_t *sup_status_json(void)
     uint64_t now = worker_now_ms();
     json_t *workers = json_array(), *exchanges = json_object();
     json_int_t clients = 0;
-    for (proc_t *p = sup.procs; p != NULL; p = p->next) {
+    for (proc_t *p = sup.procs.list; p != NULL; p = p->next) {
         if (p->state == PS_EXITED && !p->want_restart)
             continue;
         json_t *w =
@@ -452,7 +439,7 @@ int sup_render_metrics(buf_t *out)
     metric_add(trans, (double)sup.transitions);
     metric_set(ready, sup_is_ready());
     uint64_t now = worker_now_ms();
-    for (proc_t *p = sup.procs; p != NULL; p = p->next) {
+    for (proc_t *p = sup.procs.list; p != NULL; p = p->next) {
         if (p->state == PS_EXITED && !p->want_restart)
             continue;
         const char *k = proc_kind_name(p->kind);

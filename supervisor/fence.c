@@ -48,7 +48,7 @@ int64_t sup_epoch(void)
 static int64_t epoch_floor(void)
 {
     int64_t f = epoch > seen ? epoch : seen;
-    for (proc_t *p = sup.procs; p != NULL; p = p->next) {
+    for (proc_t *p = sup.procs.list; p != NULL; p = p->next) {
         json_t *e = p->kind == PROC_FANOUT ? json_object_get(p->status, "epoch") : NULL;
         if (json_is_integer(e) && json_integer_value(e) > f)
             f = json_integer_value(e);
@@ -63,7 +63,7 @@ static int64_t epoch_floor(void)
  * frozen, or cut off from ZooKeeper, stops its ingest in time. */
 static void send_lease(void)
 {
-    proc_t *p = procs_ingest();
+    proc_t *p = procs_ingest(&sup.procs);
     if (p == NULL || p->ipc == NULL || p->state == PS_DRAINING)
         return;
     int64_t ms = cfg_lease_ms(sup.cfg), bound = election_lease_bound_ms();
@@ -112,13 +112,13 @@ static void on_epoch(int64_t e)
         return;
     }
     metric_inc(metric_labels(m_epoch_allocs, "result=\"ok\""));
-    if (sup.role != ROLE_LEADER || sup.draining || procs_ingest() != NULL)
+    if (sup.role != ROLE_LEADER || sup.draining || procs_ingest(&sup.procs) != NULL)
         return; /* leadership changed meanwhile: the epoch is simply skipped */
     epoch = e;
     sup.ingest_gen++;
     log_info("starting ingest worker", "epoch=%lld", (long long)epoch);
-    procs_on_leader_change(); /* fanouts learn the new epoch and relay first */
-    (void)procs_spawn(PROC_INGEST, 0);
+    sup_send_leader(); /* fanouts learn the new epoch and relay first */
+    (void)procs_spawn(&sup.procs, PROC_INGEST, 0);
 }
 
 /* Every ingest start goes through an epoch allocation, which (with
@@ -126,7 +126,7 @@ static void on_epoch(int64_t e)
 void sup_start_ingest_if_leader(void)
 {
     fence_init();
-    if (sup.role != ROLE_LEADER || sup.draining || procs_ingest() != NULL || allocating)
+    if (sup.role != ROLE_LEADER || sup.draining || procs_ingest(&sup.procs) != NULL || allocating)
         return;
     allocating = 1;
     election_alloc_epoch(epoch_floor(), on_epoch);
@@ -136,7 +136,7 @@ void sup_start_ingest_if_leader(void)
 
 void sup_stop_ingest(int deposed)
 {
-    proc_t *p = procs_ingest();
+    proc_t *p = procs_ingest(&sup.procs);
     if (p == NULL)
         return;
     uv_timer_stop(&lease_timer);
@@ -167,7 +167,7 @@ void sup_resign(void)
         sup.leader_relay[0] = '\0';
     }
     sup.role = ROLE_DRAINING;
-    if (procs_ingest() != NULL) {
+    if (procs_ingest(&sup.procs) != NULL) {
         resign_pending = 1;
         log_info("resigning once the ingest has committed and exited", LOG_NOFIELDS);
         return;

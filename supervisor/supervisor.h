@@ -11,30 +11,7 @@
 #include "config.h"
 #include "ipc.h"
 #include "metrics.h"
-
-typedef enum { PROC_FANOUT = 0, PROC_INGEST } proc_kind_t;
-typedef enum { PS_STARTING = 0, PS_RUNNING, PS_DRAINING, PS_EXITED, PS_BACKOFF } proc_state_t;
-
-typedef struct proc_s {
-    struct proc_s *next;
-    proc_kind_t kind;
-    int slot;       /* fanout slot index; 0 for ingest */
-    int generation; /* config generation it runs */
-    pid_t pid;
-    proc_state_t state;
-    ipc_t *ipc;
-    uint64_t started_ms;
-    int restarts; /* restarts of this slot */
-    int crashes_in_window;
-    uint64_t window_start_ms;
-    int crashloop;
-    unsigned backoff_attempt;
-    int want_restart; /* exit is unexpected: restart the slot */
-    json_t *metrics;  /* last snapshot */
-    json_t *status;   /* last status */
-    uv_timer_t *restart_timer;
-    uv_timer_t *kill_timer; /* procs_kill_after */
-} proc_t;
+#include "procs.h"
 
 /* ROLE_DRAINING: leadership resigned on SIGTERM, workers still draining. */
 typedef enum { ROLE_FOLLOWER = 0, ROLE_LEADER, ROLE_DRAINING } role_t;
@@ -43,12 +20,9 @@ typedef struct {
     uv_loop_t *loop;
     cfg_t *cfg;
     cfg_opts_t cfg_opts;
-    int generation;
-    proc_t *procs;
-    char exe_dir[4096];
+    procs_t procs; /* the process table; generation lives there */
     int ready_reported;
     int draining;
-    int stopping_hard;
     uint64_t started_ms;
 
     /* leadership */
@@ -61,7 +35,7 @@ typedef struct {
     int64_t transitions;
     uint64_t last_transition_ms;
 
-    uv_signal_t sig_term, sig_int, sig_hup, sig_chld;
+    uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t drain_timer;
     uv_timer_t reload_timer;
     metrics_registry_t *reg; /* the supervisor's own metrics */
@@ -69,24 +43,9 @@ typedef struct {
 
 extern sup_t sup;
 
-/* procs.c */
-int procs_spawn(proc_kind_t kind, int slot);
-void procs_reap(void);
-void procs_send_all(proc_kind_t kind, json_t *msg);
-void procs_drain(proc_t *p, int ms);
-proc_t *procs_ingest(void);
-void procs_kill_all(int sig);
-int procs_any_alive(void);
-json_t *procs_leader_msg(void);
-void procs_on_leader_change(void);
-const char *proc_state_name(proc_state_t s);
-const char *proc_kind_name(proc_kind_t k);
-void procs_kill_after(proc_t *p, int ms); /* SIGKILL p unless it has exited by then */
-
 /* admin.c */
 int admin_start(const char *listen_addr);
 void admin_stop(void);
-int sup_is_ready(void);
 json_t *sup_status_json(void);
 int sup_render_metrics(buf_t *out);
 void admin_retire_worker(const proc_t *p); /* keep its counters in /metrics */
@@ -104,9 +63,13 @@ void fence_ingest_spawned(void);       /* procs.c: start renewing the lease */
 void fence_epoch_seen(int64_t e);      /* the ingest found epoch e in the topic's tail */
 void fence_ingest_exited(void);        /* procs.c: completes a resign deferred by sup_resign */
 
-/* supervisor.c */
+/* supervisor.c: the policy (readiness, leadership, what worker events mean) */
+extern const procs_events_t sup_procs_events;
+int sup_is_ready(void);
 void sup_become_leader(int64_t zk_seq);
 void sup_become_follower(const char *leader_id, const char *relay);
 void sup_check_drained(void);
+json_t *sup_leader_msg(void);
+void sup_send_leader(void); /* tell every fanout worker the leader, its relay and epoch */
 
 #endif
