@@ -108,13 +108,7 @@ static void on_restart_ingest(procs_t *ps, proc_t *p)
     sup_start_ingest_if_leader();
 }
 
-const procs_events_t sup_procs_events = {
-    .spawned = on_spawned,
-    .ready = on_ready,
-    .message = on_message,
-    .exited = on_exited,
-    .restart_ingest = on_restart_ingest,
-};
+const procs_events_t sup_procs_events = {on_spawned, on_ready, on_message, on_exited, on_restart_ingest};
 
 /* ---- leadership ---------------------------------------------------------- */
 

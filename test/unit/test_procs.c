@@ -4,6 +4,8 @@
  * ignores the drain. Waits are conditions with a deadline, never sleeps. */
 #include "unit.h"
 
+#include "loop_wait.h"
+
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -126,24 +128,10 @@ static void fx_free(fx_t *fx)
     free(fx);
 }
 
-static void on_deadline(uv_timer_t *t)
-{
-    *(int *)t->data = 1;
-}
-
 /* Runs the loop until *counter reaches n or ms pass; returns whether it did. */
 static int run_until(fx_t *fx, const int *counter, int n, uint64_t ms)
 {
-    int late = 0;
-    uv_timer_t t;
-    uv_timer_init(&fx->loop, &t);
-    t.data = &late;
-    uv_timer_start(&t, on_deadline, ms, 0);
-    while (*counter < n && !late)
-        uv_run(&fx->loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&t, NULL);
-    uv_run(&fx->loop, UV_RUN_NOWAIT);
-    return *counter >= n;
+    return loop_wait(&fx->loop, counter, n, ms);
 }
 
 static double counter(fx_t *fx, const char *name, const char *labels)
