@@ -292,6 +292,12 @@ int procs_any_alive(procs_t *ps)
     return 0;
 }
 
+int proc_open_fds(const proc_t *p)
+{
+    int n = p->state == PS_EXITED || p->pid <= 0 ? -1 : worker_open_fds((int)p->pid);
+    return n < 0 ? -1 : n;
+}
+
 void procs_kill_all(procs_t *ps, int sig)
 {
     for (proc_t *p = ps->list; p != NULL; p = p->next)

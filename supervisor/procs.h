@@ -90,6 +90,7 @@ proc_t *procs_ingest(procs_t *ps); /* the live ingest worker, or NULL */
 int procs_running(procs_t *ps, proc_kind_t kind);
 void procs_kill_all(procs_t *ps, int sig);
 int procs_any_alive(procs_t *ps);
+int proc_open_fds(const proc_t *p); /* a live worker's (/proc/PID/fd); -1 when gone */
 const char *proc_state_name(proc_state_t s);
 const char *proc_kind_name(proc_kind_t k);
 

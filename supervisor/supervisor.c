@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "sup_metrics.h"
 #include "supervisor.h"
 #include "worker.h"
 
@@ -92,7 +93,7 @@ static void on_exited(procs_t *ps, proc_t *p, int status, int crashed)
 {
     (void)ps;
     (void)status;
-    admin_retire_worker(p);
+    sup_metrics_retire(p);
     if (p->kind == PROC_INGEST) {
         fence_ingest_exited();
         if (!crashed && !sup.draining)

@@ -1,6 +1,7 @@
-/* Supervisor state shared by its modules: the process table (procs.c), the
- * admin HTTP server (admin.c), leadership (election.c), reload and shutdown
- * (main.c / supervisor.c). Everything runs on one libuv loop. */
+/* Supervisor state shared by its policy modules: readiness and leadership
+ * (supervisor.c, fence.c), reload and shutdown (main.c); the process table
+ * (procs.c) and the ZooKeeper election (election_zk.c) are leaves with their
+ * own structs. Everything runs on one libuv loop. */
 #ifndef SUPERVISOR_H
 #define SUPERVISOR_H
 #include <jansson.h>
@@ -46,9 +47,6 @@ extern sup_t sup;
 /* admin.c */
 int admin_start(const char *listen_addr);
 void admin_stop(void);
-json_t *sup_status_json(void);
-int sup_render_metrics(buf_t *out);
-void admin_retire_worker(const proc_t *p); /* keep its counters in /metrics */
 
 /* sdnotify.c */
 void sd_notify_msg(const char *msg);
