@@ -25,16 +25,13 @@ typedef struct {
     uv_tcp_t tcp;
     uv_timer_t timer;
     uv_write_t wr; /* the one response */
+    sup_t *sup;    /* whose admin port */
     http_req_t req;
     char in[4096];
     buf_t out;
     int closing;
     int handles;
 } admin_conn_t;
-
-static uv_tcp_t admin_listener;
-static int admin_listening;
-static metric_t *m_requests;
 
 static void on_conn_closed(uv_handle_t *h)
 {
@@ -72,7 +69,7 @@ static void respond_with(admin_conn_t *c, int status, const char *ctype, const c
     uv_buf_t b = uv_buf_init(c->out.data, (unsigned)c->out.len);
     if (uv_write(&c->wr, (uv_stream_t *)&c->tcp, &b, 1, on_written) < 0)
         conn_close(c);
-    metric_inc(metric_labels(m_requests, "code=\"%d\"", status));
+    metric_inc(metric_labels(c->sup->admin.m_requests, "code=\"%d\"", status));
 }
 
 static void respond(admin_conn_t *c, int status, const char *ctype, const char *body, size_t n)
@@ -86,7 +83,7 @@ static void respond(admin_conn_t *c, int status, const char *ctype, const char *
  * passes its own ?token= on to its /status requests). */
 static int admin_authorized(admin_conn_t *c)
 {
-    return http_req_token_ok(&c->req, sup.cfg->admin.token);
+    return http_req_token_ok(&c->req, c->sup->cfg->admin.token);
 }
 
 static void respond_unauthorized(admin_conn_t *c)
@@ -100,7 +97,7 @@ static void respond_unauthorized(admin_conn_t *c)
 /* The status snapshot as indented JSON (keys in the order built). */
 static void respond_status(admin_conn_t *c)
 {
-    json_t *st = status_snapshot();
+    json_t *st = status_snapshot(c->sup);
     char *s = st != NULL ? json_dumps(st, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
     json_decref(st);
     if (s == NULL) {
@@ -132,10 +129,10 @@ static void route(admin_conn_t *c)
     if (strcmp(path, "/healthz") == 0) {
         respond(c, 200, "text/plain", "ok\n", 3);
     } else if (strcmp(path, "/readyz") == 0) {
-        int ok = sup_is_ready();
+        int ok = sup_is_ready(c->sup);
         respond(c, ok ? 200 : 503, "text/plain", ok ? "ready\n" : "not ready\n", ok ? 6 : 10);
     } else if (strcmp(path, "/metrics") == 0) {
-        sup_metrics_render(&body);
+        sup_metrics_render(c->sup, &body);
         respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", body.data, body.len);
     } else if (strcmp(path, "/status") == 0) {
         respond_status(c);
@@ -182,6 +179,7 @@ static void on_timeout(uv_timer_t *t)
 
 static void on_connection(uv_stream_t *server, int status)
 {
+    sup_t *s = server->data;
     if (status < 0) {
         log_warn_err(status, "admin accept failed", LOG_NOFIELDS);
         return;
@@ -191,8 +189,9 @@ static void on_connection(uv_stream_t *server, int status)
         log_error_err(-ENOMEM, "admin connection not accepted", LOG_NOFIELDS);
         return;
     }
-    uv_tcp_init(sup.loop, &c->tcp);
-    uv_timer_init(sup.loop, &c->timer);
+    c->sup = s;
+    uv_tcp_init(s->loop, &c->tcp);
+    uv_timer_init(s->loop, &c->timer);
     c->tcp.data = c->timer.data = c;
     c->handles = 2;
     http_req_init(&c->req, ADMIN_MAX_HEADER);
@@ -205,26 +204,27 @@ static void on_connection(uv_stream_t *server, int status)
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
 }
 
-int admin_start(const char *listen_addr)
+int admin_start(sup_t *s, const char *listen_addr)
 {
     int r;
-    m_requests = metrics_reg_family(sup.reg, METRIC_COUNTER, "exchange_admin_requests_total",
-                                    "Admin HTTP requests by status code.", NULL, 0);
-    status_start(sup.loop);
-    if ((r = listener_tcp(sup.loop, &admin_listener, listen_addr, 128, on_connection, NULL)) < 0) {
-        uv_close((uv_handle_t *)&admin_listener, NULL);
+    s->admin.m_requests = metrics_reg_family(s->reg, METRIC_COUNTER, "exchange_admin_requests_total",
+                                             "Admin HTTP requests by status code.", NULL, 0);
+    status_start(s);
+    if ((r = listener_tcp(s->loop, &s->admin.listener, listen_addr, 128, on_connection, NULL)) < 0) {
+        uv_close((uv_handle_t *)&s->admin.listener, NULL);
         return r;
     }
-    admin_listening = 1;
+    s->admin.listener.data = s;
+    s->admin.listening = 1;
     log_info("admin listening", "addr=%s", listen_addr);
     return 0;
 }
 
-void admin_stop(void)
+void admin_stop(sup_t *s)
 {
-    status_stop();
-    if (admin_listening) {
-        admin_listening = 0;
-        uv_close((uv_handle_t *)&admin_listener, NULL);
+    status_stop(s);
+    if (s->admin.listening) {
+        s->admin.listening = 0;
+        uv_close((uv_handle_t *)&s->admin.listener, NULL);
     }
 }

@@ -17,49 +17,44 @@
 #include "supervisor.h"
 #include "worker.h"
 
-static int use_zk;
-static election_zk_t zk;
-
 static void policy_lead(void *arg, int64_t zk_seq)
 {
-    (void)arg;
-    sup_become_leader(zk_seq);
+    sup_become_leader(arg, zk_seq);
 }
 
 static void policy_follow(void *arg, const char *leader_id, const char *relay)
 {
-    (void)arg;
-    sup_become_follower(leader_id, relay);
+    sup_become_follower(arg, leader_id, relay);
 }
 
 static void policy_leader_seq(void *arg, int64_t zk_seq)
 {
-    (void)arg;
-    sup.zk_seq = zk_seq;
+    sup_t *s = arg;
+    s->zk_seq = zk_seq;
 }
 
 static void policy_session(void *arg, const char *state)
 {
-    (void)arg;
-    snprintf(sup.session_state, sizeof(sup.session_state), "%s", state);
+    sup_t *s = arg;
+    snprintf(s->session_state, sizeof(s->session_state), "%s", state);
 }
 
 static void policy_view(void *arg, election_view_t *out)
 {
-    (void)arg;
-    out->leading = sup.role == ROLE_LEADER;
-    out->zk_seq = sup.zk_seq;
-    out->leader_id = sup.leader_id;
-    out->leader_relay = sup.leader_relay;
+    const sup_t *s = arg;
+    out->leading = s->role == ROLE_LEADER;
+    out->zk_seq = s->zk_seq;
+    out->leader_id = s->leader_id;
+    out->leader_relay = s->leader_relay;
 }
 
 static const election_policy_t policy = {policy_lead, policy_follow, policy_leader_seq, policy_session,
                                          policy_view};
 
-static int zk_start(void)
+static int zk_start(sup_t *s)
 {
     char token[16];
-    const cfg_t *c = sup.cfg;
+    const cfg_t *c = s->cfg;
     json_t *d = json_pack("{s:s, s:s, s:s, s:i}", "instance", c->service.instance, "relay",
                           c->relay.advertise[0] ? c->relay.advertise : c->relay.listen, "admin",
                           c->admin.listen, "pid", (int)getpid());
@@ -75,51 +70,49 @@ static int zk_start(void)
                             c->zookeeper.session_timeout_ms,
                             data};
     snprintf(token, sizeof(token), "%08x", (unsigned)(getpid() ^ (unsigned)worker_now_ms()));
-    int r = election_zk_init(&zk, sup.loop, sup.reg, &zc, token, &election_zk_real_ops, &policy, NULL);
+    int r = election_zk_init(&s->election.zk, s->loop, s->reg, &zc, token, &election_zk_real_ops, &policy, s);
     free(data);
     return r;
 }
 
-int election_start(void)
+int election_start(sup_t *s)
 {
-    if (sup.cfg->zookeeper.connect == NULL || sup.cfg->zookeeper.connect[0] == '\0') {
+    if (s->cfg->zookeeper.connect == NULL || s->cfg->zookeeper.connect[0] == '\0') {
         log_info("standalone: no ZooKeeper configured, this instance always leads", LOG_NOFIELDS);
-        snprintf(sup.session_state, sizeof(sup.session_state), "standalone");
-        sup_become_leader(0);
+        snprintf(s->session_state, sizeof(s->session_state), "standalone");
+        sup_become_leader(s, 0);
         return 0;
     }
-    use_zk = 1;
-    return zk_start();
+    s->election.use_zk = 1;
+    return zk_start(s);
 }
 
-void election_resign(void)
+void election_resign(sup_t *s)
 {
-    if (use_zk)
-        election_zk_resign(&zk);
+    if (s->election.use_zk)
+        election_zk_resign(&s->election.zk);
 }
 
-void election_stop(void)
+void election_stop(sup_t *s)
 {
-    if (use_zk)
-        election_zk_resign(&zk);
+    election_resign(s); /* a no-op once resigned */
 }
 
 /* Standalone: epochs live in this process only (a restart starts again
  * above what its fanout workers have seen: the floor). */
-void election_alloc_epoch(int64_t floor, election_epoch_cb cb)
+void election_alloc_epoch(sup_t *s, int64_t floor, election_epoch_cb cb)
 {
-    static int64_t last;
-    if (use_zk) {
-        election_zk_alloc_epoch(&zk, floor, cb);
+    if (s->election.use_zk) {
+        election_zk_alloc_epoch(&s->election.zk, floor, cb);
         return;
     }
-    int64_t e = epoch_next(last, floor);
+    int64_t e = epoch_next(s->election.standalone_last, floor);
     if (e > 0)
-        last = e;
-    cb(e);
+        s->election.standalone_last = e;
+    cb(s, e);
 }
 
-int64_t election_lease_bound_ms(void)
+int64_t election_lease_bound_ms(sup_t *s)
 {
-    return use_zk ? election_zk_lease_bound_ms(&zk) : INT64_MAX;
+    return s->election.use_zk ? election_zk_lease_bound_ms(&s->election.zk) : INT64_MAX;
 }

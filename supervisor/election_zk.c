@@ -442,7 +442,7 @@ static void epoch_finish(election_zk_t *ez, int64_t r)
     election_epoch_cb cb = ez->ea.cb;
     ez->ea.cb = NULL;
     if (cb != NULL)
-        cb(r);
+        cb(ez->arg, r);
 }
 
 static void epoch_request(election_zk_t *ez)
@@ -509,7 +509,7 @@ static void epoch_on_multi(election_zk_t *ez, const ez_event_t *e)
 void election_zk_alloc_epoch(election_zk_t *ez, int64_t floor, election_epoch_cb cb)
 {
     if (ez->handle == NULL || !ez->connected || ez->my_node[0] == '\0' || ez->ea.cb != NULL) {
-        cb(ez->ea.cb != NULL ? -EBUSY : -EAGAIN);
+        cb(ez->arg, ez->ea.cb != NULL ? -EBUSY : -EAGAIN);
         return;
     }
     ez->ea.cb = cb;

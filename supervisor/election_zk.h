@@ -122,7 +122,7 @@ void election_zk_on_event(election_zk_t *ez, const ez_event_t *ev);
 /* Runs on the ZooKeeper client's thread: queue ev (heap) for the loop. */
 void election_zk_push(election_zk_t *ez, ez_event_t *ev);
 void election_zk_resign(election_zk_t *ez); /* delete our node, close the session and the handles */
-void election_zk_alloc_epoch(election_zk_t *ez, int64_t floor, election_epoch_cb cb);
+void election_zk_alloc_epoch(election_zk_t *ez, int64_t floor, election_epoch_cb cb); /* cb(ez's arg, ...) */
 int64_t election_zk_lease_bound_ms(election_zk_t *ez);
 
 #endif

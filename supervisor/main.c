@@ -28,7 +28,8 @@
 #define EXCHANGE_COMMIT "unknown"
 #endif
 
-sup_t sup;
+/* The supervisor: main owns it and passes it to every module (supervisor.h). */
+static sup_t sup;
 static metric_t *m_reloads;
 
 static void usage(FILE *f)
@@ -164,13 +165,13 @@ static void begin_shutdown(const char *why)
     log_info("shutting down: draining", "why=%s drain_ms=%d", why, sup.cfg->fanout.drain_ms);
     /* Resign first so a follower takes over without waiting for the
      * session timeout, then stop ingest (it flushes Kafka) and drain. */
-    sup_resign();
-    sup_stop_ingest(0); /* commits what is in flight: fencing keeps it before the next leader's */
+    sup_resign(&sup);
+    sup_stop_ingest(&sup, 0); /* commits what is in flight: fencing keeps it before the next leader's */
     procs_shutdown(&sup.procs, sup.cfg->fanout.drain_ms);
     /* The admin port stays up: /readyz answers 503 while we drain. */
     /* The hard bound: drain time plus a margin for the Kafka flush. */
     uv_timer_start(&sup.drain_timer, on_drain_timeout, (uint64_t)sup.cfg->fanout.drain_ms + 6000, 0);
-    sup_check_drained();
+    sup_check_drained(&sup);
 }
 
 static void reload(void)
@@ -202,7 +203,7 @@ static void reload(void)
     procs_send_all(&sup.procs, PROC_INGEST, lvl);
     json_decref(lvl);
     /* nginx-style: the new generation starts; each old worker drains when
-     * its successor in the same slot is ready (procs.c); surplus old slots
+     * its successor in the same slot is ready (supervisor.c); surplus old slots
      * drain now. */
     procs_limits_t limits = procs_limits(nc);
     procs_set_limits(&sup.procs, &limits);
@@ -214,7 +215,7 @@ static void reload(void)
     spawn_fanouts();
     if (ingest_changed && procs_ingest(&sup.procs) != NULL) {
         log_info("ingest settings changed: restarting ingest worker", LOG_NOFIELDS);
-        sup_stop_ingest(0); /* procs.c starts the new one when it has exited */
+        sup_stop_ingest(&sup, 0); /* supervisor.c starts the new one when it has exited */
     }
     cfg_free(old);
     metric_inc(metric_labels(m_reloads, "result=\"ok\""));
@@ -332,7 +333,7 @@ int main(int argc, char **argv)
     uv_signal_start(&sup.sig_int, on_signal, SIGINT);
     uv_signal_start(&sup.sig_hup, on_signal, SIGHUP);
     procs_limits_t limits = procs_limits(sup.cfg);
-    if ((r = procs_init(&sup.procs, sup.loop, sup.reg, exe_dir, &limits, &sup_procs_events, NULL)) < 0) {
+    if ((r = procs_init(&sup.procs, sup.loop, sup.reg, exe_dir, &limits, &sup_procs_events, &sup)) < 0) {
         log_error_err(r, "cannot start the process table", LOG_NOFIELDS);
         return 1;
     }
@@ -342,19 +343,19 @@ int main(int argc, char **argv)
              log_q(EXCHANGE_VERSION), log_q(EXCHANGE_COMMIT), log_q(sup.cfg->service.instance),
              log_q(sup.cfg->profile ? sup.cfg->profile : ""), log_q(sup.cfg->files ? sup.cfg->files : ""),
              (int)getpid());
-    if ((r = admin_start(sup.cfg->admin.listen)) < 0) {
+    if ((r = admin_start(&sup, sup.cfg->admin.listen)) < 0) {
         log_error_err(r, "admin listen failed", "addr=%s", log_q(sup.cfg->admin.listen));
         return 1;
     }
     sd_watchdog_start(sup.loop);
     spawn_fanouts();
-    if ((r = election_start()) < 0) {
+    if ((r = election_start(&sup)) < 0) {
         log_error_err(r, "election start failed", LOG_NOFIELDS);
         return 1;
     }
     uv_run(sup.loop, UV_RUN_DEFAULT);
-    admin_stop();
-    election_stop();
+    admin_stop(&sup);
+    election_stop(&sup);
     log_info("exchange-service stopped", LOG_NOFIELDS);
     return 0;
 }

@@ -12,38 +12,35 @@
 #include "supervisor.h"
 #include "worker.h"
 
-static rates_t rates;
-static uv_timer_t rate_timer;
-static int rate_timer_on;
-
 static void on_rate_tick(uv_timer_t *t)
 {
-    (void)t;
-    rates_tick(&rates, sup.procs.list);
+    sup_t *s = t->data;
+    rates_tick(&s->status.rates, s->procs.list);
 }
 
-void status_start(uv_loop_t *loop)
+void status_start(sup_t *s)
 {
-    if (rate_timer_on)
+    if (s->status.rate_timer_on)
         return;
-    uv_timer_init(loop, &rate_timer);
-    uv_timer_start(&rate_timer, on_rate_tick, 1000, 1000);
-    uv_unref((uv_handle_t *)&rate_timer);
-    rate_timer_on = 1;
+    uv_timer_init(s->loop, &s->status.rate_timer);
+    s->status.rate_timer.data = s;
+    uv_timer_start(&s->status.rate_timer, on_rate_tick, 1000, 1000);
+    uv_unref((uv_handle_t *)&s->status.rate_timer);
+    s->status.rate_timer_on = 1;
 }
 
-void status_stop(void)
+void status_stop(sup_t *s)
 {
-    if (!rate_timer_on)
+    if (!s->status.rate_timer_on)
         return;
-    rate_timer_on = 0;
-    uv_timer_stop(&rate_timer);
-    uv_close((uv_handle_t *)&rate_timer, NULL);
+    s->status.rate_timer_on = 0;
+    uv_timer_stop(&s->status.rate_timer);
+    uv_close((uv_handle_t *)&s->status.rate_timer, NULL);
 }
 
-static const char *role_name(void)
+static const char *role_name(const sup_t *s)
 {
-    return sup.role == ROLE_LEADER ? "leader" : sup.role == ROLE_DRAINING ? "draining" : "follower";
+    return s->role == ROLE_LEADER ? "leader" : s->role == ROLE_DRAINING ? "draining" : "follower";
 }
 
 /* {"soft": N, "hard": N, "supervisor_open_fds": N}: the open-files limit the
@@ -58,13 +55,13 @@ static json_t *nofile_json(void)
 
 /* The leader's epoch: ours while leading; on a follower the highest epoch
  * its fanout workers have seen in the data (0 before any). */
-static json_int_t leader_epoch_of(json_t *workers)
+static json_int_t leader_epoch_of(const sup_t *s, json_t *workers)
 {
     size_t i;
     json_t *w;
     json_int_t leader_epoch = 0;
-    if (sup.role == ROLE_LEADER)
-        return (json_int_t)sup_epoch();
+    if (s->role == ROLE_LEADER)
+        return (json_int_t)sup_epoch(s);
     json_array_foreach(workers, i, w)
     {
         json_t *e = json_object_get(w, "epoch");
@@ -75,12 +72,12 @@ static json_int_t leader_epoch_of(json_t *workers)
     return leader_epoch;
 }
 
-json_t *status_snapshot(void)
+json_t *status_snapshot(sup_t *s)
 {
     uint64_t now = worker_now_ms();
     json_t *workers = json_array(), *exchanges = json_object();
     json_int_t clients = 0;
-    for (proc_t *p = sup.procs.list; p != NULL; p = p->next) {
+    for (proc_t *p = s->procs.list; p != NULL; p = p->next) {
         if (p->state == PS_EXITED && !p->want_restart)
             continue;
         json_t *w =
@@ -108,18 +105,18 @@ json_t *status_snapshot(void)
     }
     json_t *st = json_pack(
         "{s:s, s:s, s:I, s:s, s:s, s:s, s:I, s:I, s:o, s:o, s:I, s:b, s:b, s:{s:s, s:s}, s:I}", "instance",
-        sup.cfg->service.instance, "role", role_name(), "epoch", (json_int_t)sup_epoch(), "leader",
-        sup.leader_id, "leader_relay", sup.leader_relay, "session", sup.session_state, "transitions",
-        (json_int_t)sup.transitions, "since_transition_s",
-        (json_int_t)(sup.last_transition_ms ? (now - sup.last_transition_ms) / 1000 : 0), "workers", workers,
-        "exchanges", exchanges, "clients", clients, "ready", sup_is_ready(), "draining", sup.draining,
-        "config", "profile", sup.cfg->profile ? sup.cfg->profile : "", "files",
-        sup.cfg->files ? sup.cfg->files : "", "uptime_s", (json_int_t)((now - sup.started_ms) / 1000));
+        s->cfg->service.instance, "role", role_name(s), "epoch", (json_int_t)sup_epoch(s), "leader",
+        s->leader_id, "leader_relay", s->leader_relay, "session", s->session_state, "transitions",
+        (json_int_t)s->transitions, "since_transition_s",
+        (json_int_t)(s->last_transition_ms ? (now - s->last_transition_ms) / 1000 : 0), "workers", workers,
+        "exchanges", exchanges, "clients", clients, "ready", sup_is_ready(s), "draining", s->draining,
+        "config", "profile", s->cfg->profile ? s->cfg->profile : "", "files",
+        s->cfg->files ? s->cfg->files : "", "uptime_s", (json_int_t)((now - s->started_ms) / 1000));
     if (st != NULL) {
-        json_int_t leader_epoch = leader_epoch_of(workers);
+        json_int_t leader_epoch = leader_epoch_of(s, workers);
         json_object_set_new(st, "nofile", nofile_json());
         json_object_set_new(st, "leader_epoch", leader_epoch > 0 ? json_integer(leader_epoch) : json_null());
-        rates_add_status(&rates, st);
+        rates_add_status(&s->status.rates, st);
     }
     return st;
 }

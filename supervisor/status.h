@@ -4,8 +4,9 @@
 #include <jansson.h>
 #include <uv.h>
 
-void status_start(uv_loop_t *loop); /* the once-a-second rate sampling */
-void status_stop(void);
-json_t *status_snapshot(void); /* a new document; NULL when out of memory */
+struct sup_s;
+void status_start(struct sup_s *s); /* the once-a-second rate sampling */
+void status_stop(struct sup_s *s);
+json_t *status_snapshot(struct sup_s *s); /* a new document; NULL when out of memory */
 
 #endif

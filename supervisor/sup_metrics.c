@@ -45,21 +45,19 @@ static const struct {
      "The soft open-files limit (RLIMIT_NOFILE) workers run with."},
 };
 
-/* ---- retired workers' counters -----------------------------------------------
+/* ---- retired workers' counters ----------------------------------------------
  * /metrics sums the live workers' snapshots. A worker that exits (reload,
  * drain, crash) would take its counts with it and every _total would drop:
  * rate() reads that as a reset. So the last snapshot of each exited worker
  * is added here, counters and histograms only (gauges describe the live
  * process), and /metrics adds this registry to the live sums. */
-static metrics_registry_t *retired;
-
-void sup_metrics_retire(const proc_t *p)
+void sup_metrics_retire(sup_t *s, const proc_t *p)
 {
     size_t i;
     json_t *f, *keep;
     if (p->metrics == NULL)
         return;
-    if (retired == NULL && (retired = metrics_registry_new()) == NULL) {
+    if (s->retired == NULL && (s->retired = metrics_registry_new()) == NULL) {
         log_error_err(-ENOMEM, "cannot keep an exited worker's counters", "pid=%d", (int)p->pid);
         return;
     }
@@ -71,19 +69,19 @@ void sup_metrics_retire(const proc_t *p)
             json_array_append(keep, f);
     }
     json_t *snap = json_pack("{s:o}", "families", keep);
-    if (snap == NULL || metrics_merge(retired, snap, NULL) < 0)
+    if (snap == NULL || metrics_merge(s->retired, snap, NULL) < 0)
         log_warn("an exited worker's counters were not all kept", "pid=%d", (int)p->pid);
     json_decref(snap);
 }
 
-int sup_metrics_render(buf_t *out)
+int sup_metrics_render(sup_t *s, buf_t *out)
 {
     metrics_registry_t *agg = metrics_registry_new();
-    json_t *own = metrics_snapshot(sup.reg);
+    json_t *own = metrics_snapshot(s->reg);
     metrics_merge(agg, own, NULL);
     json_decref(own);
-    if (retired != NULL) {
-        json_t *old = metrics_snapshot(retired);
+    if (s->retired != NULL) {
+        json_t *old = metrics_snapshot(s->retired);
         metrics_merge(agg, old, NULL);
         json_decref(old);
     }
@@ -95,12 +93,12 @@ int sup_metrics_render(buf_t *out)
     struct rlimit rl = {0, 0};
     (void)getrlimit(RLIMIT_NOFILE, &rl);
     metric_set(m[F_NOFILE], (double)rl.rlim_cur);
-    metric_set(m[F_LEADER], sup.role == ROLE_LEADER);
-    metric_set(m[F_EPOCH], (double)sup_epoch());
-    metric_add(m[F_TRANSITIONS], (double)sup.transitions);
-    metric_set(m[F_READY], sup_is_ready());
+    metric_set(m[F_LEADER], s->role == ROLE_LEADER);
+    metric_set(m[F_EPOCH], (double)sup_epoch(s));
+    metric_add(m[F_TRANSITIONS], (double)s->transitions);
+    metric_set(m[F_READY], sup_is_ready(s));
     uint64_t now = worker_now_ms();
-    for (proc_t *p = sup.procs.list; p != NULL; p = p->next) {
+    for (proc_t *p = s->procs.list; p != NULL; p = p->next) {
         if (p->state == PS_EXITED && !p->want_restart)
             continue;
         const char *k = proc_kind_name(p->kind);

@@ -5,7 +5,8 @@
 #include "buf.h"
 #include "procs.h"
 
-void sup_metrics_retire(const proc_t *p); /* keep an exited worker's counters in /metrics */
-int sup_metrics_render(buf_t *out);
+struct sup_s;
+void sup_metrics_retire(struct sup_s *s, const proc_t *p); /* keep an exited worker's counters in /metrics */
+int sup_metrics_render(struct sup_s *s, buf_t *out);
 
 #endif

@@ -259,8 +259,9 @@ static int run_until(fx_t *fx, const int *counter, int n, uint64_t ms)
 static int64_t epoch_result;
 static int epoch_calls;
 
-static void on_epoch(int64_t e)
+static void on_epoch(void *arg, int64_t e)
 {
+    assert_non_null(arg); /* the policy's */
     epoch_result = e;
     epoch_calls++;
 }
