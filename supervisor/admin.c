@@ -180,13 +180,9 @@ static void on_timeout(uv_timer_t *t)
 static void on_connection(uv_stream_t *server, int status)
 {
     sup_t *s = server->data;
-    if (status < 0) {
-        log_warn_err(status, "admin accept failed", LOG_NOFIELDS);
-        return;
-    }
-    admin_conn_t *c = calloc(1, sizeof(*c));
-    if (c == NULL) {
-        log_error_err(-ENOMEM, "admin connection not accepted", LOG_NOFIELDS);
+    admin_conn_t *c = status < 0 ? NULL : calloc(1, sizeof(*c));
+    if (c == NULL) { /* a failed accept, or no memory for the connection */
+        log_warn_err(status < 0 ? status : -ENOMEM, "admin accept failed", LOG_NOFIELDS);
         return;
     }
     c->sup = s;

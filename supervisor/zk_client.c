@@ -44,23 +44,18 @@ static zhandle_t *zh_of(election_zk_t *ez)
  * next session event or watch brings the election back. */
 static ez_event_t *ev_new(int kind, long gen, int rc)
 {
-    ez_event_t *e = calloc(1, sizeof(*e));
-    if (e == NULL)
-        return NULL;
-    e->kind = kind;
-    e->gen = gen;
-    e->rc = rc;
+    ez_event_t *e = malloc(sizeof(*e));
+    if (e != NULL)
+        *e = (ez_event_t){.kind = kind, .gen = gen, .rc = rc};
     return e;
 }
 
 static zk_req_t *req_new(election_zk_t *ez, int kind, const char *path)
 {
-    zk_req_t *c = calloc(1, sizeof(*c));
+    zk_req_t *c = malloc(sizeof(*c));
     if (c == NULL)
         return NULL;
-    c->ez = ez;
-    c->kind = kind;
-    c->gen = ez->gen;
+    *c = (zk_req_t){.ez = ez, .kind = kind, .gen = ez->gen};
     if (path != NULL && (c->path = strdup(path)) == NULL) {
         free(c);
         return NULL;

@@ -293,14 +293,22 @@ static void test_connected_wins_and_allocates_epoch(void **state)
     fx_free(fx);
 }
 
-static void test_disconnected_leader_stops_before_expiry(void **state)
+/* A leader whose connection just dropped: the stop deadline is running. */
+static fx_t *disconnected_leader(void)
 {
-    (void)state;
     fx_t *fx = fx_new();
     become_leader(fx);
     session(fx, ZOO_CONNECTING_STATE);
     assert_string_equal(fx->session, "disconnected");
     assert_true(fx->leading); /* not at once: the session may come back */
+    assert_true(uv_is_active((uv_handle_t *)&fx->ez.suspend_timer));
+    return fx;
+}
+
+static void test_disconnected_leader_stops_before_expiry(void **state)
+{
+    (void)state;
+    fx_t *fx = disconnected_leader();
     /* timeout 600 ms, margin 200 ms: at most 400 ms after the last answer. */
     uint64_t due = uv_timer_get_due_in(&fx->ez.suspend_timer);
     assert_true(due > 0 && due <= 400);
@@ -314,10 +322,7 @@ static void test_disconnected_leader_stops_before_expiry(void **state)
 static void test_reconnect_before_deadline_keeps_leading(void **state)
 {
     (void)state;
-    fx_t *fx = fx_new();
-    become_leader(fx);
-    session(fx, ZOO_CONNECTING_STATE);
-    assert_true(uv_is_active((uv_handle_t *)&fx->ez.suspend_timer));
+    fx_t *fx = disconnected_leader();
     session(fx, ZOO_CONNECTED_STATE);
     assert_false(uv_is_active((uv_handle_t *)&fx->ez.suspend_timer));
     assert_false(run_until(fx, &fx->stepdowns, 1, 600)); /* past the deadline */
