@@ -202,7 +202,8 @@ def test_kafka_outage_past_transaction_timeout_loses_nothing(kafka_factory, sim_
     util.wait_until(lambda: svc.metric("exchange_ingest_kafka_queue_messages") == 0, timeout=30,
                     what="everything committed")
     assert ingest() == before, "the ingest worker was restarted: %s -> %s" % (before, ingest())
-    assert not svc.metric("exchange_ingest_kafka_dropped_total")
+    assert not svc.metric("exchange_ingest_kafka_dropped_total"), \
+        [l for l in svc.metrics().splitlines() if l.startswith("exchange_ingest_kafka_dropped_total")]
     recs = read_topic(k.bootstrap, "exchange", "read_committed", topic_ends(k.bootstrap, "exchange"),
                       values=True)
     ids, seqs = [], []
