@@ -34,6 +34,10 @@ typedef struct {
     rbuf_t *z;
 } zent_t;
 
+typedef struct {
+    wss_conn_t *head, *tail;
+} conn_list_t;
+
 struct wss_ctx_s {
     uv_loop_t *loop;
     wss_limits_t lim;
@@ -41,8 +45,11 @@ struct wss_ctx_s {
     uv_check_t check;
     int nconns;
     int freeing;
-    wss_conn_t *dirty; /* connections with frames to write */
-    wss_conn_t *later; /* write_delay_ms: open connections waiting for the tick */
+    /* Connections with frames to write, in the order they got them: the
+     * oldest waiting frame goes out first (a batch's first message is not
+     * held behind the later ones' subscribers). */
+    conn_list_t dirty;
+    conn_list_t later; /* write_delay_ms: open connections waiting for the tick */
     uv_timer_t tick;   /* write_delay_ms: flushes `later` */
     int handles;       /* check and tick: the context is freed when both closed */
     char *rdbuf;       /* one read buffer: every read is consumed at once */
@@ -145,7 +152,7 @@ int wss_check_upgrade(const http_req_t *req, char accept[29])
     for (int i = 0; i < 22; i++)
         if (!b64char((unsigned char)key[i]))
             return 400;
-    return ws_accept_key(key, accept);
+    return accept ? ws_accept_key(key, accept) : 0;
 }
 
 /* ---- context --------------------------------------------------------------- */
@@ -158,14 +165,15 @@ static void dirty_del(wss_conn_t *c)
 {
     if (!c->in_dirty)
         return;
+    conn_list_t *l = c->in_later ? &c->ctx->later : &c->ctx->dirty;
     if (c->dprev)
         c->dprev->dnext = c->dnext;
-    else if (c->in_later)
-        c->ctx->later = c->dnext;
     else
-        c->ctx->dirty = c->dnext;
+        l->head = c->dnext;
     if (c->dnext)
         c->dnext->dprev = c->dprev;
+    else
+        l->tail = c->dprev;
     c->dnext = c->dprev = NULL;
     c->in_dirty = 0;
     c->in_later = 0;
@@ -180,28 +188,30 @@ static void dirty_add(wss_conn_t *c)
     wss_ctx_t *ctx = c->ctx;
     /* write_delay_ms: an open connection's frames wait for the tick, so
      * what arrives within the window leaves in one write. */
-    wss_conn_t **head = &ctx->dirty;
+    conn_list_t *l = &ctx->dirty;
     if (ctx->lim.write_delay_ms > 0 && c->state == ST_OPEN) {
-        head = &ctx->later;
+        l = &ctx->later;
         c->in_later = 1;
-        if (ctx->later == NULL)
+        if (l->head == NULL)
             uv_timer_start(&ctx->tick, on_tick, ctx->lim.write_delay_ms, 0);
     }
     c->in_dirty = 1;
-    c->dprev = NULL;
-    c->dnext = *head;
-    if (c->dnext)
-        c->dnext->dprev = c;
-    *head = c;
+    c->dnext = NULL;
+    c->dprev = l->tail;
+    if (l->tail)
+        l->tail->dnext = c;
+    else
+        l->head = c;
+    l->tail = c;
 }
 
 /* Runs once per loop iteration after I/O: every frame queued during this
- * iteration goes out in one write per connection. */
+ * iteration goes out in one write per connection, oldest first. */
 static void on_check(uv_check_t *h)
 {
     wss_ctx_t *ctx = h->data;
-    while (ctx->dirty) {
-        wss_conn_t *c = ctx->dirty;
+    while (ctx->dirty.head) {
+        wss_conn_t *c = ctx->dirty.head;
         dirty_del(c);
         conn_flush(c);
     }
@@ -212,8 +222,8 @@ static void on_tick(uv_timer_t *t)
     wss_ctx_t *ctx = t->data;
     /* Detach the list: connections queueing again during the flush (a
      * partial write's rest) start the next window. */
-    wss_conn_t *c = ctx->later;
-    ctx->later = NULL;
+    wss_conn_t *c = ctx->later.head;
+    ctx->later.head = ctx->later.tail = NULL;
     while (c) {
         wss_conn_t *next = c->dnext;
         c->in_dirty = 0;

@@ -52,6 +52,7 @@ typedef struct fanout_s {
     client_t *active;  /* open clients (not yet told to drain) */
     client_t *drained; /* told to reconnect, closing */
     int nclients;      /* upgraded, not yet closed */
+    int pid;           /* getpid() once, for X-Exchange-Worker */
     int draining;
     int drain_total, drain_per_tick;
     uv_timer_t drain_timer, deadline_timer, sync_timer;

@@ -213,7 +213,7 @@ static int on_request(wss_conn_t *conn, const http_req_t *req, buf_t *extra, buf
 {
     client_t *c = wss_conn_data(conn);
     fanout_t *f = c->f;
-    char path[512], accept[29];
+    char path[512];
     int st;
     if (http_req_path(req, path, sizeof path) < 0 || strcmp(path, f->cfg->fanout.path) != 0) {
         if ((st = demo_page_answer(req, path, f->cfg->fanout.path, extra, body)) != 0)
@@ -221,7 +221,7 @@ static int on_request(wss_conn_t *conn, const http_req_t *req, buf_t *extra, buf
         buf_printf(body, "not found; the WebSocket endpoint is %s", f->cfg->fanout.path);
         return 404;
     }
-    if ((st = wss_check_upgrade(req, accept)) != 0) {
+    if ((st = wss_check_upgrade(req, NULL)) != 0) { /* the accept key: made once, by wsserver */
         if (st == 426) {
             buf_puts(extra, "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n");
             buf_puts(body, "WebSocket upgrade required");
@@ -295,7 +295,7 @@ static int on_request(wss_conn_t *conn, const http_req_t *req, buf_t *extra, buf
     c->n_url = n;
     c->upgraded = 1;
     /* Which worker took the connection: for operators and tests. */
-    buf_printf(extra, "X-Exchange-Worker: %d\r\n", (int)getpid());
+    buf_printf(extra, "X-Exchange-Worker: %d\r\n", f->pid);
     f->nclients++;
     return 0;
 }
@@ -648,6 +648,7 @@ int server_start(fanout_t *f)
 {
     const cfg_t *cfg = f->cfg;
     int r;
+    f->pid = (int)getpid();
     wss_limits_t lim = {
         .max_header_bytes = (size_t)cfg->fanout.max_header_bytes,
         .max_message_bytes = (size_t)cfg->fanout.max_message_bytes,

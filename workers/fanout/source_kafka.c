@@ -420,7 +420,9 @@ int source_kafka_new(uv_loop_t *loop, const cfg_t *cfg, const source_sink_t *sin
         goto fail;
     snprintf(num, sizeof num, "%d", cfg->kafka.fetch_wait_max_ms);
     /* Low latency over throughput: the broker answers a fetch as soon as one
-     * byte is there (fetch.min.bytes=1) or after fetch_wait_max_ms; errors and
+     * byte is there (fetch.min.bytes=1) or after fetch_wait_max_ms without
+     * data (measured idle: 10 ms made each worker fetch 100 times a second,
+     * 0.15 CPU-s/s of broker against 0.05 at 500, for no latency); errors and
      * reconnects back off briefly; Nagle off. No group: offsets are never
      * committed (each worker reads the whole topic from its tail). Logs and
      * errors go to the main queue, served on the loop thread. read_committed:
