@@ -430,12 +430,27 @@ void hub_channel_break(hub_t *h, const char *channel, size_t len)
         ch->brk = 1;
 }
 
-int hub_publish(hub_t *h, const char *json, size_t len, int64_t *ts_out, int64_t *recv_ts_out)
+/* 1 when the transport's key or epoch header contradicts the message. */
+static int route_mismatch(const msg_meta_t *m, const hub_route_t *r)
+{
+    if (r == NULL)
+        return 0;
+    if (r->key != NULL && (r->key_len != strlen(m->channel) || memcmp(r->key, m->channel, r->key_len) != 0))
+        return 1;
+    return r->has_epoch && (!r->epoch_ok || r->epoch != m->epoch);
+}
+
+int hub_publish(hub_t *h, const char *json, size_t len, const hub_route_t *route, int64_t *ts_out,
+                int64_t *recv_ts_out)
 {
     msg_meta_t m;
     if (msg_parse_meta(json, len, &m) < 0 || !msg_channel_valid(m.channel, 0)) {
         h->stats.invalid++;
         return -EINVAL;
+    }
+    if (route_mismatch(&m, route)) {
+        h->stats.mismatched++;
+        return HUB_MISMATCH;
     }
     if (ts_out)
         *ts_out = m.ts;

@@ -63,12 +63,15 @@ void fanout_metrics_init(fanout_metrics_t *m)
     m->bytes_sent = metric_counter("exchange_fanout_bytes_sent_total", "Bytes written to clients");
     m->received =
         metric_counter("exchange_fanout_messages_received_total", "Messages received from the data source");
-    m->dropped = metric_counter("exchange_fanout_dropped_total",
-                                "Messages dropped, by reason (fenced, duplicate, conflated, invalid)");
+    m->dropped =
+        metric_counter("exchange_fanout_dropped_total",
+                       "Messages dropped, by reason (fenced, duplicate, conflated, invalid, key_mismatch: "
+                       "the Kafka key or epoch header differs from the message)");
     m->drop_fenced = metric_labels(m->dropped, "reason=\"fenced\"");
     m->drop_duplicate = metric_labels(m->dropped, "reason=\"duplicate\"");
     m->drop_conflated = metric_labels(m->dropped, "reason=\"conflated\"");
     m->drop_invalid = metric_labels(m->dropped, "reason=\"invalid\"");
+    m->drop_mismatch = metric_labels(m->dropped, "reason=\"key_mismatch\"");
     m->slow_closes = metric_counter("exchange_fanout_slow_client_closes_total",
                                     "Clients closed (1013) for exceeding client_queue_bytes");
     m->queue_bytes = metric_gauge("exchange_fanout_queue_bytes", "Bytes queued for clients");

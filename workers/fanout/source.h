@@ -9,10 +9,13 @@
 #include <stdint.h>
 #include <uv.h>
 #include "config.h"
+#include "hub.h"
 
 typedef struct {
-    /* One message; called on the loop thread. data is valid during the call. */
-    void (*on_message)(void *arg, const char *data, size_t len);
+    /* One message; called on the loop thread. data and route are valid
+     * during the call; route is NULL when the transport tells nothing beside
+     * the bytes (the relay), else Kafka's record key and epoch header. */
+    void (*on_message)(void *arg, const char *data, size_t len, const hub_route_t *route);
     /* Optional: messages on channel (len bytes, not terminated) may have been
      * lost before the next one this source delivers on it. */
     void (*on_gap)(void *arg, const char *channel, size_t len);

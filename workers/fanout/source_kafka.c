@@ -150,6 +150,30 @@ static void on_kafka_log(const rd_kafka_t *rk, int level, const char *fac, const
 
 /* ---- consuming --------------------------------------------------------- */
 
+/* The record's key (the producer's channel) and its `epoch` header, for the
+ * hub to check against the message's own prefix. */
+static void record_route(const rd_kafka_message_t *m, hub_route_t *r)
+{
+    rd_kafka_headers_t *hdrs = NULL;
+    const void *v = NULL;
+    size_t n = 0;
+    *r = (hub_route_t){.key = m->key, .key_len = m->key_len};
+    if (rd_kafka_message_headers(m, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+        rd_kafka_header_get_last(hdrs, "epoch", &v, &n) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return;
+    r->has_epoch = 1;
+    char num[24];
+    if (v == NULL || n == 0 || n >= sizeof num)
+        return;
+    memcpy(num, v, n);
+    num[n] = '\0';
+    char *end;
+    errno = 0;
+    long long e = strtoll(num, &end, 10);
+    r->epoch_ok = errno == 0 && *end == '\0' && e >= 0 && (num[0] >= '0' && num[0] <= '9');
+    r->epoch = e;
+}
+
 static int drain_queue(ksrc_t *k)
 {
     rd_kafka_message_t *msgs[BATCH];
@@ -168,7 +192,9 @@ static int drain_queue(ksrc_t *k)
                 k->last_msg = k->last_ok = now_ms(k);
                 k->have_msg = k->have_ok = 1;
                 metric_inc(k->m_msgs);
-                k->sink.on_message(k->sink.arg, m->payload ? (const char *)m->payload : "", m->len);
+                hub_route_t route;
+                record_route(m, &route);
+                k->sink.on_message(k->sink.arg, m->payload ? (const char *)m->payload : "", m->len, &route);
             }
             rd_kafka_message_destroy(m);
         }
