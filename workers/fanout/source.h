@@ -38,8 +38,12 @@ struct source_s {
     const source_vtbl_t *vt;
 };
 
-/* Kafka: every partition of [kafka] topic, no consumer group. */
+/* Kafka: every partition of [kafka] topic, no consumer group. Each record
+ * goes to the sink with its key and `epoch` header (hub_route_t). */
 int source_kafka_new(uv_loop_t *loop, const cfg_t *cfg, const source_sink_t *sink, source_t **out);
+/* An `epoch` header's value (n bytes, as the producer writes it: decimal
+ * digits, PRId64) into *epoch: 0, or -EINVAL for anything else. */
+int source_kafka_epoch_header(const void *v, size_t n, int64_t *epoch);
 
 /* Relay (source_relay.c): the leader's relay at addr ("host:port"), with the
  * [relay] token. On every (re)connect it sends the request resume(arg)

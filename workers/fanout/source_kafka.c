@@ -150,6 +150,24 @@ static void on_kafka_log(const rd_kafka_t *rk, int level, const char *fac, const
 
 /* ---- consuming --------------------------------------------------------- */
 
+int source_kafka_epoch_header(const void *v, size_t n, int64_t *epoch)
+{
+    char num[24];
+    if (v == NULL || n == 0 || n >= sizeof num)
+        return -EINVAL;
+    memcpy(num, v, n);
+    num[n] = '\0';
+    if (num[0] < '0' || num[0] > '9')
+        return -EINVAL;
+    char *end;
+    errno = 0;
+    long long e = strtoll(num, &end, 10);
+    if (errno != 0 || *end != '\0')
+        return -EINVAL;
+    *epoch = e;
+    return 0;
+}
+
 /* The record's key (the producer's channel) and its `epoch` header, for the
  * hub to check against the message's own prefix. */
 static void record_route(const rd_kafka_message_t *m, hub_route_t *r)
@@ -162,16 +180,7 @@ static void record_route(const rd_kafka_message_t *m, hub_route_t *r)
         rd_kafka_header_get_last(hdrs, "epoch", &v, &n) != RD_KAFKA_RESP_ERR_NO_ERROR)
         return;
     r->has_epoch = 1;
-    char num[24];
-    if (v == NULL || n == 0 || n >= sizeof num)
-        return;
-    memcpy(num, v, n);
-    num[n] = '\0';
-    char *end;
-    errno = 0;
-    long long e = strtoll(num, &end, 10);
-    r->epoch_ok = errno == 0 && *end == '\0' && e >= 0 && (num[0] >= '0' && num[0] <= '9');
-    r->epoch = e;
+    r->epoch_ok = source_kafka_epoch_header(v, n, &r->epoch) == 0;
 }
 
 static int drain_queue(ksrc_t *k)
