@@ -100,8 +100,9 @@ static const cfg_key_t main_keys[] = {
     K(kafka, recover_after_ms, T_INT, R, 0, 600000, NULL, "5000",
       "Kafka must be healthy this long before a fanout worker switches back from the relay"),
     K(kafka, linger_ms, T_INT, R, 0, 1000, NULL, "5", "Producer batching delay"),
-    K(kafka, fetch_wait_max_ms, T_INT, R, 1, 10000, NULL, "10",
-      "Consumer fetch.wait.max.ms: how long a broker may hold a fetch with no data (latency bound)"),
+    K(kafka, fetch_wait_max_ms, T_INT, R, 1, 10000, NULL, "500",
+      "Consumer fetch.wait.max.ms: how long a broker holds a fetch while no data comes (data is answered at "
+      "once; a low value costs empty fetches on an idle topic)"),
     K(kafka, start_tail, T_INT, R, 0, 1000000, NULL, "500",
       "Fanout workers start this many records before the end of each partition (warm snapshots)"),
     K(kafka, ingest_tail, T_INT, R, 0, 10000000, NULL, "20000",

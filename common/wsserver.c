@@ -1,9 +1,9 @@
 /* Server-side WebSocket connections over libuv: HTTP upgrade, wslay for the
  * inbound direction and control frames (its context only while the peer is
- * mid-message: idle clients hold none), and a write queue of pre-framed
- * refcounted buffers flushed once per loop iteration as one gather write. */
-#include "wsserver.h"
-#include "wsproto.h"
+ * mid-message: idle clients hold none), closing, timers and accept. The
+ * write queue of pre-framed refcounted buffers, flushed once per loop
+ * iteration as one gather write, is wsserver_write.c; TLS wsserver_tls.c. */
+#include "wsserver_int.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -12,111 +12,7 @@
 #include <strings.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
 #include <wslay/wslay.h>
-
-#define WSS_MAX_IOV 256
-#define WSS_READ_BUF (64 * 1024)
-#define WSS_ZCACHE 8        /* compressed frames remembered per context */
-#define WSS_DEFLATE_LEVEL 6 /* zlib level: once per message, shared by its clients */
-
-typedef struct {
-    rbuf_t *b;
-    const void *tag;
-} qent_t;
-
-enum { ST_HTTP, ST_OPEN, ST_CLOSING };
-
-/* A plain frame (a reference held, so its address is not reused) and its
- * compressed twin, or NULL when it goes out plain. */
-typedef struct {
-    rbuf_t *plain;
-    rbuf_t *z;
-} zent_t;
-
-struct wss_ctx_s {
-    uv_loop_t *loop;
-    wss_limits_t lim;
-    wss_callbacks_t cbs;
-    uv_check_t check;
-    int nconns;
-    int freeing;
-    wss_conn_t *dirty; /* connections with frames to write */
-    wss_conn_t *later; /* write_delay_ms: open connections waiting for the tick */
-    uv_timer_t tick;   /* write_delay_ms: flushes `later` */
-    int handles;       /* check and tick: the context is freed when both closed */
-    char *rdbuf;       /* one read buffer: every read is consumed at once */
-    int rdbuf_busy;
-    wss_stats_t stats;
-    tls_ctx_t *tls; /* wss://: borrowed */
-    char *plain;    /* decrypted input, consumed at once like rdbuf */
-    /* wslay runs synchronously inside one connection's read or pump, so
-     * these are shared rather than kept per connection (idle memory). */
-    const uint8_t *rx; /* input being fed to wslay */
-    size_t rxlen;
-    buf_t ctl;         /* control frames produced by wslay */
-    buf_t msg;         /* NUL-terminated copy of an inbound message */
-    rbuf_t *ping;      /* the idle ping, framed once and shared */
-    ws_deflater_t *dz; /* permessage-deflate: on first use */
-    ws_inflater_t *iz;
-    zent_t zcache[WSS_ZCACHE];
-    unsigned znext;
-    /* One gather list for every connection's flush: uv_write copies it, and
-     * TLS consumes it at once, so no connection needs its own (4 KB each). */
-    uv_buf_t iov[WSS_MAX_IOV];
-};
-
-struct wss_conn_s {
-    uv_tcp_t tcp;
-    uv_timer_t timer;
-    uv_write_t wr;
-    wss_ctx_t *ctx;
-    void *data;
-    /* Flags as bits: every idle connection holds them. */
-    unsigned state : 2;
-    unsigned handles : 2; /* open libuv handles; free at 0 */
-    unsigned tcp_closing : 1;
-    unsigned writing : 1;
-    unsigned shutdown_started : 1;
-    unsigned fin_after_flush : 1; /* close frame (or HTTP refusal) queued: FIN after it */
-    unsigned opened : 1;          /* on_open ran */
-    unsigned no_report : 1;       /* uv_accept failed: no on_close */
-    unsigned shutdown_done : 1;
-    unsigned have_req : 1;
-    unsigned in_dirty : 1;
-    unsigned ping_out : 1;
-    unsigned rx_limited : 1; /* closed for the input rate: input is dropped */
-    unsigned deflate : 1;    /* permessage-deflate negotiated */
-    unsigned in_later : 1;   /* in ctx->later rather than ctx->dirty */
-    http_req_t *req;         /* only during the handshake (idle memory) */
-    /* Only while the peer sends something (9 KB): created when input
-     * arrives, freed again between frames (see ws_release_idle). */
-    wslay_event_context_ptr ws;
-    /* Our own walk over the frame headers fed to wslay, so we know when
-     * it is between frames with no fragmented message in progress. */
-    uint64_t fleft;         /* payload bytes left of the current frame */
-    unsigned char fhdr[14]; /* the header being read */
-    unsigned char fhlen;    /* bytes of it read so far */
-    unsigned char frag;     /* a fragmented data message is in progress */
-    qent_t *q;
-    size_t qcap, qhead, qlen, qinflight, qbytes;
-    wss_conn_t *dnext, *dprev;
-    uint64_t last_rx, ping_at;
-    wss_end_t why;
-    int close_code;
-    char peer[64];
-    char ip[INET6_ADDRSTRLEN];
-    tls_conn_t *tls;       /* wss:// */
-    buf_t tlsout;          /* ciphertext of the write in progress */
-    uint64_t rx_window_ms; /* input rate: a one-second window */
-    size_t rx_window_bytes;
-};
-
-/* Ciphertext written outside the frame queue (handshake, alerts). */
-typedef struct {
-    uv_write_t req;
-    buf_t data;
-} side_write_t;
 
 /* ---- handshake ----------------------------------------------------------- */
 
@@ -145,86 +41,12 @@ int wss_check_upgrade(const http_req_t *req, char accept[29])
     for (int i = 0; i < 22; i++)
         if (!b64char((unsigned char)key[i]))
             return 400;
-    return ws_accept_key(key, accept);
+    return accept ? ws_accept_key(key, accept) : 0;
 }
 
 /* ---- context --------------------------------------------------------------- */
 
-static void conn_flush(wss_conn_t *c);
 static int ws_ensure(wss_conn_t *c);
-static void tls_send_side(wss_conn_t *c);
-
-static void dirty_del(wss_conn_t *c)
-{
-    if (!c->in_dirty)
-        return;
-    if (c->dprev)
-        c->dprev->dnext = c->dnext;
-    else if (c->in_later)
-        c->ctx->later = c->dnext;
-    else
-        c->ctx->dirty = c->dnext;
-    if (c->dnext)
-        c->dnext->dprev = c->dprev;
-    c->dnext = c->dprev = NULL;
-    c->in_dirty = 0;
-    c->in_later = 0;
-}
-
-static void on_tick(uv_timer_t *t);
-
-static void dirty_add(wss_conn_t *c)
-{
-    if (c->in_dirty || c->writing || c->tcp_closing)
-        return;
-    wss_ctx_t *ctx = c->ctx;
-    /* write_delay_ms: an open connection's frames wait for the tick, so
-     * what arrives within the window leaves in one write. */
-    wss_conn_t **head = &ctx->dirty;
-    if (ctx->lim.write_delay_ms > 0 && c->state == ST_OPEN) {
-        head = &ctx->later;
-        c->in_later = 1;
-        if (ctx->later == NULL)
-            uv_timer_start(&ctx->tick, on_tick, ctx->lim.write_delay_ms, 0);
-    }
-    c->in_dirty = 1;
-    c->dprev = NULL;
-    c->dnext = *head;
-    if (c->dnext)
-        c->dnext->dprev = c;
-    *head = c;
-}
-
-/* Runs once per loop iteration after I/O: every frame queued during this
- * iteration goes out in one write per connection. */
-static void on_check(uv_check_t *h)
-{
-    wss_ctx_t *ctx = h->data;
-    while (ctx->dirty) {
-        wss_conn_t *c = ctx->dirty;
-        dirty_del(c);
-        conn_flush(c);
-    }
-}
-
-static void on_tick(uv_timer_t *t)
-{
-    wss_ctx_t *ctx = t->data;
-    /* Detach the list: connections queueing again during the flush (a
-     * partial write's rest) start the next window. */
-    wss_conn_t *c = ctx->later;
-    ctx->later = NULL;
-    while (c) {
-        wss_conn_t *next = c->dnext;
-        c->in_dirty = 0;
-        c->in_later = 0;
-        c->dnext = c->dprev = NULL;
-        if (next)
-            next->dprev = NULL;
-        conn_flush(c);
-        c = next;
-    }
-}
 
 int wss_ctx_new(uv_loop_t *loop, const wss_limits_t *lim, const wss_callbacks_t *cbs, wss_ctx_t **out)
 {
@@ -249,7 +71,7 @@ int wss_ctx_new(uv_loop_t *loop, const wss_limits_t *lim, const wss_callbacks_t 
     buf_init(&ctx->msg);
     uv_check_init(loop, &ctx->check);
     ctx->check.data = ctx;
-    uv_check_start(&ctx->check, on_check);
+    uv_check_start(&ctx->check, wsi_on_check);
     uv_unref((uv_handle_t *)&ctx->check);
     uv_timer_init(loop, &ctx->tick);
     ctx->tick.data = ctx;
@@ -307,71 +129,6 @@ const wss_stats_t *wss_ctx_stats(const wss_ctx_t *ctx)
     return &ctx->stats;
 }
 
-/* ---- queue ----------------------------------------------------------------- */
-
-static qent_t *q_at(wss_conn_t *c, size_t i)
-{
-    return &c->q[(c->qhead + i) & (c->qcap - 1)];
-}
-
-static int q_grow(wss_conn_t *c)
-{
-    /* Frames are written as they come (uv_try_write), so a client that
-     * keeps up rarely holds more than a few: start small (idle memory). */
-    size_t ncap = c->qcap ? c->qcap * 2 : 4;
-    qent_t *nq = malloc(ncap * sizeof(*nq));
-    if (nq == NULL)
-        return -ENOMEM;
-    for (size_t i = 0; i < c->qlen; i++)
-        nq[i] = *q_at(c, i);
-    free(c->q);
-    c->q = nq;
-    c->qcap = ncap;
-    c->qhead = 0;
-    return 0;
-}
-
-/* Takes ownership of one reference. */
-static int q_push(wss_conn_t *c, rbuf_t *b, const void *tag)
-{
-    if (c->qlen == c->qcap && q_grow(c) < 0) {
-        rbuf_unref(b);
-        return -ENOMEM;
-    }
-    qent_t *e = q_at(c, c->qlen);
-    e->b = b;
-    e->tag = tag;
-    c->qlen++;
-    c->qbytes += b->len;
-    c->ctx->stats.queued_bytes += b->len;
-    dirty_add(c);
-    return 0;
-}
-
-static void q_pop(wss_conn_t *c)
-{
-    qent_t *e = q_at(c, 0);
-    c->qbytes -= e->b->len;
-    c->ctx->stats.queued_bytes -= e->b->len;
-    rbuf_unref(e->b);
-    e->b = NULL;
-    c->qhead = (c->qhead + 1) & (c->qcap - 1);
-    c->qlen--;
-}
-
-/* Drop the frames whose write has not started. */
-static void q_drop_unstarted(wss_conn_t *c)
-{
-    while (c->qlen > c->qinflight) {
-        qent_t *e = q_at(c, c->qlen - 1);
-        c->qbytes -= e->b->len;
-        c->ctx->stats.queued_bytes -= e->b->len;
-        rbuf_unref(e->b);
-        e->b = NULL;
-        c->qlen--;
-    }
-}
-
 /* ---- closing --------------------------------------------------------------- */
 
 static void on_handle_closed(uv_handle_t *h)
@@ -384,7 +141,7 @@ static void on_handle_closed(uv_handle_t *h)
         ctx->cbs.on_close(c, c->why, c->close_code);
     c->qinflight = 0;
     while (c->qlen)
-        q_pop(c);
+        wsi_q_pop(c);
     free(c->q);
     if (c->ws)
         wslay_event_context_free(c->ws);
@@ -400,21 +157,21 @@ static void on_handle_closed(uv_handle_t *h)
     ctx_maybe_free(ctx);
 }
 
-static void conn_close_now(wss_conn_t *c, wss_end_t why)
+void wsi_close_now(wss_conn_t *c, wss_end_t why)
 {
     if (c->tcp_closing)
         return;
     if (c->why == WSS_END_NONE)
         c->why = why;
     c->tcp_closing = 1;
-    dirty_del(c);
+    wsi_dirty_del(c);
     uv_close((uv_handle_t *)&c->timer, on_handle_closed);
     uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
 }
 
 void wss_abort(wss_conn_t *c)
 {
-    conn_close_now(c, WSS_END_LOCAL);
+    wsi_close_now(c, WSS_END_LOCAL);
 }
 
 static void on_shutdown(uv_shutdown_t *req, int status)
@@ -428,12 +185,12 @@ static void on_shutdown(uv_shutdown_t *req, int status)
      * (close frame received or an HTTP refusal), else wait for its EOF
      * until the close timer fires. */
     if (status < 0 || c->state == ST_HTTP || (c->ws && wslay_event_get_close_received(c->ws)))
-        conn_close_now(c, WSS_END_LOCAL);
+        wsi_close_now(c, WSS_END_LOCAL);
 }
 
 static void on_timer(uv_timer_t *t);
 
-static void enter_closing(wss_conn_t *c)
+void wsi_enter_closing(wss_conn_t *c)
 {
     if (c->state == ST_CLOSING)
         return;
@@ -442,306 +199,28 @@ static void enter_closing(wss_conn_t *c)
     uv_timer_start(&c->timer, on_timer, c->ctx->lim.close_timeout_ms, 0);
 }
 
-static void on_side_write(uv_write_t *req, int status)
-{
-    side_write_t *w = (side_write_t *)req;
-    wss_conn_t *c = req->data;
-    buf_free(&w->data);
-    free(w);
-    if (status < 0 && status != UV_ECANCELED && !c->tcp_closing)
-        conn_close_now(c, WSS_END_ERROR);
-}
-
-/* Write what TLS produced outside a frame write (handshake messages,
- * alerts, tickets) at once, so ciphertext leaves in the order it was made. */
-static void tls_send_side(wss_conn_t *c)
-{
-    if (c->tls == NULL || c->tcp_closing)
-        return;
-    side_write_t *w = calloc(1, sizeof *w);
-    if (w == NULL) {
-        conn_close_now(c, WSS_END_ERROR);
-        return;
-    }
-    buf_init(&w->data);
-    long n = tls_conn_out(c->tls, &w->data);
-    if (n <= 0) {
-        buf_free(&w->data);
-        free(w);
-        if (n < 0)
-            conn_close_now(c, WSS_END_ERROR);
-        return;
-    }
-    w->req.data = c;
-    uv_buf_t b = uv_buf_init(w->data.data, (unsigned)w->data.len);
-    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_side_write) < 0) {
-        buf_free(&w->data);
-        free(w);
-        conn_close_now(c, WSS_END_ERROR);
-    }
-}
-
-/* Everything queued is written: send FIN if the close is under way. */
-static void maybe_finish(wss_conn_t *c)
+void wsi_maybe_finish(wss_conn_t *c)
 {
     if (c->tcp_closing || !c->fin_after_flush || c->qlen > 0 || c->writing || c->shutdown_started)
         return;
     c->shutdown_started = 1;
     if (c->tls != NULL && tls_conn_handshake_done(c->tls)) {
         tls_conn_shutdown(c->tls);
-        tls_send_side(c);
+        wsi_tls_send_side(c);
         if (c->tcp_closing)
             return;
     }
     /* Once per connection: not kept in every idle one. */
     uv_shutdown_t *sd = malloc(sizeof *sd);
     if (sd == NULL) {
-        conn_close_now(c, WSS_END_ERROR);
+        wsi_close_now(c, WSS_END_ERROR);
         return;
     }
     sd->data = c;
     if (uv_shutdown(sd, (uv_stream_t *)&c->tcp, on_shutdown) < 0) {
         free(sd);
-        conn_close_now(c, WSS_END_ERROR);
+        wsi_close_now(c, WSS_END_ERROR);
     }
-}
-
-/* ---- writing --------------------------------------------------------------- */
-
-static void on_write(uv_write_t *req, int status)
-{
-    wss_conn_t *c = req->data;
-    size_t n = c->qinflight;
-    c->writing = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (status == 0 && c->state != ST_HTTP) {
-            c->ctx->stats.frames_sent++;
-            c->ctx->stats.bytes_sent += q_at(c, 0)->b->len;
-        }
-        q_pop(c);
-    }
-    c->qinflight = 0;
-    if (c->tcp_closing)
-        return;
-    if (status < 0) {
-        conn_close_now(c, WSS_END_ERROR);
-        return;
-    }
-    if (c->qlen > 0)
-        conn_flush(c);
-    else
-        maybe_finish(c);
-}
-
-/* Plain TCP: write the batch at once with uv_try_write. A uv_write that
- * completes at once still costs an epoll_ctl and a callback in the next
- * iteration; only the rest of a partial write goes through uv_write. */
-static void conn_write_plain(wss_conn_t *c, uv_buf_t *iov, size_t n)
-{
-    int r = uv_try_write((uv_stream_t *)&c->tcp, iov, (unsigned)n);
-    if (r < 0 && r != UV_EAGAIN) {
-        conn_close_now(c, WSS_END_ERROR);
-        return;
-    }
-    size_t done = r > 0 ? (size_t)r : 0, i = 0;
-    /* Frames written whole leave the queue now. */
-    while (i < n && done >= iov[i].len) {
-        done -= iov[i].len;
-        if (c->state != ST_HTTP) {
-            c->ctx->stats.frames_sent++;
-            c->ctx->stats.bytes_sent += iov[i].len;
-        }
-        q_pop(c);
-        i++;
-    }
-    if (i == n) {
-        if (c->qlen > 0)
-            dirty_add(c); /* more than one gather list: on_check goes on */
-        else
-            maybe_finish(c);
-        return;
-    }
-    iov[i].base += done;
-    iov[i].len -= done;
-    c->qinflight = n - i;
-    c->writing = 1;
-    c->wr.data = c;
-    if ((r = uv_write(&c->wr, (uv_stream_t *)&c->tcp, iov + i, (unsigned)(n - i), on_write)) < 0) {
-        c->writing = 0;
-        c->qinflight = 0;
-        conn_close_now(c, WSS_END_ERROR);
-    }
-}
-
-static void conn_flush(wss_conn_t *c)
-{
-    if (c->writing || c->tcp_closing)
-        return;
-    if (c->qlen == 0) {
-        maybe_finish(c);
-        return;
-    }
-    size_t max = c->qlen < WSS_MAX_IOV ? c->qlen : WSS_MAX_IOV;
-    /* A write in progress holds at most half the bound, so that behind it
-     * there is room for conflated frames when the peer stalls. */
-    size_t budget = c->ctx->lim.queue_bytes ? c->ctx->lim.queue_bytes / 2 : (size_t)-1;
-    size_t n = 0, bytes = 0;
-    uv_buf_t *iov = c->ctx->iov;
-    while (n < max) {
-        qent_t *e = q_at(c, n);
-        if (n > 0 && bytes + e->b->len > budget)
-            break;
-        bytes += e->b->len;
-        iov[n++] = uv_buf_init(e->b->data, (unsigned)e->b->len);
-    }
-    if (c->tls == NULL) {
-        conn_write_plain(c, iov, n);
-        return;
-    }
-    c->qinflight = n;
-    c->writing = 1;
-    c->wr.data = c;
-    /* TLS: encrypt the batch into one ciphertext buffer, held until on_write. */
-    buf_reset(&c->tlsout);
-    int r = 0;
-    for (size_t i = 0; i < n && r == 0; i++)
-        r = tls_conn_write(c->tls, iov[i].base, iov[i].len);
-    if (r == 0 && tls_conn_out(c->tls, &c->tlsout) < 0)
-        r = -ENOMEM;
-    if (r == 0) {
-        uv_buf_t cb = uv_buf_init(c->tlsout.data, (unsigned)c->tlsout.len);
-        r = uv_write(&c->wr, (uv_stream_t *)&c->tcp, &cb, 1, on_write);
-    }
-    if (r < 0) {
-        c->writing = 0;
-        c->qinflight = 0;
-        conn_close_now(c, WSS_END_ERROR);
-    }
-}
-
-/* Move control frames wslay produced into the write queue. */
-static void ws_pump(wss_conn_t *c)
-{
-    if (c->ws == NULL || c->tcp_closing)
-        return;
-    if (wslay_event_want_write(c->ws))
-        (void)wslay_event_send(c->ws);
-    buf_t *ctl = &c->ctx->ctl;
-    if (ctl->len > 0) {
-        rbuf_t *b = rbuf_new(ctl->data, ctl->len);
-        buf_reset(ctl);
-        if (b == NULL || q_push(c, b, NULL) < 0) {
-            conn_close_now(c, WSS_END_ERROR);
-            return;
-        }
-    }
-    if (wslay_event_get_close_sent(c->ws) && c->state == ST_OPEN) {
-        /* wslay answered a protocol problem or the peer's close. */
-        if (wslay_event_get_close_received(c->ws)) {
-            c->why = WSS_END_PEER;
-            c->close_code = wslay_event_get_status_code_received(c->ws);
-        } else {
-            int code = wslay_event_get_status_code_sent(c->ws);
-            c->why = WSS_END_PROTOCOL;
-            c->close_code = code;
-            if (code == WSLAY_CODE_MESSAGE_TOO_BIG)
-                c->ctx->stats.too_big++;
-            else if (code == WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA)
-                c->ctx->stats.bad_utf8++;
-            else
-                c->ctx->stats.protocol_errors++;
-        }
-        enter_closing(c);
-    }
-}
-
-/* The compressed twin of a plain data frame, made on first use and
- * remembered for the next connections; NULL: send the plain frame. */
-static rbuf_t *deflated(wss_ctx_t *ctx, rbuf_t *plain)
-{
-    /* Small frames go plain without taking a cache slot. */
-    if (plain->len < WSS_DEFLATE_MIN + 2)
-        return NULL;
-    for (int i = 0; i < WSS_ZCACHE; i++)
-        if (ctx->zcache[i].plain == plain)
-            return ctx->zcache[i].z;
-    const unsigned char *p = (const unsigned char *)plain->data;
-    if ((p[0] & 0xf0) != 0x80 || (p[0] & 0x0f) >= 0x8)
-        return NULL; /* only a whole, uncompressed data frame */
-    unsigned l7 = p[1] & 0x7f;
-    size_t h = l7 < 126 ? 2 : l7 == 126 ? 4 : 10;
-    size_t len = plain->len - h;
-    rbuf_t *z = NULL;
-    if (len >= WSS_DEFLATE_MIN && (ctx->dz != NULL || ws_deflater_new(WSS_DEFLATE_LEVEL, &ctx->dz) == 0))
-        z = ws_deflate_frame(ctx->dz, p[0] & 0x0f, p + h, len);
-    if (z != NULL) {
-        ctx->stats.deflated++;
-        ctx->stats.deflate_in_bytes += plain->len;
-        ctx->stats.deflate_out_bytes += z->len;
-    } else {
-        ctx->stats.deflate_plain++;
-    }
-    zent_t *e = &ctx->zcache[ctx->znext++ % WSS_ZCACHE];
-    if (e->plain)
-        rbuf_unref(e->plain);
-    if (e->z)
-        rbuf_unref(e->z);
-    e->plain = rbuf_ref(plain);
-    e->z = z;
-    return z;
-}
-
-int wss_conn_deflate(const wss_conn_t *c)
-{
-    return c->deflate;
-}
-
-int wss_send(wss_conn_t *c, rbuf_t *frame, const void *tag)
-{
-    if (c->state != ST_OPEN || c->tcp_closing)
-        return -EPIPE;
-    if (c->deflate) {
-        rbuf_t *z = deflated(c->ctx, frame);
-        if (z != NULL) {
-            frame = z;
-            c->ctx->stats.compressed_frames++;
-        }
-    }
-    size_t lim = c->ctx->lim.queue_bytes;
-    /* Conflate only when the peer is behind: a write still in progress with
-     * a quarter of the bound queued, or a frame that would not fit. A client
-     * that keeps up gets every message, a slow one the newest per tag. */
-    int over = lim && c->qbytes + frame->len > lim;
-    int behind = c->writing && c->qbytes >= lim / 4;
-    if (tag != NULL && (behind || over)) {
-        for (size_t i = c->qlen; i > c->qinflight; i--) {
-            qent_t *e = q_at(c, i - 1);
-            if (e->tag != tag)
-                continue;
-            size_t nb = c->qbytes - e->b->len + frame->len;
-            if (lim && nb > lim)
-                return -ENOBUFS;
-            c->ctx->stats.queued_bytes = c->ctx->stats.queued_bytes - c->qbytes + nb;
-            c->qbytes = nb;
-            rbuf_unref(e->b);
-            e->b = rbuf_ref(frame);
-            c->ctx->stats.conflated++;
-            return 1;
-        }
-    }
-    if (lim && c->qbytes + frame->len > lim)
-        return -ENOBUFS;
-    return q_push(c, rbuf_ref(frame), tag);
-}
-
-int wss_send_text(wss_conn_t *c, const char *data, size_t len)
-{
-    if (c->state != ST_OPEN || c->tcp_closing)
-        return -EPIPE;
-    rbuf_t *b = wss_frame(WSS_OP_TEXT, data, len);
-    if (b == NULL)
-        return -ENOMEM;
-    return q_push(c, b, NULL);
 }
 
 void wss_close(wss_conn_t *c, int code, const char *reason, int drop_queued)
@@ -750,23 +229,23 @@ void wss_close(wss_conn_t *c, int code, const char *reason, int drop_queued)
         return;
     if (c->state != ST_OPEN) {
         if (c->state == ST_HTTP)
-            conn_close_now(c, WSS_END_LOCAL);
+            wsi_close_now(c, WSS_END_LOCAL);
         return;
     }
     if (drop_queued)
-        q_drop_unstarted(c);
+        wsi_q_drop_unstarted(c);
     c->why = WSS_END_LOCAL;
     c->close_code = code;
     size_t rl = reason ? strlen(reason) : 0;
     if (rl > 123)
         rl = 123;
     if (ws_ensure(c) < 0) {
-        conn_close_now(c, WSS_END_ERROR);
+        wsi_close_now(c, WSS_END_ERROR);
         return;
     }
     (void)wslay_event_queue_close(c->ws, (uint16_t)code, (const uint8_t *)reason, rl);
-    enter_closing(c);
-    ws_pump(c);
+    wsi_enter_closing(c);
+    wsi_ws_pump(c);
 }
 
 /* ---- wslay callbacks (loop thread, from wslay_event_recv/send) ------------- */
@@ -863,8 +342,8 @@ static void conn_reject(wss_conn_t *c, int status, const char *extra, const char
     c->why = WSS_END_REJECTED;
     c->close_code = status;
     uv_read_stop((uv_stream_t *)&c->tcp);
-    if (b == NULL || q_push(c, b, NULL) < 0) {
-        conn_close_now(c, WSS_END_REJECTED);
+    if (b == NULL || wsi_q_push(c, b, NULL) < 0) {
+        wsi_close_now(c, WSS_END_REJECTED);
         return;
     }
     c->fin_after_flush = 1;
@@ -946,7 +425,7 @@ static void ws_release_idle(wss_conn_t *c)
 static void ws_feed(wss_conn_t *c, const char *data, size_t n)
 {
     if (ws_ensure(c) < 0) {
-        conn_close_now(c, WSS_END_ERROR);
+        wsi_close_now(c, WSS_END_ERROR);
         return;
     }
     fw_walk(c, (const unsigned char *)data, n);
@@ -955,13 +434,13 @@ static void ws_feed(wss_conn_t *c, const char *data, size_t n)
     if (wslay_event_want_read(c->ws) && wslay_event_recv(c->ws) != 0) {
         c->ctx->rxlen = 0;
         c->ctx->stats.protocol_errors++;
-        conn_close_now(c, WSS_END_ERROR);
+        wsi_close_now(c, WSS_END_ERROR);
         return;
     }
     c->ctx->rxlen = 0;
     if (c->tcp_closing)
         return;
-    ws_pump(c);
+    wsi_ws_pump(c);
 }
 
 static void timer_schedule_idle(wss_conn_t *c)
@@ -1010,8 +489,8 @@ static int conn_upgrade(wss_conn_t *c, const char *rest, size_t restn)
     buf_free(&extra);
     rbuf_t *b = rbuf_new(resp.data, resp.len);
     buf_free(&resp);
-    if (b == NULL || q_push(c, b, NULL) < 0) {
-        conn_close_now(c, WSS_END_ERROR);
+    if (b == NULL || wsi_q_push(c, b, NULL) < 0) {
+        wsi_close_now(c, WSS_END_ERROR);
         return -1;
     }
     http_req_free(c->req);
@@ -1033,7 +512,7 @@ static int conn_upgrade(wss_conn_t *c, const char *rest, size_t restn)
 }
 
 /* Plaintext from the peer (after TLS, if any). */
-static void conn_input(wss_conn_t *c, const char *data, size_t nread)
+void wsi_conn_input(wss_conn_t *c, const char *data, size_t nread)
 {
     if (c->state == ST_HTTP) {
         if (c->why == WSS_END_REJECTED)
@@ -1053,9 +532,9 @@ static void conn_input(wss_conn_t *c, const char *data, size_t nread)
         if (!c->tcp_closing && c->ws && wslay_event_get_close_received(c->ws) &&
             wslay_event_get_close_sent(c->ws)) {
             if (c->shutdown_done)
-                conn_close_now(c, c->why);
+                wsi_close_now(c, c->why);
             else
-                maybe_finish(c);
+                wsi_maybe_finish(c);
         }
         if (!c->tcp_closing)
             ws_release_idle(c);
@@ -1078,48 +557,6 @@ static int rx_over(wss_conn_t *c, size_t n)
     return c->rx_window_bytes > lim;
 }
 
-static void tls_input(wss_conn_t *c, const char *data, size_t n)
-{
-    wss_ctx_t *ctx = c->ctx;
-    if (tls_conn_feed(c->tls, data, n) < 0) {
-        conn_close_now(c, WSS_END_ERROR);
-        return;
-    }
-    if (!tls_conn_handshake_done(c->tls)) {
-        int r = tls_conn_handshake(c->tls);
-        tls_send_side(c); /* our handshake messages, or the alert */
-        if (r < 0) {
-            ctx->stats.tls_handshake_failures++;
-            c->why = WSS_END_TLS;
-            /* FIN after the alert; the handshake timer bounds the rest. */
-            c->fin_after_flush = 1;
-            uv_read_stop((uv_stream_t *)&c->tcp);
-            maybe_finish(c);
-            return;
-        }
-        if (r == 0 || c->tcp_closing)
-            return;
-    }
-    if (ctx->plain == NULL && (ctx->plain = malloc(WSS_READ_BUF)) == NULL) {
-        conn_close_now(c, WSS_END_ERROR);
-        return;
-    }
-    for (;;) {
-        long k = tls_conn_read(c->tls, ctx->plain, WSS_READ_BUF);
-        if (k == 0)
-            break;
-        if (k < 0) {
-            /* close_notify is the peer's EOF */
-            conn_close_now(c, k == -EPIPE ? WSS_END_PEER : WSS_END_ERROR);
-            return;
-        }
-        conn_input(c, ctx->plain, (size_t)k);
-        if (c->tcp_closing || c->why == WSS_END_REJECTED)
-            return;
-    }
-    tls_send_side(c); /* e.g. a key update answered while reading */
-}
-
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     wss_conn_t *c = s->data;
@@ -1131,7 +568,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread < 0) {
         if (nread == UV_ENOBUFS)
             return;
-        conn_close_now(c, nread == UV_EOF ? WSS_END_PEER : WSS_END_ERROR);
+        wsi_close_now(c, nread == UV_EOF ? WSS_END_PEER : WSS_END_ERROR);
         return;
     }
     if (c->rx_limited)
@@ -1146,9 +583,9 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     c->last_rx = uv_now(ctx->loop);
     c->ping_out = 0;
     if (c->tls != NULL)
-        tls_input(c, buf->base, (size_t)nread);
+        wsi_tls_input(c, buf->base, (size_t)nread);
     else
-        conn_input(c, buf->base, (size_t)nread);
+        wsi_conn_input(c, buf->base, (size_t)nread);
 }
 
 /* ---- timers ---------------------------------------------------------------- */
@@ -1163,11 +600,11 @@ static void on_timer(uv_timer_t *t)
         /* handshake too slow, or an HTTP refusal the peer never read */
         if (c->why == WSS_END_NONE)
             c->why = WSS_END_TIMEOUT;
-        conn_close_now(c, WSS_END_TIMEOUT);
+        wsi_close_now(c, WSS_END_TIMEOUT);
         return;
     }
     if (c->state == ST_CLOSING) {
-        conn_close_now(c, c->why);
+        wsi_close_now(c, c->why);
         return;
     }
     uint64_t now = uv_now(ctx->loop);
@@ -1177,7 +614,7 @@ static void on_timer(uv_timer_t *t)
             ctx->stats.pong_timeouts++;
             c->why = WSS_END_TIMEOUT;
             c->close_code = 1006;
-            conn_close_now(c, WSS_END_TIMEOUT);
+            wsi_close_now(c, WSS_END_TIMEOUT);
             return;
         }
         uv_timer_start(t, on_timer, ctx->lim.pong_timeout_ms - waited, 0);
@@ -1188,7 +625,7 @@ static void on_timer(uv_timer_t *t)
         /* Pre-framed like data, so an idle client needs no wslay context. */
         if (ctx->ping == NULL)
             ctx->ping = wss_frame(WSS_OP_PING, "", 0);
-        if (ctx->ping != NULL && q_push(c, rbuf_ref(ctx->ping), NULL) == 0)
+        if (ctx->ping != NULL && wsi_q_push(c, rbuf_ref(ctx->ping), NULL) == 0)
             ctx->stats.pings_sent++;
         c->ping_out = 1;
         c->ping_at = now;
@@ -1254,12 +691,12 @@ static int conn_accept(wss_ctx_t *ctx, uv_stream_t *server, int fd, void *data, 
     buf_init(&c->tlsout);
     if (ctx->tls != NULL && (r = tls_conn_new_server(ctx->tls, &c->tls)) < 0) {
         c->no_report = 1;
-        conn_close_now(c, WSS_END_ERROR);
+        wsi_close_now(c, WSS_END_ERROR);
         return r;
     }
     if ((c->req = malloc(sizeof(*c->req))) == NULL) {
         c->no_report = 1;
-        conn_close_now(c, WSS_END_ERROR);
+        wsi_close_now(c, WSS_END_ERROR);
         return -ENOMEM;
     }
     http_req_init(c->req, ctx->lim.max_header_bytes);
@@ -1268,7 +705,7 @@ static int conn_accept(wss_ctx_t *ctx, uv_stream_t *server, int fd, void *data, 
     uv_timer_start(&c->timer, on_timer, ctx->lim.handshake_timeout_ms, 0);
     if ((r = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read)) < 0) {
         c->no_report = 1;
-        conn_close_now(c, WSS_END_ERROR);
+        wsi_close_now(c, WSS_END_ERROR);
         return r;
     }
     if (out)

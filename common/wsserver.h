@@ -113,8 +113,9 @@ void wss_close(wss_conn_t *c, int code, const char *reason, int drop_queued);
 void wss_abort(wss_conn_t *c);
 
 /* Upgrade checks (RFC 6455 4.2.1): 0 when req is a valid WebSocket upgrade
- * and accept (29 bytes with NUL) holds Sec-WebSocket-Accept; else 426 when it
- * is not an upgrade at all or 400 for a bad key, version or method. */
+ * and accept (29 bytes with NUL; NULL: only check) holds Sec-WebSocket-Accept;
+ * else 426 when it is not an upgrade at all or 400 for a bad key, version or
+ * method. */
 int wss_check_upgrade(const http_req_t *req, char accept[29]);
 
 /* Counters kept by every context since start (for metrics). */

@@ -194,7 +194,7 @@ def test_kill9_partition_leader_no_gap_then_rejoins(kafka3_clean, zk_server, sim
 FALLBACK_MS = 1000
 
 
-def hung_bound_s(fallback_ms=FALLBACK_MS, fetch_wait_ms=10):
+def hung_bound_s(fallback_ms=FALLBACK_MS, fetch_wait_ms=500):
     """README "Kafka outage fallback": checked every fallback_after_ms / 4
     (250 ms to 5 s), a broker serving some of a worker's partitions that
     answered nothing for twice that (at least 1 s) + fetch_wait_max_ms makes

@@ -59,7 +59,7 @@ static inline int pub(hub_t *h, const char *ch, long seq, long epoch)
              "{\"channel\":\"%s\",\"type\":\"%s\",\"exchange\":\"x\",\"symbol\":\"A-B\",\"seq\":%ld,"
              "\"epoch\":%ld,\"ts\":1,\"recv_ts\":2}",
              ch, t, seq, epoch);
-    return hub_publish(h, buf, strlen(buf), NULL, NULL);
+    return hub_publish(h, buf, strlen(buf), NULL, NULL, NULL);
 }
 
 /* seq of a data frame, -1 for a non-data frame */

@@ -180,8 +180,8 @@ static void test_fencing_and_duplicates(void **state)
     assert_int_equal(pub(h, "trade.y.A-B", 1, 6), HUB_ACCEPTED);
     assert_int_equal(pub(h, "trade.y.A-B", 3, 4), HUB_FENCED);
     assert_string_equal(positions(&a, 0), "5:10 4:1 6:1 6:2 4:2 6:1");
-    assert_int_equal(hub_publish(h, "{}", 2, NULL, NULL), -22);
-    assert_int_equal(hub_publish(h, "not json", 8, NULL, NULL), -22);
+    assert_int_equal(hub_publish(h, "{}", 2, NULL, NULL, NULL), -22);
+    assert_int_equal(hub_publish(h, "not json", 8, NULL, NULL, NULL), -22);
     const hub_stats_t *s = hub_stats(h);
     assert_int_equal(s->fenced, 3);
     assert_int_equal(s->duplicate, 2);
@@ -194,6 +194,73 @@ static void test_fencing_and_duplicates(void **state)
     assert_int_equal(s->gaps, 2);
     hub_client_free(ca);
     fake_reset(&a);
+    hub_free(h);
+}
+
+/* A Kafka record's key and epoch header must agree with the message's own
+ * prefix: a mismatch is dropped (counted) before it can order or reach a
+ * channel; no route (the relay) is the prefix alone. */
+static int pub_routed(hub_t *h, const char *ch, long seq, long epoch, const hub_route_t *r)
+{
+    char buf[256];
+    snprintf(buf, sizeof buf,
+             "{\"channel\":\"%s\",\"type\":\"trade\",\"exchange\":\"x\",\"symbol\":\"A-B\",\"seq\":%ld,"
+             "\"epoch\":%ld,\"ts\":1,\"recv_ts\":2}",
+             ch, seq, epoch);
+    return hub_publish(h, buf, strlen(buf), r, NULL, NULL);
+}
+
+static void test_route_key_and_epoch_checked(void **state)
+{
+    (void)state;
+    hub_t *h = mkhub(10, 0);
+    fake_t a = {0}, b = {0};
+    hub_client_t *ca = hub_client_new(h, &a), *cb = hub_client_new(h, &b);
+    hub_subscribe(ca, "trade.x.A-B", NULL, 0);
+    hub_subscribe(cb, "trade.y.A-B", NULL, 0);
+    const char *kx = "trade.x.A-B";
+    hub_route_t ok = {.key = kx, .key_len = strlen(kx), .has_epoch = 1, .epoch_ok = 1, .epoch = 3};
+    assert_int_equal(pub_routed(h, "trade.x.A-B", 1, 3, &ok), HUB_ACCEPTED);
+    /* the key names another channel: not delivered on either */
+    hub_route_t other = ok;
+    other.key = "trade.y.A-B";
+    assert_int_equal(pub_routed(h, "trade.x.A-B", 2, 3, &other), HUB_MISMATCH);
+    /* a key that is a prefix of the channel, or longer, is not it */
+    hub_route_t shortk = ok;
+    shortk.key_len = 7;
+    assert_int_equal(pub_routed(h, "trade.x.A-B", 2, 3, &shortk), HUB_MISMATCH);
+    hub_route_t longk = {.key = "trade.x.A-BC", .key_len = 12};
+    assert_int_equal(pub_routed(h, "trade.x.A-B", 2, 3, &longk), HUB_MISMATCH);
+    /* the epoch header differs, or is not a number */
+    hub_route_t ep = ok;
+    ep.epoch = 4;
+    assert_int_equal(pub_routed(h, "trade.x.A-B", 2, 3, &ep), HUB_MISMATCH);
+    hub_route_t bad = ok;
+    bad.epoch_ok = 0;
+    bad.epoch = 3;
+    assert_int_equal(pub_routed(h, "trade.x.A-B", 2, 3, &bad), HUB_MISMATCH);
+    /* a dropped message did not move the channel: seq 2 is still new */
+    assert_int_equal(pub_routed(h, "trade.x.A-B", 2, 3, &ok), HUB_ACCEPTED);
+    /* no key, no header: nothing to check (a producer without them) */
+    hub_route_t none = {0};
+    assert_int_equal(pub_routed(h, "trade.x.A-B", 3, 3, &none), HUB_ACCEPTED);
+    /* the relay: no route at all */
+    assert_int_equal(pub_routed(h, "trade.x.A-B", 4, 3, NULL), HUB_ACCEPTED);
+    /* a key alone, or a header alone, is checked alone */
+    hub_route_t keyonly = {.key = "trade.y.A-B", .key_len = 11};
+    assert_int_equal(pub_routed(h, "trade.y.A-B", 1, 3, &keyonly), HUB_ACCEPTED);
+    hub_route_t eponly = {.has_epoch = 1, .epoch_ok = 1, .epoch = 2};
+    assert_int_equal(pub_routed(h, "trade.y.A-B", 2, 3, &eponly), HUB_MISMATCH);
+    assert_string_equal(positions(&a, 0), "3:1 3:2 3:3 3:4");
+    assert_string_equal(positions(&b, 0), "3:1");
+    const hub_stats_t *s = hub_stats(h);
+    assert_int_equal(s->mismatched, 6);
+    assert_int_equal(s->accepted, 5);
+    assert_int_equal(s->gaps, 0);
+    hub_client_free(ca);
+    hub_client_free(cb);
+    fake_reset(&a);
+    fake_reset(&b);
     hub_free(h);
 }
 
@@ -462,6 +529,7 @@ int main(void)
         cmocka_unit_test(test_patterns),
         cmocka_unit_test(test_subscribe_before_data),
         cmocka_unit_test(test_fencing_and_duplicates),
+        cmocka_unit_test(test_route_key_and_epoch_checked),
         cmocka_unit_test(test_history_recovery),
         cmocka_unit_test(test_resume_across_epochs),
         cmocka_unit_test(test_resume_on_lagging_instance),

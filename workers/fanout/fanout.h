@@ -21,7 +21,7 @@ typedef struct {
     metric_t *messages_sent, *bytes_sent;
     metric_t *received; /* messages from the source */
     metric_t *dropped;  /* family, reason= */
-    metric_t *drop_fenced, *drop_duplicate, *drop_conflated, *drop_invalid;
+    metric_t *drop_fenced, *drop_duplicate, *drop_conflated, *drop_invalid, *drop_mismatch;
     metric_t *slow_closes;
     metric_t *queue_bytes; /* gauge */
     metric_t *channels;    /* gauge */
@@ -49,9 +49,11 @@ typedef struct fanout_s {
     int port;                /* bound port */
     char **origins;
     int norigins;
-    client_t *active;  /* open clients (not yet told to drain) */
-    client_t *drained; /* told to reconnect, closing */
-    int nclients;      /* upgraded, not yet closed */
+    client_t *active;                               /* open clients (not yet told to drain) */
+    client_t *drained;                              /* told to reconnect, closing */
+    int nclients;                                   /* upgraded, not yet closed */
+    int pid;                                        /* getpid() once, for X-Exchange-Worker */
+    uint64_t mismatch_logged_at, mismatch_unlogged; /* key/epoch mismatch log, once a second */
     int draining;
     int drain_total, drain_per_tick;
     uv_timer_t drain_timer, deadline_timer, sync_timer;

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "msg.h"
+#include "strmap.h"
 #include "wsserver.h"
 
 typedef struct edge_s {
@@ -48,8 +49,8 @@ struct hub_channel_s {
     int hstart, hlen;
     edge_t **subs;
     int nsubs, capsubs;
-    hub_channel_t *hnext;
-    int index; /* in h->chans */
+    strmap_node_t node; /* in h->names, keyed by name */
+    int index;          /* in h->chans */
 };
 
 typedef struct {
@@ -86,8 +87,7 @@ struct hub_s {
     hub_opts_t opts;
     hub_ops_t ops;
     hub_stats_t stats;
-    hub_channel_t **buckets;
-    size_t nbuckets;
+    strmap_t names; /* channels by name */
     hub_channel_t **chans;
     int nchans, capchans;
     int nknown;
@@ -123,43 +123,17 @@ static int pos_cmp(int64_t e1, int64_t s1, int64_t e2, int64_t s2)
     return s1 < s2 ? -1 : s1 > s2;
 }
 
-static size_t hash_str(const char *s)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ull;
-    }
-    return (size_t)h;
-}
-
 /* ---- channels ------------------------------------------------------------- */
+
+static hub_channel_t *chan_find_n(const hub_t *h, const char *name, size_t n)
+{
+    strmap_node_t *e = strmap_get(&h->names, name, n);
+    return e ? STRMAP_ENTRY(e, hub_channel_t, node) : NULL;
+}
 
 static hub_channel_t *chan_find(const hub_t *h, const char *name)
 {
-    if (h->nbuckets == 0)
-        return NULL;
-    for (hub_channel_t *ch = h->buckets[hash_str(name) & (h->nbuckets - 1)]; ch; ch = ch->hnext)
-        if (strcmp(ch->name, name) == 0)
-            return ch;
-    return NULL;
-}
-
-static int rehash(hub_t *h, size_t nb)
-{
-    hub_channel_t **b = calloc(nb, sizeof(*b));
-    if (b == NULL)
-        return -ENOMEM;
-    for (int i = 0; i < h->nchans; i++) {
-        hub_channel_t *ch = h->chans[i];
-        size_t k = hash_str(ch->name) & (nb - 1);
-        ch->hnext = b[k];
-        b[k] = ch;
-    }
-    free(h->buckets);
-    h->buckets = b;
-    h->nbuckets = nb;
-    return 0;
+    return chan_find_n(h, name, strlen(name));
 }
 
 static hist_t *hist_at(const hub_t *h, const hub_channel_t *ch, int i)
@@ -182,8 +156,6 @@ static int edge_attach(hub_client_t *c, hub_channel_t *ch, edge_t **out);
 
 static hub_channel_t *chan_create(hub_t *h, const char *name)
 {
-    if ((size_t)h->nchans + 1 > h->nbuckets && rehash(h, h->nbuckets ? h->nbuckets * 2 : 64) < 0)
-        return NULL;
     if (grow((void **)&h->chans, &h->capchans, h->nchans + 1, sizeof(*h->chans)) < 0)
         return NULL;
     hub_channel_t *ch = calloc(1, sizeof(*ch));
@@ -196,9 +168,7 @@ static hub_channel_t *chan_create(hub_t *h, const char *name)
         return NULL;
     }
     ch->snap = strncmp(name, "trade.", 6) != 0;
-    size_t k = hash_str(name) & (h->nbuckets - 1);
-    ch->hnext = h->buckets[k];
-    h->buckets[k] = ch;
+    strmap_put(&h->names, &ch->node, ch->name, strlen(ch->name));
     ch->index = h->nchans;
     h->chans[h->nchans++] = ch;
     /* Pattern subscribers cover channels that appear later. */
@@ -215,10 +185,7 @@ static void chan_maybe_gc(hub_t *h, hub_channel_t *ch)
 {
     if (ch->known || ch->nsubs > 0)
         return;
-    hub_channel_t **pp = &h->buckets[hash_str(ch->name) & (h->nbuckets - 1)];
-    while (*pp != ch)
-        pp = &(*pp)->hnext;
-    *pp = ch->hnext;
+    strmap_del(&h->names, &ch->node);
     int i = ch->index;
     h->chans[i] = h->chans[--h->nchans];
     h->chans[i]->index = i;
@@ -297,6 +264,10 @@ hub_t *hub_new(const hub_opts_t *opts, const hub_ops_t *ops)
     if (h->opts.history < 0)
         h->opts.history = 0;
     h->ops = *ops;
+    if (strmap_init(&h->names, 64) < 0) {
+        free(h);
+        return NULL;
+    }
     return h;
 }
 
@@ -311,7 +282,7 @@ void hub_free(hub_t *h)
         chan_destroy(h, ch);
     }
     free(h->chans);
-    free(h->buckets);
+    strmap_free(&h->names);
     free(h->pats);
     free(h);
 }
@@ -420,22 +391,32 @@ static void deliver(hub_t *h, edge_t *e, rbuf_t *frame, const void *tag)
 
 void hub_channel_break(hub_t *h, const char *channel, size_t len)
 {
-    char name[MSG_CHANNEL_MAX];
-    if (len >= sizeof name)
-        return;
-    memcpy(name, channel, len);
-    name[len] = '\0';
-    hub_channel_t *ch = chan_find(h, name);
+    hub_channel_t *ch = chan_find_n(h, channel, len);
     if (ch != NULL && ch->has_seq)
         ch->brk = 1;
 }
 
-int hub_publish(hub_t *h, const char *json, size_t len, int64_t *ts_out, int64_t *recv_ts_out)
+/* 1 when the transport's key or epoch header contradicts the message. */
+static int route_mismatch(const msg_meta_t *m, const hub_route_t *r)
+{
+    if (r == NULL)
+        return 0;
+    if (r->key != NULL && (r->key_len != strlen(m->channel) || memcmp(r->key, m->channel, r->key_len) != 0))
+        return 1;
+    return r->has_epoch && (!r->epoch_ok || r->epoch != m->epoch);
+}
+
+int hub_publish(hub_t *h, const char *json, size_t len, const hub_route_t *route, int64_t *ts_out,
+                int64_t *recv_ts_out)
 {
     msg_meta_t m;
     if (msg_parse_meta(json, len, &m) < 0 || !msg_channel_valid(m.channel, 0)) {
         h->stats.invalid++;
         return -EINVAL;
+    }
+    if (route_mismatch(&m, route)) {
+        h->stats.mismatched++;
+        return HUB_MISMATCH;
     }
     if (ts_out)
         *ts_out = m.ts;

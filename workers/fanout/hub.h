@@ -36,7 +36,18 @@ enum {
     HUB_ACCEPTED = 0,
     HUB_FENCED = 1,    /* epoch below the channel's last */
     HUB_DUPLICATE = 2, /* seq not above the channel's last in this epoch */
+    HUB_MISMATCH = 3,  /* the transport's key or epoch differs from the message's */
 };
+
+/* What the transport says about a message beside its bytes: a Kafka record's
+ * key (its channel) and its `epoch` header. The relay has neither. */
+typedef struct {
+    const char *key; /* not terminated; NULL: no key */
+    size_t key_len;
+    int has_epoch; /* an epoch header was there */
+    int epoch_ok;  /* ... and held a decimal int64 (else it never matches) */
+    int64_t epoch;
+} hub_route_t;
 
 /* A position on a channel. has_epoch 0: a legacy since, a seq in the
  * channel's current epoch on this instance. */
@@ -52,7 +63,7 @@ typedef struct {
 } hub_since_t;
 
 typedef struct {
-    uint64_t accepted, fenced, duplicate, invalid;
+    uint64_t accepted, fenced, duplicate, invalid, mismatched;
     uint64_t gaps;          /* accepted messages not continuous with the previous */
     uint64_t deliveries;    /* frames handed to clients */
     uint64_t conflated;     /* sends that replaced an older frame */
@@ -66,13 +77,16 @@ int64_t hub_max_epoch(const hub_t *h); /* highest epoch accepted on any channel 
 int hub_channel_count(const hub_t *h); /* known channels (with data) */
 int hub_max_subscriptions(const hub_t *h);
 
-/* One normalized message from the source. Parses the routing fields, orders
- * it on its channel (a higher epoch, any seq; or the same epoch, a higher
- * seq; anything else is dropped), frames it once, stores snapshot/history,
- * sends to subscribers.
- * Returns HUB_ACCEPTED/HUB_FENCED/HUB_DUPLICATE, or -EINVAL for a message
- * without valid routing fields. meta_out (may be NULL) gets ts/recv_ts. */
-int hub_publish(hub_t *h, const char *json, size_t len, int64_t *ts_out, int64_t *recv_ts_out);
+/* One normalized message from the source. Parses the routing fields, checks
+ * them against route (may be NULL: nothing to check; a key must be the
+ * channel, an epoch header the epoch), orders it on its channel (a higher
+ * epoch, any seq; or the same epoch, a higher seq; anything else is
+ * dropped), frames it once, stores snapshot/history, sends to subscribers.
+ * Returns HUB_ACCEPTED/HUB_FENCED/HUB_DUPLICATE/HUB_MISMATCH, or -EINVAL for
+ * a message without valid routing fields. ts_out/recv_ts_out (may be NULL)
+ * get ts/recv_ts. */
+int hub_publish(hub_t *h, const char *json, size_t len, const hub_route_t *route, int64_t *ts_out,
+                int64_t *recv_ts_out);
 
 /* Clients. */
 hub_client_t *hub_client_new(hub_t *h, void *user);

@@ -7,15 +7,38 @@
 
 #include "fanout.h"
 #include "log.h"
+#include "msg.h"
 
 static fanout_t g_fanout;
 
-static void on_source_message(void *arg, const char *data, size_t len)
+/* A record whose Kafka key or epoch header contradicts its prefix: logged
+ * at most once a second (with how many since), every one counted. */
+static void log_mismatch(fanout_t *f, const char *data, size_t len, const hub_route_t *route)
+{
+    uint64_t now = worker_now_ms();
+    f->mismatch_unlogged++;
+    if (f->mismatch_logged_at != 0 && now - f->mismatch_logged_at < 1000)
+        return;
+    msg_meta_t m;
+    int ok = msg_parse_meta(data, len, &m) == 0;
+    char key[MSG_CHANNEL_MAX];
+    size_t kn = route->key_len < sizeof key - 1 ? route->key_len : sizeof key - 1;
+    memcpy(key, route->key ? route->key : "", route->key ? kn : 0);
+    key[route->key ? kn : 0] = '\0';
+    log_warn("message dropped: Kafka key or epoch header differs from the message",
+             "key=%s header_epoch=%" PRId64 " channel=%s epoch=%" PRId64 " dropped=%" PRIu64, log_q(key),
+             route->has_epoch && route->epoch_ok ? route->epoch : -1, log_q(ok ? m.channel : ""),
+             ok ? m.epoch : -1, f->mismatch_unlogged);
+    f->mismatch_logged_at = now;
+    f->mismatch_unlogged = 0;
+}
+
+static void on_source_message(void *arg, const char *data, size_t len, const hub_route_t *route)
 {
     fanout_t *f = arg;
     int64_t ts = 0, recv_ts = 0;
     metric_inc(f->m.received);
-    int r = hub_publish(f->hub, data, len, &ts, &recv_ts);
+    int r = hub_publish(f->hub, data, len, route, &ts, &recv_ts);
     switch (r) {
     case HUB_ACCEPTED: {
         /* Once per message, not per client. */
@@ -28,6 +51,10 @@ static void on_source_message(void *arg, const char *data, size_t len)
     }
     case HUB_FENCED: metric_inc(f->m.drop_fenced); break;
     case HUB_DUPLICATE: metric_inc(f->m.drop_duplicate); break;
+    case HUB_MISMATCH:
+        metric_inc(f->m.drop_mismatch);
+        log_mismatch(f, data, len, route);
+        break;
     default:
         metric_inc(f->m.drop_invalid);
         log_debug("invalid message dropped", "len=%zu", len);

@@ -63,12 +63,15 @@ void fanout_metrics_init(fanout_metrics_t *m)
     m->bytes_sent = metric_counter("exchange_fanout_bytes_sent_total", "Bytes written to clients");
     m->received =
         metric_counter("exchange_fanout_messages_received_total", "Messages received from the data source");
-    m->dropped = metric_counter("exchange_fanout_dropped_total",
-                                "Messages dropped, by reason (fenced, duplicate, conflated, invalid)");
+    m->dropped =
+        metric_counter("exchange_fanout_dropped_total",
+                       "Messages dropped, by reason (fenced, duplicate, conflated, invalid, key_mismatch: "
+                       "the Kafka key or epoch header differs from the message)");
     m->drop_fenced = metric_labels(m->dropped, "reason=\"fenced\"");
     m->drop_duplicate = metric_labels(m->dropped, "reason=\"duplicate\"");
     m->drop_conflated = metric_labels(m->dropped, "reason=\"conflated\"");
     m->drop_invalid = metric_labels(m->dropped, "reason=\"invalid\"");
+    m->drop_mismatch = metric_labels(m->dropped, "reason=\"key_mismatch\"");
     m->slow_closes = metric_counter("exchange_fanout_slow_client_closes_total",
                                     "Clients closed (1013) for exceeding client_queue_bytes");
     m->queue_bytes = metric_gauge("exchange_fanout_queue_bytes", "Bytes queued for clients");
@@ -213,7 +216,7 @@ static int on_request(wss_conn_t *conn, const http_req_t *req, buf_t *extra, buf
 {
     client_t *c = wss_conn_data(conn);
     fanout_t *f = c->f;
-    char path[512], accept[29];
+    char path[512];
     int st;
     if (http_req_path(req, path, sizeof path) < 0 || strcmp(path, f->cfg->fanout.path) != 0) {
         if ((st = demo_page_answer(req, path, f->cfg->fanout.path, extra, body)) != 0)
@@ -221,7 +224,7 @@ static int on_request(wss_conn_t *conn, const http_req_t *req, buf_t *extra, buf
         buf_printf(body, "not found; the WebSocket endpoint is %s", f->cfg->fanout.path);
         return 404;
     }
-    if ((st = wss_check_upgrade(req, accept)) != 0) {
+    if ((st = wss_check_upgrade(req, NULL)) != 0) { /* the accept key: made once, by wsserver */
         if (st == 426) {
             buf_puts(extra, "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n");
             buf_puts(body, "WebSocket upgrade required");
@@ -295,7 +298,7 @@ static int on_request(wss_conn_t *conn, const http_req_t *req, buf_t *extra, buf
     c->n_url = n;
     c->upgraded = 1;
     /* Which worker took the connection: for operators and tests. */
-    buf_printf(extra, "X-Exchange-Worker: %d\r\n", (int)getpid());
+    buf_printf(extra, "X-Exchange-Worker: %d\r\n", f->pid);
     f->nclients++;
     return 0;
 }
@@ -648,6 +651,7 @@ int server_start(fanout_t *f)
 {
     const cfg_t *cfg = f->cfg;
     int r;
+    f->pid = (int)getpid();
     wss_limits_t lim = {
         .max_header_bytes = (size_t)cfg->fanout.max_header_bytes,
         .max_message_bytes = (size_t)cfg->fanout.max_message_bytes,

@@ -9,10 +9,13 @@
 #include <stdint.h>
 #include <uv.h>
 #include "config.h"
+#include "hub.h"
 
 typedef struct {
-    /* One message; called on the loop thread. data is valid during the call. */
-    void (*on_message)(void *arg, const char *data, size_t len);
+    /* One message; called on the loop thread. data and route are valid
+     * during the call; route is NULL when the transport tells nothing beside
+     * the bytes (the relay), else Kafka's record key and epoch header. */
+    void (*on_message)(void *arg, const char *data, size_t len, const hub_route_t *route);
     /* Optional: messages on channel (len bytes, not terminated) may have been
      * lost before the next one this source delivers on it. */
     void (*on_gap)(void *arg, const char *channel, size_t len);
@@ -35,8 +38,12 @@ struct source_s {
     const source_vtbl_t *vt;
 };
 
-/* Kafka: every partition of [kafka] topic, no consumer group. */
+/* Kafka: every partition of [kafka] topic, no consumer group. Each record
+ * goes to the sink with its key and `epoch` header (hub_route_t). */
 int source_kafka_new(uv_loop_t *loop, const cfg_t *cfg, const source_sink_t *sink, source_t **out);
+/* An `epoch` header's value (n bytes, as the producer writes it: decimal
+ * digits, PRId64) into *epoch: 0, or -EINVAL for anything else. */
+int source_kafka_epoch_header(const void *v, size_t n, int64_t *epoch);
 
 /* Relay (source_relay.c): the leader's relay at addr ("host:port"), with the
  * [relay] token. On every (re)connect it sends the request resume(arg)

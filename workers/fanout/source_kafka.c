@@ -150,6 +150,39 @@ static void on_kafka_log(const rd_kafka_t *rk, int level, const char *fac, const
 
 /* ---- consuming --------------------------------------------------------- */
 
+int source_kafka_epoch_header(const void *v, size_t n, int64_t *epoch)
+{
+    char num[24];
+    if (v == NULL || n == 0 || n >= sizeof num)
+        return -EINVAL;
+    memcpy(num, v, n);
+    num[n] = '\0';
+    if (num[0] < '0' || num[0] > '9')
+        return -EINVAL;
+    char *end;
+    errno = 0;
+    long long e = strtoll(num, &end, 10);
+    if (errno != 0 || *end != '\0')
+        return -EINVAL;
+    *epoch = e;
+    return 0;
+}
+
+/* The record's key (the producer's channel) and its `epoch` header, for the
+ * hub to check against the message's own prefix. */
+static void record_route(const rd_kafka_message_t *m, hub_route_t *r)
+{
+    rd_kafka_headers_t *hdrs = NULL;
+    const void *v = NULL;
+    size_t n = 0;
+    *r = (hub_route_t){.key = m->key, .key_len = m->key_len};
+    if (rd_kafka_message_headers(m, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+        rd_kafka_header_get_last(hdrs, "epoch", &v, &n) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return;
+    r->has_epoch = 1;
+    r->epoch_ok = source_kafka_epoch_header(v, n, &r->epoch) == 0;
+}
+
 static int drain_queue(ksrc_t *k)
 {
     rd_kafka_message_t *msgs[BATCH];
@@ -168,7 +201,9 @@ static int drain_queue(ksrc_t *k)
                 k->last_msg = k->last_ok = now_ms(k);
                 k->have_msg = k->have_ok = 1;
                 metric_inc(k->m_msgs);
-                k->sink.on_message(k->sink.arg, m->payload ? (const char *)m->payload : "", m->len);
+                hub_route_t route;
+                record_route(m, &route);
+                k->sink.on_message(k->sink.arg, m->payload ? (const char *)m->payload : "", m->len, &route);
             }
             rd_kafka_message_destroy(m);
         }
@@ -420,7 +455,9 @@ int source_kafka_new(uv_loop_t *loop, const cfg_t *cfg, const source_sink_t *sin
         goto fail;
     snprintf(num, sizeof num, "%d", cfg->kafka.fetch_wait_max_ms);
     /* Low latency over throughput: the broker answers a fetch as soon as one
-     * byte is there (fetch.min.bytes=1) or after fetch_wait_max_ms; errors and
+     * byte is there (fetch.min.bytes=1) or after fetch_wait_max_ms without
+     * data (measured idle: 10 ms made each worker fetch 100 times a second,
+     * 0.15 CPU-s/s of broker against 0.05 at 500, for no latency); errors and
      * reconnects back off briefly; Nagle off. No group: offsets are never
      * committed (each worker reads the whole topic from its tail). Logs and
      * errors go to the main queue, served on the loop thread. read_committed:

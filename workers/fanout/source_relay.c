@@ -86,7 +86,7 @@ static void on_message(wsc_t *w, int binary, const char *data, size_t len, void 
     s->have_msg = 1;
     s->messages++;
     metric_inc(s->m_msgs);
-    s->sink.on_message(s->sink.arg, data, len);
+    s->sink.on_message(s->sink.arg, data, len, NULL); /* the prefix alone routes it */
 }
 
 static void on_close(wsc_t *w, const char *cause, void *arg)

@@ -188,17 +188,17 @@ static json_t *build_resume(void *arg)
 
 /* ---- sinks (loop thread) ----------------------------------------------------- */
 
-static void from_kafka(void *arg, const char *data, size_t len)
+static void from_kafka(void *arg, const char *data, size_t len, const hub_route_t *route)
 {
     sw_t *s = arg;
     if (s->closing)
         return;
     if (track(s, data, len, NULL) == 1)
         s->kafka_head_at = now_ms(s);
-    s->up.on_message(s->up.arg, data, len);
+    s->up.on_message(s->up.arg, data, len, route);
 }
 
-static void from_relay(void *arg, const char *data, size_t len)
+static void from_relay(void *arg, const char *data, size_t len, const hub_route_t *route)
 {
     sw_t *s = arg;
     if (s->closing)
@@ -215,7 +215,7 @@ static void from_relay(void *arg, const char *data, size_t len)
         if (switch_scan_meta(data, len, &ch, &n, &seq, &epoch) == 0)
             s->up.on_gap(s->up.arg, ch, n);
     }
-    s->up.on_message(s->up.arg, data, len);
+    s->up.on_message(s->up.arg, data, len, route);
 }
 
 /* ---- switching ------------------------------------------------------------------- */
