@@ -3,6 +3,7 @@
  * client per WebSocket connection tied to a hub client, the slow-client rule
  * and the drain (reconnect hint, then close 1001, spread over drain_ms). */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -748,11 +749,16 @@ void server_drain(fanout_t *f, int drain_ms)
     int ticks = spread / DRAIN_TICK_MS;
     if (ticks < 1)
         ticks = 1;
+    /* Fewer clients than ticks: one per tick, the ticks themselves spread
+     * (three clients over 24 s go at 0, 8 and 16 s, not within 30 ms). */
+    if (ticks > f->nclients)
+        ticks = f->nclients;
+    uint64_t tick_ms = (uint64_t)(spread / ticks > DRAIN_TICK_MS ? spread / ticks : DRAIN_TICK_MS);
     f->drain_total = f->nclients;
     f->drain_per_tick = (f->drain_total + ticks - 1) / ticks;
-    log_info("draining clients", "clients=%d drain_ms=%d per_tick=%d", f->nclients, drain_ms,
-             f->drain_per_tick);
-    uv_timer_start(&f->drain_timer, on_drain_tick, 0, DRAIN_TICK_MS);
+    log_info("draining clients", "clients=%d drain_ms=%d per_tick=%d tick_ms=%" PRIu64, f->nclients, drain_ms,
+             f->drain_per_tick, tick_ms);
+    uv_timer_start(&f->drain_timer, on_drain_tick, 0, tick_ms);
     uv_timer_start(&f->deadline_timer, on_deadline, (uint64_t)(drain_ms < 1000 ? 1000 : drain_ms), 0);
 }
 
