@@ -760,7 +760,8 @@ def run_compression(sysobj):
                 lg, ready = start_loadgen(sysobj, COMP_N, channels, "%s-comp-%s-%d-lg" % (sysobj.name, kind, deflate),
                                           kind=kind, deflate=deflate)
                 try:
-                    wait_flowing(lg, pub, EQ_RATE)
+                    # the publisher already flows for the second set of clients
+                    wait_flowing(lg, pub, EQ_RATE, limit=10 if deflate else 30)
                     runs = eq_runs(lg, pub, sysobj)
                     msgs = sum(r["msgs"] for r in runs) or 1
                     row = {"clients": ready["subscribed"], "deflate_clients": ready.get("deflate", 0),
@@ -1105,13 +1106,19 @@ def comp_ratios(m, kind):
     return d["wire_b"] / p["wire_b"], d["cpu_us"] / p["cpu_us"]
 
 
+def section(L, title, data, body):
+    """A titled part of the table: body(data) when the scenario ran."""
+    L.extend(["", title])
+    if isinstance(data, dict):
+        body(data)
+    else:
+        L.append("  %s" % (data or "n/a (not selected)"))
+
+
 def extra_lines(sc):
     L = []
-    co = sc.get("coalesce")
-    L.append("")
-    L.append("(9) write coalescing ([fanout] write_delay_ms), %d clients, small trades, median of %d: at %dk/s delivered"
-             " and at saturation" % (COAL_N, REPS, EQ_RATE * PER_CH // 1000))
-    if isinstance(co, dict):
+
+    def coalesce(co):
         L.append("%-26s %12s %12s %8s %8s | %12s %12s %9s %6s" % (
             "system", "delivered/s", "msgs/cpu-s", "p99 ms", "vs nchan", "sat deliv/s", "msgs/cpu-s", "p99 ms", "lost"))
         for r in co["rows"]:
@@ -1122,19 +1129,10 @@ def extra_lines(sc):
                 e["p99_us"] / 1000, "%.2fx" % rat if rat else "n/a", fmt(t["msgs_per_s"]), fmt(t["msgs_per_cpu_s"]),
                 t["p99_us"] / 1000, e["lost"] + t["lost"], "" if t["saturated"] else "  (ramp top)"))
         n = co.get("nchan")
-        if isinstance(n, dict):
-            L.append("%-26s %12s %12s %8.2f" % ("nginx+nchan", fmt(n["msgs_per_s"]), fmt(n["msgs_per_cpu_s"]),
-                                              n["p99_us"] / 1000))
-        else:
-            L.append("%-26s %s" % ("nginx+nchan", n))
-    else:
-        L.append("  %s" % (co or "n/a (not selected)"))
-    cm = sc.get("compression")
-    L.append("")
-    L.append("(10) permessage-deflate, %d clients at %dk/s delivered, unpadded books (15 levels) and small trades,"
-             " median of %d; wire B = bytes read from the sockets per delivered message" % (
-                 COMP_N, EQ_RATE * PER_CH // 1000, REPS))
-    if isinstance(cm, dict):
+        L.append("%-26s %12s %12s %8.2f" % ("nginx+nchan", fmt(n["msgs_per_s"]), fmt(n["msgs_per_cpu_s"]),
+                                          n["p99_us"] / 1000) if isinstance(n, dict) else "%-26s %s" % ("nginx+nchan", n))
+
+    def compression(cm):
         L.append("%-17s %-18s %9s %8s %8s %10s %8s %6s %7s" % (
             "system", "load", "deflated", "JSON B", "wire B", "cpu us/msg", "p99 ms", "lost", "wire %"))
         for name, m in cm.items():
@@ -1151,14 +1149,8 @@ def extra_lines(sc):
                 if w:
                     L.append("  %s %-9s: deflate wire %.0f%% of plain, CPU per message %.2fx plain" % (
                         name, kind, 100 * w, c))
-    else:
-        L.append("  %s" % (cm or "n/a (not selected)"))
-    st = sc.get("storm")
-    L.append("")
-    L.append("(11) reconnect storm: %d clients on %d trade channels at %dk/s delivered drop at once and resume with"
-             " since; served = recovered:true and every message published before it re-subscribed, in order" % (
-                 STORM_N, STORM_N // PER_CH, EQ_RATE * PER_CH // 1000))
-    if isinstance(st, dict):
+
+    def storm(st):
         L.append("%-17s %7s %7s %8s %7s %6s %6s %11s %9s %9s %9s" % (
             "system", "clients", "served", "not rec", "failed", "lost", "dup", "all served", "p50 s", "p99 s",
             "replies"))
@@ -1170,8 +1162,15 @@ def extra_lines(sc):
                 name, r["clients"], r["served"], r["not_recovered"], r["failed"], r["lost"], r["dup"],
                 "%.3f s" % r["all_served_s"] if r["all_served_s"] >= 0 else "no", r["p50_s"], r["p99_s"],
                 r["replies_s"]))
-    else:
-        L.append("  %s" % (st or "n/a (not selected)"))
+
+    section(L, "(9) write coalescing ([fanout] write_delay_ms), %d clients, small trades, median of %d: at %dk/s"
+            " delivered and at saturation" % (COAL_N, REPS, EQ_RATE * PER_CH // 1000), sc.get("coalesce"), coalesce)
+    section(L, "(10) permessage-deflate, %d clients at %dk/s delivered, unpadded books (15 levels) and small trades,"
+            " median of %d; wire B = bytes read from the sockets per delivered message" % (
+                COMP_N, EQ_RATE * PER_CH // 1000, REPS), sc.get("compression"), compression)
+    section(L, "(11) reconnect storm: %d clients on %d trade channels at %dk/s delivered drop at once and resume"
+            " with since; served = recovered:true and every message published before it re-subscribed, in order"
+            % (STORM_N, STORM_N // PER_CH, EQ_RATE * PER_CH // 1000), sc.get("storm"), storm)
     return L
 
 
