@@ -1,6 +1,7 @@
 """`make bench`: runs the benchmark scenarios (test/bench/run.sh BUILD_DIR
-calls this) against exchange-service, nginx + nchan and the Node `ws` peer,
-and prints one table. BENCH_QUICK=1: fewer clients, shorter steps (< 3 min).
+calls this) against exchange-service, Centrifugo, nginx + nchan and the Node
+`ws` peer, and prints one table with the goals of issue 18 and the elapsed
+time. BENCH_QUICK=1: fewer clients, shorter steps.
 BENCH_ONLY=1,3 runs only the named scenarios. Raw figures go to
 BUILD/bench/results.json, logs to BUILD/bench/logs/.
 
@@ -39,7 +40,7 @@ CPUS = os.cpu_count() or 2
 PER_CH = 100
 FANOUT_N = [1000] if QUICK else [1000, 10000]
 SIZES = [0, 1024]  # 0: the natural trade message (no padding, ~240 B)
-STEP_WARM, STEP_S = (0.5, 1.5) if QUICK else (1.0, 3.0)
+STEP_WARM, STEP_S = (0.5, 1.5) if QUICK else (1.0, 2.0)
 REPS = 1 if QUICK else 3
 # Latency: a load below every system's saturation here, and the goal's load
 # (10k clients, 1k msg/s published = 100k msgs/s delivered).
@@ -53,7 +54,7 @@ SYS_N = 1000
 # default [kafka] fetch_wait_max_ms stands unless BENCH_FETCH_WAIT_MS says.
 FETCH_WAIT_MS = int(os.environ.get("BENCH_FETCH_WAIT_MS", "0"))
 CENTRIFUGO = os.environ.get("CENTRIFUGO") or os.path.join(REPO, ".deps", "centrifugo", "centrifugo")
-FAIL_REPS = 2 if QUICK else 10
+FAIL_REPS = 2 if QUICK else 5
 # Scenario 7, market data on 100 channels at 10 messages/s per channel:
 # orderbook-heavy (15-level books, 1.6 KB) and mixed (channels.h: half the
 # messages trades, 30% books, 20% tickers).
@@ -214,7 +215,12 @@ def start_broker(d):
     topic (its CPU is reported as "feed cpu", not counted as the server's)."""
     kd = os.path.join(d, "kafka")
     shutil.rmtree(kd, ignore_errors=True)  # the harness keeps a node's data across starts
-    return start_kafka(kd, nodes=1, topics=["exchange:6"])
+    broker = start_kafka(kd, nodes=1, topics=["exchange:6"])
+    BROKER_STARTED[0] = time.monotonic()
+    return broker
+
+
+BROKER_STARTED = [0.0]
 
 
 def kafka_available():
@@ -443,11 +449,15 @@ def kafka_path_latency(bootstrap, secs):
     return {"msgs": len(lat), "p50": pick(0.5), "p99": pick(0.99), "p999": pick(0.999), "max": lat[-1]}
 
 
-def wait_flowing(lg, pub, rate, limit=30):
+def wait_flowing(lg, pub, rate, limit=None):
     """A new publisher (or a consumer still joining its group, or a broker
     JVM still compiling its hot paths: measured, the first ~10 s after a
     KRaft broker starts show p99 of seconds): publish at rate until clients
-    receive it with a p99 under 100 ms in two windows in a row, or limit."""
+    receive it with a p99 under 100 ms in two windows in a row, or limit
+    (30 s within a minute of a broker start, else 12 s: on a loaded machine
+    the p99 may never get there)."""
+    if limit is None:
+        limit = 30 if time.monotonic() - BROKER_STARTED[0] < 60 else 12
     pub.send("rate %d" % rate)
     deadline, good = time.monotonic() + limit, 0
     try:
@@ -760,8 +770,7 @@ def run_compression(sysobj):
                 lg, ready = start_loadgen(sysobj, COMP_N, channels, "%s-comp-%s-%d-lg" % (sysobj.name, kind, deflate),
                                           kind=kind, deflate=deflate)
                 try:
-                    # the publisher already flows for the second set of clients
-                    wait_flowing(lg, pub, EQ_RATE, limit=10 if deflate else 30)
+                    wait_flowing(lg, pub, EQ_RATE)
                     runs = eq_runs(lg, pub, sysobj)
                     msgs = sum(r["msgs"] for r in runs) or 1
                     row = {"clients": ready["subscribed"], "deflate_clients": ready.get("deflate", 0),
