@@ -42,7 +42,7 @@ typedef struct {
 
 static struct {
     const char *kafka, *topic, *http, *tcp;
-    int channels, size, conns, epoch, kind;
+    int channels, size, conns, epoch, kind, no_pad;
 } opt = {.topic = "exchange", .channels = 10, .size = 128, .conns = 4, .epoch = 1};
 
 static uv_loop_t *loop;
@@ -124,9 +124,11 @@ static int build(char *out, size_t cap, int ch, char *chname, size_t chcap)
     else
         n += ticker_fields(out + n, cap - (size_t)n, seq);
     n += snprintf(out + n, cap - (size_t)n, ",\"bench_us\":%" PRIu64 ",\"pad\":\"", us);
-    /* Books: at least BOOK_SIZE (15 levels a side in our format are ~1.2 KB;
-     * the scenario asks for 1.5-2 KB books). Mixed: natural sizes. */
-    int size = kind == K_BOOK        ? (opt.size > BOOK_SIZE ? opt.size : BOOK_SIZE)
+    /* --no-pad: every kind at its natural size (the compression rows: an
+     * 'x' run would compress to nothing). Books: at least BOOK_SIZE (15 levels a side in our format are ~1.2
+     * KB; the scenario asks for 1.5-2 KB books). Mixed: natural sizes. */
+    int size = opt.no_pad            ? 64
+               : kind == K_BOOK      ? (opt.size > BOOK_SIZE ? opt.size : BOOK_SIZE)
                : opt.kind == K_MIXED ? 64
                                      : opt.size;
     int want = size - 2 > n ? size - 2 : n;
@@ -413,10 +415,19 @@ static void on_cmd(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 
 int main(int argc, char **argv)
 {
-    static const struct option lo[] = {{"kafka", 1, 0, 'k'},    {"topic", 1, 0, 'T'},    {"http", 1, 0, 'h'},
-                                       {"tcp", 1, 0, 't'},      {"channels", 1, 0, 'c'}, {"size", 1, 0, 's'},
-                                       {"conns", 1, 0, 'C'},    {"rate", 1, 0, 'r'},     {"epoch", 1, 0, 'e'},
-                                       {"seq-base", 1, 0, 'b'}, {"kind", 1, 0, 'K'},     {0, 0, 0, 0}};
+    static const struct option lo[] = {{"kafka", 1, 0, 'k'},
+                                       {"topic", 1, 0, 'T'},
+                                       {"http", 1, 0, 'h'},
+                                       {"tcp", 1, 0, 't'},
+                                       {"channels", 1, 0, 'c'},
+                                       {"size", 1, 0, 's'},
+                                       {"conns", 1, 0, 'C'},
+                                       {"rate", 1, 0, 'r'},
+                                       {"epoch", 1, 0, 'e'},
+                                       {"seq-base", 1, 0, 'b'},
+                                       {"kind", 1, 0, 'K'},
+                                       {"no-pad", 0, 0, 'N'},
+                                       {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (o) {
@@ -430,6 +441,7 @@ int main(int argc, char **argv)
         case 'r': rate = atof(optarg); break;
         case 'e': opt.epoch = atoi(optarg); break;
         case 'b': seq_base = strtoll(optarg, NULL, 10); break;
+        case 'N': opt.no_pad = 1; break;
         case 'K':
             if ((opt.kind = kind_parse(optarg)) < 0)
                 goto usage;
@@ -465,7 +477,7 @@ int main(int argc, char **argv)
 usage:
     fprintf(stderr,
             "usage: publish (--kafka BOOTSTRAP [--topic T] | --http http://H:P/pub/{ch} | --tcp H:P)\n"
-            "  [--channels C] [--size BYTES] [--conns N] [--rate R]"
+            "  [--channels C] [--size BYTES] [--no-pad] [--conns N] [--rate R]"
             " [--epoch E] [--seq-base S]\n"
             "  [--kind trade|orderbook|ticker|mixed]\n");
     return 64;

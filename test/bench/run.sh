@@ -1,10 +1,11 @@
 #!/bin/bash
 # `make bench`: test/bench/run.sh BUILD_DIR. Raises the open-files limit as
 # far as allowed, checks the Node peer's dependency, then runs the scenarios
-# (test/bench/bench.py) and prints one table. BENCH_QUICK=1: a short run
-# (< 3 min); BENCH_ONLY=1,2 picks scenarios (1 fanout, 2 latency, 3 idle,
-# 4 syscalls, 5 failover, 6 Kafka->relay switch, 7 market data: orderbook-heavy
-# and mixed, 8 the physical limit of one loopback write per message).
+# (test/bench/bench.py) and prints one table. BENCH_QUICK=1: a short run;
+# BENCH_ONLY=1,2 picks scenarios (1 fanout, 2 latency, 3 idle, 4 syscalls,
+# 5 failover, 6 Kafka->relay switch, 7 market data: orderbook-heavy and
+# mixed, 8 the physical limit of one loopback write per message, 9 write
+# coalescing, 10 permessage-deflate, 11 reconnect storm).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 build=$(cd "${1:-build}" && pwd)
