@@ -173,8 +173,8 @@ class LineProc:
 
 
 def start_loadgen(system, n, channels, name, src_first=1, src_ips=4, timeout=180, kind="trade", deflate=False,
-                  observers=0):
-    lg = LineProc([os.path.join(BENCH, "loadgen"), "--url", system.ws_url, "--clients", n, "--channels",
+                  observers=0, url=None):
+    lg = LineProc([os.path.join(BENCH, "loadgen"), "--url", url or system.ws_url, "--clients", n, "--channels",
                    channels, "--src-first", src_first, "--src-ips", src_ips, "--concurrency", 256,
                    "--connect-timeout", timeout - 10, "--proto", system.proto, "--kind", kind,
                    "--observers", observers] + (["--deflate"] if deflate else [])
@@ -297,7 +297,14 @@ class Ours(KafkaFed):
                        admin))
         self.proc = util.Proc([os.path.join(BUILD, "exchange-service"), "--conf-dir", os.path.join(REPO, "conf"),
                                "--profile", "local", "--config", ini], d, name="exchange-service", cwd=REPO)
-        return self.started("/ws/exchange")
+        # Subscribed in the upgrade request (`?channels=`, client protocol),
+        # one round trip as nchan's /sub/{ch}; the storm resumes with a
+        # subscribe message carrying `since` (resume_url).
+        return self.started("/ws/exchange?channels={ch}")
+
+    @property
+    def resume_url(self):
+        return self.ws_url.split("?", 1)[0]
 
 
 class Centrifugo(KafkaFed):
@@ -795,7 +802,7 @@ def run_storm(sysobj):
     but the observers drop at once and resume from their last message."""
     channels = STORM_N // PER_CH
     lg, ready = start_loadgen(sysobj, STORM_N + channels, channels, "%s-storm-lg" % sysobj.name, src_ips=8,
-                              observers=channels, timeout=240)
+                              observers=channels, timeout=240, url=getattr(sysobj, "resume_url", None))
     pub = start_publisher(sysobj, channels, 0, "%s-storm-pub" % sysobj.name)
     try:
         if ready["failed"]:
