@@ -83,8 +83,19 @@ def msg(channel, seq, epoch=1, **fields):
 
 # ---- client helpers -------------------------------------------------------------------
 
+_opened = []   # every client connect() made in the running run()
+
+
 def run(coro, timeout=60):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
+    """Run a test's coroutine; the clients it connected are closed after it."""
+    async def main():
+        try:
+            return await asyncio.wait_for(coro, timeout)
+        finally:
+            while _opened:
+                await _opened.pop().close()
+
+    return asyncio.run(main())
 
 
 async def connect(port, query="", **kw):
@@ -92,7 +103,9 @@ async def connect(port, query="", **kw):
     deadline = time.monotonic() + 10
     while True:
         try:
-            return await websockets.connect(url, open_timeout=5, **kw)
+            ws = await websockets.connect(url, open_timeout=5, **kw)
+            _opened.append(ws)
+            return ws
         except (OSError, asyncio.TimeoutError):
             if time.monotonic() > deadline:
                 raise
@@ -201,6 +214,16 @@ class RawWS:
     def close(self):
         self.s.close()
 
+    def close_code_after(self, *frames):
+        """Send frames, each (opcode, payload[, fin]); the status code of the
+        server's close frame, the socket closed after it."""
+        try:
+            for f in frames:
+                self.send_frame(*f)
+            return self.close_code()
+        finally:
+            self.close()
+
 
 def http_status(port, raw):
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
@@ -257,8 +280,6 @@ def test_subscribe_wildcard_url_unsubscribe_list(fanout_factory, feed):
         feed(msg("orderbook.bithumb.XRP-KRW", 1))
         got = await data_until(wild, lambda m: True)
         assert got[0]["channel"] == "orderbook.bithumb.XRP-KRW"
-        await url.close()
-        await wild.close()
 
     run(go())
 
@@ -279,8 +300,6 @@ def test_snapshot_first_then_live(fanout_factory, feed):
         feed(msg("orderbook.upbit.BTC-KRW", 6))
         nxt = await recv(late)
         assert nxt["seq"] == 6
-        await witness.close()
-        await late.close()
 
     run(go())
 
@@ -308,8 +327,6 @@ def test_since_recovery(fanout_factory, feed):
         assert await nothing_for(gap, 0.3) is None
         feed(msg(ch, 11))
         assert (await recv(ok))["seq"] == 11
-        for w in (witness, ok, gap):
-            await w.close()
 
     run(go())
 
@@ -354,8 +371,6 @@ def test_resume_across_an_epoch_change(fanout_factory, feed):
         for w in (witness, ws, old, gap):
             assert seqs(await data_until(w, lambda m: m["channel"] == ch))[-1] == (ch, 2, 3)
         assert await nothing_for(ws, 0.3) is None  # nothing twice
-        for w in (witness, ws, old, gap):
-            await w.close()
 
     run(go())
 
@@ -394,8 +409,6 @@ def test_resume_on_a_lagging_instance_never_goes_back(fanout_factory, feed, kafk
                                and (seen.add(m["channel"]) or len(seen) == 2))
         assert sorted(seqs(got)) == [(tk, 2, 2), (ch, 2, 4)]
         assert await nothing_for(ws, 0.3) is None
-        for w in (wa, wb, ws):
-            await w.close()
 
     run(go())
 
@@ -421,8 +434,6 @@ def test_resume_pattern_listed_before_exact(fanout_factory, feed):
         feed(msg(a, 6))
         assert seqs(await data_until(ws, lambda m: True)) == [(a, 1, 6)]  # once, though covered twice
         assert await nothing_for(ws, 0.3) is None
-        await witness.close()
-        await ws.close()
 
     run(go())
 
@@ -443,7 +454,6 @@ def test_epoch_order_is_per_channel(fanout_factory, feed):
         assert seqs(got) == [(old, 1, 1), (old, 1, 2), (old, 1, 3), (old, 2, 1)]
         feed(msg(new, 2, epoch=2))  # 1:4 on SOL above was fenced, ETH carries on
         assert seqs(await data_until(ws, lambda m: m["channel"] == new)) == [(new, 2, 2)]
-        await ws.close()
 
     run(go())
 
@@ -492,8 +502,6 @@ def test_relay_taking_over_at_a_new_epoch_breaks_the_history(fanout_factory):
             r = await request(r2, {"op": "subscribe", "channels": [ch], "since": {ch: at(2, 1)}, "id": 2})
             assert r["recovered"] == {ch: True}
             assert seqs([await recv(r2)]) == [(ch, 2, 2)]
-            for w in (witness, ws, r2):
-                await w.close()
 
     run(go())
 
@@ -529,7 +537,6 @@ def test_bad_requests_get_errors_and_connection_survives(fanout_factory):
         assert r["code"] == "bad_request"
         pong = await request(ws, {"op": "ping", "id": 42})
         assert pong["type"] == "pong" and pong["id"] == 42 and isinstance(pong["ts"], int)
-        await ws.close()
 
     run(go())
 
@@ -560,19 +567,10 @@ def test_oversized_frame_1009_and_bad_utf8_1007(fanout_factory):
     f = fanout_factory(max_message_bytes=1024)
     big = RawWS(f.port)
     assert big.status == 101
-    big.send_frame(0x1, b"x" * 4000)
-    assert big.close_code() == 1009
-    big.close()
-    bad = RawWS(f.port)
-    bad.send_frame(0x1, b'{"op":"ping","x":"\xff\xfe"}')
-    assert bad.close_code() == 1007
-    bad.close()
+    assert big.close_code_after((0x1, b"x" * 4000)) == 1009
+    assert RawWS(f.port).close_code_after((0x1, b'{"op":"ping","x":"\xff\xfe"}')) == 1007
     # fragments count toward the message size too
-    frag = RawWS(f.port)
-    frag.send_frame(0x1, b"y" * 800, fin=False)
-    frag.send_frame(0x0, b"y" * 800, fin=True)
-    assert frag.close_code() == 1009
-    frag.close()
+    assert RawWS(f.port).close_code_after((0x1, b"y" * 800, False), (0x0, b"y" * 800, True)) == 1009
 
 
 def test_http_upgrade_checks(fanout_factory):
@@ -665,8 +663,6 @@ def test_slow_client_cut_or_conflated_fast_client_unaffected(fanout_factory, fee
         assert sum(len(v) for v in tk.values()) < 3 * n
         pong = await request(slow_tick, {"op": "ping", "id": 1})
         assert pong["type"] == "pong"
-        await fast.close()
-        await slow_tick.close()
 
     run(go(), timeout=120)
 
@@ -686,7 +682,6 @@ def test_fenced_and_duplicate_not_delivered(fanout_factory, feed):
              msg(ch, 2, epoch=3))
         got = await data_until(ws, lambda m: m["epoch"] == 3 and m["seq"] == 2)
         assert [(m["epoch"], m["seq"]) for m in got] == [(2, 1), (2, 2), (3, 1), (3, 2)]
-        await ws.close()
 
     run(go())
 
@@ -730,8 +725,6 @@ def test_two_workers_share_the_port(fanout_factory, feed):
         feed(msg(ch, 1))
         for ws in conns:
             assert (await recv(ws))["seq"] == 1
-        for ws in conns:
-            await ws.close()
 
     run(go())
 
@@ -755,6 +748,5 @@ def test_idle_ping_and_dead_peer_closed(fanout_factory):
         await asyncio.sleep(3.5)
         pong = await request(alive, {"op": "ping"})
         assert pong["type"] == "pong"
-        await alive.close()
 
     run(go())

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from harness import util
-from harness.service import leaders
+from harness.service import cluster_nodes, leaders
 from harness.kafka import Consumer
 from harness.wsclient import WsClient, seq_problems
 
@@ -44,22 +44,15 @@ def all_source(svcs, name):
 
 
 def cluster(service_factory, zk, sim, n=2, kafka=None, extra=None):
-    name = "relay%d" % int(time.monotonic() * 1000)
-    svcs = []
-    for i in range(n):
-        ov = {"service": {"cluster": name},
-              "zookeeper": {"connect": zk.connect, "session_timeout_ms": SESSION_MS},
-              "kafka": {"brokers": kafka.bootstrap if kafka else "",
-                        "topic": kafka.topic if kafka else "exchange",
-                        "fallback_after_ms": FALLBACK_MS, "recover_after_ms": RECOVER_MS},
-              "relay": {"token": TOKEN},
-              "exchange.upbit": {"markets": "KRW-BTC"},
-              "fanout": {"workers": 1}}
-        for sec, kv in (extra or {}).items():
-            ov.setdefault(sec, {}).update(kv)
-        svcs.append(service_factory(name="node%d" % i, sim_ports=sim.ports, overrides=ov))
-    for s in svcs:
-        s.wait_ready(timeout=30)
+    ov = {"kafka": {"brokers": kafka.bootstrap if kafka else "",
+                    "topic": kafka.topic if kafka else "exchange",
+                    "fallback_after_ms": FALLBACK_MS, "recover_after_ms": RECOVER_MS},
+          "relay": {"token": TOKEN},
+          "exchange.upbit": {"markets": "KRW-BTC"},
+          "fanout": {"workers": 1}}
+    for sec, kv in (extra or {}).items():
+        ov.setdefault(sec, {}).update(kv)
+    svcs = cluster_nodes(service_factory, zk, sim, n=n, session_ms=SESSION_MS, overrides=ov)
     util.wait_until(lambda: len(leaders(svcs)) == 1, timeout=20, what="one leader")
     return svcs
 
