@@ -294,7 +294,7 @@ def test_clients_deliver_every_trade_once(scenario, tmp_path, zk_server, kafka_b
     proxies = [Proxy(node0.port), Proxy(node1.port)]
     # The clients start on the node the scenario disturbs (the first URL).
     on = node1 if scenario in ("sigterm_drain", "leader_change") else node0
-    urls = [p.url for p in (proxies if on is node0 else proxies[::-1])]
+    urls = ["ws://%s/ws/exchange" % p.connect for p in (proxies if on is node0 else proxies[::-1])]
     clients = []
     try:
         clients = [PyClient(urls), JsClient(urls, tmp_path), JsClient(urls, tmp_path, browser=True)]

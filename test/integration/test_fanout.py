@@ -18,7 +18,7 @@ import websockets
 
 from harness import REPO
 from harness.kafka import producer
-from harness.util import free_port, port_open, wait_until
+from harness.util import free_port, port_open, raw_http_status, wait_until
 
 # ---- fixtures -----------------------------------------------------------------------
 
@@ -138,6 +138,22 @@ async def data_until(ws, pred, timeout=15):
                 return out
 
 
+async def data_through(ws, *last):
+    """Data messages until each of last, (channel, epoch, seq), has come."""
+    left = set(last)
+    return await data_until(ws, lambda m: left.discard((m["channel"], m["epoch"], m["seq"])) or not left)
+
+
+async def fed_witness(port, query, feed, msgs):
+    """A client of query, subscribed before msgs are fed, that has them all
+    (up to the last of each channel): the fanout holds them."""
+    ws = await connect(port, query)
+    await recv(ws)
+    feed(*msgs)
+    await data_through(ws, *{m["channel"]: (m["channel"], m["epoch"], m["seq"]) for m in msgs}.values())
+    return ws
+
+
 async def nothing_for(ws, seconds):
     try:
         m = await asyncio.wait_for(ws.recv(), seconds)
@@ -225,18 +241,6 @@ class RawWS:
             self.close()
 
 
-def http_status(port, raw):
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(raw)
-        data = b""
-        while b"\r\n" not in data:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    return int(data.split(b" ")[1]) if data else 0
-
-
 # ---- tests -----------------------------------------------------------------------------
 
 def test_subscribe_wildcard_url_unsubscribe_list(fanout_factory, feed):
@@ -309,11 +313,8 @@ def test_since_recovery(fanout_factory, feed):
     ch, tk = "trade.binance.BTC-USDT", "ticker.binance.BTC-USDT"
 
     async def go():
-        witness = await connect(f.port, "?channels=%s,%s" % (ch, tk))
-        await recv(witness)
-        feed(*[msg(ch, i) for i in range(1, 11)] + [msg(tk, i) for i in range(1, 11)])
-        seen = set()
-        await data_until(witness, lambda m: m["seq"] == 10 and (seen.add(m["channel"]) or len(seen) == 2))
+        await fed_witness(f.port, "?channels=%s,%s" % (ch, tk), feed,
+                          [msg(ch, i) for i in range(1, 11)] + [msg(tk, i) for i in range(1, 11)])
         ok = await connect(f.port)
         r = await request(ok, {"op": "subscribe", "channels": [ch], "since": {ch: 7}, "id": 1})
         assert r["recovered"] == {ch: True} and r["channels"] == [ch]
@@ -340,14 +341,10 @@ def test_resume_across_an_epoch_change(fanout_factory, feed):
     ch, tk = "trade.upbit.BTC-KRW", "ticker.upbit.BTC-KRW"
 
     async def go():
-        witness = await connect(f.port, "?channels=%s,%s" % (ch, tk))
-        await recv(witness)
         # the leader changes after 1:3; the new one restarts the channel at 1
-        feed(*[msg(ch, i, epoch=1) for i in (1, 2, 3)] + [msg(ch, i, epoch=2) for i in (1, 2)] +
-             [msg(tk, i) for i in range(1, 11)])
-        seen = set()
-        await data_until(witness, lambda m: (m["channel"], m["epoch"], m["seq"]) in ((ch, 2, 2), (tk, 1, 10))
-                         and (seen.add(m["channel"]) or len(seen) == 2))
+        witness = await fed_witness(f.port, "?channels=%s,%s" % (ch, tk), feed,
+                          [msg(ch, i, epoch=1) for i in (1, 2, 3)] + [msg(ch, i, epoch=2) for i in (1, 2)] +
+                          [msg(tk, i) for i in range(1, 11)])
         # a client that saw 1:2 elsewhere gets 1:3, 2:1, 2:2: everything it missed
         ws = await connect(f.port)
         r = await request(ws, {"op": "subscribe", "channels": [ch], "since": {ch: at(1, 2)}, "id": 1})
@@ -404,9 +401,7 @@ def test_resume_on_a_lagging_instance_never_goes_back(fanout_factory, feed, kafk
              [msg(ch, i, epoch=2) for i in (1, 2, 3, 4)] + [msg(tk, i, epoch=2) for i in (1, 2)],
              topic=tb)
         await data_until(wb, lambda m: (m["channel"], m["epoch"], m["seq"]) == (ch, 2, 4))
-        seen = set()
-        got = await data_until(ws, lambda m: (m["channel"], m["epoch"], m["seq"]) in ((ch, 2, 4), (tk, 2, 2))
-                               and (seen.add(m["channel"]) or len(seen) == 2))
+        got = await data_through(ws, (ch, 2, 4), (tk, 2, 2))
         assert sorted(seqs(got)) == [(tk, 2, 2), (ch, 2, 4)]
         assert await nothing_for(ws, 0.3) is None
 
@@ -418,17 +413,13 @@ def test_resume_pattern_listed_before_exact(fanout_factory, feed):
     a, b = "trade.upbit.XRP-KRW", "trade.bithumb.XRP-KRW"
 
     async def go():
-        witness = await connect(f.port, "?channels=trade.*.XRP-KRW")
-        await recv(witness)
-        feed(*[msg(a, i) for i in range(1, 6)] + [msg(b, i) for i in range(1, 6)])
-        seen = set()
-        await data_until(witness, lambda m: m["seq"] == 5 and (seen.add(m["channel"]) or len(seen) == 2))
+        await fed_witness(f.port, "?channels=trade.*.XRP-KRW", feed,
+                          [msg(a, i) for i in range(1, 6)] + [msg(b, i) for i in range(1, 6)])
         ws = await connect(f.port)
         r = await request(ws, {"op": "subscribe", "channels": ["trade.*.XRP-KRW", a],
                                "since": {a: at(1, 2), b: 4}, "id": 1})
         assert r["recovered"] == {a: True, b: True}
-        seen = set()
-        got = await data_until(ws, lambda m: m["seq"] == 5 and (seen.add(m["channel"]) or len(seen) == 2))
+        got = await data_through(ws, (a, 1, 5), (b, 1, 5))
         assert [s for s in seqs(got) if s[0] == a] == [(a, 1, 3), (a, 1, 4), (a, 1, 5)]
         assert [s for s in seqs(got) if s[0] == b] == [(b, 1, 5)]
         feed(msg(a, 6))
@@ -576,7 +567,7 @@ def test_oversized_frame_1009_and_bad_utf8_1007(fanout_factory):
 def test_http_upgrade_checks(fanout_factory):
     f = fanout_factory(allowed_origins="https://ok.example", max_clients=2, max_header_bytes=2048)
     assert RawWS(f.port, path="/other").status == 404
-    assert http_status(f.port, b"GET /ws/exchange HTTP/1.1\r\nHost: x\r\n\r\n") in (400, 426)
+    assert raw_http_status(f.port, b"GET /ws/exchange HTTP/1.1\r\nHost: x\r\n\r\n") in (400, 426)
     assert RawWS(f.port, key="short").status == 400
     assert RawWS(f.port, version="8").status == 400
     assert RawWS(f.port, headers={"Origin": "https://evil.example"}).status == 403

@@ -72,15 +72,7 @@ def raw_upgrade(port, path, headers=()):
     lines = ["GET %s HTTP/1.1" % path, "Host: 127.0.0.1:%d" % port, "Upgrade: websocket",
              "Connection: Upgrade", "Sec-WebSocket-Key: " + key, "Sec-WebSocket-Version: 13"]
     lines += list(headers)
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-        data = b""
-        while b"\r\n" not in data:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    return int(data.split(b" ", 2)[1])
+    return util.raw_http_status(port, ("\r\n".join(lines) + "\r\n\r\n").encode())
 
 
 # ---- tests -------------------------------------------------------------------------

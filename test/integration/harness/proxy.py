@@ -1,7 +1,7 @@
 """A TCP proxy on 127.0.0.1 in front of a service of the test, to break the
 network between the service under test and it without touching either side.
 
-    p = Proxy(target_port)     # p.port, p.connect ("127.0.0.1:PORT"), p.url
+    p = Proxy(target_port)     # p.port, p.connect ("127.0.0.1:PORT")
     frozen = p.cut()           # open connections go silent: no FIN, no RST
     Proxy.reset(frozen)        # ... and are reset later
     p.down(); p.up()           # every connection reset, new ones refused; then accepted again
@@ -28,10 +28,6 @@ class Proxy:
         self.refusing = False
         self.accepted = 0
         threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self):
-        return "ws://127.0.0.1:%d/ws/exchange" % self.port
 
     @property
     def connect(self):

@@ -131,6 +131,20 @@ def pids_in_session(sid):
     return [pid for pid, rest in _live_procs() if int(rest[3]) == sid]
 
 
+def raw_http_status(port, raw, timeout=10.0):
+    """Send raw bytes to 127.0.0.1:port; the status code of the HTTP
+    response's first line (0 when the connection closes without one)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(raw)
+        data = b""
+        while b"\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return int(data.split(b" ")[1]) if data else 0
+
+
 def http_get(url, timeout=5.0, headers=None):
     """GET url; returns (status, headers as a lower-cased dict, body bytes)."""
     u = urllib.parse.urlsplit(url)
