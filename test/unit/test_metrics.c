@@ -12,6 +12,13 @@
 
 #include "metrics.h"
 
+/* Renders r into out (initialized here; the caller frees it). */
+static void render(metrics_registry_t *r, buf_t *out)
+{
+    buf_init(out);
+    assert_int_equal(metrics_render(r, out), 0);
+}
+
 static void test_render_exact(void **state)
 {
     (void)state;
@@ -39,8 +46,7 @@ static void test_render_exact(void **state)
     assert_true(metric_value(h) == 4);
 
     buf_t out;
-    buf_init(&out);
-    assert_int_equal(metrics_render(r, &out), 0);
+    render(r, &out);
     const char *expect = "# HELP exchange_a_idle Never touched\\\\ with\\nnewline.\n"
                          "# TYPE exchange_a_idle gauge\n"
                          "exchange_a_idle 0\n"
@@ -78,8 +84,7 @@ static void test_labels_escaping_and_histogram_labels(void **state)
     metric_t *h = metrics_reg_family(r, METRIC_HISTOGRAM, "y_seconds", "Y.", bk, 1);
     metric_observe(metric_labels(h, "op=\"a\""), 0.5);
     buf_t out;
-    buf_init(&out);
-    assert_int_equal(metrics_render(r, &out), 0);
+    render(r, &out);
     assert_string_equal(out.data, "# HELP x_total X.\n"
                                   "# TYPE x_total counter\n"
                                   "x_total{reason=\"bad \\\"quote\\\" \\\\ and\\nnl\",code=\"7\"} 1\n"
@@ -155,19 +160,16 @@ static void test_snapshot_merge(void **state)
     assert_true(metric_value(metrics_find(sum, "exchange_latency_seconds", NULL)) == 3);
 
     buf_t out;
-    buf_init(&out);
-    assert_int_equal(metrics_render(sum, &out), 0);
-    assert_non_null(strstr(out.data, "exchange_clients 7\n"));
-    assert_non_null(strstr(out.data, "exchange_clients{worker=\"1\"} 3\n"));
-    assert_non_null(strstr(out.data, "exchange_clients{worker=\"2\"} 4\n"));
-    assert_non_null(strstr(out.data, "exchange_latency_seconds_bucket{le=\"0.0025\"} 0\n"));
-    assert_non_null(strstr(out.data, "exchange_latency_seconds_bucket{le=\"0.005\"} 3\n"));
-    assert_non_null(strstr(out.data, "exchange_latency_seconds_bucket{le=\"+Inf\"} 3\n"));
-    assert_non_null(strstr(out.data, "exchange_latency_seconds_bucket{worker=\"1\",le=\"10\"} 2\n"));
-    assert_non_null(strstr(out.data, "exchange_latency_seconds_count 3\n"));
-    assert_non_null(strstr(out.data, "exchange_latency_seconds_sum 0.00900"));
-    /* never-touched family is still visible */
-    assert_non_null(strstr(out.data, "# TYPE exchange_errors_total counter\nexchange_errors_total 0\n"));
+    render(sum, &out);
+    assert_contains_all(out.data, "exchange_clients 7\n", "exchange_clients{worker=\"1\"} 3\n",
+                        "exchange_clients{worker=\"2\"} 4\n",
+                        "exchange_latency_seconds_bucket{le=\"0.0025\"} 0\n",
+                        "exchange_latency_seconds_bucket{le=\"0.005\"} 3\n",
+                        "exchange_latency_seconds_bucket{le=\"+Inf\"} 3\n",
+                        "exchange_latency_seconds_bucket{worker=\"1\",le=\"10\"} 2\n",
+                        "exchange_latency_seconds_count 3\n", "exchange_latency_seconds_sum 0.00900",
+                        /* never-touched family is still visible */
+                        "# TYPE exchange_errors_total counter\nexchange_errors_total 0\n");
     buf_free(&out);
 
     /* malformed input and type conflicts are reported */
@@ -197,12 +199,10 @@ static void test_default_registry(void **state)
     metric_t *h = metric_histogram("exchange_test_seconds", "Test hist.", NULL, 0);
     metric_observe(h, 0.0005); /* le is inclusive */
     buf_t out;
-    buf_init(&out);
-    assert_int_equal(metrics_render(metrics_default(), &out), 0);
-    assert_non_null(strstr(out.data, "exchange_test_total 1\n"));
-    assert_non_null(strstr(out.data, "exchange_test_gauge -2.5\n"));
-    assert_non_null(strstr(out.data, "exchange_test_seconds_bucket{le=\"0.0005\"} 1\n"));
-    assert_non_null(strstr(out.data, "exchange_test_seconds_bucket{le=\"10\"} 1\n"));
+    render(metrics_default(), &out);
+    assert_contains_all(out.data, "exchange_test_total 1\n", "exchange_test_gauge -2.5\n",
+                        "exchange_test_seconds_bucket{le=\"0.0005\"} 1\n",
+                        "exchange_test_seconds_bucket{le=\"10\"} 1\n");
     buf_free(&out);
     /* NULL-safe updates */
     metric_inc(NULL);
@@ -228,8 +228,7 @@ static void test_promtool(void **state)
     assert_int_equal(metrics_merge(sum, s1, NULL), 0);
     assert_int_equal(metrics_merge(sum, s1, "worker=\"1\""), 0);
     buf_t out;
-    buf_init(&out);
-    assert_int_equal(metrics_render(sum, &out), 0);
+    render(sum, &out);
 
     char path[] = "/tmp/test_metrics_promtool_XXXXXX";
     int fd = mkstemp(path);

@@ -1,6 +1,6 @@
 /* Unit tests for common/wsclient_parse.c: ws:// and wss:// URLs and the
  * server's upgrade answer, whole and byte by byte. */
-#include "unit.h"
+#include "unit_url.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -21,45 +21,18 @@
 static void test_url_good(void **state)
 {
     (void)state;
-    wsc_url_t u;
-    assert_int_equal(wsc_url_parse("ws://example.com", &u), 0);
-    assert_int_equal(u.tls, 0);
-    assert_string_equal(u.host, "example.com");
-    assert_int_equal(u.port, 80);
-    assert_string_equal(u.path, "/");
-    assert_string_equal(u.hosthdr, "example.com");
-
-    assert_int_equal(wsc_url_parse("wss://api.upbit.com/websocket/v1", &u), 0);
-    assert_int_equal(u.tls, 1);
-    assert_int_equal(u.port, 443);
-    assert_string_equal(u.path, "/websocket/v1");
-    assert_string_equal(u.hosthdr, "api.upbit.com");
-
-    assert_int_equal(wsc_url_parse("wss://stream.binance.com:9443/stream?streams=a@trade/b", &u), 0);
-    assert_int_equal(u.port, 9443);
-    assert_string_equal(u.host, "stream.binance.com");
-    assert_string_equal(u.path, "/stream?streams=a@trade/b");
-    assert_string_equal(u.hosthdr, "stream.binance.com:9443");
-
-    assert_int_equal(wsc_url_parse("ws://10.0.0.7:8091?token=x", &u), 0);
-    assert_string_equal(u.host, "10.0.0.7");
-    assert_int_equal(u.port, 8091);
-    assert_string_equal(u.path, "/?token=x");
-
-    assert_int_equal(wsc_url_parse("WSS://Host.Example:443/", &u), 0);
-    assert_int_equal(u.tls, 1);
-    assert_string_equal(u.hosthdr, "Host.Example"); /* default port omitted */
-
-    assert_int_equal(wsc_url_parse("ws://[::1]:9000/relay", &u), 0);
-    assert_string_equal(u.host, "::1");
-    assert_int_equal(u.port, 9000);
-    assert_string_equal(u.hosthdr, "[::1]:9000");
-    assert_string_equal(u.path, "/relay");
-
-    assert_int_equal(wsc_url_parse("ws://localhost:1/", &u), 0);
-    assert_int_equal(u.port, 1);
-    assert_int_equal(wsc_url_parse("ws://localhost:65535/", &u), 0);
-    assert_int_equal(u.port, 65535);
+    static const unit_url_case_t good[] = {
+        {"ws://example.com", 0, "example.com", 80, "/", "example.com"},
+        {"wss://api.upbit.com/websocket/v1", 1, "api.upbit.com", 443, "/websocket/v1", "api.upbit.com"},
+        {"wss://stream.binance.com:9443/stream?streams=a@trade/b", 1, "stream.binance.com", 9443,
+         "/stream?streams=a@trade/b", "stream.binance.com:9443"},
+        {"ws://10.0.0.7:8091?token=x", 0, "10.0.0.7", 8091, "/?token=x", "10.0.0.7:8091"},
+        {"WSS://Host.Example:443/", 1, "Host.Example", 443, "/", "Host.Example"}, /* default port omitted */
+        {"ws://[::1]:9000/relay", 0, "::1", 9000, "/relay", "[::1]:9000"},
+        {"ws://localhost:1/", 0, "localhost", 1, "/", "localhost:1"},
+        {"ws://localhost:65535/", 0, "localhost", 65535, "/", "localhost:65535"},
+    };
+    assert_urls(wsc_url_parse, good);
 }
 
 static void test_url_bad(void **state)
