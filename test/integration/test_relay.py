@@ -255,7 +255,14 @@ def test_slow_relay_client_is_cut_off_alone(sim_factory, service_factory):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         c.wait_for(lambda c: len(c.data()) >= 10, timeout=15, what="trades")
+        # Little room in the kernel, so that the relay's queue bound is what
+        # fills: a small receive buffer, and a small MSS, since the sender's
+        # send buffer starts at 20 segments (on loopback's 64 KB MSS, 2.6 MB:
+        # seconds of data, and the server's 5 s idle ping + 10 s pong
+        # timeout closed the client first when the simulator was slowed).
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1000)
+        s.settimeout(10)
         s.connect(("127.0.0.1", svc.relay_port))
         key = base64.b64encode(os.urandom(16)).decode()
         s.sendall(("GET /relay HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -263,13 +270,19 @@ def test_slow_relay_client_is_cut_off_alone(sim_factory, service_factory):
                    % (key, TOKEN)).encode())
         head = b""
         while b"\r\n\r\n" not in head:
-            head += s.recv(1)
+            b = s.recv(1)
+            assert b, "relay closed during the upgrade: %r" % head
+            head += b
         assert head.startswith(b"HTTP/1.1 101"), head
         s.sendall(ws_text_frame('{"op":"resume","epoch":0,"since":{},"tail":1}'))
         t0 = time.time()
-        # ... and never read again.
+        # ... and never read again. It is this client that is cut (the
+        # instance's own fanout is a relay client too).
+        cut = 'msg="relay client too slow, disconnected" peer=127.0.0.1:%d ' % s.getsockname()[1]
+        util.wait_until(lambda: cut in svc.stderr(), timeout=30, what="slow relay client disconnected")
+        print("slow relay client cut after %.2f s" % (time.time() - t0))
         util.wait_until(lambda: (svc.metric("exchange_relay_disconnects_total", {"reason": "slow"}) or 0) >= 1,
-                        timeout=30, what="slow relay client disconnected")
+                        timeout=10, what="the cut counted")
         n = len(c.data())
         c.wait_for(lambda c: len(c.data()) >= n + 20, timeout=10, what="steady client still served")
         # (Loose bound: on a loaded machine the steady fanout may itself be cut
