@@ -226,15 +226,30 @@ static json_t *blob_msg(size_t n, char ch, const char *type, int seq)
     return m;
 }
 
+/* The channel tests run on their own loop (*state), closed (all handles
+ * gone) after each; a write to a gone peer must not kill the test. */
+static int loop_setup(void **state)
+{
+    static uv_loop_t loop;
+    signal(SIGPIPE, SIG_IGN);
+    assert_int_equal(uv_loop_init(&loop), 0);
+    *state = &loop;
+    return 0;
+}
+
+static int loop_teardown(void **state)
+{
+    assert_int_equal(uv_loop_close(*state), 0);
+    return 0;
+}
+
 static void test_channel_roundtrip(void **state)
 {
-    (void)state;
-    uv_loop_t loop;
-    uv_loop_init(&loop);
+    uv_loop_t *loop = *state;
     peer_t a = {0}, b = {0};
     int fd;
-    ipc_t *ia = open_peer(&loop, &a, &fd), *ib;
-    assert_int_equal(ipc_open(&loop, fd, on_msg, on_close, &b, &ib), 0);
+    ipc_t *ia = open_peer(loop, &a, &fd), *ib;
+    assert_int_equal(ipc_open(loop, fd, on_msg, on_close, &b, &ib), 0);
     b.self = ib;
 
     for (int i = 1; i <= 100; i++) {
@@ -246,7 +261,7 @@ static void test_channel_roundtrip(void **state)
     json_t *big = blob_msg(4u << 20, 'q', "big", 101);
     assert_int_equal(ipc_send(ia, big), 0);
     json_decref(big);
-    run_until(&loop, &b.msgs, 101);
+    run_until(loop, &b.msgs, 101);
     assert_int_equal(b.msgs, 101);
     assert_int_equal(b.last_n, 101);
     assert_int_equal(b.last_len, (4u << 20) - 1);
@@ -254,29 +269,26 @@ static void test_channel_roundtrip(void **state)
     json_t *m = json_pack("{s:s,s:i}", "t", "pong", "n", 7);
     assert_int_equal(ipc_send(ib, m), 0);
     json_decref(m);
-    run_until(&loop, &a.msgs, 1);
+    run_until(loop, &a.msgs, 1);
     assert_int_equal(a.last_n, 7);
     assert_int_equal(ipc_queued(ia), 0);
 
     /* b goes away: a sees EOF once, with err 0; b's on_close not called */
     ipc_close(ib);
-    run_until(&loop, &a.closes, 1);
+    run_until(loop, &a.closes, 1);
     assert_int_equal(a.closes, 1);
     assert_int_equal(a.close_err, 0);
     assert_int_equal(b.closes, 0);
-    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_run(loop, UV_RUN_DEFAULT);
     assert_int_equal(a.closes, 1);
-    assert_int_equal(uv_loop_close(&loop), 0);
 }
 
 static void test_channel_bad_frame_and_close_in_cb(void **state)
 {
-    (void)state;
-    uv_loop_t loop;
-    uv_loop_init(&loop);
+    uv_loop_t *loop = *state;
     peer_t a = {0};
     int fd;
-    open_peer(&loop, &a, &fd);
+    open_peer(loop, &a, &fd);
     /* one good frame, one empty (ignored), then garbage JSON */
     buf_t s;
     buf_init(&s);
@@ -285,32 +297,32 @@ static void test_channel_bad_frame_and_close_in_cb(void **state)
     ipc_encode(&s, "{nope", 5);
     ipc_encode(&s, "{\"n\":2}", 7);
     assert_int_equal(write(fd, s.data, s.len), (ssize_t)s.len);
-    run_until(&loop, &a.closes, 1);
+    run_until(loop, &a.closes, 1);
     assert_int_equal(a.msgs, 1);
     assert_int_equal(a.closes, 1);
     assert_int_equal(a.close_err, -EINVAL);
-    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_run(loop, UV_RUN_DEFAULT);
 
     /* oversized length header closes with -EMSGSIZE */
     peer_t c = {0};
     int fd2;
-    open_peer(&loop, &c, &fd2);
+    open_peer(loop, &c, &fd2);
     assert_int_equal(write(fd2, "\x7f\0\0\0", 4), 4);
-    run_until(&loop, &c.closes, 1);
+    run_until(loop, &c.closes, 1);
     assert_int_equal(c.close_err, -EMSGSIZE);
-    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_run(loop, UV_RUN_DEFAULT);
 
     /* ipc_close inside on_msg: later frames in the same read not delivered */
     peer_t d = {0};
     d.close_after = 2;
     int fd3;
-    open_peer(&loop, &d, &fd3);
+    open_peer(loop, &d, &fd3);
     buf_reset(&s);
     for (int i = 0; i < 5; i++)
         ipc_encode(&s, "{\"n\":3}", 7);
     assert_int_equal(write(fd3, s.data, s.len), (ssize_t)s.len);
-    run_until(&loop, &d.msgs, 2);
-    uv_run(&loop, UV_RUN_DEFAULT);
+    run_until(loop, &d.msgs, 2);
+    uv_run(loop, UV_RUN_DEFAULT);
     assert_int_equal(d.msgs, 2);
     assert_int_equal(d.closes, 0);
 
@@ -318,17 +330,14 @@ static void test_channel_bad_frame_and_close_in_cb(void **state)
     close(fd2);
     close(fd3);
     buf_free(&s);
-    assert_int_equal(uv_loop_close(&loop), 0);
 }
 
 static void test_channel_write_bound(void **state)
 {
-    (void)state;
-    uv_loop_t loop;
-    uv_loop_init(&loop);
+    uv_loop_t *loop = *state;
     peer_t a = {0};
     int fd;
-    ipc_t *ia = open_peer(&loop, &a, &fd);
+    ipc_t *ia = open_peer(loop, &a, &fd);
     json_t *m = blob_msg(1u << 20, 'z', NULL, 0);
     int ok = 0, r = 0;
     /* the peer never reads: the queue fills up to the 64 MiB bound */
@@ -344,21 +353,14 @@ static void test_channel_write_bound(void **state)
     json_decref(m);
     /* peer gone: a write error or EOF closes the channel once */
     close(fd);
-    run_until(&loop, &a.closes, 1);
+    run_until(loop, &a.closes, 1);
     assert_int_equal(a.closes, 1);
     assert_int_equal(ipc_send(NULL, NULL), -EPIPE);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    assert_int_equal(uv_loop_close(&loop), 0);
+    uv_run(loop, UV_RUN_DEFAULT);
 }
 
-int main(void)
-{
-    signal(SIGPIPE, SIG_IGN);
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_encode_header),        cmocka_unit_test(test_decode_whole_and_bytewise),
-        cmocka_unit_test(test_decode_random_splits), cmocka_unit_test(test_decode_errors),
-        cmocka_unit_test(test_channel_roundtrip),    cmocka_unit_test(test_channel_bad_frame_and_close_in_cb),
-        cmocka_unit_test(test_channel_write_bound),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+UNIT_MAIN(cmocka_unit_test(test_encode_header), cmocka_unit_test(test_decode_whole_and_bytewise),
+          cmocka_unit_test(test_decode_random_splits), cmocka_unit_test(test_decode_errors),
+          cmocka_unit_test_setup_teardown(test_channel_roundtrip, loop_setup, loop_teardown),
+          cmocka_unit_test_setup_teardown(test_channel_bad_frame_and_close_in_cb, loop_setup, loop_teardown),
+          cmocka_unit_test_setup_teardown(test_channel_write_bound, loop_setup, loop_teardown))

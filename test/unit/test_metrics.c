@@ -19,10 +19,22 @@ static void render(metrics_registry_t *r, buf_t *out)
     assert_int_equal(metrics_render(r, out), 0);
 }
 
+/* A fresh registry (*state) for the test, freed after it. */
+static int registry_setup(void **state)
+{
+    *state = metrics_registry_new();
+    return *state == NULL ? -1 : 0;
+}
+
+static int registry_teardown(void **state)
+{
+    metrics_registry_free(*state);
+    return 0;
+}
+
 static void test_render_exact(void **state)
 {
-    (void)state;
-    metrics_registry_t *r = metrics_registry_new();
+    metrics_registry_t *r = *state;
     metric_t *c =
         metrics_reg_family(r, METRIC_COUNTER, "exchange_messages_total", "Messages received.", NULL, 0);
     metric_t *g = metrics_reg_family(r, METRIC_GAUGE, "exchange_clients", "Connected clients.", NULL, 0);
@@ -67,13 +79,11 @@ static void test_render_exact(void **state)
                          "exchange_messages_total{exchange=\"upbit\"} 3\n";
     assert_string_equal(out.data, expect);
     buf_free(&out);
-    metrics_registry_free(r);
 }
 
 static void test_labels_escaping_and_histogram_labels(void **state)
 {
-    (void)state;
-    metrics_registry_t *r = metrics_registry_new();
+    metrics_registry_t *r = *state;
     metric_t *c = metrics_reg_family(r, METRIC_COUNTER, "x_total", "X.", NULL, 0);
     metric_t *s = metric_labels(c, "reason=\"%s\",code=%d", "bad \"quote\" \\ and\nnl", 7);
     metric_inc(s);
@@ -95,13 +105,11 @@ static void test_labels_escaping_and_histogram_labels(void **state)
                                   "y_seconds_sum{op=\"a\"} 0.5\n"
                                   "y_seconds_count{op=\"a\"} 1\n");
     buf_free(&out);
-    metrics_registry_free(r);
 }
 
 static void test_many_series_lookup(void **state)
 {
-    (void)state;
-    metrics_registry_t *r = metrics_registry_new();
+    metrics_registry_t *r = *state;
     metric_t *c = metrics_reg_family(r, METRIC_COUNTER, "n_total", "N.", NULL, 0);
     metric_t *ser[2000];
     for (int i = 0; i < 2000; i++) {
@@ -114,7 +122,6 @@ static void test_many_series_lookup(void **state)
     }
     /* re-registering returns the same family */
     assert_ptr_equal(metrics_reg_family(r, METRIC_COUNTER, "n_total", "N.", NULL, 0), c);
-    metrics_registry_free(r);
 }
 
 static metrics_registry_t *worker_registry(double msgs, double clients, int nobs)
@@ -257,6 +264,9 @@ static void test_promtool(void **state)
     metrics_registry_free(sum);
 }
 
-UNIT_MAIN(cmocka_unit_test(test_render_exact), cmocka_unit_test(test_labels_escaping_and_histogram_labels),
-          cmocka_unit_test(test_many_series_lookup), cmocka_unit_test(test_snapshot_merge),
-          cmocka_unit_test(test_default_registry), cmocka_unit_test(test_promtool))
+UNIT_MAIN(cmocka_unit_test_setup_teardown(test_render_exact, registry_setup, registry_teardown),
+          cmocka_unit_test_setup_teardown(test_labels_escaping_and_histogram_labels, registry_setup,
+                                          registry_teardown),
+          cmocka_unit_test_setup_teardown(test_many_series_lookup, registry_setup, registry_teardown),
+          cmocka_unit_test(test_snapshot_merge), cmocka_unit_test(test_default_registry),
+          cmocka_unit_test(test_promtool))

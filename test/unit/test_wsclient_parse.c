@@ -81,6 +81,23 @@ static void test_url_bad(void **state)
     assert_int_equal(wsc_url_parse(longpath, &u), -EINVAL);
 }
 
+/* The verdict on a whole answer fed at once (its status in *status):
+ * wsc_upgrade_verify's result for key. */
+#define VERDICT(resp, key, status) verdict((resp), sizeof(resp) - 1, (key), (status))
+
+static int verdict(const char *resp, size_t len, const char *key, int *status)
+{
+    wsc_upgrade_t u;
+    assert_int_equal(wsc_upgrade_init(&u, 0), 0);
+    assert_true(wsc_upgrade_feed(&u, resp, len) > 0);
+    assert_int_equal(u.done, 1);
+    int rc = wsc_upgrade_verify(&u, key);
+    if (status != NULL)
+        *status = u.status;
+    wsc_upgrade_free(&u);
+    return rc;
+}
+
 static void test_upgrade_101_ok(void **state)
 {
     (void)state;
@@ -120,64 +137,43 @@ static void test_upgrade_byte_by_byte(void **state)
 static void test_upgrade_bad_accept(void **state)
 {
     (void)state;
-    wsc_upgrade_t u;
     const char resp[] = "HTTP/1.1 101 Switching Protocols\r\n"
                         "Upgrade: websocket\r\n"
                         "Connection: Upgrade\r\n"
                         "Sec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n"
                         "\r\n";
-    assert_int_equal(wsc_upgrade_init(&u, 0), 0);
-    assert_true(wsc_upgrade_feed(&u, resp, sizeof resp - 1) > 0);
-    assert_int_equal(u.done, 1);
-    assert_int_equal(wsc_upgrade_verify(&u, KEY), -EPROTO);
+    assert_int_equal(VERDICT(resp, KEY, NULL), -EPROTO);
     /* right accept, wrong key */
-    assert_int_equal(wsc_upgrade_verify(&u, "AQIDBAUGBwgJCgsMDQ4PEA=="), -EPROTO);
-    wsc_upgrade_free(&u);
+    assert_int_equal(VERDICT(OK_101, "AQIDBAUGBwgJCgsMDQ4PEA==", NULL), -EPROTO);
 }
 
 static void test_upgrade_missing_headers(void **state)
 {
     (void)state;
-    wsc_upgrade_t u;
     const char no_upgrade[] = "HTTP/1.1 101 Switching Protocols\r\n"
                               "Connection: Upgrade\r\n"
                               "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
-    assert_int_equal(wsc_upgrade_init(&u, 0), 0);
-    assert_true(wsc_upgrade_feed(&u, no_upgrade, sizeof no_upgrade - 1) > 0);
-    assert_int_equal(wsc_upgrade_verify(&u, KEY), -EPROTO);
-    wsc_upgrade_free(&u);
-
+    assert_int_equal(VERDICT(no_upgrade, KEY, NULL), -EPROTO);
     const char ext[] = "HTTP/1.1 101 Switching Protocols\r\n"
                        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
                        "Sec-WebSocket-Extensions: permessage-deflate\r\n"
                        "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
-    assert_int_equal(wsc_upgrade_init(&u, 0), 0);
-    assert_true(wsc_upgrade_feed(&u, ext, sizeof ext - 1) > 0);
-    assert_int_equal(wsc_upgrade_verify(&u, KEY), -EPROTO); /* not asked for */
-    wsc_upgrade_free(&u);
+    assert_int_equal(VERDICT(ext, KEY, NULL), -EPROTO); /* not asked for */
 }
 
 static void test_upgrade_429(void **state)
 {
     (void)state;
-    wsc_upgrade_t u;
     const char resp[] = "HTTP/1.1 429 Too Many Requests\r\n"
                         "Content-Length: 11\r\n"
                         "Retry-After: 5\r\n"
                         "\r\n"
                         "slow down!\n";
-    assert_int_equal(wsc_upgrade_init(&u, 0), 0);
-    assert_true(wsc_upgrade_feed(&u, resp, sizeof resp - 1) > 0);
-    assert_int_equal(u.done, 1);
-    assert_int_equal(u.status, 429);
-    assert_int_equal(wsc_upgrade_verify(&u, KEY), 429);
-    wsc_upgrade_free(&u);
-
+    int status = 0;
+    assert_int_equal(VERDICT(resp, KEY, &status), 429);
+    assert_int_equal(status, 429);
     const char moved[] = "HTTP/1.1 301 Moved\r\nLocation: /x\r\nContent-Length: 0\r\n\r\n";
-    assert_int_equal(wsc_upgrade_init(&u, 0), 0);
-    assert_true(wsc_upgrade_feed(&u, moved, sizeof moved - 1) > 0);
-    assert_int_equal(wsc_upgrade_verify(&u, KEY), 301);
-    wsc_upgrade_free(&u);
+    assert_int_equal(VERDICT(moved, KEY, NULL), 301);
 }
 
 static void test_upgrade_garbage_and_bounds(void **state)
