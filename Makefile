@@ -119,6 +119,7 @@ JS_TSC := clients/js/node_modules/.bin/tsc
 $(BUILD)/gen/clients-js/index.js: $(JS_CLIENT_SRC)
 	@test -x $(JS_TSC) || { echo "$(JS_TSC) missing: run make deps (npm ci in clients/js)" >&2; exit 1; }
 	$(JS_TSC) -p clients/js/tsconfig.json --outDir $(BUILD)/gen/clients-js
+	@echo '{"type": "module"}' > $(BUILD)/gen/clients-js/package.json # ESM for Node 18 too (Debian 12)
 	@touch $@
 # A text file as the lines of a C string literal (\ and " escaped).
 C_STRING = sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/^/    "/' -e 's/$$/\\n"/'

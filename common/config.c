@@ -1379,14 +1379,21 @@ static int slot_differs(const cfg_t *a, const cfg_t *b, int i)
     return strcmp(slot_text(a, i, ta), slot_text(b, i, tb)) != 0;
 }
 
-int cfg_diff_restart_keys(const cfg_t *old_c, const cfg_t *new_c, buf_t *out)
+/* The first slot from i on that needs a restart and differs; -1: none. */
+static int next_restart_diff(const cfg_t *a, const cfg_t *b, int i)
 {
     init_table();
+    for (; i < g_nslots; i++)
+        if (!(g_slots[i].k->flags & CF_RELOAD) && slot_differs(a, b, i))
+            return i;
+    return -1;
+}
+
+int cfg_diff_restart_keys(const cfg_t *old_c, const cfg_t *new_c, buf_t *out)
+{
     int n = 0;
-    for (int i = 0; i < g_nslots; i++) {
+    for (int i = 0; (i = next_restart_diff(old_c, new_c, i)) >= 0; i++) {
         const slot_t *s = &g_slots[i];
-        if ((s->k->flags & CF_RELOAD) || !slot_differs(old_c, new_c, i))
-            continue;
         n++;
         if (out != NULL) {
             char ta[32], tb[32];
@@ -1400,12 +1407,9 @@ int cfg_diff_restart_keys(const cfg_t *old_c, const cfg_t *new_c, buf_t *out)
 
 int cfg_keep_restart_keys(cfg_t *new_c, const cfg_t *old_c)
 {
-    init_table();
     int n = 0;
-    for (int i = 0; i < g_nslots; i++) {
+    for (int i = 0; (i = next_restart_diff(old_c, new_c, i)) >= 0; i++) {
         const slot_t *s = &g_slots[i];
-        if ((s->k->flags & CF_RELOAD) || !slot_differs(old_c, new_c, i))
-            continue;
         if (is_int_type(s->k->type)) {
             *slot_int(new_c, i) = *slot_int(old_c, i);
         } else {

@@ -49,16 +49,4 @@ int msg_fmt_double(double v, char *out, size_t outsz);
 int msg_channel_valid(const char *ch, int allow_wildcard);
 /* Pattern match with '*' standing for one whole segment; 1 on a match. */
 int msg_channel_match(const char *pattern, const char *channel);
-
-/* Exact decimal text ("-12.3400"): no exponent, no '+', at least one integer
- * digit, shorter than MSG_DECIMAL_MAX. */
-#define MSG_DECIMAL_MAX 64
-int msg_decimal_valid(const char *s, size_t n); /* 1 if valid */
-/* in / 10^places as text, keeping every given digit ("-1.234", 2 ->
- * "-0.01234"; "5", 2 -> "0.05"). -EINVAL on bad input, -ERANGE if too long. */
-int msg_decimal_shift(const char *in, int places, char *out, size_t outsz);
-/* Numeric comparison of two valid decimals (<0, 0, >0); "1.50" == "1.5". */
-int msg_decimal_cmp(const char *a, const char *b);
-int msg_decimal_is_zero(const char *s);
-
 #endif

@@ -16,39 +16,34 @@
 
 #define EPOCH_RETRY_MS 500
 
-static int64_t epoch;   /* of the running (or last) ingest start; 0: none yet */
-static int64_t seen;    /* highest epoch the ingest reported from the topic's tail */
-static int allocating;  /* an allocation is in flight */
-static int timers_init; /* lease_timer, retry_timer */
-static uv_timer_t lease_timer, retry_timer;
-static metric_t *m_leases, *m_epoch_allocs;
-
-static void fence_init(void)
+static void fence_init(sup_t *s)
 {
-    if (timers_init)
+    if (s->fence.timers_init)
         return;
-    timers_init = 1;
-    uv_timer_init(sup.loop, &lease_timer);
-    uv_timer_init(sup.loop, &retry_timer);
-    uv_unref((uv_handle_t *)&lease_timer);
-    uv_unref((uv_handle_t *)&retry_timer);
-    m_leases = metrics_reg_family(sup.reg, METRIC_COUNTER, "exchange_ingest_leases_total",
-                                  "Ingest leases: renewed, or withheld (leadership not certain).", NULL, 0);
-    m_epoch_allocs = metrics_reg_family(sup.reg, METRIC_COUNTER, "exchange_epoch_allocations_total",
-                                        "Epoch allocations for ingest starts, by result.", NULL, 0);
+    s->fence.timers_init = 1;
+    uv_timer_init(s->loop, &s->fence.lease_timer);
+    uv_timer_init(s->loop, &s->fence.retry_timer);
+    s->fence.lease_timer.data = s->fence.retry_timer.data = s;
+    uv_unref((uv_handle_t *)&s->fence.lease_timer);
+    uv_unref((uv_handle_t *)&s->fence.retry_timer);
+    s->fence.m_leases =
+        metrics_reg_family(s->reg, METRIC_COUNTER, "exchange_ingest_leases_total",
+                           "Ingest leases: renewed, or withheld (leadership not certain).", NULL, 0);
+    s->fence.m_epoch_allocs = metrics_reg_family(s->reg, METRIC_COUNTER, "exchange_epoch_allocations_total",
+                                                 "Epoch allocations for ingest starts, by result.", NULL, 0);
 }
 
-int64_t sup_epoch(void)
+int64_t sup_epoch(const sup_t *s)
 {
-    return epoch;
+    return s->fence.epoch;
 }
 
 /* The floor of a new epoch: the highest epoch any of our fanout workers has
  * seen in the data (they read the topic's tail at start) and our own last. */
-static int64_t epoch_floor(void)
+static int64_t epoch_floor(const sup_t *s)
 {
-    int64_t f = epoch > seen ? epoch : seen;
-    for (proc_t *p = sup.procs; p != NULL; p = p->next) {
+    int64_t f = s->fence.epoch > s->fence.seen ? s->fence.epoch : s->fence.seen;
+    for (proc_t *p = s->procs.list; p != NULL; p = p->next) {
         json_t *e = p->kind == PROC_FANOUT ? json_object_get(p->status, "epoch") : NULL;
         if (json_is_integer(e) && json_integer_value(e) > f)
             f = json_integer_value(e);
@@ -61,14 +56,14 @@ static int64_t epoch_floor(void)
 /* Renew the ingest worker's lease: never past the moment our leadership is
  * certain (the ZooKeeper session could expire then), so a supervisor that is
  * frozen, or cut off from ZooKeeper, stops its ingest in time. */
-static void send_lease(void)
+static void send_lease(sup_t *s)
 {
-    proc_t *p = procs_ingest();
+    proc_t *p = procs_ingest(&s->procs);
     if (p == NULL || p->ipc == NULL || p->state == PS_DRAINING)
         return;
-    int64_t ms = cfg_lease_ms(sup.cfg), bound = election_lease_bound_ms();
-    if (sup.role != ROLE_LEADER || bound <= 0) {
-        metric_inc(metric_labels(m_leases, "result=\"withheld\""));
+    int64_t ms = cfg_lease_ms(s->cfg), bound = election_lease_bound_ms(s);
+    if (s->role != ROLE_LEADER || bound <= 0) {
+        metric_inc(metric_labels(s->fence.m_leases, "result=\"withheld\""));
         return;
     }
     if (bound < ms)
@@ -76,127 +71,125 @@ static void send_lease(void)
     json_t *msg = json_pack("{s:s, s:I}", "t", "lease", "ms", (json_int_t)ms);
     ipc_send(p->ipc, msg);
     json_decref(msg);
-    metric_inc(metric_labels(m_leases, "result=\"renewed\""));
+    metric_inc(metric_labels(s->fence.m_leases, "result=\"renewed\""));
 }
 
 static void on_lease_timer(uv_timer_t *t)
 {
-    (void)t;
-    send_lease();
+    send_lease(t->data);
 }
 
-/* Called by procs.c right after the ingest worker got its configuration. */
-void fence_ingest_spawned(void)
+/* The policy (supervisor.c) right after the ingest worker got its configuration. */
+void fence_ingest_spawned(sup_t *s)
 {
-    fence_init();
-    send_lease();
-    uint64_t every = (uint64_t)cfg_lease_ms(sup.cfg) / 3;
-    uv_timer_start(&lease_timer, on_lease_timer, every, every);
+    fence_init(s);
+    send_lease(s);
+    uint64_t every = (uint64_t)cfg_lease_ms(s->cfg) / 3;
+    uv_timer_start(&s->fence.lease_timer, on_lease_timer, every, every);
 }
 
 /* ---- epoch allocation and ingest start --------------------------------- */
 
 static void on_retry_timer(uv_timer_t *t)
 {
-    (void)t;
-    sup_start_ingest_if_leader();
+    sup_start_ingest_if_leader(t->data);
 }
 
-static void on_epoch(int64_t e)
+static void on_epoch(void *arg, int64_t e)
 {
-    allocating = 0;
+    sup_t *s = arg;
+    s->fence.allocating = 0;
     if (e < 0) {
-        metric_inc(metric_labels(m_epoch_allocs, "result=\"%s\"", e == -EPERM ? "not_leader" : "failed"));
+        metric_inc(
+            metric_labels(s->fence.m_epoch_allocs, "result=\"%s\"", e == -EPERM ? "not_leader" : "failed"));
         if (e != -EPERM) /* -EPERM: the election steps us down */
-            uv_timer_start(&retry_timer, on_retry_timer, EPOCH_RETRY_MS, 0);
+            uv_timer_start(&s->fence.retry_timer, on_retry_timer, EPOCH_RETRY_MS, 0);
         return;
     }
-    metric_inc(metric_labels(m_epoch_allocs, "result=\"ok\""));
-    if (sup.role != ROLE_LEADER || sup.draining || procs_ingest() != NULL)
+    metric_inc(metric_labels(s->fence.m_epoch_allocs, "result=\"ok\""));
+    if (s->role != ROLE_LEADER || s->draining || procs_ingest(&s->procs) != NULL)
         return; /* leadership changed meanwhile: the epoch is simply skipped */
-    epoch = e;
-    sup.ingest_gen++;
-    log_info("starting ingest worker", "epoch=%lld", (long long)epoch);
-    procs_on_leader_change(); /* fanouts learn the new epoch and relay first */
-    (void)procs_spawn(PROC_INGEST, 0);
+    s->fence.epoch = e;
+    s->ingest_gen++;
+    log_info("starting ingest worker", "epoch=%lld", (long long)s->fence.epoch);
+    sup_send_leader(s); /* fanouts learn the new epoch and relay first */
+    (void)procs_spawn(&s->procs, PROC_INGEST, 0);
 }
 
 /* Every ingest start goes through an epoch allocation, which (with
  * ZooKeeper) also proves we still hold our election node. */
-void sup_start_ingest_if_leader(void)
+void sup_start_ingest_if_leader(sup_t *s)
 {
-    fence_init();
-    if (sup.role != ROLE_LEADER || sup.draining || procs_ingest() != NULL || allocating)
+    fence_init(s);
+    if (s->role != ROLE_LEADER || s->draining || procs_ingest(&s->procs) != NULL || s->fence.allocating)
         return;
-    allocating = 1;
-    election_alloc_epoch(epoch_floor(), on_epoch);
+    s->fence.allocating = 1;
+    election_alloc_epoch(s, epoch_floor(s), on_epoch);
 }
 
 /* ---- stopping the ingest worker ---------------------------------------- */
 
-void sup_stop_ingest(int deposed)
+void sup_stop_ingest(sup_t *s, int deposed)
 {
-    proc_t *p = procs_ingest();
+    proc_t *p = procs_ingest(&s->procs);
     if (p == NULL)
         return;
-    uv_timer_stop(&lease_timer);
+    uv_timer_stop(&s->fence.lease_timer);
     if (deposed && p->ipc != NULL && p->state != PS_DRAINING) {
         /* Before the drain: a deposed ingest aborts, it never flushes. */
         json_t *msg = json_pack("{s:s}", "t", "deposed");
         ipc_send(p->ipc, msg);
         json_decref(msg);
     }
-    int deadline = sup.cfg->supervisor.stop_deadline_ms;
+    int deadline = s->cfg->supervisor.stop_deadline_ms;
     procs_drain(p, deadline * 2 / 3);
     procs_kill_after(p, deadline);
 }
-
-static int resign_pending; /* election node kept until the ingest has exited */
 
 /* SIGTERM: /status and exchange_leader say "draining" from this moment. The
  * election node goes once our ingest has committed its last transaction and
  * exited (bounded by stop_deadline_ms): the next leader's init_transactions
  * then finds no transaction of ours in progress, which would cost it 0.5 s
  * (librdkafka retries InitProducerId after CONCURRENT_TRANSACTIONS). */
-void sup_resign(void)
+void sup_resign(sup_t *s)
 {
-    if (sup.role == ROLE_LEADER) {
-        sup.transitions++;
-        sup.last_transition_ms = worker_now_ms();
-        sup.leader_id[0] = '\0';
-        sup.leader_relay[0] = '\0';
+    if (s->role == ROLE_LEADER) {
+        s->transitions++;
+        s->last_transition_ms = worker_now_ms();
+        s->leader_id[0] = '\0';
+        s->leader_relay[0] = '\0';
     }
-    sup.role = ROLE_DRAINING;
-    if (procs_ingest() != NULL) {
-        resign_pending = 1;
+    s->role = ROLE_DRAINING;
+    if (procs_ingest(&s->procs) != NULL) {
+        s->fence.resign_pending = 1;
         log_info("resigning once the ingest has committed and exited", LOG_NOFIELDS);
         return;
     }
-    election_resign();
+    election_resign(s);
 }
 
-/* procs.c: an ingest worker exited. */
-void fence_ingest_exited(void)
+/* The policy (supervisor.c): an ingest worker exited. */
+void fence_ingest_exited(sup_t *s)
 {
-    if (!resign_pending)
+    if (!s->fence.resign_pending)
         return;
-    resign_pending = 0;
-    election_resign();
+    s->fence.resign_pending = 0;
+    election_resign(s);
 }
 
 /* The ingest read the topic's tail at start and found epoch e there
  * ({"t":"epoch_seen","epoch":E}): the rule is "a new epoch is above every
  * epoch in the topic", so an ingest whose epoch is not above e is restarted
  * with an epoch allocated above it. */
-void fence_epoch_seen(int64_t e)
+void fence_epoch_seen(sup_t *s, int64_t e)
 {
-    if (e <= seen)
+    if (e <= s->fence.seen)
         return;
-    seen = e;
-    if (e < epoch)
+    s->fence.seen = e;
+    if (e < s->fence.epoch)
         return;
     log_error(
         "the topic holds an epoch not below ours (ZooKeeper data lost?): restarting the ingest above it",
-        "epoch=%lld seen=%lld", (long long)epoch, (long long)e);
-    sup_stop_ingest(1);
+        "epoch=%lld seen=%lld", (long long)s->fence.epoch, (long long)e);
+    sup_stop_ingest(s, 1);
 }

@@ -28,7 +28,8 @@
 #define EXCHANGE_COMMIT "unknown"
 #endif
 
-sup_t sup;
+/* The supervisor: main owns it and passes it to every module (supervisor.h). */
+static sup_t sup;
 static metric_t *m_reloads;
 
 static void usage(FILE *f)
@@ -130,26 +131,33 @@ static void log_profile_alias(void)
                  log_q(spring), log_q(getenv("SPRING_PROFILES_ACTIVE")));
 }
 
+/* [supervisor] restart keys: the process table's limits. */
+static procs_limits_t procs_limits(const cfg_t *c)
+{
+    return (procs_limits_t){c->supervisor.restart_min_ms, c->supervisor.restart_max_ms,
+                            c->supervisor.crash_window_ms, c->supervisor.crash_limit};
+}
+
 static void spawn_fanouts(void)
 {
     int n = cfg_fanout_workers(sup.cfg);
-    log_info("starting fanout workers", "count=%d generation=%d", n, sup.generation);
+    log_info("starting fanout workers", "count=%d generation=%d", n, sup.procs.generation);
     for (int i = 0; i < n; i++)
-        (void)procs_spawn(PROC_FANOUT, i);
+        (void)procs_spawn(&sup.procs, PROC_FANOUT, i);
 }
 
 static void on_drain_timeout(uv_timer_t *t)
 {
     (void)t;
     log_warn("drain deadline passed, killing remaining workers", LOG_NOFIELDS);
-    procs_kill_all(SIGKILL);
+    procs_kill_all(&sup.procs, SIGKILL);
 }
 
 static void begin_shutdown(const char *why)
 {
     if (sup.draining) {
         log_warn("second stop signal, exiting now", "why=%s", why);
-        procs_kill_all(SIGKILL);
+        procs_kill_all(&sup.procs, SIGKILL);
         exit(1);
     }
     sup.draining = 1;
@@ -157,18 +165,13 @@ static void begin_shutdown(const char *why)
     log_info("shutting down: draining", "why=%s drain_ms=%d", why, sup.cfg->fanout.drain_ms);
     /* Resign first so a follower takes over without waiting for the
      * session timeout, then stop ingest (it flushes Kafka) and drain. */
-    sup_resign();
-    sup_stop_ingest(0); /* commits what is in flight: fencing keeps it before the next leader's */
-    for (proc_t *p = sup.procs; p != NULL; p = p->next) {
-        if (p->kind == PROC_FANOUT)
-            procs_drain(p, sup.cfg->fanout.drain_ms);
-        if (p->restart_timer != NULL)
-            p->want_restart = 0;
-    }
+    sup_resign(&sup);
+    sup_stop_ingest(&sup, 0); /* commits what is in flight: fencing keeps it before the next leader's */
+    procs_shutdown(&sup.procs, sup.cfg->fanout.drain_ms);
     /* The admin port stays up: /readyz answers 503 while we drain. */
     /* The hard bound: drain time plus a margin for the Kafka flush. */
     uv_timer_start(&sup.drain_timer, on_drain_timeout, (uint64_t)sup.cfg->fanout.drain_ms + 6000, 0);
-    sup_check_drained();
+    sup_check_drained(&sup);
 }
 
 static void reload(void)
@@ -197,24 +200,26 @@ static void reload(void)
     (void)log_set_level(nc->log.level);
     (void)log_set_format(nc->log.format);
     json_t *lvl = json_pack("{s:s, s:s}", "t", "loglevel", "level", nc->log.level);
-    procs_send_all(PROC_INGEST, lvl);
+    procs_send_all(&sup.procs, PROC_INGEST, lvl);
     json_decref(lvl);
     /* nginx-style: the new generation starts; each old worker drains when
-     * its successor in the same slot is ready (procs.c); surplus old slots
+     * its successor in the same slot is ready (supervisor.c); surplus old slots
      * drain now. */
-    sup.generation++;
+    procs_limits_t limits = procs_limits(nc);
+    procs_set_limits(&sup.procs, &limits);
+    sup.procs.generation++;
     int n = cfg_fanout_workers(nc);
-    for (proc_t *p = sup.procs; p != NULL; p = p->next)
+    for (proc_t *p = sup.procs.list; p != NULL; p = p->next)
         if (p->kind == PROC_FANOUT && p->slot >= n && p->state != PS_EXITED)
             procs_drain(p, nc->fanout.drain_ms);
     spawn_fanouts();
-    if (ingest_changed && procs_ingest() != NULL) {
+    if (ingest_changed && procs_ingest(&sup.procs) != NULL) {
         log_info("ingest settings changed: restarting ingest worker", LOG_NOFIELDS);
-        sup_stop_ingest(0); /* procs.c starts the new one when it has exited */
+        sup_stop_ingest(&sup, 0); /* supervisor.c starts the new one when it has exited */
     }
     cfg_free(old);
     metric_inc(metric_labels(m_reloads, "result=\"ok\""));
-    log_info("reload applied", "generation=%d", sup.generation);
+    log_info("reload applied", "generation=%d", sup.procs.generation);
 out:
     sd_notify_msg("READY=1");
     buf_free(&err);
@@ -231,22 +236,22 @@ static void on_signal(uv_signal_t *s, int signum)
         if (!sup.draining)
             reload();
         break;
-    case SIGCHLD: procs_reap(); break;
     default: break;
     }
 }
 
-static int find_exe_dir(void)
+/* Where the worker programs are: next to ours, or $EXCHANGE_LIBEXEC_DIR. */
+static int find_exe_dir(char *out, size_t n)
 {
     char path[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
-    if (n < 0)
+    ssize_t len = readlink("/proc/self/exe", path, sizeof(path) - 1);
+    if (len < 0)
         return -errno;
-    path[n] = '\0';
-    snprintf(sup.exe_dir, sizeof(sup.exe_dir), "%s", dirname(path));
+    path[len] = '\0';
+    snprintf(out, n, "%s", dirname(path));
     const char *env = getenv("EXCHANGE_LIBEXEC_DIR");
     if (env != NULL && env[0] != '\0')
-        snprintf(sup.exe_dir, sizeof(sup.exe_dir), "%s", env);
+        snprintf(out, n, "%s", env);
     return 0;
 }
 
@@ -308,14 +313,14 @@ int main(int argc, char **argv)
     (void)log_set_format(sup.cfg->log.format);
     signal(SIGPIPE, SIG_IGN);
     raise_nofile_limit();
-    if ((r = find_exe_dir()) < 0) {
+    char exe_dir[PATH_MAX];
+    if ((r = find_exe_dir(exe_dir, sizeof exe_dir)) < 0) {
         log_error_err(r, "cannot find own executable", LOG_NOFIELDS);
         return 1;
     }
     sup.loop = uv_default_loop();
     sup.reg = metrics_default();
     sup.started_ms = worker_now_ms();
-    sup.generation = 1;
     snprintf(sup.session_state, sizeof(sup.session_state), "none");
     register_build_info();
     m_reloads = metrics_reg_family(sup.reg, METRIC_COUNTER, "exchange_reloads_total",
@@ -324,30 +329,33 @@ int main(int argc, char **argv)
     uv_signal_init(sup.loop, &sup.sig_term);
     uv_signal_init(sup.loop, &sup.sig_int);
     uv_signal_init(sup.loop, &sup.sig_hup);
-    uv_signal_init(sup.loop, &sup.sig_chld);
     uv_signal_start(&sup.sig_term, on_signal, SIGTERM);
     uv_signal_start(&sup.sig_int, on_signal, SIGINT);
     uv_signal_start(&sup.sig_hup, on_signal, SIGHUP);
-    uv_signal_start(&sup.sig_chld, on_signal, SIGCHLD);
+    procs_limits_t limits = procs_limits(sup.cfg);
+    if ((r = procs_init(&sup.procs, sup.loop, sup.reg, exe_dir, &limits, &sup_procs_events, &sup)) < 0) {
+        log_error_err(r, "cannot start the process table", LOG_NOFIELDS);
+        return 1;
+    }
 
     log_profile_alias();
     log_info("exchange-service starting", "version=%s commit=%s instance=%s profile=%s files=%s pid=%d",
              log_q(EXCHANGE_VERSION), log_q(EXCHANGE_COMMIT), log_q(sup.cfg->service.instance),
              log_q(sup.cfg->profile ? sup.cfg->profile : ""), log_q(sup.cfg->files ? sup.cfg->files : ""),
              (int)getpid());
-    if ((r = admin_start(sup.cfg->admin.listen)) < 0) {
+    if ((r = admin_start(&sup, sup.cfg->admin.listen)) < 0) {
         log_error_err(r, "admin listen failed", "addr=%s", log_q(sup.cfg->admin.listen));
         return 1;
     }
     sd_watchdog_start(sup.loop);
     spawn_fanouts();
-    if ((r = election_start()) < 0) {
+    if ((r = election_start(&sup)) < 0) {
         log_error_err(r, "election start failed", LOG_NOFIELDS);
         return 1;
     }
     uv_run(sup.loop, UV_RUN_DEFAULT);
-    admin_stop();
-    election_stop();
+    admin_stop(&sup);
+    election_stop(&sup);
     log_info("exchange-service stopped", LOG_NOFIELDS);
     return 0;
 }

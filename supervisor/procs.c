@@ -1,7 +1,9 @@
 /* Process table: spawns fanout and ingest workers (fork/exec with a
- * socketpair on fd 3), hands each its configuration over IPC, reaps every
- * child (we may be PID 1), restarts crashed workers with exponential backoff
- * and reports crash loops. */
+ * socketpair on fd 3), reaps every child (we may be PID 1), restarts crashed
+ * workers with exponential backoff (common/backoff.c) and reports crash
+ * loops. A leaf: it reports spawned/ready/exited to the policy (procs.h). */
+#include "procs.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -10,18 +12,14 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
-#include "supervisor.h"
 #include "worker.h"
-
-static metric_t *m_spawns, *m_exits, *m_restarts, *m_crashloops, *m_kills, *m_ingest_stops;
 
 const char *proc_state_name(proc_state_t s)
 {
-    static const char *const n[] = {"starting", "running", "draining", "exited", "backoff"};
+    static const char *const n[] = {"starting", "running", "draining", "exited"};
     return n[s];
 }
 
@@ -30,53 +28,68 @@ const char *proc_kind_name(proc_kind_t k)
     return k == PROC_INGEST ? "ingest" : "fanout";
 }
 
-static void init_metrics(void)
+/* Counters by kind="fanout|ingest". */
+static metric_t *count_kind(metric_t *family, const proc_t *p)
 {
-    if (m_spawns != NULL)
-        return;
-    m_spawns = metrics_reg_family(sup.reg, METRIC_COUNTER, "exchange_worker_spawns_total",
-                                  "Worker processes started.", NULL, 0);
-    m_exits = metrics_reg_family(sup.reg, METRIC_COUNTER, "exchange_worker_exits_total",
-                                 "Worker processes exited, by kind and how.", NULL, 0);
-    m_restarts = metrics_reg_family(sup.reg, METRIC_COUNTER, "exchange_worker_restarts_total",
-                                    "Crashed workers restarted.", NULL, 0);
-    m_crashloops = metrics_reg_family(sup.reg, METRIC_COUNTER, "exchange_worker_crashloops_total",
-                                      "Times a worker slot entered a crash loop.", NULL, 0);
-    m_kills = metrics_reg_family(sup.reg, METRIC_COUNTER, "exchange_worker_kills_total",
-                                 "Workers killed (SIGKILL) for not stopping by the deadline.", NULL, 0);
-    m_ingest_stops = metrics_reg_family(sup.reg, METRIC_COUNTER, "exchange_ingest_fenced_exits_total",
-                                        "Ingest workers that stopped producing on their own, by reason "
-                                        "(fenced: a newer leader's producer; lease_expired: not renewed).",
-                                        NULL, 0);
+    return metric_labels(family, "kind=\"%s\"", proc_kind_name(p->kind));
 }
 
-json_t *procs_leader_msg(void)
+static void on_sigchld(uv_signal_t *s, int signum)
 {
-    return json_pack("{s:s, s:I, s:s, s:s, s:b}", "t", "leader", "epoch", (json_int_t)sup_epoch(), "leader",
-                     sup.leader_id, "relay", sup.leader_relay, "is_self", sup.role == ROLE_LEADER);
+    (void)signum;
+    procs_reap(s->data);
 }
 
-static void send_config(proc_t *p)
+int procs_init(procs_t *ps, uv_loop_t *loop, metrics_registry_t *reg, const char *exe_dir,
+               const procs_limits_t *limits, const procs_events_t *ev, void *data)
 {
-    buf_t ini;
-    buf_init(&ini);
-    cfg_dump(sup.cfg, &ini, 0);
-    json_t *msg =
-        json_pack("{s:s, s:s, s:s}", "t", "config", "ini", ini.data ? ini.data : "", "name", "supervisor");
-    ipc_send(p->ipc, msg);
-    json_decref(msg);
-    buf_free(&ini);
-    msg = procs_leader_msg();
-    ipc_send(p->ipc, msg);
-    json_decref(msg);
-    if (p->kind == PROC_INGEST)
-        fence_ingest_spawned();
+    int r;
+    memset(ps, 0, sizeof(*ps));
+    const struct {
+        metric_t **m;
+        const char *name, *help;
+    } fam[] = {
+        {&ps->m_spawns, "exchange_worker_spawns_total", "Worker processes started."},
+        {&ps->m_exits, "exchange_worker_exits_total", "Worker processes exited, by kind and how."},
+        {&ps->m_restarts, "exchange_worker_restarts_total", "Crashed workers restarted."},
+        {&ps->m_crashloops, "exchange_worker_crashloops_total", "Times a worker slot entered a crash loop."},
+        {&ps->m_kills, "exchange_worker_kills_total",
+         "Workers killed (SIGKILL) for not stopping by the deadline."},
+        {&ps->m_ingest_stops, "exchange_ingest_fenced_exits_total",
+         "Ingest workers that stopped producing on their own, by reason "
+         "(fenced: a newer leader's producer; lease_expired: not renewed)."},
+    };
+    ps->loop = loop;
+    snprintf(ps->exe_dir, sizeof(ps->exe_dir), "%s", exe_dir);
+    ps->limits = *limits;
+    ps->generation = 1;
+    if (ev != NULL)
+        ps->ev = *ev;
+    ps->data = data;
+    for (size_t i = 0; i < sizeof(fam) / sizeof(fam[0]); i++) {
+        if ((*fam[i].m = metrics_reg_family(reg, METRIC_COUNTER, fam[i].name, fam[i].help, NULL, 0)) == NULL)
+            return -ENOMEM;
+    }
+    if ((r = uv_signal_init(loop, &ps->sig_chld)) < 0)
+        return r;
+    ps->sig_chld.data = ps;
+    if ((r = uv_signal_start(&ps->sig_chld, on_sigchld, SIGCHLD)) < 0) {
+        uv_close((uv_handle_t *)&ps->sig_chld, NULL);
+        return r;
+    }
+    return 0;
+}
+
+void procs_set_limits(procs_t *ps, const procs_limits_t *limits)
+{
+    ps->limits = *limits;
 }
 
 /* Runs on the loop thread. */
 static void on_worker_msg(ipc_t *ipc, json_t *msg, void *arg)
 {
     proc_t *p = arg;
+    procs_t *ps = p->table;
     (void)ipc;
     const char *t = json_string_value(json_object_get(msg, "t"));
     if (t == NULL)
@@ -86,22 +99,8 @@ static void on_worker_msg(ipc_t *ipc, json_t *msg, void *arg)
             p->state = PS_RUNNING;
         log_info("worker ready", "kind=%s pid=%d slot=%d generation=%d", proc_kind_name(p->kind), (int)p->pid,
                  p->slot, p->generation);
-        /* Reload: the new generation is serving, drain the old one. */
-        if (p->kind == PROC_FANOUT) {
-            for (proc_t *o = sup.procs; o != NULL; o = o->next)
-                if (o->kind == PROC_FANOUT && o->slot == p->slot && o->generation < p->generation &&
-                    (o->state == PS_RUNNING || o->state == PS_STARTING))
-                    procs_drain(o, sup.cfg->fanout.drain_ms);
-        }
-        if (!sup.ready_reported && sup_is_ready()) {
-            sup.ready_reported = 1;
-            sd_notify_msg("READY=1");
-            log_info("service ready", LOG_NOFIELDS);
-        }
-    } else if (strcmp(t, "epoch_seen") == 0 && p->kind == PROC_INGEST) {
-        json_t *e = json_object_get(msg, "epoch");
-        if (json_is_integer(e))
-            fence_epoch_seen((int64_t)json_integer_value(e));
+        if (ps->ev.ready != NULL)
+            ps->ev.ready(ps, p);
     } else if (strcmp(t, "stats") == 0) {
         json_t *m = json_object_get(msg, "metrics");
         json_t *s = json_object_get(msg, "status");
@@ -113,6 +112,8 @@ static void on_worker_msg(ipc_t *ipc, json_t *msg, void *arg)
             json_decref(p->status);
             p->status = json_incref(s);
         }
+    } else if (ps->ev.message != NULL) {
+        ps->ev.message(ps, p, t, msg);
     }
 }
 
@@ -125,21 +126,61 @@ static void on_worker_close(ipc_t *ipc, int err, void *arg)
         log_warn_err(err, "worker ipc closed with error", "pid=%d", (int)p->pid);
 }
 
-static uint64_t now_ms(void)
+static proc_t *proc_new(procs_t *ps, proc_kind_t kind, int slot)
 {
-    return worker_now_ms();
+    proc_t *p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        return NULL;
+    p->table = ps;
+    p->kind = kind;
+    p->slot = slot;
+    p->generation = ps->generation;
+    p->state = PS_STARTING;
+    p->want_restart = 1;
+    backoff_init(&p->backoff, (uint64_t)ps->limits.restart_min_ms, (uint64_t)ps->limits.restart_max_ms, 0);
+    uv_timer_init(ps->loop, &p->restart_timer);
+    uv_timer_init(ps->loop, &p->kill_timer);
+    p->restart_timer.data = p->kill_timer.data = p;
+    p->open_handles = 2;
+    return p;
 }
 
-int procs_spawn(proc_kind_t kind, int slot)
+static void on_proc_handle_closed(uv_handle_t *h)
+{
+    proc_t *p = h->data;
+    if (--p->open_handles == 0) {
+        json_decref(p->metrics);
+        json_decref(p->status);
+        free(p);
+    }
+}
+
+/* Its handles close first; the memory goes in their close callbacks. */
+static void proc_free(proc_t *p)
+{
+    if (p->ipc != NULL) {
+        ipc_close(p->ipc);
+        p->ipc = NULL;
+    }
+    uv_close((uv_handle_t *)&p->restart_timer, on_proc_handle_closed);
+    uv_close((uv_handle_t *)&p->kill_timer, on_proc_handle_closed);
+}
+
+int procs_spawn(procs_t *ps, proc_kind_t kind, int slot)
 {
     int sv[2], r;
     char exe[4200], fdarg[16];
-    init_metrics();
-    snprintf(exe, sizeof(exe), "%s/%s", sup.exe_dir,
+    snprintf(exe, sizeof(exe), "%s/%s", ps->exe_dir,
              kind == PROC_INGEST ? "exchange-ingest" : "exchange-fanout");
+    proc_t *p = proc_new(ps, kind, slot);
+    if (p == NULL) {
+        log_error_err(-ENOMEM, "cannot spawn a worker", "kind=%s slot=%d", proc_kind_name(kind), slot);
+        return -ENOMEM;
+    }
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
         r = -errno;
         log_error_err(r, "socketpair failed", LOG_NOFIELDS);
+        proc_free(p);
         return r;
     }
     pid_t pid = fork();
@@ -148,6 +189,7 @@ int procs_spawn(proc_kind_t kind, int slot)
         log_error_err(r, "fork failed", LOG_NOFIELDS);
         close(sv[0]);
         close(sv[1]);
+        proc_free(p);
         return r;
     }
     if (pid == 0) {
@@ -164,35 +206,30 @@ int procs_spawn(proc_kind_t kind, int slot)
         _exit(127);
     }
     close(sv[1]);
-    proc_t *p = calloc(1, sizeof(*p));
-    p->kind = kind;
-    p->slot = slot;
-    p->generation = sup.generation;
     p->pid = pid;
-    p->state = PS_STARTING;
-    p->started_ms = now_ms();
-    p->want_restart = 1;
+    p->started_ms = worker_now_ms();
     /* Carry the slot's restart history over from its previous process. */
-    for (proc_t *o = sup.procs; o != NULL; o = o->next) {
+    for (proc_t *o = ps->list; o != NULL; o = o->next) {
         if (o->kind == kind && o->slot == slot && o->state == PS_EXITED && o->want_restart) {
             p->restarts = o->restarts;
             p->crashes_in_window = o->crashes_in_window;
             p->window_start_ms = o->window_start_ms;
-            p->backoff_attempt = o->backoff_attempt;
+            p->backoff.attempt = o->backoff.attempt;
             p->crashloop = o->crashloop;
             o->want_restart = 0; /* superseded */
         }
     }
-    p->next = sup.procs;
-    sup.procs = p;
-    if ((r = ipc_open(sup.loop, sv[0], on_worker_msg, on_worker_close, p, &p->ipc)) < 0) {
+    p->next = ps->list;
+    ps->list = p;
+    if ((r = ipc_open(ps->loop, sv[0], on_worker_msg, on_worker_close, p, &p->ipc)) < 0) {
         log_error_err(r, "ipc open failed", LOG_NOFIELDS);
         close(sv[0]);
         kill(pid, SIGKILL);
         return r;
     }
-    send_config(p);
-    metric_inc(metric_labels(m_spawns, "kind=\"%s\"", proc_kind_name(kind)));
+    if (ps->ev.spawned != NULL)
+        ps->ev.spawned(ps, p);
+    metric_inc(count_kind(ps->m_spawns, p));
     log_info("worker spawned", "kind=%s pid=%d slot=%d generation=%d", proc_kind_name(kind), (int)pid, slot,
              p->generation);
     return 0;
@@ -205,7 +242,7 @@ void procs_drain(proc_t *p, int ms)
     p->state = PS_DRAINING;
     p->want_restart = 0;
     json_t *msg = json_pack("{s:s, s:i}", "t", "drain", "ms", ms);
-    if (p->ipc != NULL)
+    if (p->ipc != NULL && msg != NULL)
         ipc_send(p->ipc, msg);
     else
         kill(p->pid, SIGTERM);
@@ -213,108 +250,102 @@ void procs_drain(proc_t *p, int ms)
     log_info("worker draining", "kind=%s pid=%d drain_ms=%d", proc_kind_name(p->kind), (int)p->pid, ms);
 }
 
-void procs_send_all(proc_kind_t kind, json_t *msg)
+void procs_shutdown(procs_t *ps, int drain_ms)
 {
-    for (proc_t *p = sup.procs; p != NULL; p = p->next)
+    ps->draining = 1;
+    for (proc_t *p = ps->list; p != NULL; p = p->next) {
+        if (p->kind == PROC_FANOUT)
+            procs_drain(p, drain_ms);
+        if (uv_is_active((uv_handle_t *)&p->restart_timer))
+            p->want_restart = 0;
+    }
+}
+
+void procs_send_all(procs_t *ps, proc_kind_t kind, json_t *msg)
+{
+    for (proc_t *p = ps->list; p != NULL; p = p->next)
         if (p->kind == kind && p->ipc != NULL && p->state != PS_EXITED)
             ipc_send(p->ipc, msg);
 }
 
-void procs_on_leader_change(void)
+proc_t *procs_ingest(procs_t *ps)
 {
-    json_t *msg = procs_leader_msg();
-    procs_send_all(PROC_FANOUT, msg);
-    json_decref(msg);
-}
-
-proc_t *procs_ingest(void)
-{
-    for (proc_t *p = sup.procs; p != NULL; p = p->next)
+    for (proc_t *p = ps->list; p != NULL; p = p->next)
         if (p->kind == PROC_INGEST && p->state != PS_EXITED)
             return p;
     return NULL;
 }
 
-int procs_any_alive(void)
+int procs_running(procs_t *ps, proc_kind_t kind)
 {
-    for (proc_t *p = sup.procs; p != NULL; p = p->next)
+    int n = 0;
+    for (proc_t *p = ps->list; p != NULL; p = p->next)
+        n += p->kind == kind && p->state == PS_RUNNING;
+    return n;
+}
+
+int procs_any_alive(procs_t *ps)
+{
+    for (proc_t *p = ps->list; p != NULL; p = p->next)
         if (p->state != PS_EXITED)
             return 1;
     return 0;
 }
 
-void procs_kill_all(int sig)
+int proc_open_fds(const proc_t *p)
 {
-    for (proc_t *p = sup.procs; p != NULL; p = p->next)
-        if (p->state != PS_EXITED && p->pid > 0)
-            kill(p->pid, sig);
+    int n = p->state == PS_EXITED || p->pid <= 0 ? -1 : worker_open_fds((int)p->pid);
+    return n < 0 ? -1 : n;
 }
 
-static void on_restart_timer_close(uv_handle_t *h)
+void procs_kill_all(procs_t *ps, int sig)
 {
-    free(h);
+    for (proc_t *p = ps->list; p != NULL; p = p->next)
+        if (p->state != PS_EXITED && p->pid > 0)
+            kill(p->pid, sig);
 }
 
 static void on_restart_timer(uv_timer_t *t)
 {
     proc_t *p = t->data;
-    p->restart_timer = NULL;
-    uv_close((uv_handle_t *)t, on_restart_timer_close);
-    if (sup.draining || !p->want_restart)
+    procs_t *ps = p->table;
+    if (ps->draining || !p->want_restart)
         return;
     if (p->kind == PROC_INGEST) {
-        metric_inc(metric_labels(m_restarts, "kind=\"%s\"", proc_kind_name(p->kind)));
+        metric_inc(count_kind(ps->m_restarts, p));
         p->restarts++;
-        sup_start_ingest_if_leader(); /* carries the history over when it spawns */
+        if (ps->ev.restart_ingest != NULL)
+            ps->ev.restart_ingest(ps, p); /* procs_spawn carries the history over */
         p->want_restart = 0;
         return;
     }
-    if (p->generation != sup.generation) {
+    if (p->generation != ps->generation) {
         p->want_restart = 0; /* a reload replaced this slot's generation */
         return;
     }
-    metric_inc(metric_labels(m_restarts, "kind=\"%s\"", proc_kind_name(p->kind)));
+    metric_inc(count_kind(ps->m_restarts, p));
     p->restarts++;
-    (void)procs_spawn(p->kind, p->slot);
+    (void)procs_spawn(ps, p->kind, p->slot);
 }
 
 /* ---- stop deadline: a worker told to stop that does not is killed ------ */
 
-static void on_kill_timer_close(uv_handle_t *h)
-{
-    free(h);
-}
-
-static void drop_kill_timer(proc_t *p)
-{
-    if (p->kill_timer == NULL)
-        return;
-    uv_close((uv_handle_t *)p->kill_timer, on_kill_timer_close);
-    p->kill_timer = NULL;
-}
-
 static void on_kill_timer(uv_timer_t *t)
 {
     proc_t *p = t->data;
-    drop_kill_timer(p);
     if (p->state == PS_EXITED || p->pid <= 0)
         return;
     log_error("worker did not stop by the deadline: killing it", "kind=%s pid=%d", proc_kind_name(p->kind),
               (int)p->pid);
-    metric_inc(metric_labels(m_kills, "kind=\"%s\"", proc_kind_name(p->kind)));
+    metric_inc(count_kind(p->table->m_kills, p));
     kill(p->pid, SIGKILL);
 }
 
 void procs_kill_after(proc_t *p, int ms)
 {
-    if (p->state == PS_EXITED || p->kill_timer != NULL)
+    if (p->state == PS_EXITED || uv_is_active((uv_handle_t *)&p->kill_timer))
         return;
-    p->kill_timer = malloc(sizeof(uv_timer_t));
-    if (p->kill_timer == NULL)
-        return;
-    uv_timer_init(sup.loop, p->kill_timer);
-    p->kill_timer->data = p;
-    uv_timer_start(p->kill_timer, on_kill_timer, (uint64_t)ms, 0);
+    uv_timer_start(&p->kill_timer, on_kill_timer, (uint64_t)ms, 0);
 }
 
 /* Exit codes an ingest worker uses when it stopped producing on its own. */
@@ -323,9 +354,9 @@ static void count_ingest_stop(proc_t *p, int status)
     if (p->kind != PROC_INGEST || !WIFEXITED(status))
         return;
     if (WEXITSTATUS(status) == WORKER_EXIT_FENCED)
-        metric_inc(metric_labels(m_ingest_stops, "reason=\"fenced\""));
+        metric_inc(metric_labels(p->table->m_ingest_stops, "reason=\"fenced\""));
     else if (WEXITSTATUS(status) == WORKER_EXIT_LEASE)
-        metric_inc(metric_labels(m_ingest_stops, "reason=\"lease_expired\""));
+        metric_inc(metric_labels(p->table->m_ingest_stops, "reason=\"lease_expired\""));
 }
 
 /* Decide the restart delay of a crashed slot: exponential, capped, and a
@@ -333,97 +364,89 @@ static void count_ingest_stop(proc_t *p, int status)
  * retried at the cap. */
 static uint64_t restart_delay(proc_t *p)
 {
-    const cfg_t *c = sup.cfg;
-    uint64_t now = now_ms();
-    if (now - p->started_ms > (uint64_t)c->supervisor.crash_window_ms) {
-        p->backoff_attempt = 0; /* it ran long enough: a fresh start */
+    const procs_limits_t *l = &p->table->limits;
+    uint64_t now = worker_now_ms();
+    if (now - p->started_ms > (uint64_t)l->crash_window_ms) {
+        backoff_reset(&p->backoff); /* it ran long enough: a fresh start */
         p->crashloop = 0;
     }
-    if (p->window_start_ms == 0 || now - p->window_start_ms > (uint64_t)c->supervisor.crash_window_ms) {
+    if (p->window_start_ms == 0 || now - p->window_start_ms > (uint64_t)l->crash_window_ms) {
         p->window_start_ms = now;
         p->crashes_in_window = 0;
     }
     p->crashes_in_window++;
-    uint64_t d = (uint64_t)c->supervisor.restart_min_ms;
-    for (unsigned i = 0; i < p->backoff_attempt && d < (uint64_t)c->supervisor.restart_max_ms; i++)
-        d *= 2;
-    if (d > (uint64_t)c->supervisor.restart_max_ms)
-        d = (uint64_t)c->supervisor.restart_max_ms;
-    p->backoff_attempt++;
-    if (p->crashes_in_window >= c->supervisor.crash_limit) {
+    /* The limits are reloadable: the slot keeps only its attempt count. */
+    p->backoff.base_ms = (uint64_t)l->restart_min_ms;
+    p->backoff.max_ms = (uint64_t)l->restart_max_ms;
+    uint64_t d = backoff_ceiling(&p->backoff); /* no jitter: one slot per process */
+    p->backoff.attempt++;
+    if (p->crashes_in_window >= l->crash_limit) {
         if (!p->crashloop) {
-            metric_inc(metric_labels(m_crashloops, "kind=\"%s\"", proc_kind_name(p->kind)));
+            metric_inc(count_kind(p->table->m_crashloops, p));
             log_error("worker crash loop", "kind=%s slot=%d crashes=%d window_ms=%d retry_ms=%d",
-                      proc_kind_name(p->kind), p->slot, p->crashes_in_window, c->supervisor.crash_window_ms,
-                      c->supervisor.restart_max_ms);
+                      proc_kind_name(p->kind), p->slot, p->crashes_in_window, l->crash_window_ms,
+                      l->restart_max_ms);
         }
         p->crashloop = 1;
-        d = (uint64_t)c->supervisor.restart_max_ms;
+        d = (uint64_t)l->restart_max_ms;
     }
     return d;
 }
 
 static void on_exit_proc(proc_t *p, int status)
 {
-    int crashed = p->state != PS_DRAINING && p->want_restart && !sup.draining;
+    procs_t *ps = p->table;
+    int crashed = p->state != PS_DRAINING && p->want_restart && !ps->draining;
     char how[64];
     if (WIFEXITED(status))
         snprintf(how, sizeof(how), "exit=%d", WEXITSTATUS(status));
     else
         snprintf(how, sizeof(how), "signal=%d", WTERMSIG(status));
     p->state = PS_EXITED;
-    admin_retire_worker(p);
-    drop_kill_timer(p);
+    uv_timer_stop(&p->kill_timer);
     count_ingest_stop(p, status);
-    if (p->kind == PROC_INGEST)
-        fence_ingest_exited();
     if (p->ipc != NULL) {
         ipc_close(p->ipc);
         p->ipc = NULL;
     }
-    metric_inc(metric_labels(m_exits, "kind=\"%s\",how=\"%s\"", proc_kind_name(p->kind),
+    metric_inc(metric_labels(ps->m_exits, "kind=\"%s\",how=\"%s\"", proc_kind_name(p->kind),
                              crashed ? "crash" : "clean"));
     if (crashed) {
         uint64_t d = restart_delay(p);
         log_error("worker died", "kind=%s pid=%d slot=%d %s restart_in_ms=%llu", proc_kind_name(p->kind),
                   (int)p->pid, p->slot, how, (unsigned long long)d);
-        p->restart_timer = malloc(sizeof(uv_timer_t));
-        uv_timer_init(sup.loop, p->restart_timer);
-        p->restart_timer->data = p;
-        uv_timer_start(p->restart_timer, on_restart_timer, d, 0);
+        uv_timer_start(&p->restart_timer, on_restart_timer, d, 0);
     } else {
         p->want_restart = 0;
         log_info("worker exited", "kind=%s pid=%d slot=%d %s", proc_kind_name(p->kind), (int)p->pid, p->slot,
                  how);
-        if (p->kind == PROC_INGEST && !sup.draining)
-            sup_start_ingest_if_leader(); /* a reload or leadership change stopped it */
     }
+    if (ps->ev.exited != NULL)
+        ps->ev.exited(ps, p, status, crashed);
 }
 
 /* Free exited entries nobody refers to any more. */
-static void gc(void)
+static void gc(procs_t *ps)
 {
-    proc_t **pp = &sup.procs;
+    proc_t **pp = &ps->list;
     while (*pp != NULL) {
         proc_t *p = *pp;
-        if (p->state == PS_EXITED && !p->want_restart && p->restart_timer == NULL) {
+        if (p->state == PS_EXITED && !p->want_restart && !uv_is_active((uv_handle_t *)&p->restart_timer)) {
             *pp = p->next;
-            json_decref(p->metrics);
-            json_decref(p->status);
-            free(p);
+            proc_free(p);
         } else {
             pp = &p->next;
         }
     }
 }
 
-void procs_reap(void)
+void procs_reap(procs_t *ps)
 {
     int status;
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
         proc_t *p;
-        for (p = sup.procs; p != NULL; p = p->next)
+        for (p = ps->list; p != NULL; p = p->next)
             if (p->pid == pid && p->state != PS_EXITED)
                 break;
         if (p == NULL) {
@@ -432,6 +455,15 @@ void procs_reap(void)
         }
         on_exit_proc(p, status);
     }
-    gc();
-    sup_check_drained();
+    gc(ps);
+}
+
+void procs_close(procs_t *ps)
+{
+    while (ps->list != NULL) {
+        proc_t *p = ps->list;
+        ps->list = p->next;
+        proc_free(p);
+    }
+    uv_close((uv_handle_t *)&ps->sig_chld, NULL);
 }

@@ -81,8 +81,7 @@ static void f_emit(void *arg, const char *channel, const char *json, size_t len)
         json_object_foreach(m, k, v)
         {
             if (strcmp(k, "price") == 0 || strcmp(k, "qty") == 0 || strcmp(k, "last") == 0)
-                FUZZ_CHECK(json_is_string(v) &&
-                           msg_decimal_valid(json_string_value(v), json_string_length(v)));
+                FUZZ_CHECK(json_is_string(v) && decimal_valid(json_string_value(v), json_string_length(v)));
         }
     } else if (strcmp(type, "orderbook") == 0) {
         FUZZ_CHECK(json_is_array(json_object_get(m, "bids")));
@@ -137,6 +136,15 @@ static const char *const markets[EX_COUNT] = {
     [EX_COINBASE] = "BTC-USD,ETH-USD",
 };
 
+/* What every run's sink calls; its arg is the run's record. */
+static const norm_sink_t sink_callbacks = {.emit = f_emit,
+                                           .next_seq = f_next_seq,
+                                           .epoch = EPOCH,
+                                           .malformed = f_malformed,
+                                           .send_text = f_send,
+                                           .reconnect = f_reconnect,
+                                           .status = f_status};
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
@@ -149,25 +157,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int ticks = (data[0] >> 6) & 1;
     const connector_ops_t *ops = connectors[ex];
     rec_t rec = {.exchange = ops->name};
-    norm_sink_t sink = {
-        .arg = &rec,
-        .emit = f_emit,
-        .next_seq = f_next_seq,
-        .epoch = EPOCH,
-        .malformed = f_malformed,
-        .send_text = f_send,
-        .reconnect = f_reconnect,
-        .status = f_status,
-    };
-    cfg_exchange_t cfg = {
-        .enabled = 1,
-        .markets = (char *)markets[ex],
-        .channels = (char *)"ticker,trade,orderbook",
-        .depth = depth,
-        .book_interval_ms = 100,
-        .stale_after_ms = 30000,
-        .format = (char *)(simple ? "SIMPLE" : "DEFAULT"),
-    };
+    norm_sink_t sink = sink_callbacks;
+    sink.arg = &rec;
+    cfg_exchange_t cfg = {.enabled = 1, .depth = depth, .book_interval_ms = 100, .stale_after_ms = 30000};
+    cfg.markets = (char *)markets[ex];
+    cfg.channels = (char *)"ticker,trade,orderbook";
+    cfg.format = (char *)(simple ? "SIMPLE" : "DEFAULT");
     buf_t url;
     buf_init(&url);
     FUZZ_CHECK(ops->url(&cfg, &url) == 0);

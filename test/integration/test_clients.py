@@ -315,7 +315,9 @@ def test_clients_deliver_every_trade_once(scenario, tmp_path, zk_server, kafka_b
             epoch0 = node0.status()["epoch"]
             node0.signal(signal.SIGTERM)
             util.wait_until(lambda: node1.status()["role"] == "leader", timeout=20, what="node1 leads")
-            assert node1.status()["epoch"] > epoch0
+            # /status shows the epoch of the ingest start, which follows the
+            # promotion once the epoch node in ZooKeeper has been written.
+            util.wait_until(lambda: node1.status()["epoch"] > epoch0, timeout=20, what="node1's ingest epoch")
         elif scenario == "cut_without_close":
             frozen = proxies[0].cut()
             assert frozen, "no client connection to cut"

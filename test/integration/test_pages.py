@@ -54,7 +54,10 @@ def keep_screenshots(paths, scenario):
     return dest
 
 
-def run_pages(tmp_path, args, timeout=50):
+# Each step of pages.mjs has its own bound (12 s, --step-timeout-ms); the main
+# scenario has six, so this outer bound only catches a hung browser: it must
+# not be tighter than the steps' bounds (44 s runs were seen at load 16).
+def run_pages(tmp_path, args, timeout=120):
     scenario = args[args.index("--scenario") + 1] if "--scenario" in args else "main"
     out = tmp_path / "screenshots"
     argv = [NODE, os.path.join(BROWSER_DIR, "pages.mjs"), "--out", str(out)] + list(args)

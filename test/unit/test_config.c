@@ -175,12 +175,16 @@ static void test_exchange_ini_is_defaults(void **state)
     (void)state;
     FILE *f = fopen("conf/exchange.ini", "r");
     assert_non_null(f);
+    assert_int_equal(fseek(f, 0, SEEK_END), 0);
+    long size = ftell(f);
+    assert_true(size > 0);
+    rewind(f);
     buf_t text;
     buf_init(&text);
-    char chunk[4096];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
-        buf_append(&text, chunk, n);
+    assert_int_equal(buf_reserve(&text, (size_t)size + 1), 0);
+    assert_int_equal(fread(text.data, 1, (size_t)size, f), (size_t)size);
+    text.data[size] = '\0';
+    text.len = (size_t)size;
     fclose(f);
     buf_t err;
     buf_init(&err);

@@ -1,5 +1,5 @@
 /* Unit tests for common/msg.c: the message builder and msg_parse_meta,
- * shortest round-trip number text, exact decimal arithmetic, channel names. */
+ * shortest round-trip number text, channel names (decimals: test_decimal.c). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -48,70 +48,28 @@ static void test_fmt_double(void **state)
     assert_int_equal(msg_fmt_double(123456.0, out, 4), -ERANGE);
 }
 
-static void test_decimal_shift(void **state)
-{
-    (void)state;
-    static const struct {
-        const char *in;
-        const char *want;
-    } t[] = {
-        {"-1.234", "-0.01234"}, {"1.234", "0.01234"},   {"5", "0.05"},
-        {"150", "1.50"},        {"12345.6", "123.456"}, {"0", "0.00"},
-        {"0.000", "0.00000"},   {"-94.99", "-0.9499"},  {"-4.15775596190603", "-0.0415775596190603"},
-        {"100", "1.00"},        {"007.5", "0.075"},
-    };
-    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
-        char out[80];
-        assert_int_equal(msg_decimal_shift(t[i].in, 2, out, sizeof(out)), 0);
-        assert_string_equal(out, t[i].want);
-    }
-    char out[80];
-    assert_int_equal(msg_decimal_shift("1e5", 2, out, sizeof(out)), -EINVAL);
-    assert_int_equal(msg_decimal_shift("abc", 2, out, sizeof(out)), -EINVAL);
-    assert_int_equal(msg_decimal_shift("1.", 2, out, sizeof(out)), -EINVAL);
-    assert_int_equal(msg_decimal_shift("", 2, out, sizeof(out)), -EINVAL);
-    assert_int_equal(msg_decimal_shift("12345", 2, out, 4), -ERANGE);
-}
-
-static void test_decimal_valid_cmp(void **state)
-{
-    (void)state;
-    assert_true(msg_decimal_valid("0.001", 5));
-    assert_true(msg_decimal_valid("-12", 3));
-    assert_false(msg_decimal_valid(".5", 2));
-    assert_false(msg_decimal_valid("1e-8", 4));
-    assert_false(msg_decimal_valid("+1", 2));
-    assert_false(msg_decimal_valid("1.2.3", 5));
-    assert_false(msg_decimal_valid("NaN", 3));
-    assert_false(msg_decimal_valid("", 0));
-    assert_true(msg_decimal_cmp("1.50", "1.5") == 0);
-    assert_true(msg_decimal_cmp("10.1", "9.99") > 0);
-    assert_true(msg_decimal_cmp("100000.01", "99999.5") > 0);
-    assert_true(msg_decimal_cmp("0.0001", "0.001") < 0);
-    assert_true(msg_decimal_cmp("-1", "0") < 0);
-    assert_true(msg_decimal_cmp("-2", "-1") < 0);
-    assert_true(msg_decimal_cmp("-0.0", "0") == 0);
-    assert_true(msg_decimal_cmp("007", "7.000") == 0);
-    assert_true(msg_decimal_cmp("21921.73", "21921.8") < 0);
-    assert_true(msg_decimal_is_zero("0.000"));
-    assert_false(msg_decimal_is_zero("0.0001"));
-}
-
 static void test_channels(void **state)
 {
     (void)state;
-    assert_true(msg_channel_valid("ticker.upbit.BTC-KRW", 0));
-    assert_true(msg_channel_valid("status.binance", 0));
-    assert_false(msg_channel_valid("ticker.upbit", 0));
-    assert_false(msg_channel_valid("ticker.upbit.BTC-KRW.x", 0));
-    assert_false(msg_channel_valid("ticker..BTC-KRW", 0));
-    assert_false(msg_channel_valid("", 0));
-    assert_false(msg_channel_valid("ticker.up bit.BTC-KRW", 0));
-    assert_false(msg_channel_valid("ticker.*.BTC-KRW", 0));
-    assert_true(msg_channel_valid("ticker.*.BTC-KRW", 1));
-    assert_true(msg_channel_valid("*.*.*", 1));
-    assert_true(msg_channel_valid("status.*", 1));
-    assert_false(msg_channel_valid("tick*.upbit.BTC-KRW", 1));
+    static const struct {
+        const char *ch;
+        int wildcard, valid;
+    } t[] = {
+        {"ticker.upbit.BTC-KRW", 0, 1},
+        {"status.binance", 0, 1},
+        {"ticker.upbit", 0, 0},
+        {"ticker.upbit.BTC-KRW.x", 0, 0},
+        {"ticker..BTC-KRW", 0, 0},
+        {"", 0, 0},
+        {"ticker.up bit.BTC-KRW", 0, 0},
+        {"ticker.*.BTC-KRW", 0, 0},
+        {"ticker.*.BTC-KRW", 1, 1},
+        {"*.*.*", 1, 1},
+        {"status.*", 1, 1},
+        {"tick*.upbit.BTC-KRW", 1, 0},
+    };
+    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+        assert_int_equal(msg_channel_valid(t[i].ch, t[i].wildcard), t[i].valid);
     char longch[200];
     memset(longch, 'a', sizeof(longch) - 1);
     longch[sizeof(longch) - 1] = 0;
@@ -309,8 +267,7 @@ static void test_json_object_valid(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fmt_double),        cmocka_unit_test(test_decimal_shift),
-        cmocka_unit_test(test_decimal_valid_cmp), cmocka_unit_test(test_channels),
+        cmocka_unit_test(test_fmt_double),        cmocka_unit_test(test_channels),
         cmocka_unit_test(test_build_and_meta),    cmocka_unit_test(test_read_prefix),
         cmocka_unit_test(test_json_object_valid),
     };

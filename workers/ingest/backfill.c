@@ -115,6 +115,28 @@ static int symbol_for(int ex, const char *s, char *out, size_t outsz)
     return conn_symbol_dash(s, out, outsz);
 }
 
+/* The id, price and quantity every exchange's trade has, under its names. */
+static const char *trade_fields(json_t *o, const char *id, const char *price, const char *qty,
+                                norm_trade_t *t)
+{
+    const char *why;
+    if ((why = conn_id(json_object_get(o, id), t->trade_id, sizeof(t->trade_id))) ||
+        (why = conn_decimal(json_object_get(o, price), t->price, sizeof(t->price))))
+        return why;
+    return conn_decimal(json_object_get(o, qty), t->qty, sizeof(t->qty));
+}
+
+/* t->side from a text field: "buy" when it reads buy_word (compared by
+ * cmp), else "sell". */
+static const char *side_text(json_t *v, const char *buy_word, int (*cmp)(const char *, const char *),
+                             norm_trade_t *t)
+{
+    if (!json_is_string(v))
+        return "missing_field";
+    snprintf(t->side, sizeof(t->side), "%s", cmp(json_string_value(v), buy_word) == 0 ? "buy" : "sell");
+    return NULL;
+}
+
 static const char *parse_one(int ex, json_t *o, norm_trade_t *t)
 {
     const char *why;
@@ -124,24 +146,17 @@ static const char *parse_one(int ex, json_t *o, norm_trade_t *t)
     if (!json_is_object(o))
         return "wrong_type";
     if (ex == EX_UPBIT || ex == EX_BITHUMB) {
-        if ((why = conn_id(json_object_get(o, "sequential_id"), t->trade_id, sizeof(t->trade_id))) ||
-            (why = conn_decimal(json_object_get(o, "trade_price"), t->price, sizeof(t->price))) ||
-            (why = conn_decimal(json_object_get(o, "trade_volume"), t->qty, sizeof(t->qty))) ||
-            (why = conn_ts(json_object_get(o, "timestamp"), &t->ts)))
+        if ((why = trade_fields(o, "sequential_id", "trade_price", "trade_volume", t)) ||
+            (why = conn_ts(json_object_get(o, "timestamp"), &t->ts)) ||
+            (why = side_text(json_object_get(o, "ask_bid"), "BID", strcmp, t)))
             return why;
-        side = json_object_get(o, "ask_bid");
-        if (!json_is_string(side))
-            return "missing_field";
-        snprintf(t->side, sizeof(t->side), "%s", !strcmp(json_string_value(side), "BID") ? "buy" : "sell");
         json_t *m = json_object_get(o, "market");
         if (json_is_string(m) && symbol_for(ex, json_string_value(m), t->symbol, sizeof(t->symbol)) < 0)
             return "bad_symbol";
         return NULL;
     }
     if (ex == EX_BINANCE) {
-        if ((why = conn_id(json_object_get(o, "id"), t->trade_id, sizeof(t->trade_id))) ||
-            (why = conn_decimal(json_object_get(o, "price"), t->price, sizeof(t->price))) ||
-            (why = conn_decimal(json_object_get(o, "qty"), t->qty, sizeof(t->qty))) ||
+        if ((why = trade_fields(o, "id", "price", "qty", t)) ||
             (why = conn_ts(json_object_get(o, "time"), &t->ts)))
             return why;
         side = json_object_get(o, "isBuyerMaker");
@@ -151,16 +166,12 @@ static const char *parse_one(int ex, json_t *o, norm_trade_t *t)
         return NULL;
     }
     json_t *tm = json_object_get(o, "time"), *pid = json_object_get(o, "product_id");
-    if ((why = conn_id(json_object_get(o, "trade_id"), t->trade_id, sizeof(t->trade_id))) ||
-        (why = conn_decimal(json_object_get(o, "price"), t->price, sizeof(t->price))) ||
-        (why = conn_decimal(json_object_get(o, "size"), t->qty, sizeof(t->qty))))
+    if ((why = trade_fields(o, "trade_id", "price", "size", t)))
         return why;
     if (!json_is_string(tm) || conn_rfc3339_ms(json_string_value(tm), &t->ts) < 0)
         return "bad_time";
-    side = json_object_get(o, "side");
-    if (!json_is_string(side))
-        return "missing_field";
-    snprintf(t->side, sizeof(t->side), "%s", !strcasecmp(json_string_value(side), "BUY") ? "buy" : "sell");
+    if ((why = side_text(json_object_get(o, "side"), "BUY", strcasecmp, t)))
+        return why;
     if (json_is_string(pid) && symbol_for(ex, json_string_value(pid), t->symbol, sizeof(t->symbol)) < 0)
         return "bad_symbol";
     return NULL;

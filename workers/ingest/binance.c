@@ -155,7 +155,7 @@ static const char *symbol_of(json_t *d, char *sym, size_t symsz)
 
 static const char *on_trade(connector_t *c, json_t *d, int64_t recv_ts)
 {
-    char sym[48], price[MSG_DECIMAL_MAX], qty[MSG_DECIMAL_MAX], id[80];
+    char sym[48], price[DECIMAL_MAX], qty[DECIMAL_MAX], id[80];
     const char *why;
     int64_t ts;
     NEED(symbol_of(d, sym, sizeof(sym)));
@@ -185,18 +185,18 @@ static const char *on_ticker(connector_t *c, json_t *d, int64_t recv_ts)
         {"bid_qty", "B"}, {"ask", "a"},          {"ask_qty", "A"},
     };
     enum { NF = sizeof(f) / sizeof(f[0]) };
-    char sym[48], val[NF][MSG_DECIMAL_MAX + 4];
+    char sym[48], val[NF][DECIMAL_MAX + 4];
     const char *why;
     int64_t ts;
     NEED(symbol_of(d, sym, sizeof(sym)));
     for (size_t i = 0; i < NF; i++) {
         NEED(conn_decimal(json_object_get(d, f[i].key), val[i], sizeof(val[i])));
         if (!strcmp(f[i].key, "P")) {
-            char pct[MSG_DECIMAL_MAX];
+            char pct[DECIMAL_MAX];
             memcpy(pct, val[i], sizeof(pct));
             pct[sizeof(pct) - 1] = 0;
             /* P is a percent: shift the decimal text, never through a double */
-            if (msg_decimal_shift(pct, 2, val[i], sizeof(val[i])) < 0)
+            if (decimal_shift(pct, 2, val[i], sizeof(val[i])) < 0)
                 return "bad_number";
         }
     }
@@ -212,7 +212,7 @@ bad:
 
 static const char *side_levels(connector_t *c, json_t *arr, buf_t *out)
 {
-    char p[MSG_DECIMAL_MAX], q[MSG_DECIMAL_MAX];
+    char p[DECIMAL_MAX], q[DECIMAL_MAX];
     const char *why;
     size_t i, n = 0, max = c->depth > 0 ? (size_t)c->depth : (size_t)-1;
     json_t *lv;

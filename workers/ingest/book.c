@@ -33,7 +33,7 @@ static size_t side_find(const book_side_t *s, const char *price, int *found)
     *found = 0;
     /* fast path: beyond the worst level (snapshots come in order) */
     if (s->n > 0) {
-        int c = msg_decimal_cmp(price, s->v[s->n - 1].price);
+        int c = decimal_cmp(price, s->v[s->n - 1].price);
         if (s->desc)
             c = -c;
         if (c > 0)
@@ -41,7 +41,7 @@ static size_t side_find(const book_side_t *s, const char *price, int *found)
     }
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        int c = msg_decimal_cmp(price, s->v[mid].price);
+        int c = decimal_cmp(price, s->v[mid].price);
         if (s->desc)
             c = -c;
         if (c == 0) {
@@ -61,10 +61,10 @@ int book_set(book_t *b, int bid, const char *price, const char *qty)
     book_side_t *s = bid ? &b->bids : &b->asks;
     size_t pl = strlen(price), ql = strlen(qty);
     int found;
-    if (!msg_decimal_valid(price, pl) || !msg_decimal_valid(qty, ql))
+    if (!decimal_valid(price, pl) || !decimal_valid(qty, ql))
         return -EINVAL;
     size_t i = side_find(s, price, &found);
-    if (msg_decimal_is_zero(qty)) {
+    if (decimal_is_zero(qty)) {
         if (found) {
             memmove(&s->v[i], &s->v[i + 1], (s->n - i - 1) * sizeof(s->v[0]));
             s->n--;

@@ -6,11 +6,12 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "buf.h"
+#include "decimal.h"
 #include "msg.h"
 
 typedef struct {
-    char price[MSG_DECIMAL_MAX];
-    char qty[MSG_DECIMAL_MAX];
+    char price[DECIMAL_MAX];
+    char qty[DECIMAL_MAX];
 } book_level_t;
 
 typedef struct {
@@ -27,7 +28,7 @@ void book_init(book_t *b);
 void book_free(book_t *b);
 void book_clear(book_t *b);
 /* Set the absolute quantity at a price; a zero quantity removes the level.
- * price and qty must be valid decimals (msg_decimal_valid): -EINVAL
+ * price and qty must be valid decimals (decimal_valid): -EINVAL
  * otherwise, -ENOMEM on allocation failure. */
 int book_set(book_t *b, int bid, const char *price, const char *qty);
 size_t book_depth(const book_t *b, int bid);

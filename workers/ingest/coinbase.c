@@ -211,7 +211,7 @@ static const char *str_field(json_t *o, const char *key, const char **out)
 static const char *check_update(json_t *u, int *bid)
 {
     const char *side, *why;
-    char tmp[MSG_DECIMAL_MAX];
+    char tmp[DECIMAL_MAX];
     if (!json_is_object(u))
         return "wrong_type";
     NEED(str_field(u, "side", &side));
@@ -261,7 +261,7 @@ static const char *on_l2_event(coinbase_t *cb, json_t *ev, int64_t ts, int64_t r
     }
     json_array_foreach(ups, i, u)
     {
-        char p[MSG_DECIMAL_MAX], q[MSG_DECIMAL_MAX];
+        char p[DECIMAL_MAX], q[DECIMAL_MAX];
         check_update(u, &bid);
         conn_decimal(json_object_get(u, "price_level"), p, sizeof(p));
         conn_decimal(json_object_get(u, "new_quantity"), q, sizeof(q));
@@ -281,7 +281,7 @@ bad:
 
 static const char *on_trade(connector_t *c, json_t *t, int64_t ts, int64_t recv_ts)
 {
-    char sym[48], price[MSG_DECIMAL_MAX], qty[MSG_DECIMAL_MAX], id[80];
+    char sym[48], price[DECIMAL_MAX], qty[DECIMAL_MAX], id[80];
     const char *why, *product, *side, *time;
     if (!json_is_object(t))
         return "wrong_type";
@@ -328,7 +328,7 @@ static const char *on_ticker(connector_t *c, json_t *t, int64_t ts, int64_t recv
         {"ask_qty", "best_ask_quantity", 1},
     };
     enum { NF = sizeof(f) / sizeof(f[0]) };
-    char sym[48], val[NF][MSG_DECIMAL_MAX + 4];
+    char sym[48], val[NF][DECIMAL_MAX + 4];
     int have[NF];
     const char *why, *product;
     if (!json_is_object(t))
@@ -343,10 +343,10 @@ static const char *on_ticker(connector_t *c, json_t *t, int64_t ts, int64_t recv
             continue;
         NEED(conn_decimal(v, val[i], sizeof(val[i])));
         if (!strcmp(f[i].out, "change_rate")) {
-            char pct[MSG_DECIMAL_MAX];
+            char pct[DECIMAL_MAX];
             memcpy(pct, val[i], sizeof(pct));
             pct[sizeof(pct) - 1] = 0;
-            if (msg_decimal_shift(pct, 2, val[i], sizeof(val[i])) < 0)
+            if (decimal_shift(pct, 2, val[i], sizeof(val[i])) < 0)
                 return "bad_number";
         }
     }

@@ -10,6 +10,7 @@
 #include <jansson.h>
 #include "buf.h"
 #include "config.h"
+#include "decimal.h"
 #include "msg.h"
 
 typedef struct connector_s connector_t;
@@ -19,7 +20,7 @@ typedef struct connector_s connector_t;
  * a running backfill of its channel) and stamps seq/epoch then. */
 typedef struct norm_trade_s {
     char symbol[48];
-    char price[MSG_DECIMAL_MAX], qty[MSG_DECIMAL_MAX];
+    char price[DECIMAL_MAX], qty[DECIMAL_MAX];
     char side[8];
     char trade_id[80];
     int64_t ts, recv_ts;

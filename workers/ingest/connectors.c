@@ -144,7 +144,7 @@ const char *conn_decimal(json_t *v, char *out, size_t outsz)
     if (!v)
         return "missing_field";
     if (json_is_string(v)) {
-        if (!msg_decimal_valid(json_string_value(v), json_string_length(v)))
+        if (!decimal_valid(json_string_value(v), json_string_length(v)))
             return "bad_number";
         if (json_string_length(v) + 1 > outsz)
             return "huge_number";

@@ -177,11 +177,14 @@ void ingest_publish(ingest_t *in, const char *channel, int64_t seq, const char *
                      log_q(channel), seq, c->last_pub);
         c->last_pub = seq;
     }
-    if (in->producer != NULL)
-        (void)producer_send(in->producer, channel, json, len, in->epoch);
+    /* One copy of the message: the history, the relay and Kafka share it. */
     rbuf_t *m = rbuf_new(json, len);
-    if (m == NULL)
+    if (m == NULL) {
+        log_error("out of memory: message not published", "channel=%s bytes=%zu", log_q(channel), len);
         return;
+    }
+    if (in->producer != NULL)
+        (void)producer_send(in->producer, channel, m, in->epoch);
     if (c != NULL) {
         if (c->count == c->cap) {
             rbuf_unref(c->ring[c->head].msg);
@@ -586,16 +589,23 @@ static void ws_on_close(wsc_t *wsc, const char *cause, void *arg)
     sink_status(f, f->name, "disconnected", cause ? cause : "");
 }
 
+/* The feed's memory, its connector included (wsclient stopped or never started). */
+static void feed_free(feed_t *f)
+{
+    if (f->conn != NULL)
+        f->ops->destroy(f->conn);
+    buf_free(&f->url);
+    buf_free(&f->scratch);
+    free(f);
+}
+
 static void ws_on_stopped(wsc_t *wsc, void *arg)
 {
     feed_t *f = arg;
     (void)wsc;
     if (f->in->feeds[f->ex] == f)
         f->in->feeds[f->ex] = NULL;
-    f->ops->destroy(f->conn);
-    buf_free(&f->url);
-    buf_free(&f->scratch);
-    free(f);
+    feed_free(f);
 }
 
 int feed_start(ingest_t *in, int ex, feed_t **out)
@@ -682,11 +692,7 @@ int feed_start(ingest_t *in, int ex, feed_t **out)
     return 0;
 fail:
     backfill_stop(f->bf);
-    if (f->conn != NULL)
-        f->ops->destroy(f->conn);
-    buf_free(&f->url);
-    buf_free(&f->scratch);
-    free(f);
+    feed_free(f);
     return r;
 }
 

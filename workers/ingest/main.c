@@ -209,7 +209,7 @@ static int on_start(worker_t *w)
     uv_timer_init(w->loop, &tail_wait);
     if (ing.producer != NULL && w->cfg->kafka.ingest_tail > 0) {
         tail_running = 1;
-        uv_update_time(w->loop); /* stale after producer_create's metadata warm-up */
+        uv_update_time(w->loop); /* stale after producer_create (rd_kafka_new) */
         uv_timer_start(&tail_wait, on_tail_wait, (uint64_t)w->cfg->kafka.ingest_tail_ms, 0);
         producer_on_ready(ing.producer, on_producer_ready, NULL); /* may read it at once */
     }

@@ -17,6 +17,7 @@
 #include "backoff.h"
 #include "log.h"
 #include "metrics.h"
+#include "rbuf.h"
 
 #define TOPIC_RETRY_MS 5000
 #define PRODUCER_REJECTED_MAX 64
@@ -26,14 +27,19 @@
 #define REBUILD_MAX_MS 5000
 
 /* One message kept by the transactional producer until its transaction is
- * committed: an aborted transaction is produced again, in order, from these. */
+ * committed: an aborted transaction is produced again, in order, from these.
+ * The value is the caller's buffer, referenced (never copied): librdkafka is
+ * handed its bytes without RD_KAFKA_MSG_F_COPY, and the reference held here
+ * keeps them alive until the transaction is over and every delivery report
+ * is served. Produced again after an abort or a rebuild: the same bytes. */
 typedef struct txmsg_s {
     struct txmsg_s *next;
     int64_t epoch;
     uint64_t t0; /* uv_hrtime()/1000 at producer_send */
     uint64_t id; /* the delivery report's opaque (transactional mode) */
-    size_t klen, vlen;
-    char data[]; /* key then value */
+    rbuf_t *val; /* one reference, dropped by txmsg_free */
+    size_t klen;
+    char key[];
 } txmsg_t;
 
 typedef struct {
@@ -47,12 +53,19 @@ typedef struct {
  * may block), then a new one is created after a backoff and goes to INIT. */
 typedef enum { TX_OFF = 0, TX_INIT, TX_IDLE, TX_OPEN, TX_COMMIT, TX_ABORT, TX_DEAD, TX_REBUILD } tx_state_t;
 
+/* A blocking librdkafka call on a libuv work thread. op TX_OFF with warm:
+ * the metadata warm-up alone (not transactional). */
 typedef struct {
     uv_work_t req;
     producer_t *p;
     rd_kafka_t *rk;
     tx_state_t op;
     rd_kafka_error_t *error; /* result, NULL: success */
+    /* warm-up first (warm_topic_metadata): what it found */
+    int warm;
+    rd_kafka_resp_err_t warm_err;
+    int partitions, replicas; /* -1: not found */
+    char topic[];
 } txwork_t;
 
 struct producer_s {
@@ -94,6 +107,9 @@ struct producer_s {
     void *abort_arg;
     int found_partitions; /* of the topic at start (metadata warm-up), -1 unknown */
     int found_replicas;
+    int warm_next;          /* a new client: the next work item warms its metadata first */
+    int warming;            /* a warm-up is running on a work thread */
+    const char *exists_how; /* "kafka topic exists" waits for the warm-up's figures */
     /* drain */
     void (*drain_done)(void *arg, int remaining);
     void *drain_arg;
@@ -136,11 +152,8 @@ static int rejected_for_good(rd_kafka_resp_err_t err)
 /* The topic is there (CreateTopics said so, or a message was delivered to
  * it): say once what was found. Used as it is: a partition count is only
  * ever raised by an operator (it moves keys between partitions). */
-static void note_topic_exists(producer_t *p, const char *how)
+static void say_topic_exists(producer_t *p, const char *how)
 {
-    if (p->topic_ready)
-        return;
-    p->topic_ready = 1;
     if (p->found_partitions <= 0) /* not in the metadata at start: nothing to compare */
         log_info("kafka topic exists", "topic=%s how=%s", log_q(p->cfg->kafka.topic), how);
     else if (p->found_partitions != p->cfg->kafka.partitions)
@@ -153,11 +166,24 @@ static void note_topic_exists(producer_t *p, const char *how)
                  log_q(p->cfg->kafka.topic), p->found_partitions, p->found_replicas, how);
 }
 
+static void note_topic_exists(producer_t *p, const char *how)
+{
+    if (p->topic_ready)
+        return;
+    p->topic_ready = 1;
+    if (p->warming) /* said once the warm-up's figures are in (warm_done) */
+        p->exists_how = how;
+    else
+        say_topic_exists(p, how);
+}
+
 /* Runs on the loop thread: delivery reports are events on main_q, served
  * only by serve_main_queue (rd_kafka_flush inside commit_transaction, on a
  * work thread, then waits for them instead of serving them). */
 static void on_delivery(producer_t *p, const rd_kafka_message_t *m)
 {
+    if (p->tx == TX_OFF) /* librdkafka is done with the bytes: drop its reference */
+        rbuf_unref(m->_private);
     if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
         metric_inc(p->m_produced);
         if (!p->topic_ready) {
@@ -167,10 +193,9 @@ static void on_delivery(producer_t *p, const rd_kafka_message_t *m)
         }
         if (p->tx != TX_OFF)
             return; /* latency is observed at commit: what read-committed consumers wait */
-        uint64_t t0 = (uint64_t)(uintptr_t)m->_private; /* uv_hrtime()/1000 at enqueue */
-        uint64_t now = uv_hrtime() / 1000u;
-        if (t0 != 0 && now >= t0)
-            metric_observe(p->m_latency, (double)(now - t0) / 1e6);
+        int64_t us = rd_kafka_message_latency(m); /* since producev */
+        if (us >= 0)
+            metric_observe(p->m_latency, (double)us / 1e6);
         return;
     }
     metric_inc(metric_labels(p->m_failed, "error=\"%s\"", rd_kafka_err2name(m->err)));
@@ -234,35 +259,50 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 /* librdkafka learns a new topic's partitions only on its 1 s topic scan, so
  * the first messages of a fresh producer wait up to a second (measured: 0.7-
  * 1.0 s). After a failover that second is on every client's clock: fetch the
- * topic's metadata now. Bounded; with Kafka down it gives up and the normal
- * path retries. Runs once per client, at start (before any feed connects).
- * Notes what it found of an existing topic (partitions, replicas) for the
- * "kafka topic exists" log line. */
-static void warm_topic_metadata(producer_t *p, rd_kafka_t *rk, const char *topic)
+ * topic's metadata now. Runs on a libuv work thread (it blocks up to 1 s, no
+ * feed waits for it), once per client: the first work item of a new client
+ * (make_client sets warm_next) does it before its own call. With Kafka down
+ * it gives up and the normal path retries. Notes what it found of an
+ * existing topic (partitions, replicas) for the "kafka topic exists" line. */
+static void warm_topic_metadata(txwork_t *w)
 {
     const struct rd_kafka_metadata *md = NULL;
-    rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
-    p->found_partitions = p->found_replicas = -1;
+    w->partitions = w->replicas = -1;
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(w->rk, w->topic, NULL);
     if (rkt == NULL)
         return;
-    rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, rkt, &md, 1000);
-    if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+    w->warm_err = rd_kafka_metadata(w->rk, 0, rkt, &md, 1000);
+    if (w->warm_err == RD_KAFKA_RESP_ERR_NO_ERROR) {
         for (int i = 0; i < md->topic_cnt; i++) {
             const rd_kafka_metadata_topic_t *t = &md->topics[i];
-            if (strcmp(t->topic, topic) != 0 || t->err != RD_KAFKA_RESP_ERR_NO_ERROR || t->partition_cnt <= 0)
+            if (strcmp(t->topic, w->topic) != 0 || t->err != RD_KAFKA_RESP_ERR_NO_ERROR ||
+                t->partition_cnt <= 0)
                 continue;
-            p->found_partitions = t->partition_cnt;
-            p->found_replicas = t->partitions[0].replica_cnt;
+            w->partitions = t->partition_cnt;
+            w->replicas = t->partitions[0].replica_cnt;
         }
         rd_kafka_metadata_destroy(md);
-    } else
-        log_warn("kafka metadata warm-up failed", "topic=%s err=%s", log_q(topic), rd_kafka_err2name(err));
+    }
     rd_kafka_topic_destroy(rkt);
 }
 
-/* warm: fetch the topic's metadata before returning (blocks up to 1 s: only
- * at start, before any feed runs). */
-static rd_kafka_t *make_client(producer_t *p, int warm)
+/* Loop thread: the warm-up's result. */
+static void warm_done(producer_t *p, const txwork_t *w)
+{
+    p->warming = 0;
+    p->found_partitions = w->partitions;
+    p->found_replicas = w->replicas;
+    if (w->warm_err != RD_KAFKA_RESP_ERR_NO_ERROR)
+        log_warn("kafka metadata warm-up failed", "topic=%s err=%s", log_q(w->topic),
+                 rd_kafka_err2name(w->warm_err));
+    if (p->exists_how != NULL) {
+        say_topic_exists(p, p->exists_how);
+        p->exists_how = NULL;
+    }
+}
+
+/* A new client: its first work item warms the topic's metadata. */
+static rd_kafka_t *make_client(producer_t *p)
 {
     const cfg_t *c = p->cfg;
     char errstr[512], id[160];
@@ -325,8 +365,7 @@ static rd_kafka_t *make_client(producer_t *p, int warm)
         return NULL;
     }
     rd_kafka_set_log_queue(rk, NULL); /* NULL: the main queue, served by serve_main_queue */
-    if (warm)
-        warm_topic_metadata(p, rk, c->kafka.topic);
+    p->warm_next = 1;
     return rk;
 }
 
@@ -383,7 +422,7 @@ static void handle_admin_event(producer_t *p, rd_kafka_event_t *ev)
 
 static int count_remaining(producer_t *p, const char *what)
 {
-    /* Transactional: what librdkafka holds is a copy of txn. */
+    /* Transactional: what librdkafka holds is txn (referenced). */
     int n = p->tx != TX_OFF ? p->txn.n + p->pending.n : rd_kafka_outq_len(p->rk);
     if (n > 0)
         log_warn("kafka messages not delivered", "when=%s remaining=%d", what, n);
@@ -449,6 +488,47 @@ static void detach_client(producer_t *p)
     p->main_q = p->admin_q = NULL;
 }
 
+static void tx_work(uv_work_t *req);
+static void tx_work_done(uv_work_t *req, int status);
+
+/* Queues op (TX_OFF: nothing but the warm-up) on a libuv work thread for
+ * rk; the first work item of a new client warms its metadata first.
+ * p->work_busy until tx_work_done. */
+static int start_work(producer_t *p, tx_state_t op, rd_kafka_t *rk)
+{
+    int warm = p->warm_next && op != TX_REBUILD;
+    size_t tlen = warm ? strlen(p->cfg->kafka.topic) : 0;
+    txwork_t *w = calloc(1, sizeof(*w) + tlen + 1);
+    if (w == NULL)
+        abort();
+    w->p = p;
+    w->rk = rk;
+    w->op = op;
+    w->req.data = w;
+    w->warm = warm;
+    if (warm)
+        memcpy(w->topic, p->cfg->kafka.topic, tlen);
+    int r = uv_queue_work(p->loop, &w->req, tx_work, tx_work_done);
+    if (r < 0) { /* cannot happen with valid arguments */
+        free(w);
+        return r;
+    }
+    p->work_busy = 1;
+    if (warm) {
+        p->warm_next = 0;
+        p->warming = 1;
+    }
+    return 0;
+}
+
+/* Not transactional: a new client's warm-up, alone on a work thread. */
+static void warm_start(producer_t *p)
+{
+    int r;
+    if (p->tx == TX_OFF && p->warm_next && !p->work_busy && (r = start_work(p, TX_OFF, p->rk)) < 0)
+        log_error_err(r, "uv_queue_work failed: no metadata warm-up", LOG_NOFIELDS);
+}
+
 /* Tear down a client whose idempotent state is broken and start a new one.
  * What was queued is lost: count it. Non-transactional mode only: a
  * transactional producer's fatal error means it was fenced (or worse). */
@@ -459,12 +539,13 @@ static void rebuild(producer_t *p)
     rd_kafka_purge(p->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
     detach_client(p);
     rd_kafka_destroy(p->rk);
-    p->rk = make_client(p, 1);
+    p->rk = make_client(p);
     if (p->rk == NULL) {
         log_error("kafka producer could not be rebuilt", "brokers=%s", log_q(p->cfg->kafka.brokers));
         return;
     }
     attach_client(p);
+    warm_start(p);
 }
 
 /* ---- transactions ------------------------------------------------------ */
@@ -501,29 +582,37 @@ static void list_concat(txlist_t *a, txlist_t *b)
     b->n = 0;
 }
 
+static void txmsg_free(txmsg_t *m)
+{
+    rbuf_unref(m->val);
+    free(m);
+}
+
 static void list_free(txlist_t *l)
 {
     txmsg_t *m = l->head;
     while (m != NULL) {
         txmsg_t *next = m->next;
-        free(m);
+        txmsg_free(m);
         m = next;
     }
     l->head = l->tail = NULL;
     l->n = 0;
 }
 
-/* opaque: uv_hrtime()/1000 at send (non-transactional, for the latency),
- * else the txmsg_t's id. */
-static rd_kafka_resp_err_t produce_one(producer_t *p, const char *key, size_t klen, const char *val,
-                                       size_t vlen, int64_t epoch, uint64_t opaque)
+/* The value is referenced, not copied (no RD_KAFKA_MSG_F_COPY nor _FREE):
+ * its owner keeps val alive until the delivery report is served (key and
+ * header are copied by librdkafka). opaque: the rbuf_t itself, whose
+ * reference on_delivery drops (not transactional), else the txmsg_t's id. */
+static rd_kafka_resp_err_t produce_one(producer_t *p, const char *key, size_t klen, const rbuf_t *val,
+                                       int64_t epoch, void *opaque)
 {
     char ep[24];
     int eplen = snprintf(ep, sizeof(ep), "%" PRId64, epoch);
-    return rd_kafka_producev(p->rk, RD_KAFKA_V_TOPIC(p->cfg->kafka.topic),
-                             RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_KEY(key, klen),
-                             RD_KAFKA_V_VALUE((void *)val, vlen), RD_KAFKA_V_HEADER("epoch", ep, eplen),
-                             RD_KAFKA_V_OPAQUE((void *)(uintptr_t)opaque), RD_KAFKA_V_END);
+    return rd_kafka_producev(p->rk, RD_KAFKA_V_TOPIC(p->cfg->kafka.topic), RD_KAFKA_V_MSGFLAGS(0),
+                             RD_KAFKA_V_KEY(key, klen), RD_KAFKA_V_VALUE((void *)val->data, val->len),
+                             RD_KAFKA_V_HEADER("epoch", ep, eplen), RD_KAFKA_V_OPAQUE(opaque),
+                             RD_KAFKA_V_END);
 }
 
 static uint64_t now_ms_mono(void)
@@ -557,6 +646,8 @@ static void tx_dead(producer_t *p, const char *why, rd_kafka_resp_err_t err)
               "why=%s err=%s lost=%d stopping=%d lease_expired=%d", why, rd_kafka_err2name(err),
               p->txn.n + p->pending.n, p->stopping, lease_expired(p));
     metric_inc(metric_labels(p->m_dropped, "reason=\"%s\"", fenced ? "fenced" : "fatal"));
+    if (p->rk != NULL) /* librdkafka references txn's bytes: it lets go of them first */
+        rd_kafka_purge(p->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
     list_free(&p->txn);
     list_free(&p->pending);
     if (p->fatal_cb != NULL)
@@ -579,7 +670,7 @@ static void drop_rejected(producer_t *p)
             *pp = m->next;
             p->txn.n--;
             metric_inc(metric_labels(p->m_dropped, "reason=\"rejected\""));
-            free(m);
+            txmsg_free(m);
         } else {
             last = m;
             pp = &m->next;
@@ -600,12 +691,14 @@ static void requeue_txn(producer_t *p)
     p->txn.n = 0;
 }
 
-/* Runs on a libuv work thread: the only place the blocking transactional
- * calls (and the destruction of a failed client) run. Touches nothing but
- * its own txwork_t. */
+/* Runs on a libuv work thread: the only place the blocking calls (the
+ * metadata warm-up, the transactional calls, the destruction of a failed
+ * client) run. Touches nothing but its own txwork_t. */
 static void tx_work(uv_work_t *req)
 {
     txwork_t *w = req->data;
+    if (w->warm)
+        warm_topic_metadata(w);
     switch (w->op) {
     case TX_INIT: w->error = rd_kafka_init_transactions(w->rk, PRODUCER_TXN_TIMEOUT_MS); break;
     case TX_COMMIT: w->error = rd_kafka_commit_transaction(w->rk, -1); break;
@@ -616,14 +709,13 @@ static void tx_work(uv_work_t *req)
 }
 
 static void on_rebuild_timer(uv_timer_t *t);
-static void tx_work_done(uv_work_t *req, int status);
 
 /* TX_REBUILD, the old client gone and the backoff over: a new client with
  * the same transactional.id; its init_transactions (on a work thread)
  * fences whatever is left of the old one. */
 static void rebuild_create(producer_t *p)
 {
-    p->rk = make_client(p, 0);
+    p->rk = make_client(p);
     if (p->rk == NULL) {
         log_error("kafka transactional producer could not be rebuilt, will retry", "brokers=%s pending=%d",
                   log_q(p->cfg->kafka.brokers), p->pending.n);
@@ -683,15 +775,7 @@ static void tx_fail(producer_t *p, const char *why, rd_kafka_resp_err_t err)
     p->rk = NULL;
     p->fatal = 0;
     /* rd_kafka_destroy waits for librdkafka's threads: off the loop. */
-    txwork_t *w = calloc(1, sizeof(*w));
-    if (w == NULL)
-        abort();
-    w->p = p;
-    w->rk = old;
-    w->op = TX_REBUILD;
-    w->req.data = w;
-    p->work_busy = 1;
-    if (uv_queue_work(p->loop, &w->req, tx_work, tx_work_done) < 0)
+    if (start_work(p, TX_REBUILD, old) < 0)
         abort(); /* cannot fail with valid arguments */
 }
 
@@ -724,15 +808,22 @@ static void tx_work_done(uv_work_t *req, int status)
     producer_t *p = w->p;
     rd_kafka_error_t *e = w->error;
     tx_state_t op = w->op;
+    rd_kafka_t *rk = w->rk;
+    if (w->warm)
+        warm_done(p, w);
     free(w);
     p->work_busy = 0;
     if (p->destroyed || status == UV_ECANCELED) { /* destroyed meanwhile */
         if (e != NULL)
             rd_kafka_error_destroy(e);
+        if (p->destroyed && op == TX_OFF)
+            rd_kafka_destroy(rk); /* the warm-up's client: producer_destroy left it to us */
         if (p->destroyed && p->closed == 4)
             free(p); /* producer_destroy left the memory to us */
         return;
     }
+    if (op == TX_OFF)
+        return;             /* the warm-up alone */
     if (op == TX_REBUILD) { /* the old client is gone */
         if (p->stopping) {
             p->tx = TX_IDLE;
@@ -813,19 +904,9 @@ static void tx_work_done(uv_work_t *req, int status)
 
 static void tx_start_work(producer_t *p, tx_state_t op)
 {
-    txwork_t *w = calloc(1, sizeof(*w));
-    if (w == NULL)
-        abort();
-    w->p = p;
-    w->rk = p->rk;
-    w->op = op;
-    w->req.data = w;
     p->tx = op;
-    p->work_busy = 1;
-    int r = uv_queue_work(p->loop, &w->req, tx_work, tx_work_done);
-    if (r < 0) { /* cannot happen with valid arguments */
-        free(w);
-        p->work_busy = 0;
+    int r = start_work(p, op, p->rk);
+    if (r < 0) {
         log_error_err(r, "uv_queue_work failed", LOG_NOFIELDS);
         retry_later(p);
     }
@@ -873,8 +954,7 @@ static void tx_pump(producer_t *p)
     p->pending.n = 0;
     txmsg_t *m;
     while ((m = todo.head) != NULL) {
-        rd_kafka_resp_err_t err =
-            produce_one(p, m->data, m->klen, m->data + m->klen, m->vlen, m->epoch, m->id);
+        rd_kafka_resp_err_t err = produce_one(p, m->key, m->klen, m->val, m->epoch, (void *)(uintptr_t)m->id);
         if (err != RD_KAFKA_RESP_ERR_NO_ERROR && !rejected_for_good(err))
             break; /* queue full, or the transaction failed: it waits */
         todo.head = m->next;
@@ -885,9 +965,9 @@ static void tx_pump(producer_t *p)
             list_push(&p->txn, m);
         } else {
             log_error("kafka refused a message for good", "err=%s bytes=%zu", rd_kafka_err2name(err),
-                      m->vlen);
+                      m->val->len);
             metric_inc(metric_labels(p->m_dropped, "reason=\"rejected\""));
-            free(m);
+            txmsg_free(m);
         }
     }
     p->pending = todo;
@@ -919,7 +999,7 @@ static void on_poll(uv_timer_t *t)
     producer_t *p = t->data;
     if (p->destroyed)
         return;
-    if (p->fatal && p->tx == TX_OFF)
+    if (p->fatal && p->tx == TX_OFF && !p->work_busy) /* not under the warm-up's feet */
         rebuild(p);
     if (p->rk == NULL && p->tx == TX_OFF)
         return;
@@ -983,7 +1063,7 @@ int producer_create(uv_loop_t *loop, const cfg_t *cfg, producer_t **out)
     p->retry_delay = PRODUCER_POLL_MS;
     p->tx = cfg->kafka.transactions ? TX_INIT : TX_OFF;
     p->ready = p->tx == TX_OFF;
-    p->rk = make_client(p, 1);
+    p->rk = make_client(p);
     if (p->rk == NULL) {
         close(p->wake_fd[0]);
         close(p->wake_fd[1]);
@@ -1003,7 +1083,9 @@ int producer_create(uv_loop_t *loop, const cfg_t *cfg, producer_t **out)
     uv_timer_start(&p->poll_timer, on_poll, PRODUCER_POLL_MS, PRODUCER_POLL_MS);
     create_topic(p);
     if (p->tx == TX_INIT)
-        tx_start_work(p, TX_INIT);
+        tx_start_work(p, TX_INIT); /* warms the metadata first */
+    else
+        warm_start(p);
     log_info("kafka producer started",
              "brokers=%s topic=%s linger_ms=%d buffer_messages=%d transactions=%d commit_ms=%d",
              log_q(cfg->kafka.brokers), log_q(cfg->kafka.topic), cfg->kafka.linger_ms,
@@ -1033,7 +1115,7 @@ void producer_set_lease(producer_t *p, uint64_t until_ms)
         tx_pump(p); /* messages that waited for the lease */
 }
 
-static int send_transactional(producer_t *p, const char *channel, const char *json, size_t len, int64_t epoch)
+static int send_transactional(producer_t *p, const char *channel, rbuf_t *value, int64_t epoch)
 {
     size_t klen = strlen(channel);
     if (p->tx == TX_DEAD || p->stopping) {
@@ -1044,7 +1126,7 @@ static int send_transactional(producer_t *p, const char *channel, const char *js
         metric_inc(p->m_dropped_full);
         return -ENOBUFS;
     }
-    txmsg_t *m = malloc(sizeof(*m) + klen + len);
+    txmsg_t *m = malloc(sizeof(*m) + klen);
     if (m == NULL) {
         metric_inc(metric_labels(p->m_dropped, "reason=\"no_memory\""));
         return -ENOMEM;
@@ -1053,13 +1135,12 @@ static int send_transactional(producer_t *p, const char *channel, const char *js
     m->t0 = uv_hrtime() / 1000u;
     m->id = ++p->next_id;
     m->klen = klen;
-    m->vlen = len;
-    memcpy(m->data, channel, klen);
-    memcpy(m->data + klen, json, len);
+    m->val = rbuf_ref(value);
+    memcpy(m->key, channel, klen);
     /* Straight into the open transaction only when nothing waits before it:
      * the topic keeps the order of producer_send. */
     if (p->tx == TX_OPEN && p->pending.n == 0 &&
-        produce_one(p, channel, klen, json, len, epoch, m->id) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        produce_one(p, m->key, klen, value, epoch, (void *)(uintptr_t)m->id) == RD_KAFKA_RESP_ERR_NO_ERROR) {
         list_push(&p->txn, m);
         return 0;
     }
@@ -1069,7 +1150,7 @@ static int send_transactional(producer_t *p, const char *channel, const char *js
     return 0;
 }
 
-int producer_send(producer_t *p, const char *channel, const char *json, size_t len, int64_t epoch)
+int producer_send(producer_t *p, const char *channel, rbuf_t *value, int64_t epoch)
 {
     /* A transactional client being rebuilt (rk NULL) keeps what is sent. */
     if (p->destroyed || (p->rk == NULL && p->tx == TX_OFF)) {
@@ -1081,10 +1162,12 @@ int producer_send(producer_t *p, const char *channel, const char *json, size_t l
         return -EPERM;
     }
     if (p->tx != TX_OFF)
-        return send_transactional(p, channel, json, len, epoch);
-    rd_kafka_resp_err_t err = produce_one(p, channel, strlen(channel), json, len, epoch, uv_hrtime() / 1000u);
+        return send_transactional(p, channel, value, epoch);
+    /* librdkafka holds a reference until the delivery report (on_delivery). */
+    rd_kafka_resp_err_t err = produce_one(p, channel, strlen(channel), value, epoch, rbuf_ref(value));
     if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
         return 0;
+    rbuf_unref(value);
     if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
         metric_inc(p->m_dropped_full);
         return -ENOBUFS;
@@ -1186,7 +1269,10 @@ void producer_destroy(producer_t *p)
             rd_kafka_destroy(p->rk);
         p->rk = NULL;
     }
-    list_free(&p->txn);
+    /* A transactional call stuck on its work thread: its client still
+     * references txn's bytes, left to exit() with it. */
+    if (!p->work_busy)
+        list_free(&p->txn);
     list_free(&p->pending);
     close(p->wake_fd[1]);
     uv_poll_stop(&p->wake);

@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <uv.h>
 #include "config.h"
+#include "rbuf.h"
 
 typedef struct producer_s producer_t;
 
@@ -34,8 +35,9 @@ typedef struct producer_s producer_t;
  *                                             the lease: producing stops for good
  * Fixed: enable.idempotence=true, acks=all, compression lz4,
  * message.timeout.ms = PRODUCER_MESSAGE_TIMEOUT_MS (transactional:
- * PRODUCER_TXN_TIMEOUT_MS). init/commit/abort_transaction block: they run on
- * libuv's work threads; delivery reports are events served on the loop. */
+ * PRODUCER_TXN_TIMEOUT_MS). init/commit/abort_transaction and the topic
+ * metadata warm-up of a new client block: they run on libuv's work threads;
+ * delivery reports are events served on the loop. */
 #define PRODUCER_MESSAGE_TIMEOUT_MS 120000
 /* Transactional: transaction.timeout.ms and message.timeout.ms. A dead
  * leader's open transaction holds read-committed consumers back at most this
@@ -46,10 +48,13 @@ typedef struct producer_s producer_t;
 /* Returns 0 or a negative errno (-EINVAL: a property librdkafka rejected,
  * logged with its name). cfg must outlive the producer. */
 int producer_create(uv_loop_t *loop, const cfg_t *cfg, producer_t **out);
-/* Queue one message. 0: accepted (delivery is reported through metrics);
- * -ENOBUFS: local queue full, dropped and counted; other negative: dropped
- * and counted with the librdkafka error name. */
-int producer_send(producer_t *p, const char *channel, const char *json, size_t len, int64_t epoch);
+/* Queue one message, value's bytes as they are. The producer takes a
+ * reference to value (never a copy) and drops it once Kafka is done with it
+ * (delivery report, or the transaction committed); the caller keeps its own.
+ * 0: accepted (delivery is reported through metrics); -ENOBUFS: local queue
+ * full, dropped and counted; other negative: dropped and counted with the
+ * librdkafka error name. */
+int producer_send(producer_t *p, const char *channel, rbuf_t *value, int64_t epoch);
 /* cb(arg, fenced) once the transactional producer has failed for good: it
  * failed while deposed (producer_abort) or past its lease, i.e. when a newer
  * leader may exist (fenced: Kafka said so); nothing is produced after it. */

@@ -146,7 +146,7 @@ static const char *symbol_of(json_t *root, char *sym, size_t symsz)
 
 static const char *on_trade(connector_t *c, json_t *root, int64_t recv_ts)
 {
-    char sym[48], price[MSG_DECIMAL_MAX], qty[MSG_DECIMAL_MAX], id[80];
+    char sym[48], price[DECIMAL_MAX], qty[DECIMAL_MAX], id[80];
     const char *why, *side;
     int64_t ts;
     NEED(symbol_of(root, sym, sizeof(sym)));
@@ -188,7 +188,7 @@ static const char *on_ticker(connector_t *c, json_t *root, int64_t recv_ts)
         {"quote_volume", "acc_trade_price_24h", "atp24h"},
         {"change_rate", "signed_change_rate", "scr"},
     };
-    char sym[48], val[sizeof(f) / sizeof(f[0])][MSG_DECIMAL_MAX];
+    char sym[48], val[sizeof(f) / sizeof(f[0])][DECIMAL_MAX];
     const char *why;
     int64_t ts;
     NEED(symbol_of(root, sym, sizeof(sym)));
@@ -215,7 +215,7 @@ static void level(buf_t *b, const char *price, const char *qty)
 
 static const char *on_orderbook(connector_t *c, json_t *root, int64_t recv_ts)
 {
-    char sym[48], p[MSG_DECIMAL_MAX], q[MSG_DECIMAL_MAX];
+    char sym[48], p[DECIMAL_MAX], q[DECIMAL_MAX];
     const char *why;
     int64_t ts;
     buf_t bids, asks;
@@ -238,13 +238,13 @@ static const char *on_orderbook(connector_t *c, json_t *root, int64_t recv_ts)
             NEED("wrong_type");
         NEED(conn_decimal(get2(unit, "bid_price", "bp"), p, sizeof(p)));
         NEED(conn_decimal(get2(unit, "bid_size", "bs"), q, sizeof(q)));
-        if (nb < max && !msg_decimal_is_zero(q)) {
+        if (nb < max && !decimal_is_zero(q)) {
             level(&bids, p, q);
             nb++;
         }
         NEED(conn_decimal(get2(unit, "ask_price", "ap"), p, sizeof(p)));
         NEED(conn_decimal(get2(unit, "ask_size", "as"), q, sizeof(q)));
-        if (na < max && !msg_decimal_is_zero(q)) {
+        if (na < max && !decimal_is_zero(q)) {
             level(&asks, p, q);
             na++;
         }
