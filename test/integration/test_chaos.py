@@ -28,6 +28,7 @@ import websockets
 
 from harness import util
 from harness.service import leaders
+from harness.wsclient import messages_until
 
 SESSION_MS = 4000
 RATE = 50                      # trades per second made by the simulator
@@ -83,11 +84,7 @@ class ChaosClient:
                             if self.pos:
                                 req["since"] = {c: dict(p) for c, p in self.pos.items()}
                         await ws.send(json.dumps(req))
-                        while not self._stop.is_set():
-                            try:
-                                raw = await asyncio.wait_for(ws.recv(), timeout=0.2)
-                            except asyncio.TimeoutError:
-                                continue
+                        async for raw in messages_until(ws, self._stop):
                             m = json.loads(raw)
                             self._on(m)
                             if m.get("type") == "reconnect":

@@ -16,16 +16,15 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
 from harness import build_dir, util
-from harness.service import REPO
+from harness.proxy import Proxy
+from harness.service import REPO, cluster_nodes
 
 sys.path.insert(0, os.path.join(REPO, "clients", "python"))
 from exchange_client import ExchangeClient, Gap  # noqa: E402
@@ -37,89 +36,6 @@ CHROMIUM = "/usr/bin/chromium"
 CHANNELS = ["trade.upbit.BTC-KRW", "trade.upbit.ETH-KRW"]
 MARKETS = "KRW-BTC,KRW-ETH"
 HEARTBEAT_MS, HEARTBEAT_TIMEOUT_MS = 1000, 1500
-
-
-# ---- a TCP proxy that can cut its connections without a close frame ---------------
-
-class Proxy:
-    """Forwards 127.0.0.1:port to a target. cut() freezes every open
-    connection (nothing forwarded either way, sockets left open: the client
-    sees silence, no FIN, no close frame) and resets them later."""
-
-    def __init__(self, target_port):
-        self.target = target_port
-        self.lsock = socket.socket()
-        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(64)
-        self.port = self.lsock.getsockname()[1]
-        self.pairs = []
-        self.lock = threading.Lock()
-        self.closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self):
-        return "ws://127.0.0.1:%d/ws/exchange" % self.port
-
-    def _accept(self):
-        while not self.closed:
-            try:
-                c, _ = self.lsock.accept()
-            except OSError:
-                return
-            try:
-                s = socket.create_connection(("127.0.0.1", self.target), timeout=5)
-            except OSError:
-                c.close()
-                continue
-            pair = {"c": c, "s": s, "frozen": False}
-            with self.lock:
-                self.pairs.append(pair)
-            for a, b in ((c, s), (s, c)):
-                threading.Thread(target=self._pump, args=(pair, a, b), daemon=True).start()
-
-    def _pump(self, pair, a, b):
-        while True:
-            try:
-                data = a.recv(65536)
-            except OSError:
-                data = b""
-            if pair["frozen"]:
-                return  # a cut: drop everything, close nothing
-            if not data:
-                for x in (a, b):
-                    try:
-                        x.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-                return
-            try:
-                b.sendall(data)
-            except OSError:
-                return
-
-    def cut(self):
-        with self.lock:
-            frozen = [p for p in self.pairs if not p["frozen"]]
-            for p in frozen:
-                p["frozen"] = True
-        return frozen
-
-    @staticmethod
-    def reset(pairs):
-        for p in pairs:
-            for x in (p["c"], p["s"]):
-                try:
-                    x.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                    x.close()
-                except OSError:
-                    pass
-
-    def close(self):
-        self.closed = True
-        self.lsock.close()
-        self.reset(self.cut())
 
 
 # ---- the three clients ---------------------------------------------------------
@@ -330,18 +246,10 @@ def check_client(client, record):
 # ---- the scenarios ------------------------------------------------------------------
 
 def node_cluster(service_factory, zk, kafka, sim):
-    name = "cl%d" % int(time.monotonic() * 1000)
-    svcs = []
-    for i in range(2):
-        svcs.append(service_factory(name="node%d" % i, sim_ports=sim.ports, overrides={
-            "service": {"cluster": name},
-            "zookeeper": {"connect": zk.connect, "session_timeout_ms": 2000},
-            "kafka": {"brokers": kafka.bootstrap, "topic": kafka.topic, "fallback_after_ms": 60000},
-            "exchange.upbit": {"markets": MARKETS},
-            "fanout": {"workers": 1, "drain_ms": 1000}}))
-        svcs[i].wait_ready(timeout=30)
-        if i == 0:
-            util.wait_until(lambda: svcs[0].status()["role"] == "leader", timeout=20, what="node0 leads")
+    svcs = cluster_nodes(service_factory, zk, sim, session_ms=2000, node0_leads=True, overrides={
+        "kafka": {"brokers": kafka.bootstrap, "topic": kafka.topic, "fallback_after_ms": 60000},
+        "exchange.upbit": {"markets": MARKETS},
+        "fanout": {"workers": 1, "drain_ms": 1000}})
     util.wait_until(lambda: svcs[1].status()["role"] == "follower", timeout=20, what="node1 follows")
     return svcs
 
@@ -386,7 +294,7 @@ def test_clients_deliver_every_trade_once(scenario, tmp_path, zk_server, kafka_b
     proxies = [Proxy(node0.port), Proxy(node1.port)]
     # The clients start on the node the scenario disturbs (the first URL).
     on = node1 if scenario in ("sigterm_drain", "leader_change") else node0
-    urls = [p.url for p in (proxies if on is node0 else proxies[::-1])]
+    urls = ["ws://%s/ws/exchange" % p.connect for p in (proxies if on is node0 else proxies[::-1])]
     clients = []
     try:
         clients = [PyClient(urls), JsClient(urls, tmp_path), JsClient(urls, tmp_path, browser=True)]

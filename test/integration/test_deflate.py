@@ -136,8 +136,6 @@ def test_compressed_and_plain_clients_get_identical_messages(fanout_factory, fee
         assert raw_books == books
         assert all(rsv), "orderbook frames are sent compressed"
         raw.close()
-        await zc.close()
-        await plain.close()
 
     run(go())
 
@@ -152,7 +150,6 @@ def test_compression_off_negotiates_nothing(fanout_factory, feed):
         feed(book(1))
         got = await data_until(ws, lambda m: m["seq"] == 1)
         assert got[-1]["bids"][0][0] == "100001"
-        await ws.close()
 
     run(go())
 
@@ -160,40 +157,25 @@ def test_compression_off_negotiates_nothing(fanout_factory, feed):
 def test_compressed_client_messages_bounded(fanout_factory):
     f = fanout_factory(max_message_bytes=1024)
 
-    def compressed_frame(raw, payload):
+    def compressed_frame(payload):
         c = zlib.compressobj(6, zlib.DEFLATED, -15)
         z = c.compress(payload) + c.flush(zlib.Z_SYNC_FLUSH)
         assert z.endswith(b"\x00\x00\xff\xff")
-        raw.send_frame(0x41, z[:-4])  # RSV1 | text
+        return 0x41, z[:-4]  # RSV1 | text
 
     ok = raw_deflate_client(f.port)
-    compressed_frame(ok, json.dumps({"op": "ping", "id": 7, "pad": "x" * 900}).encode())
+    ok.send_frame(*compressed_frame(json.dumps({"op": "ping", "id": 7, "pad": "x" * 900}).encode()))
     _, data = read_message(ok)
     assert json.loads(data)["id"] == 7
     ok.close()
-    bomb = raw_deflate_client(f.port)
-    compressed_frame(bomb, b"{" + b" " * 1000000 + b"}")  # ~1 KB on the wire, 1 MB inflated
-    assert bomb.close_code() == 1009
-    bomb.close()
-    bad = raw_deflate_client(f.port)
-    compressed_frame(bad, b'{"op":"ping","x":"\xff\xfe"}')
-    assert bad.close_code() == 1007
-    bad.close()
+    # ~1 KB on the wire, 1 MB inflated
+    assert raw_deflate_client(f.port).close_code_after(compressed_frame(b"{" + b" " * 1000000 + b"}")) == 1009
+    assert raw_deflate_client(f.port).close_code_after(compressed_frame(b'{"op":"ping","x":"\xff\xfe"}')) == 1007
     # RSV1 on a control frame or a continuation frame is a protocol error (RFC 7692 6)
-    ping = raw_deflate_client(f.port)
-    ping.send_frame(0x49, b"hi")
-    assert ping.close_code() == 1002
-    ping.close()
-    cont = raw_deflate_client(f.port)
-    cont.send_frame(0x41, b"", fin=False)
-    cont.send_frame(0x40, b"\x00")
-    assert cont.close_code() == 1002
-    cont.close()
+    assert raw_deflate_client(f.port).close_code_after((0x49, b"hi")) == 1002
+    assert raw_deflate_client(f.port).close_code_after((0x41, b"", False), (0x40, b"\x00")) == 1002
     # RSV1 without the extension negotiated is a protocol error
-    plain = RawWS(f.port)
-    plain.send_frame(0x41, b"\x00")
-    assert plain.close_code() == 1002
-    plain.close()
+    assert RawWS(f.port).close_code_after((0x41, b"\x00")) == 1002
 
 
 def test_write_delay_keeps_every_message_in_order(fanout_factory, feed):
@@ -208,8 +190,6 @@ def test_write_delay_keeps_every_message_in_order(fanout_factory, feed):
         for c in (ws, plain):
             got = await data_until(c, lambda m: m["seq"] == n)
             assert [m["seq"] for m in got] == list(range(1, n + 1))
-        await ws.close()
-        await plain.close()
 
     run(go())
 
@@ -227,8 +207,6 @@ def test_websockets_interoperates_over_many_sizes(fanout_factory, feed):
         a = await data_until(zc, lambda m: m["seq"] == len(sizes))
         b = await data_until(plain, lambda m: m["seq"] == len(sizes))
         assert a == b and len(a) == len(sizes)
-        await zc.close()
-        await plain.close()
 
     run(go())
 
@@ -288,6 +266,5 @@ def test_write_delay_holds_writes_for_the_window(fanout_factory):
             r = await request(ws, {"op": "ping", "id": i})
             assert r["id"] == i
             assert time.monotonic() - t0 >= 0.25
-        await ws.close()
 
     run(go())

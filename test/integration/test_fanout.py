@@ -18,7 +18,7 @@ import websockets
 
 from harness import REPO
 from harness.kafka import producer
-from harness.util import free_port, port_open, wait_until
+from harness.util import free_port, port_open, raw_http_status, wait_until
 
 # ---- fixtures -----------------------------------------------------------------------
 
@@ -83,8 +83,19 @@ def msg(channel, seq, epoch=1, **fields):
 
 # ---- client helpers -------------------------------------------------------------------
 
+_opened = []   # every client connect() made in the running run()
+
+
 def run(coro, timeout=60):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
+    """Run a test's coroutine; the clients it connected are closed after it."""
+    async def main():
+        try:
+            return await asyncio.wait_for(coro, timeout)
+        finally:
+            while _opened:
+                await _opened.pop().close()
+
+    return asyncio.run(main())
 
 
 async def connect(port, query="", **kw):
@@ -92,7 +103,9 @@ async def connect(port, query="", **kw):
     deadline = time.monotonic() + 10
     while True:
         try:
-            return await websockets.connect(url, open_timeout=5, **kw)
+            ws = await websockets.connect(url, open_timeout=5, **kw)
+            _opened.append(ws)
+            return ws
         except (OSError, asyncio.TimeoutError):
             if time.monotonic() > deadline:
                 raise
@@ -123,6 +136,22 @@ async def data_until(ws, pred, timeout=15):
             out.append(m)
             if pred(m):
                 return out
+
+
+async def data_through(ws, *last):
+    """Data messages until each of last, (channel, epoch, seq), has come."""
+    left = set(last)
+    return await data_until(ws, lambda m: left.discard((m["channel"], m["epoch"], m["seq"])) or not left)
+
+
+async def fed_witness(port, query, feed, msgs):
+    """A client of query, subscribed before msgs are fed, that has them all
+    (up to the last of each channel): the fanout holds them."""
+    ws = await connect(port, query)
+    await recv(ws)
+    feed(*msgs)
+    await data_through(ws, *{m["channel"]: (m["channel"], m["epoch"], m["seq"]) for m in msgs}.values())
+    return ws
 
 
 async def nothing_for(ws, seconds):
@@ -201,17 +230,15 @@ class RawWS:
     def close(self):
         self.s.close()
 
-
-def http_status(port, raw):
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(raw)
-        data = b""
-        while b"\r\n" not in data:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    return int(data.split(b" ")[1]) if data else 0
+    def close_code_after(self, *frames):
+        """Send frames, each (opcode, payload[, fin]); the status code of the
+        server's close frame, the socket closed after it."""
+        try:
+            for f in frames:
+                self.send_frame(*f)
+            return self.close_code()
+        finally:
+            self.close()
 
 
 # ---- tests -----------------------------------------------------------------------------
@@ -257,8 +284,6 @@ def test_subscribe_wildcard_url_unsubscribe_list(fanout_factory, feed):
         feed(msg("orderbook.bithumb.XRP-KRW", 1))
         got = await data_until(wild, lambda m: True)
         assert got[0]["channel"] == "orderbook.bithumb.XRP-KRW"
-        await url.close()
-        await wild.close()
 
     run(go())
 
@@ -279,8 +304,6 @@ def test_snapshot_first_then_live(fanout_factory, feed):
         feed(msg("orderbook.upbit.BTC-KRW", 6))
         nxt = await recv(late)
         assert nxt["seq"] == 6
-        await witness.close()
-        await late.close()
 
     run(go())
 
@@ -290,11 +313,8 @@ def test_since_recovery(fanout_factory, feed):
     ch, tk = "trade.binance.BTC-USDT", "ticker.binance.BTC-USDT"
 
     async def go():
-        witness = await connect(f.port, "?channels=%s,%s" % (ch, tk))
-        await recv(witness)
-        feed(*[msg(ch, i) for i in range(1, 11)] + [msg(tk, i) for i in range(1, 11)])
-        seen = set()
-        await data_until(witness, lambda m: m["seq"] == 10 and (seen.add(m["channel"]) or len(seen) == 2))
+        await fed_witness(f.port, "?channels=%s,%s" % (ch, tk), feed,
+                          [msg(ch, i) for i in range(1, 11)] + [msg(tk, i) for i in range(1, 11)])
         ok = await connect(f.port)
         r = await request(ok, {"op": "subscribe", "channels": [ch], "since": {ch: 7}, "id": 1})
         assert r["recovered"] == {ch: True} and r["channels"] == [ch]
@@ -308,8 +328,6 @@ def test_since_recovery(fanout_factory, feed):
         assert await nothing_for(gap, 0.3) is None
         feed(msg(ch, 11))
         assert (await recv(ok))["seq"] == 11
-        for w in (witness, ok, gap):
-            await w.close()
 
     run(go())
 
@@ -323,14 +341,10 @@ def test_resume_across_an_epoch_change(fanout_factory, feed):
     ch, tk = "trade.upbit.BTC-KRW", "ticker.upbit.BTC-KRW"
 
     async def go():
-        witness = await connect(f.port, "?channels=%s,%s" % (ch, tk))
-        await recv(witness)
         # the leader changes after 1:3; the new one restarts the channel at 1
-        feed(*[msg(ch, i, epoch=1) for i in (1, 2, 3)] + [msg(ch, i, epoch=2) for i in (1, 2)] +
-             [msg(tk, i) for i in range(1, 11)])
-        seen = set()
-        await data_until(witness, lambda m: (m["channel"], m["epoch"], m["seq"]) in ((ch, 2, 2), (tk, 1, 10))
-                         and (seen.add(m["channel"]) or len(seen) == 2))
+        witness = await fed_witness(f.port, "?channels=%s,%s" % (ch, tk), feed,
+                          [msg(ch, i, epoch=1) for i in (1, 2, 3)] + [msg(ch, i, epoch=2) for i in (1, 2)] +
+                          [msg(tk, i) for i in range(1, 11)])
         # a client that saw 1:2 elsewhere gets 1:3, 2:1, 2:2: everything it missed
         ws = await connect(f.port)
         r = await request(ws, {"op": "subscribe", "channels": [ch], "since": {ch: at(1, 2)}, "id": 1})
@@ -354,8 +368,6 @@ def test_resume_across_an_epoch_change(fanout_factory, feed):
         for w in (witness, ws, old, gap):
             assert seqs(await data_until(w, lambda m: m["channel"] == ch))[-1] == (ch, 2, 3)
         assert await nothing_for(ws, 0.3) is None  # nothing twice
-        for w in (witness, ws, old, gap):
-            await w.close()
 
     run(go())
 
@@ -389,13 +401,9 @@ def test_resume_on_a_lagging_instance_never_goes_back(fanout_factory, feed, kafk
              [msg(ch, i, epoch=2) for i in (1, 2, 3, 4)] + [msg(tk, i, epoch=2) for i in (1, 2)],
              topic=tb)
         await data_until(wb, lambda m: (m["channel"], m["epoch"], m["seq"]) == (ch, 2, 4))
-        seen = set()
-        got = await data_until(ws, lambda m: (m["channel"], m["epoch"], m["seq"]) in ((ch, 2, 4), (tk, 2, 2))
-                               and (seen.add(m["channel"]) or len(seen) == 2))
+        got = await data_through(ws, (ch, 2, 4), (tk, 2, 2))
         assert sorted(seqs(got)) == [(tk, 2, 2), (ch, 2, 4)]
         assert await nothing_for(ws, 0.3) is None
-        for w in (wa, wb, ws):
-            await w.close()
 
     run(go())
 
@@ -405,24 +413,18 @@ def test_resume_pattern_listed_before_exact(fanout_factory, feed):
     a, b = "trade.upbit.XRP-KRW", "trade.bithumb.XRP-KRW"
 
     async def go():
-        witness = await connect(f.port, "?channels=trade.*.XRP-KRW")
-        await recv(witness)
-        feed(*[msg(a, i) for i in range(1, 6)] + [msg(b, i) for i in range(1, 6)])
-        seen = set()
-        await data_until(witness, lambda m: m["seq"] == 5 and (seen.add(m["channel"]) or len(seen) == 2))
+        await fed_witness(f.port, "?channels=trade.*.XRP-KRW", feed,
+                          [msg(a, i) for i in range(1, 6)] + [msg(b, i) for i in range(1, 6)])
         ws = await connect(f.port)
         r = await request(ws, {"op": "subscribe", "channels": ["trade.*.XRP-KRW", a],
                                "since": {a: at(1, 2), b: 4}, "id": 1})
         assert r["recovered"] == {a: True, b: True}
-        seen = set()
-        got = await data_until(ws, lambda m: m["seq"] == 5 and (seen.add(m["channel"]) or len(seen) == 2))
+        got = await data_through(ws, (a, 1, 5), (b, 1, 5))
         assert [s for s in seqs(got) if s[0] == a] == [(a, 1, 3), (a, 1, 4), (a, 1, 5)]
         assert [s for s in seqs(got) if s[0] == b] == [(b, 1, 5)]
         feed(msg(a, 6))
         assert seqs(await data_until(ws, lambda m: True)) == [(a, 1, 6)]  # once, though covered twice
         assert await nothing_for(ws, 0.3) is None
-        await witness.close()
-        await ws.close()
 
     run(go())
 
@@ -443,7 +445,6 @@ def test_epoch_order_is_per_channel(fanout_factory, feed):
         assert seqs(got) == [(old, 1, 1), (old, 1, 2), (old, 1, 3), (old, 2, 1)]
         feed(msg(new, 2, epoch=2))  # 1:4 on SOL above was fenced, ETH carries on
         assert seqs(await data_until(ws, lambda m: m["channel"] == new)) == [(new, 2, 2)]
-        await ws.close()
 
     run(go())
 
@@ -492,8 +493,6 @@ def test_relay_taking_over_at_a_new_epoch_breaks_the_history(fanout_factory):
             r = await request(r2, {"op": "subscribe", "channels": [ch], "since": {ch: at(2, 1)}, "id": 2})
             assert r["recovered"] == {ch: True}
             assert seqs([await recv(r2)]) == [(ch, 2, 2)]
-            for w in (witness, ws, r2):
-                await w.close()
 
     run(go())
 
@@ -529,7 +528,6 @@ def test_bad_requests_get_errors_and_connection_survives(fanout_factory):
         assert r["code"] == "bad_request"
         pong = await request(ws, {"op": "ping", "id": 42})
         assert pong["type"] == "pong" and pong["id"] == 42 and isinstance(pong["ts"], int)
-        await ws.close()
 
     run(go())
 
@@ -560,25 +558,16 @@ def test_oversized_frame_1009_and_bad_utf8_1007(fanout_factory):
     f = fanout_factory(max_message_bytes=1024)
     big = RawWS(f.port)
     assert big.status == 101
-    big.send_frame(0x1, b"x" * 4000)
-    assert big.close_code() == 1009
-    big.close()
-    bad = RawWS(f.port)
-    bad.send_frame(0x1, b'{"op":"ping","x":"\xff\xfe"}')
-    assert bad.close_code() == 1007
-    bad.close()
+    assert big.close_code_after((0x1, b"x" * 4000)) == 1009
+    assert RawWS(f.port).close_code_after((0x1, b'{"op":"ping","x":"\xff\xfe"}')) == 1007
     # fragments count toward the message size too
-    frag = RawWS(f.port)
-    frag.send_frame(0x1, b"y" * 800, fin=False)
-    frag.send_frame(0x0, b"y" * 800, fin=True)
-    assert frag.close_code() == 1009
-    frag.close()
+    assert RawWS(f.port).close_code_after((0x1, b"y" * 800, False), (0x0, b"y" * 800, True)) == 1009
 
 
 def test_http_upgrade_checks(fanout_factory):
     f = fanout_factory(allowed_origins="https://ok.example", max_clients=2, max_header_bytes=2048)
     assert RawWS(f.port, path="/other").status == 404
-    assert http_status(f.port, b"GET /ws/exchange HTTP/1.1\r\nHost: x\r\n\r\n") in (400, 426)
+    assert raw_http_status(f.port, b"GET /ws/exchange HTTP/1.1\r\nHost: x\r\n\r\n") in (400, 426)
     assert RawWS(f.port, key="short").status == 400
     assert RawWS(f.port, version="8").status == 400
     assert RawWS(f.port, headers={"Origin": "https://evil.example"}).status == 403
@@ -665,8 +654,6 @@ def test_slow_client_cut_or_conflated_fast_client_unaffected(fanout_factory, fee
         assert sum(len(v) for v in tk.values()) < 3 * n
         pong = await request(slow_tick, {"op": "ping", "id": 1})
         assert pong["type"] == "pong"
-        await fast.close()
-        await slow_tick.close()
 
     run(go(), timeout=120)
 
@@ -686,7 +673,6 @@ def test_fenced_and_duplicate_not_delivered(fanout_factory, feed):
              msg(ch, 2, epoch=3))
         got = await data_until(ws, lambda m: m["epoch"] == 3 and m["seq"] == 2)
         assert [(m["epoch"], m["seq"]) for m in got] == [(2, 1), (2, 2), (3, 1), (3, 2)]
-        await ws.close()
 
     run(go())
 
@@ -730,8 +716,6 @@ def test_two_workers_share_the_port(fanout_factory, feed):
         feed(msg(ch, 1))
         for ws in conns:
             assert (await recv(ws))["seq"] == 1
-        for ws in conns:
-            await ws.close()
 
     run(go())
 
@@ -755,6 +739,5 @@ def test_idle_ping_and_dead_peer_closed(fanout_factory):
         await asyncio.sleep(3.5)
         pong = await request(alive, {"op": "ping"})
         assert pong["type"] == "pong"
-        await alive.close()
 
     run(go())

@@ -7,8 +7,6 @@ unaware of transactions sees.
 The broker is the session's real single-node Kafka (KRaft), with a topic of
 3 partitions private to the test."""
 import json
-import os
-import signal
 import time
 
 import confluent_kafka
@@ -70,22 +68,13 @@ def test_frozen_leader_cannot_append_after_new_leader(zk_server, kafka_broker, s
     epoch_a = a.status()["epoch"]
     util.wait_until(lambda: (a.metric("exchange_ingest_kafka_transactions_total", {"result": "committed"})
                              or 0) >= 5, timeout=30, what="leader A commits transactions")
-    frozen = [a.pid] + a.tree()
-    for p in frozen:
-        os.kill(p, signal.SIGSTOP)
-    try:
+    with util.frozen([a.pid] + a.tree()) as frozen:
         util.wait_until(lambda: leaders([b]) == [b], timeout=SESSION_MS / 1000 + 10, what="B leads")
         # Its epoch is allocated (through ZooKeeper) just after it leads.
         util.wait_until(lambda: b.status()["epoch"] > epoch_a, timeout=10, what="B's epoch above A's")
         epoch_b = b.status()["epoch"]
         util.wait_until(lambda: (b.metric("exchange_ingest_kafka_transactions_total", {"result": "committed"})
                                  or 0) >= 3, timeout=30, what="B commits transactions")
-    finally:
-        for p in frozen:
-            try:
-                os.kill(p, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
     # A wakes up with a backlog: its ingest stops (fenced by B's producer, or
     # its lease lapsed) and the instance steps down.
     util.wait_until(lambda: a.status()["role"] == "follower", timeout=15, what="A steps down")

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from harness import build_dir, util
-from harness.service import REPO
+from harness.service import REPO, cluster_nodes
 
 BROWSER_DIR = os.path.join(REPO, "test", "browser")
 CHROMIUM = "/usr/bin/chromium"
@@ -130,18 +130,9 @@ def test_status_page_on_a_follower_in_chromium(tmp_path, zk_server, service_fact
     need_browser()
     t0 = time.monotonic()
     sim = sim_factory(args=["--exchanges", "upbit", "--upbit-markets", "KRW-BTC", "--rate", "10"])
-    cluster = "pages%d" % int(time.monotonic() * 1000)
-    svcs = []
-    for i in range(2):
-        svcs.append(service_factory(name="node%d" % i, sim_ports=sim.ports, overrides={
-            "service": {"cluster": cluster},
-            "zookeeper": {"connect": zk_server.connect, "session_timeout_ms": 4000},
-            "exchange.upbit": {"markets": "KRW-BTC"},
-            "fanout": {"workers": 1}}))
-        if i == 0:  # node0 leads: it registers first
-            svcs[0].wait_ready(timeout=30)
-            util.wait_until(lambda: svcs[0].status()["role"] == "leader", timeout=15, what="node0 leads")
-    svcs[1].wait_ready(timeout=30)
+    svcs = cluster_nodes(service_factory, zk_server, sim, session_ms=4000, node0_leads=True, overrides={
+        "exchange.upbit": {"markets": "KRW-BTC"},
+        "fanout": {"workers": 1}})
     leader, fol = svcs
     util.wait_until(lambda: fol.status()["role"] == "follower" and fol.status()["leader"] == "node0",
                     timeout=15, what="node1 follows node0")

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from harness import util
-from harness.service import leaders
+from harness.service import cluster_nodes, leaders
 from harness.kafka import Consumer
 from harness.wsclient import WsClient, seq_problems
 
@@ -44,22 +44,15 @@ def all_source(svcs, name):
 
 
 def cluster(service_factory, zk, sim, n=2, kafka=None, extra=None):
-    name = "relay%d" % int(time.monotonic() * 1000)
-    svcs = []
-    for i in range(n):
-        ov = {"service": {"cluster": name},
-              "zookeeper": {"connect": zk.connect, "session_timeout_ms": SESSION_MS},
-              "kafka": {"brokers": kafka.bootstrap if kafka else "",
-                        "topic": kafka.topic if kafka else "exchange",
-                        "fallback_after_ms": FALLBACK_MS, "recover_after_ms": RECOVER_MS},
-              "relay": {"token": TOKEN},
-              "exchange.upbit": {"markets": "KRW-BTC"},
-              "fanout": {"workers": 1}}
-        for sec, kv in (extra or {}).items():
-            ov.setdefault(sec, {}).update(kv)
-        svcs.append(service_factory(name="node%d" % i, sim_ports=sim.ports, overrides=ov))
-    for s in svcs:
-        s.wait_ready(timeout=30)
+    ov = {"kafka": {"brokers": kafka.bootstrap if kafka else "",
+                    "topic": kafka.topic if kafka else "exchange",
+                    "fallback_after_ms": FALLBACK_MS, "recover_after_ms": RECOVER_MS},
+          "relay": {"token": TOKEN},
+          "exchange.upbit": {"markets": "KRW-BTC"},
+          "fanout": {"workers": 1}}
+    for sec, kv in (extra or {}).items():
+        ov.setdefault(sec, {}).update(kv)
+    svcs = cluster_nodes(service_factory, zk, sim, n=n, session_ms=SESSION_MS, overrides=ov)
     util.wait_until(lambda: len(leaders(svcs)) == 1, timeout=20, what="one leader")
     return svcs
 
@@ -79,15 +72,7 @@ def raw_upgrade(port, path, headers=()):
     lines = ["GET %s HTTP/1.1" % path, "Host: 127.0.0.1:%d" % port, "Upgrade: websocket",
              "Connection: Upgrade", "Sec-WebSocket-Key: " + key, "Sec-WebSocket-Version: 13"]
     lines += list(headers)
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-        data = b""
-        while b"\r\n" not in data:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    return int(data.split(b" ", 2)[1])
+    return util.raw_http_status(port, ("\r\n".join(lines) + "\r\n\r\n").encode())
 
 
 # ---- tests -------------------------------------------------------------------------
@@ -270,7 +255,14 @@ def test_slow_relay_client_is_cut_off_alone(sim_factory, service_factory):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         c.wait_for(lambda c: len(c.data()) >= 10, timeout=15, what="trades")
+        # Little room in the kernel, so that the relay's queue bound is what
+        # fills: a small receive buffer, and a small MSS, since the sender's
+        # send buffer starts at 20 segments (on loopback's 64 KB MSS, 2.6 MB:
+        # seconds of data, and the server's 5 s idle ping + 10 s pong
+        # timeout closed the client first when the simulator was slowed).
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1000)
+        s.settimeout(10)
         s.connect(("127.0.0.1", svc.relay_port))
         key = base64.b64encode(os.urandom(16)).decode()
         s.sendall(("GET /relay HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -278,17 +270,25 @@ def test_slow_relay_client_is_cut_off_alone(sim_factory, service_factory):
                    % (key, TOKEN)).encode())
         head = b""
         while b"\r\n\r\n" not in head:
-            head += s.recv(1)
+            b = s.recv(1)
+            assert b, "relay closed during the upgrade: %r" % head
+            head += b
         assert head.startswith(b"HTTP/1.1 101"), head
         s.sendall(ws_text_frame('{"op":"resume","epoch":0,"since":{},"tail":1}'))
         t0 = time.time()
-        # ... and never read again.
+        # ... and never read again. It is this client that is cut (the
+        # instance's own fanout is a relay client too).
+        cut = 'msg="relay client too slow, disconnected" peer=127.0.0.1:%d ' % s.getsockname()[1]
+        util.wait_until(lambda: cut in svc.stderr(), timeout=30, what="slow relay client disconnected")
+        print("slow relay client cut after %.2f s" % (time.time() - t0))
         util.wait_until(lambda: (svc.metric("exchange_relay_disconnects_total", {"reason": "slow"}) or 0) >= 1,
-                        timeout=30, what="slow relay client disconnected")
+                        timeout=10, what="the cut counted")
         n = len(c.data())
         c.wait_for(lambda c: len(c.data()) >= n + 20, timeout=10, what="steady client still served")
-        # (Loose bound: on a loaded machine the steady fanout may itself be cut
-        # at this small queue bound; it resumes, so its stream stays whole.)
+        # (Loose bound for a loaded machine. The instance's fanout has the
+        # loopback's megabytes of socket buffer before this small queue bound
+        # could cut it; were it cut, its resume could replay only half the
+        # bound of the queue it lost, and the gap would fail the next line.)
         assert max_silence(c, t0, time.time(), "trade.") < 5.0
         assert seq_problems(c.data(), check_gaps=True) == []
     finally:

@@ -283,14 +283,19 @@ def test_silent_server_is_reconnected_as_stale(servers, probes):
     assert len(srv.kinds("connect")) >= 2
 
 
-def test_data_keeps_feed_fresh(servers, probes):
+def sends(fmt, n, every_s):
+    """A server handler that sends fmt % i for i < n, every_s apart, then
+    waits for the client to close."""
     async def handler(srv, ws):
-        for i in range(8):
-            await ws.send("tick %d" % i)
-            await asyncio.sleep(0.1)
+        for i in range(n):
+            await ws.send(fmt % i)
+            await asyncio.sleep(every_s)
         await ws.wait_closed()
+    return handler
 
-    srv = servers(handler)
+
+def test_data_keeps_feed_fresh(servers, probes):
+    srv = servers(sends("tick %d", 8, 0.1))
     p = probes("ws://127.0.0.1:%d/" % srv.port, "--stale-ms", "400", "--count", "8",
                "--timeout-ms", "5000")
     assert p.wait_exit(6) == 0, p.out()
@@ -314,13 +319,7 @@ def test_oversized_message_closes_1009_and_reconnects(servers, probes):
 
 
 def test_user_reconnect_and_metrics(servers, probes):
-    async def handler(srv, ws):
-        for i in range(100):
-            await ws.send("m%d" % i)
-            await asyncio.sleep(0.02)
-        await ws.wait_closed()
-
-    srv = servers(handler)
+    srv = servers(sends("m%d", 100, 0.02))
     p = probes("ws://127.0.0.1:%d/" % srv.port, "--reconnect-after", "2", "--count", "5",
                "--min-ms", "100", "--timeout-ms", "6000", "--metrics")
     assert p.wait_exit(7) == 0, p.out()

@@ -1,11 +1,7 @@
 /* Unit tests for common/httpc: the answer parser (length, chunked, read to
  * EOF, Retry-After, bounds), URL parsing, and real GETs on a loopback
  * libuv server (an answer, a 429, a stall hitting the deadline, a cancel). */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "unit_url.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -19,17 +15,13 @@
 static void test_url(void **state)
 {
     (void)state;
+    static const unit_url_case_t good[] = {
+        {"https://api.upbit.com/v1/trades/ticks?market=KRW-BTC", 1, "api.upbit.com", 443,
+         "/v1/trades/ticks?market=KRW-BTC", "api.upbit.com"},
+        {"HTTP://127.0.0.1:9101", 0, "127.0.0.1", 9101, "/", "127.0.0.1:9101"},
+    };
+    assert_urls(httpc_url_parse, good);
     wsc_url_t u;
-    assert_int_equal(httpc_url_parse("https://api.upbit.com/v1/trades/ticks?market=KRW-BTC", &u), 0);
-    assert_int_equal(u.tls, 1);
-    assert_int_equal(u.port, 443);
-    assert_string_equal(u.host, "api.upbit.com");
-    assert_string_equal(u.path, "/v1/trades/ticks?market=KRW-BTC");
-    assert_int_equal(httpc_url_parse("HTTP://127.0.0.1:9101", &u), 0);
-    assert_int_equal(u.tls, 0);
-    assert_int_equal(u.port, 9101);
-    assert_string_equal(u.path, "/");
-    assert_string_equal(u.hosthdr, "127.0.0.1:9101");
     assert_int_equal(httpc_url_parse("ws://x/", &u), -EINVAL);
     assert_int_equal(httpc_url_parse("https://user@x/", &u), -EINVAL);
     assert_int_equal(httpc_url_parse(NULL, &u), -EINVAL);

@@ -2,11 +2,7 @@
  * oversized and empty frames) and for the uv channel over a real socketpair:
  * messages both ways, large frames, EOF, bad frames, close from a callback,
  * and the bounded write queue. */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "unit.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -70,32 +66,51 @@ static void test_encode_header(void **state)
     buf_free(&b);
 }
 
+/* Decodes s in pieces of next(round) bytes (at least 1) and checks that
+ * exactly the nframes frames of expect came out, nothing left over. */
+static void decode_in_pieces(const buf_t *s, const buf_t *expect, int nframes, size_t (*next)(int), int round)
+{
+    collect_t c = {0};
+    buf_init(&c.all);
+    buf_t in;
+    buf_init(&in);
+    for (size_t off = 0, n; off < s->len; off += n) {
+        n = next(round);
+        if (n > s->len - off)
+            n = s->len - off;
+        assert_int_equal(ipc_decode(&in, s->data + off, n, collect, &c), 0);
+    }
+    assert_int_equal(c.nframes, nframes);
+    assert_int_equal(in.len, 0);
+    assert_string_equal(c.all.data, expect->data);
+    buf_free(&in);
+    buf_free(&c.all);
+}
+
+static size_t whole(int round)
+{
+    (void)round;
+    return SIZE_MAX;
+}
+
+static size_t one_byte(int round)
+{
+    (void)round;
+    return 1;
+}
+
+static size_t random_piece(int round)
+{
+    return (size_t)(rand() % (round % 3 == 0 ? 8 : 1500)) + 1;
+}
+
 static void test_decode_whole_and_bytewise(void **state)
 {
     (void)state;
     buf_t s, expect;
     make_stream(&s, &expect, 60);
-
-    collect_t c = {0};
-    buf_init(&c.all);
-    buf_t in;
-    buf_init(&in);
-    assert_int_equal(ipc_decode(&in, s.data, s.len, collect, &c), 0);
-    assert_int_equal(c.nframes, 60);
-    assert_int_equal(in.len, 0);
-    assert_string_equal(c.all.data, expect.data);
-
-    /* byte by byte */
-    buf_reset(&c.all);
-    c.nframes = 0;
-    for (size_t i = 0; i < s.len; i++)
-        assert_int_equal(ipc_decode(&in, s.data + i, 1, collect, &c), 0);
-    assert_int_equal(c.nframes, 60);
-    assert_int_equal(in.len, 0);
-    assert_string_equal(c.all.data, expect.data);
-
-    buf_free(&in);
-    buf_free(&c.all);
+    decode_in_pieces(&s, &expect, 60, whole, 0);
+    decode_in_pieces(&s, &expect, 60, one_byte, 0);
     buf_free(&s);
     buf_free(&expect);
 }
@@ -106,25 +121,8 @@ static void test_decode_random_splits(void **state)
     buf_t s, expect;
     make_stream(&s, &expect, 200);
     srand(12345);
-    for (int round = 0; round < 200; round++) {
-        collect_t c = {0};
-        buf_init(&c.all);
-        buf_t in;
-        buf_init(&in);
-        size_t off = 0;
-        while (off < s.len) {
-            size_t n = (size_t)(rand() % (round % 3 == 0 ? 8 : 1500)) + 1;
-            if (n > s.len - off)
-                n = s.len - off;
-            assert_int_equal(ipc_decode(&in, s.data + off, n, collect, &c), 0);
-            off += n;
-        }
-        assert_int_equal(c.nframes, 200);
-        assert_int_equal(in.len, 0);
-        assert_string_equal(c.all.data, expect.data);
-        buf_free(&in);
-        buf_free(&c.all);
-    }
+    for (int round = 0; round < 200; round++)
+        decode_in_pieces(&s, &expect, 200, random_piece, round);
     buf_free(&s);
     buf_free(&expect);
 }
@@ -202,18 +200,56 @@ static void run_until(uv_loop_t *loop, int *flag, int value)
         uv_run(loop, UV_RUN_ONCE);
 }
 
+/* A channel for p on one end of a new socketpair; *other is the other end. */
+static ipc_t *open_peer(uv_loop_t *loop, peer_t *p, int *other)
+{
+    int sv[2];
+    ipc_t *ipc;
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    assert_int_equal(ipc_open(loop, sv[0], on_msg, on_close, p, &ipc), 0);
+    p->self = ipc;
+    *other = sv[1];
+    return ipc;
+}
+
+/* A JSON message {"blob": n - 1 copies of ch} (plus fields), n bytes of
+ * string to cross many reads. */
+static json_t *blob_msg(size_t n, char ch, const char *type, int seq)
+{
+    char *blob = malloc(n);
+    assert_non_null(blob);
+    memset(blob, ch, n - 1);
+    blob[n - 1] = '\0';
+    json_t *m = type ? json_pack("{s:s,s:i,s:s}", "t", type, "n", seq, "blob", blob)
+                     : json_pack("{s:s}", "blob", blob);
+    free(blob);
+    return m;
+}
+
+/* The channel tests run on their own loop (*state), closed (all handles
+ * gone) after each; a write to a gone peer must not kill the test. */
+static int loop_setup(void **state)
+{
+    static uv_loop_t loop;
+    signal(SIGPIPE, SIG_IGN);
+    assert_int_equal(uv_loop_init(&loop), 0);
+    *state = &loop;
+    return 0;
+}
+
+static int loop_teardown(void **state)
+{
+    assert_int_equal(uv_loop_close(*state), 0);
+    return 0;
+}
+
 static void test_channel_roundtrip(void **state)
 {
-    (void)state;
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    int sv[2];
-    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    uv_loop_t *loop = *state;
     peer_t a = {0}, b = {0};
-    ipc_t *ia, *ib;
-    assert_int_equal(ipc_open(&loop, sv[0], on_msg, on_close, &a, &ia), 0);
-    assert_int_equal(ipc_open(&loop, sv[1], on_msg, on_close, &b, &ib), 0);
-    a.self = ia;
+    int fd;
+    ipc_t *ia = open_peer(loop, &a, &fd), *ib;
+    assert_int_equal(ipc_open(loop, fd, on_msg, on_close, &b, &ib), 0);
     b.self = ib;
 
     for (int i = 1; i <= 100; i++) {
@@ -222,14 +258,10 @@ static void test_channel_roundtrip(void **state)
         json_decref(m);
     }
     /* a 4 MiB message crosses many reads */
-    char *blob = malloc(4u << 20);
-    memset(blob, 'q', (4u << 20) - 1);
-    blob[(4u << 20) - 1] = '\0';
-    json_t *big = json_pack("{s:s,s:i,s:s}", "t", "big", "n", 101, "blob", blob);
+    json_t *big = blob_msg(4u << 20, 'q', "big", 101);
     assert_int_equal(ipc_send(ia, big), 0);
     json_decref(big);
-    free(blob);
-    run_until(&loop, &b.msgs, 101);
+    run_until(loop, &b.msgs, 101);
     assert_int_equal(b.msgs, 101);
     assert_int_equal(b.last_n, 101);
     assert_int_equal(b.last_len, (4u << 20) - 1);
@@ -237,31 +269,26 @@ static void test_channel_roundtrip(void **state)
     json_t *m = json_pack("{s:s,s:i}", "t", "pong", "n", 7);
     assert_int_equal(ipc_send(ib, m), 0);
     json_decref(m);
-    run_until(&loop, &a.msgs, 1);
+    run_until(loop, &a.msgs, 1);
     assert_int_equal(a.last_n, 7);
     assert_int_equal(ipc_queued(ia), 0);
 
     /* b goes away: a sees EOF once, with err 0; b's on_close not called */
     ipc_close(ib);
-    run_until(&loop, &a.closes, 1);
+    run_until(loop, &a.closes, 1);
     assert_int_equal(a.closes, 1);
     assert_int_equal(a.close_err, 0);
     assert_int_equal(b.closes, 0);
-    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_run(loop, UV_RUN_DEFAULT);
     assert_int_equal(a.closes, 1);
-    assert_int_equal(uv_loop_close(&loop), 0);
 }
 
 static void test_channel_bad_frame_and_close_in_cb(void **state)
 {
-    (void)state;
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    int sv[2];
-    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    uv_loop_t *loop = *state;
     peer_t a = {0};
-    ipc_t *ia;
-    assert_int_equal(ipc_open(&loop, sv[0], on_msg, on_close, &a, &ia), 0);
+    int fd;
+    open_peer(loop, &a, &fd);
     /* one good frame, one empty (ignored), then garbage JSON */
     buf_t s;
     buf_init(&s);
@@ -269,62 +296,49 @@ static void test_channel_bad_frame_and_close_in_cb(void **state)
     ipc_encode(&s, "", 0);
     ipc_encode(&s, "{nope", 5);
     ipc_encode(&s, "{\"n\":2}", 7);
-    assert_int_equal(write(sv[1], s.data, s.len), (ssize_t)s.len);
-    run_until(&loop, &a.closes, 1);
+    assert_int_equal(write(fd, s.data, s.len), (ssize_t)s.len);
+    run_until(loop, &a.closes, 1);
     assert_int_equal(a.msgs, 1);
     assert_int_equal(a.closes, 1);
     assert_int_equal(a.close_err, -EINVAL);
-    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_run(loop, UV_RUN_DEFAULT);
 
     /* oversized length header closes with -EMSGSIZE */
     peer_t c = {0};
-    ipc_t *ic;
-    int sv2[2];
-    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv2), 0);
-    assert_int_equal(ipc_open(&loop, sv2[0], on_msg, on_close, &c, &ic), 0);
-    assert_int_equal(write(sv2[1], "\x7f\0\0\0", 4), 4);
-    run_until(&loop, &c.closes, 1);
+    int fd2;
+    open_peer(loop, &c, &fd2);
+    assert_int_equal(write(fd2, "\x7f\0\0\0", 4), 4);
+    run_until(loop, &c.closes, 1);
     assert_int_equal(c.close_err, -EMSGSIZE);
-    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_run(loop, UV_RUN_DEFAULT);
 
     /* ipc_close inside on_msg: later frames in the same read not delivered */
     peer_t d = {0};
     d.close_after = 2;
-    ipc_t *id;
-    int sv3[2];
-    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv3), 0);
-    assert_int_equal(ipc_open(&loop, sv3[0], on_msg, on_close, &d, &id), 0);
+    int fd3;
+    open_peer(loop, &d, &fd3);
     buf_reset(&s);
     for (int i = 0; i < 5; i++)
         ipc_encode(&s, "{\"n\":3}", 7);
-    assert_int_equal(write(sv3[1], s.data, s.len), (ssize_t)s.len);
-    run_until(&loop, &d.msgs, 2);
-    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(write(fd3, s.data, s.len), (ssize_t)s.len);
+    run_until(loop, &d.msgs, 2);
+    uv_run(loop, UV_RUN_DEFAULT);
     assert_int_equal(d.msgs, 2);
     assert_int_equal(d.closes, 0);
 
-    close(sv[1]);
-    close(sv2[1]);
-    close(sv3[1]);
+    close(fd);
+    close(fd2);
+    close(fd3);
     buf_free(&s);
-    assert_int_equal(uv_loop_close(&loop), 0);
 }
 
 static void test_channel_write_bound(void **state)
 {
-    (void)state;
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    int sv[2];
-    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    uv_loop_t *loop = *state;
     peer_t a = {0};
-    ipc_t *ia;
-    assert_int_equal(ipc_open(&loop, sv[0], on_msg, on_close, &a, &ia), 0);
-    char *blob = malloc(1u << 20);
-    memset(blob, 'z', (1u << 20) - 1);
-    blob[(1u << 20) - 1] = '\0';
-    json_t *m = json_pack("{s:s}", "blob", blob);
-    free(blob);
+    int fd;
+    ipc_t *ia = open_peer(loop, &a, &fd);
+    json_t *m = blob_msg(1u << 20, 'z', NULL, 0);
     int ok = 0, r = 0;
     /* the peer never reads: the queue fills up to the 64 MiB bound */
     for (int i = 0; i < 100; i++) {
@@ -338,22 +352,15 @@ static void test_channel_write_bound(void **state)
     assert_true(ipc_queued(ia) <= (64u << 20));
     json_decref(m);
     /* peer gone: a write error or EOF closes the channel once */
-    close(sv[1]);
-    run_until(&loop, &a.closes, 1);
+    close(fd);
+    run_until(loop, &a.closes, 1);
     assert_int_equal(a.closes, 1);
     assert_int_equal(ipc_send(NULL, NULL), -EPIPE);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    assert_int_equal(uv_loop_close(&loop), 0);
+    uv_run(loop, UV_RUN_DEFAULT);
 }
 
-int main(void)
-{
-    signal(SIGPIPE, SIG_IGN);
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_encode_header),        cmocka_unit_test(test_decode_whole_and_bytewise),
-        cmocka_unit_test(test_decode_random_splits), cmocka_unit_test(test_decode_errors),
-        cmocka_unit_test(test_channel_roundtrip),    cmocka_unit_test(test_channel_bad_frame_and_close_in_cb),
-        cmocka_unit_test(test_channel_write_bound),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+UNIT_MAIN(cmocka_unit_test(test_encode_header), cmocka_unit_test(test_decode_whole_and_bytewise),
+          cmocka_unit_test(test_decode_random_splits), cmocka_unit_test(test_decode_errors),
+          cmocka_unit_test_setup_teardown(test_channel_roundtrip, loop_setup, loop_teardown),
+          cmocka_unit_test_setup_teardown(test_channel_bad_frame_and_close_in_cb, loop_setup, loop_teardown),
+          cmocka_unit_test_setup_teardown(test_channel_write_bound, loop_setup, loop_teardown))

@@ -12,10 +12,29 @@
 
 #include "metrics.h"
 
+/* Renders r into out (initialized here; the caller frees it). */
+static void render(metrics_registry_t *r, buf_t *out)
+{
+    buf_init(out);
+    assert_int_equal(metrics_render(r, out), 0);
+}
+
+/* A fresh registry (*state) for the test, freed after it. */
+static int registry_setup(void **state)
+{
+    *state = metrics_registry_new();
+    return *state == NULL ? -1 : 0;
+}
+
+static int registry_teardown(void **state)
+{
+    metrics_registry_free(*state);
+    return 0;
+}
+
 static void test_render_exact(void **state)
 {
-    (void)state;
-    metrics_registry_t *r = metrics_registry_new();
+    metrics_registry_t *r = *state;
     metric_t *c =
         metrics_reg_family(r, METRIC_COUNTER, "exchange_messages_total", "Messages received.", NULL, 0);
     metric_t *g = metrics_reg_family(r, METRIC_GAUGE, "exchange_clients", "Connected clients.", NULL, 0);
@@ -39,8 +58,7 @@ static void test_render_exact(void **state)
     assert_true(metric_value(h) == 4);
 
     buf_t out;
-    buf_init(&out);
-    assert_int_equal(metrics_render(r, &out), 0);
+    render(r, &out);
     const char *expect = "# HELP exchange_a_idle Never touched\\\\ with\\nnewline.\n"
                          "# TYPE exchange_a_idle gauge\n"
                          "exchange_a_idle 0\n"
@@ -61,13 +79,11 @@ static void test_render_exact(void **state)
                          "exchange_messages_total{exchange=\"upbit\"} 3\n";
     assert_string_equal(out.data, expect);
     buf_free(&out);
-    metrics_registry_free(r);
 }
 
 static void test_labels_escaping_and_histogram_labels(void **state)
 {
-    (void)state;
-    metrics_registry_t *r = metrics_registry_new();
+    metrics_registry_t *r = *state;
     metric_t *c = metrics_reg_family(r, METRIC_COUNTER, "x_total", "X.", NULL, 0);
     metric_t *s = metric_labels(c, "reason=\"%s\",code=%d", "bad \"quote\" \\ and\nnl", 7);
     metric_inc(s);
@@ -78,8 +94,7 @@ static void test_labels_escaping_and_histogram_labels(void **state)
     metric_t *h = metrics_reg_family(r, METRIC_HISTOGRAM, "y_seconds", "Y.", bk, 1);
     metric_observe(metric_labels(h, "op=\"a\""), 0.5);
     buf_t out;
-    buf_init(&out);
-    assert_int_equal(metrics_render(r, &out), 0);
+    render(r, &out);
     assert_string_equal(out.data, "# HELP x_total X.\n"
                                   "# TYPE x_total counter\n"
                                   "x_total{reason=\"bad \\\"quote\\\" \\\\ and\\nnl\",code=\"7\"} 1\n"
@@ -90,13 +105,11 @@ static void test_labels_escaping_and_histogram_labels(void **state)
                                   "y_seconds_sum{op=\"a\"} 0.5\n"
                                   "y_seconds_count{op=\"a\"} 1\n");
     buf_free(&out);
-    metrics_registry_free(r);
 }
 
 static void test_many_series_lookup(void **state)
 {
-    (void)state;
-    metrics_registry_t *r = metrics_registry_new();
+    metrics_registry_t *r = *state;
     metric_t *c = metrics_reg_family(r, METRIC_COUNTER, "n_total", "N.", NULL, 0);
     metric_t *ser[2000];
     for (int i = 0; i < 2000; i++) {
@@ -109,7 +122,6 @@ static void test_many_series_lookup(void **state)
     }
     /* re-registering returns the same family */
     assert_ptr_equal(metrics_reg_family(r, METRIC_COUNTER, "n_total", "N.", NULL, 0), c);
-    metrics_registry_free(r);
 }
 
 static metrics_registry_t *worker_registry(double msgs, double clients, int nobs)
@@ -155,19 +167,16 @@ static void test_snapshot_merge(void **state)
     assert_true(metric_value(metrics_find(sum, "exchange_latency_seconds", NULL)) == 3);
 
     buf_t out;
-    buf_init(&out);
-    assert_int_equal(metrics_render(sum, &out), 0);
-    assert_non_null(strstr(out.data, "exchange_clients 7\n"));
-    assert_non_null(strstr(out.data, "exchange_clients{worker=\"1\"} 3\n"));
-    assert_non_null(strstr(out.data, "exchange_clients{worker=\"2\"} 4\n"));
-    assert_non_null(strstr(out.data, "exchange_latency_seconds_bucket{le=\"0.0025\"} 0\n"));
-    assert_non_null(strstr(out.data, "exchange_latency_seconds_bucket{le=\"0.005\"} 3\n"));
-    assert_non_null(strstr(out.data, "exchange_latency_seconds_bucket{le=\"+Inf\"} 3\n"));
-    assert_non_null(strstr(out.data, "exchange_latency_seconds_bucket{worker=\"1\",le=\"10\"} 2\n"));
-    assert_non_null(strstr(out.data, "exchange_latency_seconds_count 3\n"));
-    assert_non_null(strstr(out.data, "exchange_latency_seconds_sum 0.00900"));
-    /* never-touched family is still visible */
-    assert_non_null(strstr(out.data, "# TYPE exchange_errors_total counter\nexchange_errors_total 0\n"));
+    render(sum, &out);
+    assert_contains_all(out.data, "exchange_clients 7\n", "exchange_clients{worker=\"1\"} 3\n",
+                        "exchange_clients{worker=\"2\"} 4\n",
+                        "exchange_latency_seconds_bucket{le=\"0.0025\"} 0\n",
+                        "exchange_latency_seconds_bucket{le=\"0.005\"} 3\n",
+                        "exchange_latency_seconds_bucket{le=\"+Inf\"} 3\n",
+                        "exchange_latency_seconds_bucket{worker=\"1\",le=\"10\"} 2\n",
+                        "exchange_latency_seconds_count 3\n", "exchange_latency_seconds_sum 0.00900",
+                        /* never-touched family is still visible */
+                        "# TYPE exchange_errors_total counter\nexchange_errors_total 0\n");
     buf_free(&out);
 
     /* malformed input and type conflicts are reported */
@@ -197,12 +206,10 @@ static void test_default_registry(void **state)
     metric_t *h = metric_histogram("exchange_test_seconds", "Test hist.", NULL, 0);
     metric_observe(h, 0.0005); /* le is inclusive */
     buf_t out;
-    buf_init(&out);
-    assert_int_equal(metrics_render(metrics_default(), &out), 0);
-    assert_non_null(strstr(out.data, "exchange_test_total 1\n"));
-    assert_non_null(strstr(out.data, "exchange_test_gauge -2.5\n"));
-    assert_non_null(strstr(out.data, "exchange_test_seconds_bucket{le=\"0.0005\"} 1\n"));
-    assert_non_null(strstr(out.data, "exchange_test_seconds_bucket{le=\"10\"} 1\n"));
+    render(metrics_default(), &out);
+    assert_contains_all(out.data, "exchange_test_total 1\n", "exchange_test_gauge -2.5\n",
+                        "exchange_test_seconds_bucket{le=\"0.0005\"} 1\n",
+                        "exchange_test_seconds_bucket{le=\"10\"} 1\n");
     buf_free(&out);
     /* NULL-safe updates */
     metric_inc(NULL);
@@ -228,8 +235,7 @@ static void test_promtool(void **state)
     assert_int_equal(metrics_merge(sum, s1, NULL), 0);
     assert_int_equal(metrics_merge(sum, s1, "worker=\"1\""), 0);
     buf_t out;
-    buf_init(&out);
-    assert_int_equal(metrics_render(sum, &out), 0);
+    render(sum, &out);
 
     char path[] = "/tmp/test_metrics_promtool_XXXXXX";
     int fd = mkstemp(path);
@@ -258,6 +264,9 @@ static void test_promtool(void **state)
     metrics_registry_free(sum);
 }
 
-UNIT_MAIN(cmocka_unit_test(test_render_exact), cmocka_unit_test(test_labels_escaping_and_histogram_labels),
-          cmocka_unit_test(test_many_series_lookup), cmocka_unit_test(test_snapshot_merge),
-          cmocka_unit_test(test_default_registry), cmocka_unit_test(test_promtool))
+UNIT_MAIN(cmocka_unit_test_setup_teardown(test_render_exact, registry_setup, registry_teardown),
+          cmocka_unit_test_setup_teardown(test_labels_escaping_and_histogram_labels, registry_setup,
+                                          registry_teardown),
+          cmocka_unit_test_setup_teardown(test_many_series_lookup, registry_setup, registry_teardown),
+          cmocka_unit_test(test_snapshot_merge), cmocka_unit_test(test_default_registry),
+          cmocka_unit_test(test_promtool))

@@ -39,13 +39,10 @@ static void test_demo_page_served(void **state)
                            "GET /?token=abc HTTP/1.1\r\nHost: x\r\n\r\n"};
     for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
         assert_int_equal(answer(paths[i], "/ws/exchange", &extra, &body), 200);
-        assert_non_null(strstr(extra.data, "Content-Type: text/html; charset=utf-8\r\n"));
-        assert_non_null(strstr(extra.data, "Content-Security-Policy: "));
-        assert_non_null(strstr(body.data, "<!doctype html>"));
-        assert_non_null(strstr(body.data, "<meta name=\"ws-path\" content=\"/ws/exchange\">"));
-        assert_null(strstr(body.data, "@WS_PATH@"));
-        assert_null(strstr(body.data, "http://"));
-        assert_null(strstr(body.data, "https://"));
+        assert_contains_all(extra.data, "Content-Type: text/html; charset=utf-8\r\n",
+                            "Content-Security-Policy: ");
+        assert_contains_all(body.data, "<!doctype html>", "<meta name=\"ws-path\" content=\"/ws/exchange\">");
+        assert_contains_none(body.data, "@WS_PATH@", "http://", "https://");
         assert_int_equal(strlen(body.data), body.len);
         buf_free(&extra);
         buf_free(&body);
@@ -86,12 +83,8 @@ static void test_demo_page_not_served(void **state)
 static void test_status_page_self_contained(void **state)
 {
     (void)state;
-    assert_non_null(strstr(status_page_html, "<!doctype html>"));
-    assert_non_null(strstr(status_page_html, "fetch(\"status\" + Q"));
-    assert_null(strstr(status_page_html, "http://"));
-    assert_null(strstr(status_page_html, "https://"));
-    assert_null(strstr(status_page_html, "<script src"));
-    assert_null(strstr(status_page_html, "<link rel=\"stylesheet\""));
+    assert_contains_all(status_page_html, "<!doctype html>", "fetch(\"status\" + Q");
+    assert_contains_none(status_page_html, "http://", "https://", "<script src", "<link rel=\"stylesheet\"");
 }
 
 UNIT_MAIN(cmocka_unit_test(test_demo_page_served), cmocka_unit_test(test_demo_page_escapes_path),

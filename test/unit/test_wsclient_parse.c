@@ -1,6 +1,6 @@
 /* Unit tests for common/wsclient_parse.c: ws:// and wss:// URLs and the
  * server's upgrade answer, whole and byte by byte. */
-#include "unit.h"
+#include "unit_url.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -21,45 +21,18 @@
 static void test_url_good(void **state)
 {
     (void)state;
-    wsc_url_t u;
-    assert_int_equal(wsc_url_parse("ws://example.com", &u), 0);
-    assert_int_equal(u.tls, 0);
-    assert_string_equal(u.host, "example.com");
-    assert_int_equal(u.port, 80);
-    assert_string_equal(u.path, "/");
-    assert_string_equal(u.hosthdr, "example.com");
-
-    assert_int_equal(wsc_url_parse("wss://api.upbit.com/websocket/v1", &u), 0);
-    assert_int_equal(u.tls, 1);
-    assert_int_equal(u.port, 443);
-    assert_string_equal(u.path, "/websocket/v1");
-    assert_string_equal(u.hosthdr, "api.upbit.com");
-
-    assert_int_equal(wsc_url_parse("wss://stream.binance.com:9443/stream?streams=a@trade/b", &u), 0);
-    assert_int_equal(u.port, 9443);
-    assert_string_equal(u.host, "stream.binance.com");
-    assert_string_equal(u.path, "/stream?streams=a@trade/b");
-    assert_string_equal(u.hosthdr, "stream.binance.com:9443");
-
-    assert_int_equal(wsc_url_parse("ws://10.0.0.7:8091?token=x", &u), 0);
-    assert_string_equal(u.host, "10.0.0.7");
-    assert_int_equal(u.port, 8091);
-    assert_string_equal(u.path, "/?token=x");
-
-    assert_int_equal(wsc_url_parse("WSS://Host.Example:443/", &u), 0);
-    assert_int_equal(u.tls, 1);
-    assert_string_equal(u.hosthdr, "Host.Example"); /* default port omitted */
-
-    assert_int_equal(wsc_url_parse("ws://[::1]:9000/relay", &u), 0);
-    assert_string_equal(u.host, "::1");
-    assert_int_equal(u.port, 9000);
-    assert_string_equal(u.hosthdr, "[::1]:9000");
-    assert_string_equal(u.path, "/relay");
-
-    assert_int_equal(wsc_url_parse("ws://localhost:1/", &u), 0);
-    assert_int_equal(u.port, 1);
-    assert_int_equal(wsc_url_parse("ws://localhost:65535/", &u), 0);
-    assert_int_equal(u.port, 65535);
+    static const unit_url_case_t good[] = {
+        {"ws://example.com", 0, "example.com", 80, "/", "example.com"},
+        {"wss://api.upbit.com/websocket/v1", 1, "api.upbit.com", 443, "/websocket/v1", "api.upbit.com"},
+        {"wss://stream.binance.com:9443/stream?streams=a@trade/b", 1, "stream.binance.com", 9443,
+         "/stream?streams=a@trade/b", "stream.binance.com:9443"},
+        {"ws://10.0.0.7:8091?token=x", 0, "10.0.0.7", 8091, "/?token=x", "10.0.0.7:8091"},
+        {"WSS://Host.Example:443/", 1, "Host.Example", 443, "/", "Host.Example"}, /* default port omitted */
+        {"ws://[::1]:9000/relay", 0, "::1", 9000, "/relay", "[::1]:9000"},
+        {"ws://localhost:1/", 0, "localhost", 1, "/", "localhost:1"},
+        {"ws://localhost:65535/", 0, "localhost", 65535, "/", "localhost:65535"},
+    };
+    assert_urls(wsc_url_parse, good);
 }
 
 static void test_url_bad(void **state)
@@ -108,6 +81,23 @@ static void test_url_bad(void **state)
     assert_int_equal(wsc_url_parse(longpath, &u), -EINVAL);
 }
 
+/* The verdict on a whole answer fed at once (its status in *status):
+ * wsc_upgrade_verify's result for key. */
+#define VERDICT(resp, key, status) verdict((resp), sizeof(resp) - 1, (key), (status))
+
+static int verdict(const char *resp, size_t len, const char *key, int *status)
+{
+    wsc_upgrade_t u;
+    assert_int_equal(wsc_upgrade_init(&u, 0), 0);
+    assert_true(wsc_upgrade_feed(&u, resp, len) > 0);
+    assert_int_equal(u.done, 1);
+    int rc = wsc_upgrade_verify(&u, key);
+    if (status != NULL)
+        *status = u.status;
+    wsc_upgrade_free(&u);
+    return rc;
+}
+
 static void test_upgrade_101_ok(void **state)
 {
     (void)state;
@@ -147,64 +137,43 @@ static void test_upgrade_byte_by_byte(void **state)
 static void test_upgrade_bad_accept(void **state)
 {
     (void)state;
-    wsc_upgrade_t u;
     const char resp[] = "HTTP/1.1 101 Switching Protocols\r\n"
                         "Upgrade: websocket\r\n"
                         "Connection: Upgrade\r\n"
                         "Sec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n"
                         "\r\n";
-    assert_int_equal(wsc_upgrade_init(&u, 0), 0);
-    assert_true(wsc_upgrade_feed(&u, resp, sizeof resp - 1) > 0);
-    assert_int_equal(u.done, 1);
-    assert_int_equal(wsc_upgrade_verify(&u, KEY), -EPROTO);
+    assert_int_equal(VERDICT(resp, KEY, NULL), -EPROTO);
     /* right accept, wrong key */
-    assert_int_equal(wsc_upgrade_verify(&u, "AQIDBAUGBwgJCgsMDQ4PEA=="), -EPROTO);
-    wsc_upgrade_free(&u);
+    assert_int_equal(VERDICT(OK_101, "AQIDBAUGBwgJCgsMDQ4PEA==", NULL), -EPROTO);
 }
 
 static void test_upgrade_missing_headers(void **state)
 {
     (void)state;
-    wsc_upgrade_t u;
     const char no_upgrade[] = "HTTP/1.1 101 Switching Protocols\r\n"
                               "Connection: Upgrade\r\n"
                               "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
-    assert_int_equal(wsc_upgrade_init(&u, 0), 0);
-    assert_true(wsc_upgrade_feed(&u, no_upgrade, sizeof no_upgrade - 1) > 0);
-    assert_int_equal(wsc_upgrade_verify(&u, KEY), -EPROTO);
-    wsc_upgrade_free(&u);
-
+    assert_int_equal(VERDICT(no_upgrade, KEY, NULL), -EPROTO);
     const char ext[] = "HTTP/1.1 101 Switching Protocols\r\n"
                        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
                        "Sec-WebSocket-Extensions: permessage-deflate\r\n"
                        "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
-    assert_int_equal(wsc_upgrade_init(&u, 0), 0);
-    assert_true(wsc_upgrade_feed(&u, ext, sizeof ext - 1) > 0);
-    assert_int_equal(wsc_upgrade_verify(&u, KEY), -EPROTO); /* not asked for */
-    wsc_upgrade_free(&u);
+    assert_int_equal(VERDICT(ext, KEY, NULL), -EPROTO); /* not asked for */
 }
 
 static void test_upgrade_429(void **state)
 {
     (void)state;
-    wsc_upgrade_t u;
     const char resp[] = "HTTP/1.1 429 Too Many Requests\r\n"
                         "Content-Length: 11\r\n"
                         "Retry-After: 5\r\n"
                         "\r\n"
                         "slow down!\n";
-    assert_int_equal(wsc_upgrade_init(&u, 0), 0);
-    assert_true(wsc_upgrade_feed(&u, resp, sizeof resp - 1) > 0);
-    assert_int_equal(u.done, 1);
-    assert_int_equal(u.status, 429);
-    assert_int_equal(wsc_upgrade_verify(&u, KEY), 429);
-    wsc_upgrade_free(&u);
-
+    int status = 0;
+    assert_int_equal(VERDICT(resp, KEY, &status), 429);
+    assert_int_equal(status, 429);
     const char moved[] = "HTTP/1.1 301 Moved\r\nLocation: /x\r\nContent-Length: 0\r\n\r\n";
-    assert_int_equal(wsc_upgrade_init(&u, 0), 0);
-    assert_true(wsc_upgrade_feed(&u, moved, sizeof moved - 1) > 0);
-    assert_int_equal(wsc_upgrade_verify(&u, KEY), 301);
-    wsc_upgrade_free(&u);
+    assert_int_equal(VERDICT(moved, KEY, NULL), 301);
 }
 
 static void test_upgrade_garbage_and_bounds(void **state)

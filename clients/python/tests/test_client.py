@@ -78,10 +78,22 @@ def test_version():
     assert channel_matches("trade.*.X-Y", "trade.a.X-Y") and not channel_matches("trade.*", "trade.a.X-Y")
 
 
-def test_order_duplicates_epochs_and_resume():
+def with_fake(body, **kw):
+    """Run body(fake, client): a started Fake and a client of it (FAST
+    settings, kw over them); both are closed after it."""
     async def main():
         fake = await Fake().start()
-        c = ExchangeClient(fake.url, **FAST)
+        c = ExchangeClient(fake.url, **dict(FAST, **kw))
+        try:
+            await body(fake, c)
+        finally:
+            await c.close()
+            await fake.stop()
+    asyncio.run(main())
+
+
+def test_order_duplicates_epochs_and_resume():
+    async def body(fake, c):
         sub = c.subscribe([CH])
         got = []
 
@@ -105,9 +117,7 @@ def test_order_duplicates_epochs_and_resume():
         assert c.stats["duplicates"] + c.stats["stale"] == 4
         sub.close()
         await reader
-        await c.close()
-        await fake.stop()
-    asyncio.run(main())
+    with_fake(body)
 
 
 def test_gaps_and_hint_and_token():
@@ -169,9 +179,7 @@ def test_gaps_and_hint_and_token():
 
 
 def test_silent_connection_is_dropped():
-    async def main():
-        fake = await Fake().start()
-        c = ExchangeClient(fake.url, heartbeat=0.1, heartbeat_timeout=0.2, **FAST)
+    async def body(fake, c):
         c.subscribe([CH])
         conn = await until("subscribe", subscribed(fake))
         conn["ws"].transport.pause_reading()  # reads nothing: no pong
@@ -179,19 +187,13 @@ def test_silent_connection_is_dropped():
         await until("reconnected", lambda: len(fake.conns) == 2)
         assert time.monotonic() - t0 < 3
         conn["ws"].transport.abort()
-        await c.close()
-        await fake.stop()
-    asyncio.run(main())
+    with_fake(body, heartbeat=0.1, heartbeat_timeout=0.2)
 
 
 def test_request():
-    async def main():
-        fake = await Fake().start()
-        c = ExchangeClient(fake.url, **FAST)
+    async def body(fake, c):
         c.subscribe([CH], callback=lambda m: None)
         await until("open", lambda: c.state == "open")
         assert (await c.request({"op": "list"}))["channels"] == [CH]
-        await c.close()
-        await fake.stop()
     pytest.importorskip("websockets")
-    asyncio.run(main())
+    with_fake(body)

@@ -182,6 +182,27 @@ def leaders(svcs):
     return out
 
 
+def cluster_nodes(service_factory, zk, sim, n=2, session_ms=2000, overrides=None, node0_leads=False):
+    """n ready instances ("node0"...) of a new cluster over zk (anything
+    with .connect), fed by sim (or None); overrides ({section: {key: value}})
+    apply to each. With node0_leads, node0 is ready and leading before the
+    others start, so it leads (registration order decides)."""
+    name = "c%d" % int(time.monotonic() * 1000)
+    svcs = []
+    for i in range(n):
+        ov = {"service": {"cluster": name},
+              "zookeeper": {"connect": zk.connect, "session_timeout_ms": session_ms}}
+        for sec, kv in (overrides or {}).items():
+            ov.setdefault(sec, {}).update(kv)
+        svcs.append(service_factory(name="node%d" % i, sim_ports=sim.ports if sim else None, overrides=ov))
+        if node0_leads and i == 0:
+            svcs[0].wait_ready(timeout=30)
+            util.wait_until(lambda: svcs[0].status()["role"] == "leader", timeout=20, what="node0 leads")
+    for s in svcs:
+        s.wait_ready(timeout=30)
+    return svcs
+
+
 @pytest.fixture
 def service_factory(tmp_path):
     made = []

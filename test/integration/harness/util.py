@@ -1,4 +1,5 @@
 """Generic helpers: ports, polling, child processes, /proc, HTTP."""
+import contextlib
 import errno
 import http.client
 import os
@@ -63,31 +64,53 @@ def tail(path, lines=40):
     return "\n".join(data.splitlines()[-lines:])
 
 
-def pid_alive(pid):
-    """True if pid exists and is not a zombie."""
+@contextlib.contextmanager
+def frozen(pids):
+    """SIGSTOP every pid for the block; SIGCONT those still there after it
+    (also when the block fails). Yields the list of pids."""
+    pids = list(pids)
+    for p in pids:
+        os.kill(p, _signal.SIGSTOP)
     try:
-        with open("/proc/%d/stat" % pid) as f:
+        yield pids
+    finally:
+        for p in pids:
+            try:
+                os.kill(p, _signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
+
+def _stat_fields(pid):
+    """/proc/PID/stat after the command name (state, ppid, pgrp, session,
+    ...), or None when the process is gone."""
+    try:
+        with open("/proc/%s/stat" % pid) as f:
             stat = f.read()
     except OSError:
-        return False
-    state = stat[stat.rfind(")") + 2:].split()[0]
-    return state not in ("Z", "X")
+        return None
+    return stat[stat.rfind(")") + 2:].split()
+
+
+def _live_procs():
+    """(pid, stat fields) of every live (non-zombie) process."""
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            rest = _stat_fields(d)
+            if rest is not None and rest[0] not in ("Z", "X"):
+                yield int(d), rest
+
+
+def pid_alive(pid):
+    """True if pid exists and is not a zombie."""
+    rest = _stat_fields(pid)
+    return rest is not None and rest[0] not in ("Z", "X")
 
 
 def _children_map():
     kids = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % d) as f:
-                stat = f.read()
-        except OSError:
-            continue
-        rest = stat[stat.rfind(")") + 2:].split()
-        if rest[0] in ("Z", "X"):
-            continue
-        kids.setdefault(int(rest[1]), []).append(int(d))
+    for pid, rest in _live_procs():
+        kids.setdefault(int(rest[1]), []).append(pid)
     return kids
 
 
@@ -105,19 +128,21 @@ def descendants(pid):
 
 def pids_in_session(sid):
     """Live pids whose session id is sid (finds orphans re-parented to init)."""
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % d) as f:
-                stat = f.read()
-        except OSError:
-            continue
-        rest = stat[stat.rfind(")") + 2:].split()
-        if rest[0] not in ("Z", "X") and int(rest[3]) == sid:
-            out.append(int(d))
-    return out
+    return [pid for pid, rest in _live_procs() if int(rest[3]) == sid]
+
+
+def raw_http_status(port, raw, timeout=10.0):
+    """Send raw bytes to 127.0.0.1:port; the status code of the HTTP
+    response's first line (0 when the connection closes without one)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(raw)
+        data = b""
+        while b"\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return int(data.split(b" ")[1]) if data else 0
 
 
 def http_get(url, timeout=5.0, headers=None):

@@ -14,7 +14,17 @@ import websockets
 
 from harness import util
 
-__all__ = ["WsClient", "seq_problems"]
+__all__ = ["WsClient", "seq_problems", "messages_until"]
+
+
+async def messages_until(ws, stop, poll_s=0.2):
+    """The raw messages of ws until stop (a threading.Event) is set, which is
+    checked at least every poll_s."""
+    while not stop.is_set():
+        try:
+            yield await asyncio.wait_for(ws.recv(), timeout=poll_s)
+        except asyncio.TimeoutError:
+            continue
 
 
 def seq_problems(msgs, check_gaps=True):
@@ -82,11 +92,7 @@ class WsClient:
                         if since:
                             req["since"] = since
                         await ws.send(json.dumps(req))
-                    while not self._stop.is_set():
-                        try:
-                            raw = await asyncio.wait_for(ws.recv(), timeout=0.2)
-                        except asyncio.TimeoutError:
-                            continue
+                    async for raw in messages_until(ws, self._stop):
                         try:
                             msg = json.loads(raw)
                         except (ValueError, TypeError):
