@@ -118,19 +118,41 @@ def single(kafka_factory, sim_factory, service_factory, rate, fallback_after_ms,
     return k, sim, svc, txns
 
 
+def fault_on_open_transaction(svc, txns, down, up, timeout, attempts=3):
+    """Applies a Kafka fault (down) until it lands on an open transaction:
+    its messages in flight time out (message.timeout.ms, the transaction
+    timeout). A fault that lands on a commit in flight instead only holds
+    the commit (every message was delivered, the next ones wait in the
+    ingest): then Kafka comes back (up), commits resume and the fault is
+    applied again. Returns the time the fault began; it is still on."""
+    for attempt in range(attempts):
+        def timed_out():
+            return svc.metric("exchange_ingest_kafka_failed_total", {"error": "_MSG_TIMED_OUT"}) or 0
+        before = timed_out()
+        t_down = time.monotonic()
+        down()
+        try:
+            util.wait_until(lambda: timed_out() > before, timeout=timeout,
+                            what="messages of the open transaction time out")
+            return t_down
+        except AssertionError:
+            up()
+            if attempt + 1 == attempts:
+                raise
+        done = txns("committed") + 2
+        util.wait_until(lambda: txns("committed") >= done, timeout=60, what="commits after a fault on a commit")
+
+
 def test_aborted_transaction_is_produced_again_in_order(kafka_factory, sim_factory, service_factory):
     # The broker freezes longer than the transaction timeout: the open
     # transaction's messages time out, the transaction is aborted, and its
     # messages are produced again, first and in order: every seq once.
-    # Commits once a second: the broker freezes while a transaction is open
-    # (with the default 20 ms its messages could all be delivered and the
-    # freeze land on the commit, which is then only retried).
+    # Commits once a second, so the freeze mostly lands on an open
+    # transaction (with the default 20 ms it often lands on a commit).
     k, _, svc, txns = single(kafka_factory, sim_factory, service_factory, 20, 60000, {"markets": "KRW-BTC"},
                              kafka={"transaction_commit_ms": 1000})
-    k.node(1).pause()
     try:
-        util.wait_until(lambda: (svc.metric("exchange_ingest_kafka_failed_total", {"error": "_MSG_TIMED_OUT"})
-                                 or 0) >= 1, timeout=30, what="messages of the open transaction time out")
+        fault_on_open_transaction(svc, txns, k.node(1).pause, k.node(1).resume, timeout=30)
     finally:
         k.node(1).resume()
     # Not committed, so produced again: either our abort succeeds, or the
@@ -163,20 +185,17 @@ def test_kafka_outage_past_transaction_timeout_loses_nothing(kafka_factory, sim_
     # not commit again, not exit (its successor would backfill the trades the
     # fanouts already had from the relay: every client would get them twice).
     k, sim, svc, txns = single(kafka_factory, sim_factory, service_factory, 50, 2000,
-                               {"markets": "KRW-BTC", "channels": "trade"})
+                               {"markets": "KRW-BTC", "channels": "trade"}, kafka={"transaction_commit_ms": 1000})
 
     def ingest():
         w = svc.workers(kind="ingest", state="running")
         return (w[0]["pid"], svc.status()["epoch"]) if w else None
     before = ingest()
     assert before is not None
-    t_down = time.monotonic()
-    k.down()
     try:
         # message.timeout.ms is the transaction timeout: once the open
         # transaction's messages time out, the outage is past it.
-        util.wait_until(lambda: (svc.metric("exchange_ingest_kafka_failed_total", {"error": "_MSG_TIMED_OUT"})
-                                 or 0) >= 1, timeout=40, what="messages of the open transaction time out")
+        t_down = fault_on_open_transaction(svc, txns, k.down, k.up, timeout=40)
         # The fault's length, not a wait for a condition: two transaction
         # timeouts, as in a broker restart that takes its time, so the
         # coordinator times the transaction out on its own before the
