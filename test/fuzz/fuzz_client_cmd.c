@@ -79,7 +79,7 @@ static void publish(hub_t *h, const char *ch, const char *type, int seq, int epo
                      "\"seq\":%d,\"epoch\":%d,\"ts\":1700000000000,\"recv_ts\":1700000000005,"
                      "\"price\":\"1.5\",\"qty\":\"2\"}",
                      ch, type, seq, epoch);
-    (void)hub_publish(h, m, (size_t)n, NULL, NULL);
+    (void)hub_publish(h, m, (size_t)n, NULL, NULL, NULL);
 }
 
 typedef struct {
@@ -128,7 +128,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         switch (op) {
         case 0: {
             int64_t ts, rts;
-            int r = hub_publish(h, (const char *)p + 1, n - 1, &ts, &rts);
+            int r = hub_publish(h, (const char *)p + 1, n - 1, NULL, &ts, &rts);
             FUZZ_CHECK(r == HUB_ACCEPTED || r == HUB_FENCED || r == HUB_DUPLICATE || r == -EINVAL);
             break;
         }
