@@ -332,6 +332,14 @@ def test_clients_deliver_every_trade_once(scenario, tmp_path, zk_server, kafka_b
                     assert hints, "%s: no drain hint honoured" % c.name
         if scenario == "cut_without_close":
             Proxy.reset(frozen)
+
+        def resumed(c):
+            """The resume after the client's last reconnect has every reply
+            in: a client stopped before it would report it after its end."""
+            after = c.lines[before[c.name]:]
+            last = max((k for k, l in enumerate(after) if l["ev"] == "reconnect"), default=None)
+            return last is None or any(l["ev"] == "resumed" for l in after[last:])
+        util.wait_until(lambda: all(resumed(c) for c in clients), timeout=30, what="every client resumed")
         wait_trades(clients, 20, "trades after the %s" % scenario, timeout=60)
         for c in clients:
             c.stop()
