@@ -243,6 +243,60 @@ def ws_text_frame(text):
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
 
 
+def slow_reader(s):
+    """Little room in the kernel, so that the relay's queue bound is what
+    fills: a small receive buffer, and a small MSS, since the sender's send
+    buffer starts at 20 segments (on loopback's 64 KB MSS, 2.6 MB: seconds
+    of data, and the server's 5 s idle ping + 10 s pong timeout closed the
+    client first when the simulator was slowed)."""
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1000)
+
+
+def relay_upgrade(s, port):
+    """Connect s to the relay endpoint and upgrade it, with the token."""
+    s.settimeout(10)
+    s.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall(("GET /relay HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer %s\r\n\r\n"
+               % (key, TOKEN)).encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        b = s.recv(1)
+        assert b, "relay closed during the upgrade: %r" % head
+        head += b
+    assert head.startswith(b"HTTP/1.1 101"), head
+
+
+def recv_exact(s, n):
+    out = b""
+    while len(out) < n:
+        b = s.recv(n - len(out))
+        if not b:
+            return None
+        out += b
+    return out
+
+
+def server_frames(s):
+    """The relay's frames (unmasked, unfragmented) as (opcode, payload),
+    until the connection ends."""
+    while True:
+        head = recv_exact(s, 2)
+        if head is None:
+            return
+        n = head[1] & 0x7F
+        if n == 126:
+            n = int.from_bytes(recv_exact(s, 2), "big")
+        elif n == 127:
+            n = int.from_bytes(recv_exact(s, 8), "big")
+        data = recv_exact(s, n)
+        if data is None:
+            return
+        yield head[0] & 0x0F, data
+
+
 def test_slow_relay_client_is_cut_off_alone(sim_factory, service_factory):
     """A relay client that stops reading is disconnected at [relay]
     client_queue_bytes; the instance's own fanout keeps its stream whole."""
@@ -255,25 +309,8 @@ def test_slow_relay_client_is_cut_off_alone(sim_factory, service_factory):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         c.wait_for(lambda c: len(c.data()) >= 10, timeout=15, what="trades")
-        # Little room in the kernel, so that the relay's queue bound is what
-        # fills: a small receive buffer, and a small MSS, since the sender's
-        # send buffer starts at 20 segments (on loopback's 64 KB MSS, 2.6 MB:
-        # seconds of data, and the server's 5 s idle ping + 10 s pong
-        # timeout closed the client first when the simulator was slowed).
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1000)
-        s.settimeout(10)
-        s.connect(("127.0.0.1", svc.relay_port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        s.sendall(("GET /relay HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                   "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer %s\r\n\r\n"
-                   % (key, TOKEN)).encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            b = s.recv(1)
-            assert b, "relay closed during the upgrade: %r" % head
-            head += b
-        assert head.startswith(b"HTTP/1.1 101"), head
+        slow_reader(s)
+        relay_upgrade(s, svc.relay_port)
         s.sendall(ws_text_frame('{"op":"resume","epoch":0,"since":{},"tail":1}'))
         t0 = time.time()
         # ... and never read again. It is this client that is cut (the
@@ -294,6 +331,69 @@ def test_slow_relay_client_is_cut_off_alone(sim_factory, service_factory):
     finally:
         s.close()
         c.close()
+
+
+def test_cut_relay_client_resumes_without_a_gap(sim_factory, service_factory):
+    """A relay client cut for being slow missed more than half its queue
+    bound (the queue it lost and what was published while it reconnected).
+    Resuming where it stopped, it gets every message after its position on
+    every channel, none twice: the catch-up from the rings is paced by what
+    the client reads, not cut to what fits in one turn."""
+    sim = sim_upbit(sim_factory, rate=300)
+    svc = service_factory(name="cutresume", sim_ports=sim.ports,
+                          overrides={"exchange.upbit": {"markets": "KRW-BTC"},
+                                     "relay": {"token": TOKEN, "client_queue_bytes": 65536}})
+    svc.wait_ready(timeout=30)
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s2 = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        slow_reader(s)
+        relay_upgrade(s, svc.relay_port)
+        s.sendall(ws_text_frame('{"op":"resume","epoch":0,"since":{},"tail":1}'))
+        cut = 'msg="relay client too slow, disconnected" peer=127.0.0.1:%d ' % s.getsockname()[1]
+        util.wait_until(lambda: cut in svc.stderr(), timeout=30, what="slow relay client disconnected")
+        # What reached the client before the cut: its position.
+        last, epoch, n_before = {}, None, 0
+        for op, data in server_frames(s):
+            if op == 8:
+                break
+            m = json.loads(data)
+            last[m["channel"]], epoch = m["seq"], m["epoch"]
+            n_before += 1
+        s.close()
+        trade = "trade.upbit.BTC-KRW"
+        assert trade in last and n_before > 0, last
+        gaps0 = svc.metric("exchange_relay_replay_gaps_total") or 0
+        relay_upgrade(s2, svc.relay_port)
+        s2.sendall(ws_text_frame(json.dumps({"op": "resume", "epoch": epoch, "since": last})))
+        # Read until the trade channel is 1000 messages past the position (it
+        # missed ~64 KB, ~200 trades, at the cut): the catch-up and then the
+        # live stream.
+        seen, sizes = {}, []
+        for op, data in server_frames(s2):
+            assert op == 1, (op, data[:200])
+            sizes.append(len(data))
+            m = json.loads(data)
+            assert m["epoch"] == epoch, m
+            seen.setdefault(m["channel"], []).append(m["seq"])
+            if len(seen.get(trade, ())) >= 1000:
+                break
+        assert len(seen.get(trade, ())) >= 1000, "the relay ended the stream: %s" % {k: len(v) for k, v in seen.items()}
+        for ch, pos in last.items():
+            got = seen.get(ch, [])
+            want = list(range(pos + 1, pos + 1 + len(got)))
+            assert got == want, "%s after %d: %s ... (%d messages)" % (ch, pos, got[:5], len(got))
+        resumed = 'msg="relay client resumed" peer=127.0.0.1:%d mode=since' % s2.getsockname()[1]
+        line = next(l for l in svc.stderr().splitlines() if resumed in l)
+        print(line)
+        assert " gaps=0" in line, line
+        # More than one step: more than half the queue bound came from the rings.
+        replayed = int(line.split(" replayed=")[1].split()[0])
+        assert sum(sizes[:replayed]) > 65536 // 2, (replayed, sum(sizes[:replayed]))
+        assert (svc.metric("exchange_relay_replay_gaps_total") or 0) == gaps0
+    finally:
+        s.close()
+        s2.close()
 
 
 def test_gap_beyond_relay_history_is_reported(kafka_factory, sim_factory, service_factory):

@@ -273,6 +273,72 @@ static void test_hold_backfill_release(void **state)
     tfx_free(t);
 }
 
-FX_MAIN(cmocka_unit_test(test_upbit_snapshot_resend_once),
+/* ---- the relay's history ring ------------------------------------------ */
+
+typedef struct {
+    int64_t seqs[16];
+    int n, stop_after;
+} hist_t;
+
+static int hist_cb(void *arg, int64_t seq, rbuf_t *msg)
+{
+    hist_t *h = arg;
+    assert_int_equal(ingest_msg_seq(msg->data, msg->len), seq);
+    h->seqs[h->n++] = seq;
+    return h->stop_after > 0 && h->n >= h->stop_after;
+}
+
+static int history(ingest_t *in, int64_t since, int stop_after, hist_t *h)
+{
+    memset(h, 0, sizeof(*h));
+    h->stop_after = stop_after;
+    return ingest_history(in, "ticker.upbit.BTC-KRW", since, hist_cb, h);
+}
+
+/* A resume reads the ring from since+1 (found directly, the seqs being
+ * consecutive), stops where the reader says, and says -ERANGE when what
+ * follows since is gone. */
+static void test_history_from_since(void **state)
+{
+    (void)state;
+    buf_t err;
+    buf_init(&err);
+    cfg_t *cfg = cfg_load_string("[relay]\nhistory = 5\n", "test", &err);
+    assert_non_null(cfg);
+    buf_free(&err);
+    ingest_t in;
+    assert_int_equal(ingest_init(&in, uv_default_loop(), cfg, 3), 0);
+    const char *ch = "ticker.upbit.BTC-KRW";
+    for (int i = 0; i < 8; i++) {
+        int64_t seq = ingest_next_seq(&in, ch);
+        char msg[128];
+        int n =
+            snprintf(msg, sizeof msg, "{\"channel\":\"%s\",\"epoch\":3,\"seq\":%lld}", ch, (long long)seq);
+        ingest_publish(&in, ch, seq, msg, (size_t)n);
+    }
+    hist_t h;
+    assert_int_equal(history(&in, 5, 0, &h), 0);
+    assert_int_equal(h.n, 3);
+    assert_int_equal(h.seqs[0], 6);
+    assert_int_equal(h.seqs[2], 8);
+    assert_int_equal(history(&in, 3, 0, &h), 0); /* 4..8 kept: no hole */
+    assert_int_equal(h.n, 5);
+    assert_int_equal(h.seqs[0], 4);
+    assert_int_equal(history(&in, 1, 0, &h), -ERANGE); /* 2 and 3 are gone */
+    assert_int_equal(h.n, 5);
+    assert_int_equal(h.seqs[0], 4);
+    assert_int_equal(history(&in, 4, 2, &h), 0); /* the reader stops */
+    assert_int_equal(h.n, 2);
+    assert_int_equal(h.seqs[1], 6);
+    assert_int_equal(history(&in, 8, 0, &h), 0);
+    assert_int_equal(h.n, 0);
+    assert_int_equal(history(&in, 99, 0, &h), 0);
+    assert_int_equal(h.n, 0);
+    assert_int_equal(ingest_history(&in, "ticker.upbit.XRP-KRW", 0, hist_cb, &h), -ENOENT);
+    ingest_free(&in);
+    cfg_free(cfg);
+}
+
+FX_MAIN(cmocka_unit_test(test_upbit_snapshot_resend_once), cmocka_unit_test(test_history_from_since),
         cmocka_unit_test(test_coinbase_snapshot_once_and_oldest_first),
         cmocka_unit_test(test_binance_dedup_across_reconnect), cmocka_unit_test(test_hold_backfill_release))

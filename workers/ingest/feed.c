@@ -212,7 +212,18 @@ int ingest_history(ingest_t *in, const char *channel, int64_t since, ingest_hist
         if (oldest > since + 1)
             r = -ERANGE;
     }
-    for (int i = 0; i < c->count; i++) {
+    /* Seqs in the ring are consecutive (one entry per publish): start at
+     * since+1 directly, so that a paced replay resuming over and over does
+     * not walk the whole ring each time. A ring that is not consecutive
+     * (a seq that did not increase, logged at publish) is walked. */
+    int i = 0;
+    if (c->count > 0) {
+        int64_t first = c->ring[c->head].seq;
+        int64_t last = c->ring[(c->head + c->count - 1) % c->cap].seq;
+        if (last - first == (int64_t)c->count - 1 && since >= first)
+            i = since - first + 1 > c->count ? c->count : (int)(since - first + 1);
+    }
+    for (; i < c->count; i++) {
         hist_ent_t *e = &c->ring[(c->head + i) % c->cap];
         if (e->seq <= since)
             continue;

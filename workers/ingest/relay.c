@@ -14,17 +14,27 @@
 #include "log.h"
 #include "metrics.h"
 #include "relay_proto.h"
+#include "strmap.h"
 #include "wsproto.h"
 #include "wsserver.h"
 
-enum { RC_HANDSHAKE = 0, RC_AWAIT_RESUME, RC_LIVE, RC_CLOSING };
+enum { RC_HANDSHAKE = 0, RC_AWAIT_RESUME, RC_CATCHUP, RC_LIVE, RC_CLOSING };
+
+/* The catch-up steps of resuming clients run this often (see catch_up). */
+#define PACE_MS 2
+
+typedef struct cursor_s cursor_t;
 
 typedef struct rconn_s rconn_t;
 struct rconn_s {
     relay_t *r;
     wss_conn_t *conn;
     int state;
-    int counted; /* in r->nclients */
+    int counted;      /* in r->nclients */
+    int mode;         /* FROM_*: where the resume starts */
+    strmap_t cursors; /* RC_CATCHUP: channel -> cursor_t */
+    uint64_t replayed;
+    int gaps;
     rconn_t *prev, *next;
 };
 
@@ -33,12 +43,16 @@ struct relay_s {
     uv_loop_t *loop;
     wss_ctx_t *wss;
     uv_tcp_t listener;
-    int listening, stopping;
+    uv_timer_t pace;  /* runs the catch-up steps while a client catches up */
+    uv_tcp_t refused; /* takes a connection refused for want of memory */
+    int refusing, refuse_pending;
+    int listening, pace_open, stopping;
     char *listen;
     ingest_relay_t hook;
     rconn_t *conns;
     int nclients; /* upgraded, not closed */
     int nlive;    /* resumed: receiving the live stream */
+    int ncatchup; /* resuming: being caught up from the rings */
     int nconns;   /* every accepted connection, until its on_close */
     uint64_t messages;
     metric_t *m_clients, *m_messages, *m_replayed, *m_rejected, *m_disconnects, *m_gaps;
@@ -59,19 +73,26 @@ static void list_del(rconn_t *c)
 
 static void maybe_free(relay_t *r)
 {
-    if (r->stopping && !r->listening && r->nconns == 0) {
+    if (r->stopping && !r->listening && !r->pace_open && r->nconns == 0) {
         free(r->listen);
         free(r);
     }
 }
 
+static void on_pace(uv_timer_t *t);
+
 static void set_state(rconn_t *c, int st)
 {
+    relay_t *r = c->r;
     if (c->state == RC_LIVE)
-        c->r->nlive--;
+        r->nlive--;
+    if (c->state == RC_CATCHUP && --r->ncatchup == 0 && r->pace_open)
+        uv_timer_stop(&r->pace);
     c->state = st;
     if (st == RC_LIVE)
-        c->r->nlive++;
+        r->nlive++;
+    if (st == RC_CATCHUP && r->ncatchup++ == 0 && r->pace_open)
+        uv_timer_start(&r->pace, on_pace, PACE_MS, PACE_MS);
 }
 
 /* Queue one frame; a connection that cannot take it is too slow and is
@@ -133,149 +154,225 @@ static void hook_epoch(void *arg, int64_t epoch)
 {
     relay_t *r = arg;
     /* Nothing to do for live connections: the new epoch's messages start at
-     * seq 1 and the fanout's hub takes a higher epoch as a fresh start. */
+     * seq 1 and the fanout's hub takes a higher epoch as a fresh start. A
+     * catch-up's positions were in the old epoch, whose rings are cleared:
+     * that client resumes again, from the new epoch's start. */
+    for (rconn_t *c = r->conns; c != NULL; c = c->next)
+        if (c->state == RC_CATCHUP) {
+            wss_close(c->conn, RELAY_CLOSE_ERROR, "new epoch; resume again", 0);
+            set_state(c, RC_CLOSING);
+        }
     log_info("relay: new epoch", "epoch=%" PRId64 " clients=%d", epoch, r->nclients);
 }
 
-/* ---- resume and replay -------------------------------------------------------- */
+/* ---- resume: a paced catch-up from the rings ------------------------------------ */
 
+/* A resuming client is caught up from the channel rings, oldest first, a
+ * step at a time: each step queues at most what takes its queue to half of
+ * [relay] client_queue_bytes (the rest of the bound is room for the
+ * writes in flight), and the next step runs once the client has read it (the
+ * pace timer). Live messages are not sent to it meanwhile: they are in the
+ * rings, where the catch-up reaches them. When a whole pass over every
+ * channel finds nothing left, the client goes live in the same loop turn,
+ * so it sees each channel's seq strictly increasing, and however much it
+ * missed, it misses nothing the rings still hold. What the rings no longer
+ * hold (a client slower than [relay] history) is a gap, logged and counted. */
 enum { FROM_SINCE, FROM_TAIL, FROM_ALL, FROM_NONE };
+static const char *const from_name[] = {"since", "tail", "all", "none"};
 
-/* The replay is queued in one loop turn, so it must fit the connection's
- * bound: it may use half of [relay] client_queue_bytes (the other half is
- * for the live stream while it drains). When what the client is missing is
- * bigger, every channel keeps its newest messages in proportion and the
- * older part is a gap, reported: a replay that can never fit would
- * otherwise disconnect the client on every attempt. */
+struct cursor_s {
+    strmap_node_t node;
+    int64_t pos;    /* the client has every message of the channel up to here */
+    int expect_all; /* a hole after pos is a gap (not for a warm start's tail) */
+    char name[];
+};
+
 typedef struct {
     rconn_t *c;
-    relay_resume_t req;
-    int mode;
-    int pass;            /* 0: count bytes, 1: send */
-    uint64_t budget;     /* bytes the replay may queue */
-    uint64_t total;      /* pass 0: bytes missing over every channel */
-    uint64_t chan_bytes; /* bytes missing on the current channel */
-    uint64_t skip;       /* bytes of the current channel's oldest to leave out */
-    int overflow;
-    uint64_t sent;
-    int gaps, trimmed;
-} replay_t;
+    cursor_t *cur;
+    const relay_resume_t *req; /* while the cursors are made */
+    uint64_t budget;           /* bytes this step may still queue */
+    int sent, full, failed;
+} step_t;
+
+static void cursor_free(strmap_node_t *n)
+{
+    free(STRMAP_ENTRY(n, cursor_t, node));
+}
+
+static void cursors_free(rconn_t *c)
+{
+    if (c->cursors.buckets != NULL)
+        strmap_clear(&c->cursors, cursor_free);
+    memset(&c->cursors, 0, sizeof(c->cursors));
+}
+
+static cursor_t *cursor_get(rconn_t *c, const char *channel, int64_t pos, int expect_all)
+{
+    size_t n = strlen(channel);
+    strmap_node_t *e = strmap_get(&c->cursors, channel, n);
+    if (e != NULL)
+        return STRMAP_ENTRY(e, cursor_t, node);
+    cursor_t *cur = malloc(sizeof(*cur) + n + 1);
+    if (cur == NULL)
+        return NULL;
+    memcpy(cur->name, channel, n + 1);
+    cur->pos = pos;
+    cur->expect_all = expect_all;
+    strmap_put(&c->cursors, &cur->node, cur->name, n);
+    return cur;
+}
 
 static uint64_t frame_bytes(const rbuf_t *msg)
 {
     return (uint64_t)(msg->len + wss_frame_header_len(msg->len));
 }
 
-static int count_msg(void *arg, int64_t seq, rbuf_t *msg)
+/* The client's position on every channel known at the resume. */
+static int add_cursor(void *arg, const char *channel, int64_t last_seq, rbuf_t *latest)
 {
-    replay_t *rp = arg;
-    (void)seq;
-    rp->chan_bytes += frame_bytes(msg);
-    return 0;
-}
-
-static int replay_msg(void *arg, int64_t seq, rbuf_t *msg)
-{
-    replay_t *rp = arg;
-    (void)seq;
-    if (rp->skip > 0) {
-        uint64_t n = frame_bytes(msg);
-        rp->skip = rp->skip > n ? rp->skip - n : 0;
-        return 0;
-    }
-    rbuf_t *frame = wss_frame(WSS_OP_TEXT, msg->data, msg->len);
-    if (frame == NULL) {
-        rp->overflow = 1;
-        return 1;
-    }
-    int rc = send_frame(rp->c, frame, 1);
-    rbuf_unref(frame);
-    if (rc < 0) {
-        rp->overflow = 1;
-        return 1;
-    }
-    rp->sent++;
-    return 0;
-}
-
-static int replay_chan(void *arg, const char *channel, int64_t last_seq, rbuf_t *latest)
-{
-    replay_t *rp = arg;
-    ingest_t *in = rp->c->r->in;
+    step_t *st = arg;
     (void)latest;
     int64_t from = 0;
     int expect_all = 1;
-    if (rp->mode == FROM_SINCE) {
-        from = relay_proto_resume_since(&rp->req, channel);
-    } else if (rp->mode == FROM_TAIL) {
-        from = last_seq - rp->req.tail;
+    if (st->c->mode == FROM_SINCE) {
+        from = relay_proto_resume_since(st->req, channel);
+    } else if (st->c->mode == FROM_TAIL) {
+        from = last_seq - st->req->tail;
         if (from < 0)
             from = 0;
         expect_all = 0;
     }
-    if (from >= last_seq)
-        return 0;
-    rp->chan_bytes = 0;
-    int rc = ingest_history(in, channel, from, count_msg, rp);
-    if (rp->pass == 0) {
-        rp->total += rp->chan_bytes;
-        return 0;
+    if (cursor_get(st->c, channel, from, expect_all) == NULL) {
+        st->failed = 1;
+        return 1;
     }
-    rp->skip = 0;
-    if (rp->total > rp->budget) {
-        /* keep = chan_bytes * budget / total, without overflowing 64 bits */
-        uint64_t keep = (uint64_t)((double)rp->chan_bytes * (double)rp->budget / (double)rp->total);
-        rp->skip = rp->chan_bytes - (keep < rp->chan_bytes ? keep : rp->chan_bytes);
-        if (rp->skip > 0 && expect_all)
-            rp->trimmed++;
+    return 0;
+}
+
+static int step_msg(void *arg, int64_t seq, rbuf_t *msg)
+{
+    step_t *st = arg;
+    rconn_t *c = st->c;
+    cursor_t *cur = st->cur;
+    uint64_t n = frame_bytes(msg);
+    /* A message bigger than the step goes alone into an empty queue. */
+    if (n > st->budget && (st->sent > 0 || wss_queued_bytes(c->conn) > 0)) {
+        st->full = 1;
+        return 1;
     }
-    (void)ingest_history(in, channel, from, replay_msg, rp);
-    if ((rc == -ERANGE || rp->skip > 0) && expect_all && !rp->overflow) {
-        rp->gaps++;
-        metric_inc(rp->c->r->m_gaps);
-        log_info("relay replay cannot fill the client's gap", "peer=%s channel=%s since=%" PRId64 " why=%s",
-                 wss_peer(rp->c->conn), log_q(channel), from, rc == -ERANGE ? "ring" : "client_queue_bytes");
+    if (seq > cur->pos + 1 && cur->expect_all) {
+        c->gaps++;
+        metric_inc(c->r->m_gaps);
+        log_info("relay replay cannot fill the client's gap",
+                 "peer=%s channel=%s since=%" PRId64 " first=%" PRId64 " why=ring", wss_peer(c->conn),
+                 log_q(cur->name), cur->pos, seq);
     }
-    return rp->overflow;
+    rbuf_t *frame = wss_frame(WSS_OP_TEXT, msg->data, msg->len);
+    if (frame == NULL || send_frame(c, frame, 1) < 0) {
+        rbuf_unref(frame);
+        st->failed = 1;
+        return 1;
+    }
+    rbuf_unref(frame);
+    cur->pos = seq;
+    st->budget = n < st->budget ? st->budget - n : 0;
+    st->sent++;
+    c->replayed++;
+    return 0;
+}
+
+static int step_chan(void *arg, const char *channel, int64_t last_seq, rbuf_t *latest)
+{
+    step_t *st = arg;
+    (void)latest;
+    /* A channel that first appeared after the resume: all of it is new. */
+    if ((st->cur = cursor_get(st->c, channel, 0, 1)) == NULL) {
+        st->failed = 1;
+        return 1;
+    }
+    if (st->cur->pos < last_seq)
+        (void)ingest_history(st->c->r->in, channel, st->cur->pos, step_msg, st); /* holes: step_msg */
+    return st->full || st->failed;
+}
+
+static void go_live(rconn_t *c)
+{
+    cursors_free(c);
+    set_state(c, RC_LIVE);
+    log_info("relay client resumed", "peer=%s mode=%s replayed=%" PRIu64 " gaps=%d epoch=%" PRId64,
+             wss_peer(c->conn), from_name[c->mode], c->replayed, c->gaps, c->r->in->epoch);
+}
+
+/* One step of a client's catch-up. */
+static void catch_up(rconn_t *c)
+{
+    relay_t *r = c->r;
+    uint64_t half = (uint64_t)r->in->cfg->relay.client_queue_bytes / 2;
+    uint64_t queued = wss_queued_bytes(c->conn);
+    if (queued >= half)
+        return; /* still reading the last step */
+    step_t st = {.c = c, .budget = half - queued};
+    ingest_channels(r->in, step_chan, &st);
+    if (st.failed) {
+        /* Out of memory, or the connection is closing: never a hole in an
+         * open stream; what is queued is progress, the client resumes. */
+        if (c->state == RC_CATCHUP) {
+            metric_inc(metric_labels(r->m_disconnects, "reason=\"replay_failed\""));
+            log_warn("relay replay could not queue; client must resume again", "peer=%s replayed=%" PRIu64,
+                     wss_peer(c->conn), c->replayed);
+            wss_close(c->conn, RELAY_CLOSE_ERROR, "replay failed; resume again", 0);
+            set_state(c, RC_CLOSING);
+        }
+        return;
+    }
+    if (!st.full)
+        go_live(c);
+}
+
+static void on_pace(uv_timer_t *t)
+{
+    relay_t *r = t->data;
+    rconn_t *next;
+    for (rconn_t *c = r->conns; c != NULL; c = next) {
+        next = c->next;
+        if (c->state == RC_CATCHUP)
+            catch_up(c);
+    }
 }
 
 static void handle_resume(rconn_t *c, const relay_resume_t *req)
 {
     relay_t *r = c->r;
-    replay_t rp = {.c = c, .req = *req};
     int64_t epoch = req->epoch;
     if (epoch <= 0)
-        rp.mode = FROM_TAIL;
+        c->mode = FROM_TAIL;
     else if (epoch == r->in->epoch)
-        rp.mode = FROM_SINCE;
+        c->mode = FROM_SINCE;
     else if (epoch < r->in->epoch)
-        rp.mode = FROM_ALL; /* every channel restarted at seq 1 in our epoch */
+        c->mode = FROM_ALL; /* every channel restarted at seq 1 in our epoch */
     else
-        rp.mode = FROM_NONE; /* the client has seen a newer leader: we are stale, it fences us */
-    rp.budget = (uint64_t)r->in->cfg->relay.client_queue_bytes / 2;
-    if (rp.mode != FROM_NONE) {
-        ingest_channels(r->in, replay_chan, &rp); /* pass 0: how much is missing */
-        rp.pass = 1;
-        ingest_channels(r->in, replay_chan, &rp);
+        c->mode = FROM_NONE; /* the client has seen a newer leader: we are stale, it fences us */
+    log_info("relay client resuming", "peer=%s mode=%s client_epoch=%" PRId64 " epoch=%" PRId64,
+             wss_peer(c->conn), from_name[c->mode], epoch, r->in->epoch);
+    if (c->mode == FROM_NONE) {
+        go_live(c);
+        return;
     }
-    if (rp.overflow) {
-        /* Keep what is queued (it is progress for the client), close after it. */
-        metric_inc(metric_labels(r->m_disconnects, "reason=\"replay_overflow\""));
-        log_warn("relay replay exceeds client_queue_bytes; client must resume again", "peer=%s sent=%" PRIu64,
-                 wss_peer(c->conn), rp.sent);
-        wss_close(c->conn, RELAY_CLOSE_POLICY, "replay exceeds the relay queue; resume again", 0);
+    step_t st = {.c = c, .req = req};
+    if (strmap_init(&c->cursors, 64) < 0)
+        st.failed = 1;
+    else
+        ingest_channels(r->in, add_cursor, &st);
+    if (st.failed) {
+        cursors_free(c);
+        log_warn("relay resume: out of memory; client must resume again", "peer=%s", wss_peer(c->conn));
+        wss_close(c->conn, RELAY_CLOSE_ERROR, "out of memory; resume again", 1);
         set_state(c, RC_CLOSING);
         return;
     }
-    set_state(c, RC_LIVE);
-    log_info("relay client resumed",
-             "peer=%s mode=%s client_epoch=%" PRId64 " epoch=%" PRId64 " replayed=%" PRIu64 " gaps=%d",
-             wss_peer(c->conn),
-             rp.mode == FROM_SINCE  ? "since"
-             : rp.mode == FROM_TAIL ? "tail"
-             : rp.mode == FROM_ALL  ? "all"
-                                    : "none",
-             epoch, r->in->epoch, rp.sent, rp.gaps);
+    set_state(c, RC_CATCHUP);
+    catch_up(c);
 }
 
 /* ---- wss callbacks ------------------------------------------------------------ */
@@ -373,6 +470,7 @@ static void on_close(wss_conn_t *conn, wss_end_t why, int code)
         log_info("relay client disconnected", "peer=%s code=%d clients=%d", wss_peer(conn), code,
                  r->nclients);
     }
+    cursors_free(c);
     list_del(c);
     free(c);
     r->nconns--;
@@ -388,6 +486,41 @@ static const wss_callbacks_t relay_cbs = {
 
 /* ---- listener --------------------------------------------------------------------- */
 
+static void on_connection(uv_stream_t *s, int status);
+
+static void on_refused_closed(uv_handle_t *h)
+{
+    relay_t *r = h->data;
+    r->refusing = 0;
+    r->nconns--;
+    if (r->refuse_pending && !r->stopping) {
+        r->refuse_pending = 0;
+        on_connection((uv_stream_t *)&r->listener, 0);
+    }
+    maybe_free(r);
+}
+
+/* No memory for a connection: accept it into the relay's spare handle and
+ * close it, so that the client retries. (libuv stops watching the listener
+ * while an accepted socket waits for uv_accept: leaving it there would
+ * stall every later connection.) */
+static void refuse(relay_t *r)
+{
+    metric_inc(metric_labels(r->m_rejected, "reason=\"no_memory\""));
+    log_error("relay connection refused: out of memory", LOG_NOFIELDS);
+    if (r->refusing) {
+        r->refuse_pending = 1; /* taken when the spare handle is closed */
+        return;
+    }
+    uv_tcp_init(r->loop, &r->refused);
+    r->refused.data = r;
+    r->refusing = 1;
+    r->nconns++;
+    if (uv_accept((uv_stream_t *)&r->listener, (uv_stream_t *)&r->refused) < 0)
+        log_warn("relay: cannot take the refused connection", LOG_NOFIELDS);
+    uv_close((uv_handle_t *)&r->refused, on_refused_closed);
+}
+
 static void on_connection(uv_stream_t *s, int status)
 {
     relay_t *r = s->data;
@@ -396,8 +529,10 @@ static void on_connection(uv_stream_t *s, int status)
         return;
     }
     rconn_t *c = calloc(1, sizeof(*c));
-    if (c == NULL)
+    if (c == NULL) {
+        refuse(r);
         return;
+    }
     c->r = r;
     int rc = wss_accept(r->wss, s, c, &c->conn);
     if (rc < 0) {
@@ -416,6 +551,13 @@ static void on_listener_closed(uv_handle_t *h)
 {
     relay_t *r = h->data;
     r->listening = 0;
+    maybe_free(r);
+}
+
+static void on_pace_closed(uv_handle_t *h)
+{
+    relay_t *r = h->data;
+    r->pace_open = 0;
     maybe_free(r);
 }
 
@@ -464,6 +606,9 @@ int relay_start(ingest_t *in, relay_t **out)
         uv_close((uv_handle_t *)&r->listener, on_listener_closed); /* frees r */
         return rc;
     }
+    uv_timer_init(r->loop, &r->pace);
+    r->pace.data = r;
+    r->pace_open = 1;
     r->hook.arg = r;
     r->hook.publish = hook_publish;
     r->hook.epoch_changed = hook_epoch;
@@ -489,6 +634,8 @@ void relay_stop(relay_t *r)
         wss_abort(c->conn);
     }
     wss_ctx_free(r->wss);
+    if (r->pace_open && !uv_is_closing((uv_handle_t *)&r->pace))
+        uv_close((uv_handle_t *)&r->pace, on_pace_closed);
     if (r->listening && !uv_is_closing((uv_handle_t *)&r->listener))
         uv_close((uv_handle_t *)&r->listener, on_listener_closed);
 }
@@ -497,6 +644,6 @@ json_t *relay_status(const relay_t *r)
 {
     if (r == NULL)
         return json_null();
-    return json_pack("{s:s, s:i, s:i, s:I}", "listen", r->listen, "clients", r->nclients, "live", r->nlive,
-                     "messages", (json_int_t)r->messages);
+    return json_pack("{s:s, s:i, s:i, s:i, s:I}", "listen", r->listen, "clients", r->nclients, "live",
+                     r->nlive, "catching_up", r->ncatchup, "messages", (json_int_t)r->messages);
 }

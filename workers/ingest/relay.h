@@ -3,13 +3,13 @@
  * fails and as the only path when no brokers are configured.
  *
  * The protocol (path, resume request, close codes) is common/relay_proto.h.
- * Replay and live are queued in the same loop turn, so the client sees each
- * channel's seq strictly increasing; where the ring no longer reaches back
- * to since+1 the client sees a gap (logged here, visible there by seq).
- * The replay uses at most half of [relay] client_queue_bytes: when more is
- * missing, each channel keeps its newest part in proportion and the rest
- * is a gap too (counted in exchange_relay_replay_gaps_total), so a resume
- * always succeeds instead of overflowing again on every attempt.
+ * A resuming client is caught up from the channel rings in paced steps
+ * (each fills its queue to at most half of [relay] client_queue_bytes; the
+ * next runs once it has read that), then goes live in the same loop turn,
+ * so it sees each channel's seq strictly increasing and misses nothing the
+ * rings ([relay] history per channel) still hold. Where the ring no longer
+ * reaches back to since+1 the client sees a gap (logged here, counted in
+ * exchange_relay_replay_gaps_total, visible there by seq).
  * Messages are the producer's text, framed once per live message and shared by
  * every connection (rbuf). A connection whose unsent bytes would exceed
  * [relay] client_queue_bytes is closed (RELAY_CLOSE_POLICY); the worker reconnects and
