@@ -219,7 +219,7 @@ static void test_route_key_and_epoch_checked(void **state)
     hub_subscribe(ca, "trade.x.A-B", NULL, 0);
     hub_subscribe(cb, "trade.y.A-B", NULL, 0);
     const char *kx = "trade.x.A-B";
-    hub_route_t ok = {.key = kx, .key_len = strlen(kx), .has_epoch = 1, .epoch_ok = 1, .epoch = 3};
+    hub_route_t ok = {.key = kx, .key_len = strlen(kx), .epoch_hdr = HUB_EPOCH_SET, .epoch = 3};
     assert_int_equal(pub_routed(h, "trade.x.A-B", 1, 3, &ok), HUB_ACCEPTED);
     /* the key names another channel: not delivered on either */
     hub_route_t other = ok;
@@ -236,7 +236,7 @@ static void test_route_key_and_epoch_checked(void **state)
     ep.epoch = 4;
     assert_int_equal(pub_routed(h, "trade.x.A-B", 2, 3, &ep), HUB_MISMATCH);
     hub_route_t bad = ok;
-    bad.epoch_ok = 0;
+    bad.epoch_hdr = HUB_EPOCH_BAD;
     bad.epoch = 3;
     assert_int_equal(pub_routed(h, "trade.x.A-B", 2, 3, &bad), HUB_MISMATCH);
     /* a dropped message did not move the channel: seq 2 is still new */
@@ -249,7 +249,7 @@ static void test_route_key_and_epoch_checked(void **state)
     /* a key alone, or a header alone, is checked alone */
     hub_route_t keyonly = {.key = "trade.y.A-B", .key_len = 11};
     assert_int_equal(pub_routed(h, "trade.y.A-B", 1, 3, &keyonly), HUB_ACCEPTED);
-    hub_route_t eponly = {.has_epoch = 1, .epoch_ok = 1, .epoch = 2};
+    hub_route_t eponly = {.epoch_hdr = HUB_EPOCH_SET, .epoch = 2};
     assert_int_equal(pub_routed(h, "trade.y.A-B", 2, 3, &eponly), HUB_MISMATCH);
     assert_string_equal(positions(&a, 0), "3:1 3:2 3:3 3:4");
     assert_string_equal(positions(&b, 0), "3:1");

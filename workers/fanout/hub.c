@@ -403,7 +403,7 @@ static int route_mismatch(const msg_meta_t *m, const hub_route_t *r)
         return 0;
     if (r->key != NULL && (r->key_len != strlen(m->channel) || memcmp(r->key, m->channel, r->key_len) != 0))
         return 1;
-    return r->has_epoch && (!r->epoch_ok || r->epoch != m->epoch);
+    return r->epoch_hdr == HUB_EPOCH_BAD || (r->epoch_hdr == HUB_EPOCH_SET && r->epoch != m->epoch);
 }
 
 int hub_publish(hub_t *h, const char *json, size_t len, const hub_route_t *route, int64_t *ts_out,

@@ -41,12 +41,17 @@ enum {
 
 /* What the transport says about a message beside its bytes: a Kafka record's
  * key (its channel) and its `epoch` header. The relay has neither. */
+typedef enum {
+    HUB_EPOCH_NONE = 0, /* no epoch header: nothing to check */
+    HUB_EPOCH_BAD,      /* a header that is not a decimal int64: never matches */
+    HUB_EPOCH_SET,      /* a header holding epoch */
+} hub_epoch_hdr_t;
+
 typedef struct {
     const char *key; /* not terminated; NULL: no key */
     size_t key_len;
-    int has_epoch; /* an epoch header was there */
-    int epoch_ok;  /* ... and held a decimal int64 (else it never matches) */
-    int64_t epoch;
+    hub_epoch_hdr_t epoch_hdr;
+    int64_t epoch; /* HUB_EPOCH_SET */
 } hub_route_t;
 
 /* A position on a channel. has_epoch 0: a legacy since, a seq in the

@@ -27,7 +27,7 @@ static void log_mismatch(fanout_t *f, const char *data, size_t len, const hub_ro
     key[route->key ? kn : 0] = '\0';
     log_warn("message dropped: Kafka key or epoch header differs from the message",
              "key=%s header_epoch=%" PRId64 " channel=%s epoch=%" PRId64 " dropped=%" PRIu64, log_q(key),
-             route->has_epoch && route->epoch_ok ? route->epoch : -1, log_q(ok ? m.channel : ""),
+             route->epoch_hdr == HUB_EPOCH_SET ? route->epoch : -1, log_q(ok ? m.channel : ""),
              ok ? m.epoch : -1, f->mismatch_unlogged);
     f->mismatch_logged_at = now;
     f->mismatch_unlogged = 0;

@@ -179,8 +179,7 @@ static void record_route(const rd_kafka_message_t *m, hub_route_t *r)
     if (rd_kafka_message_headers(m, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR ||
         rd_kafka_header_get_last(hdrs, "epoch", &v, &n) != RD_KAFKA_RESP_ERR_NO_ERROR)
         return;
-    r->has_epoch = 1;
-    r->epoch_ok = source_kafka_epoch_header(v, n, &r->epoch) == 0;
+    r->epoch_hdr = source_kafka_epoch_header(v, n, &r->epoch) == 0 ? HUB_EPOCH_SET : HUB_EPOCH_BAD;
 }
 
 static int drain_queue(ksrc_t *k)
