@@ -11,6 +11,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "uvwrite.h"
+
 #define HTTPC_MAX_HEADER 65536
 
 /* ---- response parser ---------------------------------------------------- */
@@ -158,11 +160,6 @@ struct httpc_s {
     int tcp_inited, finished, handshaking;
 };
 
-typedef struct {
-    uv_write_t req;
-    buf_t data;
-} hw_t;
-
 static void h_release(httpc_t *h)
 {
     if (--h->handles > 0)
@@ -198,44 +195,30 @@ static void h_finish(httpc_t *h, int err, const char *detail)
         uv_close((uv_handle_t *)&h->tcp, on_hclose);
 }
 
-static void on_hwrite(uv_write_t *req, int status)
+static void on_hwrite_error(void *arg, int status)
 {
-    hw_t *w = (hw_t *)req;
-    httpc_t *h = req->data;
-    buf_free(&w->data);
-    free(w);
-    if (status < 0 && status != UV_ECANCELED)
-        h_finish(h, status, uv_strerror(status));
+    h_finish(arg, status, uv_strerror(status));
 }
 
 /* Write plaintext (encrypted first on https) or pending TLS records. */
 static int h_send(httpc_t *h, const char *data, size_t n)
 {
-    hw_t *w = malloc(sizeof(*w));
-    if (w == NULL)
-        return -ENOMEM;
-    buf_init(&w->data);
+    buf_t out;
+    buf_init(&out);
     int r = 0;
     if (h->tls) {
         if (n > 0 && tls_conn_write(h->tls, data, n) < 0)
             r = -EPROTO;
-        else if (tls_conn_out(h->tls, &w->data) < 0)
+        else if (tls_conn_out(h->tls, &out) < 0)
             r = -ENOMEM;
     } else {
-        r = buf_append(&w->data, data, n) < 0 ? -ENOMEM : 0;
+        r = buf_append(&out, data, n) < 0 ? -ENOMEM : 0;
     }
-    if (r < 0 || w->data.len == 0) {
-        buf_free(&w->data);
-        free(w);
+    if (r < 0) {
+        buf_free(&out);
         return r;
     }
-    w->req.data = h;
-    uv_buf_t b = uv_buf_init(w->data.data, (unsigned)w->data.len);
-    if ((r = uv_write(&w->req, (uv_stream_t *)&h->tcp, &b, 1, on_hwrite)) < 0) {
-        buf_free(&w->data);
-        free(w);
-    }
-    return r;
+    return uvw_write_buf((uv_stream_t *)&h->tcp, &out, on_hwrite_error, h);
 }
 
 static void h_plain(httpc_t *h, const char *data, size_t n)

@@ -22,6 +22,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "tls.h"
+#include "uvwrite.h"
 
 #define WSC_MAX_RESPONSE_HEADER 16384
 #define WSC_MAX_UNSENT (16u << 20)
@@ -53,11 +54,6 @@ typedef struct wsc_conn_s {
     uint64_t msgs;
     wsc_url_t u; /* this attempt's target (wsc_set_url affects the next one) */
 } wsc_conn_t;
-
-typedef struct {
-    uv_write_t req;
-    buf_t data;
-} wsc_write_t;
 
 struct wsc_s {
     uv_loop_t *loop;
@@ -124,13 +120,10 @@ static void on_tcp_close(uv_handle_t *h)
     conn_unref(h->data);
 }
 
-static void on_write(uv_write_t *req, int status)
+static void on_write_error(void *arg, int status)
 {
-    wsc_write_t *wr = (wsc_write_t *)req;
-    wsc_conn_t *c = req->data;
-    buf_free(&wr->data);
-    free(wr);
-    if (status < 0 && status != UV_ECANCELED && !c->detached)
+    wsc_conn_t *c = arg;
+    if (!c->detached)
         conn_end(c->w, "error", "write: %s", uv_strerror(status));
 }
 
@@ -139,41 +132,24 @@ static int conn_flush(wsc_conn_t *c)
 {
     if (!c->tcp_inited || c->tcp_closing)
         return -ENOTCONN;
-    wsc_write_t *wr = malloc(sizeof *wr);
-    if (!wr)
-        return -ENOMEM;
-    buf_init(&wr->data);
+    buf_t data;
+    buf_init(&data);
     if (c->tls) {
         if (c->out.len > 0) {
             int r = tls_conn_write(c->tls, c->out.data, c->out.len);
             buf_reset(&c->out);
-            if (r < 0) {
-                free(wr);
+            if (r < 0)
                 return r;
-            }
         }
-        if (tls_conn_out(c->tls, &wr->data) < 0) {
-            buf_free(&wr->data);
-            free(wr);
+        if (tls_conn_out(c->tls, &data) < 0) {
+            buf_free(&data);
             return -ENOMEM;
         }
     } else {
-        wr->data = c->out;
+        data = c->out;
         buf_init(&c->out);
     }
-    if (wr->data.len == 0) {
-        buf_free(&wr->data);
-        free(wr);
-        return 0;
-    }
-    uv_buf_t b = uv_buf_init(wr->data.data, (unsigned)wr->data.len);
-    wr->req.data = c;
-    int r = uv_write(&wr->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
-    if (r < 0) {
-        buf_free(&wr->data);
-        free(wr);
-    }
-    return r;
+    return uvw_write_buf((uv_stream_t *)&c->tcp, &data, on_write_error, c);
 }
 
 static void conn_close_transport(wsc_conn_t *c)

@@ -113,12 +113,6 @@ struct wss_conn_s {
     size_t rx_window_bytes;
 };
 
-/* Ciphertext written outside the frame queue (handshake, alerts). */
-typedef struct {
-    uv_write_t req;
-    buf_t data;
-} side_write_t;
-
 /* wsserver.c */
 void wsi_close_now(wss_conn_t *c, wss_end_t why); /* close the socket, no handshake */
 void wsi_enter_closing(wss_conn_t *c);            /* close sent: wait for the peer's, bounded */

@@ -7,13 +7,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void on_side_write(uv_write_t *req, int status)
+#include "uvwrite.h"
+
+static void on_side_error(void *arg, int status)
 {
-    side_write_t *w = (side_write_t *)req;
-    wss_conn_t *c = req->data;
-    buf_free(&w->data);
-    free(w);
-    if (status < 0 && status != UV_ECANCELED && !c->tcp_closing)
+    wss_conn_t *c = arg;
+    (void)status;
+    if (!c->tcp_closing)
         wsi_close_now(c, WSS_END_ERROR);
 }
 
@@ -23,25 +23,10 @@ void wsi_tls_send_side(wss_conn_t *c)
 {
     if (c->tls == NULL || c->tcp_closing)
         return;
-    side_write_t *w = calloc(1, sizeof *w);
-    if (w == NULL) {
-        wsi_close_now(c, WSS_END_ERROR);
-        return;
-    }
-    buf_init(&w->data);
-    long n = tls_conn_out(c->tls, &w->data);
-    if (n <= 0) {
-        buf_free(&w->data);
-        free(w);
-        if (n < 0)
-            wsi_close_now(c, WSS_END_ERROR);
-        return;
-    }
-    w->req.data = c;
-    uv_buf_t b = uv_buf_init(w->data.data, (unsigned)w->data.len);
-    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_side_write) < 0) {
-        buf_free(&w->data);
-        free(w);
+    buf_t out;
+    buf_init(&out);
+    if (tls_conn_out(c->tls, &out) < 0 || uvw_write_buf((uv_stream_t *)&c->tcp, &out, on_side_error, c) < 0) {
+        buf_free(&out);
         wsi_close_now(c, WSS_END_ERROR);
     }
 }
