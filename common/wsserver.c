@@ -105,6 +105,7 @@ static void ctx_on_check_closed(uv_handle_t *h)
     buf_free(&ctx->msg);
     free(ctx->plain);
     free(ctx->rdbuf);
+    free(ctx->spare_wr);
     free(ctx);
 }
 
@@ -685,7 +686,7 @@ static int conn_accept(wss_ctx_t *ctx, uv_stream_t *server, int fd, void *data, 
             uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof ip);
             port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
         }
-        snprintf(c->peer, sizeof c->peer, "%s:%d", ip, port);
+        c->port = (uint16_t)port;
         snprintf(c->ip, sizeof c->ip, "%s", ip);
     }
     buf_init(&c->tlsout);
@@ -740,7 +741,13 @@ size_t wss_queued_bytes(const wss_conn_t *c)
 
 const char *wss_peer(const wss_conn_t *c)
 {
-    return c->peer;
+    /* Made when asked (log lines), not kept per connection: a few
+     * buffers in turn, so that one log line may name several peers. */
+    static char out[4][INET6_ADDRSTRLEN + 8];
+    static unsigned next;
+    char *p = out[next++ % 4];
+    snprintf(p, sizeof out[0], "%s:%u", c->ip[0] ? c->ip : "?", (unsigned)c->port);
+    return p;
 }
 
 const char *wss_peer_ip(const wss_conn_t *c)

@@ -65,12 +65,15 @@ struct wss_ctx_s {
     /* One gather list for every connection's flush: uv_write copies it, and
      * TLS consumes it at once, so no connection needs its own (4 KB each). */
     uv_buf_t iov[WSS_MAX_IOV];
+    /* A write request is needed only while a write waits on the socket
+     * (a partial plain write, or TLS), so connections do not hold one (192
+     * B each); one finished request is kept for the next. */
+    uv_write_t *spare_wr;
 };
 
 struct wss_conn_s {
     uv_tcp_t tcp;
     uv_timer_t timer;
-    uv_write_t wr;
     wss_ctx_t *ctx;
     void *data;
     /* Flags as bits: every idle connection holds them. */
@@ -105,7 +108,7 @@ struct wss_conn_s {
     uint64_t last_rx, ping_at;
     wss_end_t why;
     int close_code;
-    char peer[64];
+    uint16_t port; /* the peer's */
     char ip[INET6_ADDRSTRLEN];
     tls_conn_t *tls;       /* wss:// */
     buf_t tlsout;          /* ciphertext of the write in progress */

@@ -151,9 +151,25 @@ void wsi_q_drop_unstarted(wss_conn_t *c)
 
 /* ---- writing --------------------------------------------------------------- */
 
+static uv_write_t *wr_take(wss_ctx_t *ctx)
+{
+    uv_write_t *wr = ctx->spare_wr;
+    ctx->spare_wr = NULL;
+    return wr != NULL ? wr : malloc(sizeof *wr);
+}
+
+static void wr_give(wss_ctx_t *ctx, uv_write_t *wr)
+{
+    if (ctx->spare_wr == NULL)
+        ctx->spare_wr = wr;
+    else
+        free(wr);
+}
+
 static void on_write(uv_write_t *req, int status)
 {
     wss_conn_t *c = req->data;
+    wr_give(c->ctx, req);
     size_t n = c->qinflight;
     c->writing = 0;
     for (size_t i = 0; i < n; i++) {
@@ -206,10 +222,16 @@ static void conn_write_plain(wss_conn_t *c, uv_buf_t *iov, size_t n)
     }
     iov[i].base += done;
     iov[i].len -= done;
+    uv_write_t *wr = wr_take(c->ctx);
+    if (wr == NULL) {
+        wsi_close_now(c, WSS_END_ERROR);
+        return;
+    }
     c->qinflight = n - i;
     c->writing = 1;
-    c->wr.data = c;
-    if ((r = uv_write(&c->wr, (uv_stream_t *)&c->tcp, iov + i, (unsigned)(n - i), on_write)) < 0) {
+    wr->data = c;
+    if ((r = uv_write(wr, (uv_stream_t *)&c->tcp, iov + i, (unsigned)(n - i), on_write)) < 0) {
+        wr_give(c->ctx, wr);
         c->writing = 0;
         c->qinflight = 0;
         wsi_close_now(c, WSS_END_ERROR);
@@ -241,9 +263,14 @@ void wsi_conn_flush(wss_conn_t *c)
         conn_write_plain(c, iov, n);
         return;
     }
+    uv_write_t *wr = wr_take(c->ctx);
+    if (wr == NULL) {
+        wsi_close_now(c, WSS_END_ERROR);
+        return;
+    }
     c->qinflight = n;
     c->writing = 1;
-    c->wr.data = c;
+    wr->data = c;
     /* TLS: encrypt the batch into one ciphertext buffer, held until on_write. */
     buf_reset(&c->tlsout);
     int r = 0;
@@ -253,9 +280,10 @@ void wsi_conn_flush(wss_conn_t *c)
         r = -ENOMEM;
     if (r == 0) {
         uv_buf_t cb = uv_buf_init(c->tlsout.data, (unsigned)c->tlsout.len);
-        r = uv_write(&c->wr, (uv_stream_t *)&c->tcp, &cb, 1, on_write);
+        r = uv_write(wr, (uv_stream_t *)&c->tcp, &cb, 1, on_write);
     }
     if (r < 0) {
+        wr_give(c->ctx, wr);
         c->writing = 0;
         c->qinflight = 0;
         wsi_close_now(c, WSS_END_ERROR);

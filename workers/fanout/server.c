@@ -35,8 +35,7 @@ struct client_s {
     int n_url;
     int in_list; /* 1: active, 2: drained */
     client_t *prev, *next;
-    char ip[48]; /* counted in f->limits when ip_counted */
-    int ip_counted;
+    int ip_counted;   /* its address (wss_peer_ip) is counted in f->limits */
     int limited;      /* LIMITS_* verdict at accept */
     int auth_checked; /* [auth] enabled: auth_result holds the verdict */
     jwt_result_t auth_result;
@@ -174,7 +173,8 @@ static void list_add(client_t *c, int which)
 static void client_free(client_t *c)
 {
     if (c->ip_counted)
-        iplimits_disconnect(c->f->limits, c->ip);
+        iplimits_disconnect(c->f->limits, wss_peer_ip(c->conn)); /* in on_close: conn still there */
+    c->conn = NULL;                                              /* freed after on_close */
     auth_grant_free(&c->grant);
     list_del(c);
     hub_client_free(c->hc);
@@ -464,7 +464,6 @@ static void on_close(wss_conn_t *conn, wss_end_t why, int code)
     metric_inc(metric_labels(f->m.disconnects, "reason=\"%s\"", reason));
     metric_set(f->m.clients, f->nclients);
     log_debug("client disconnected", "peer=%s reason=%s code=%d", wss_peer(conn), reason, code);
-    c->conn = NULL;
     client_free(c);
     if (f->draining)
         drain_maybe_done(f);
@@ -499,9 +498,8 @@ static void accept_client(fanout_t *f, int fd)
     }
     const cfg_t *cfg = f->cfg;
     if (cfg->fanout.max_connections_per_ip > 0 || cfg->fanout.max_connections_per_sec_per_ip > 0) {
-        snprintf(c->ip, sizeof c->ip, "%s", wss_peer_ip(c->conn));
         c->ip_counted = 1;
-        c->limited = iplimits_connect(f->limits, c->ip, cfg->fanout.max_connections_per_ip,
+        c->limited = iplimits_connect(f->limits, wss_peer_ip(c->conn), cfg->fanout.max_connections_per_ip,
                                       cfg->fanout.max_connections_per_sec_per_ip, uv_now(f->loop));
     }
 }
