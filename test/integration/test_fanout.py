@@ -741,3 +741,29 @@ def test_idle_ping_and_dead_peer_closed(fanout_factory):
         assert pong["type"] == "pong"
 
     run(go())
+
+
+def test_resume_bigger_than_the_client_queue(fanout_factory, feed):
+    """A client resuming with more history than its queue bound
+    (client_queue_bytes) gets all of it, in order, once: the replay is
+    paced by what it reads, not queued at once and cut."""
+    f = fanout_factory(history=1000, client_queue_bytes=65536, compression="false")
+    ch = "trade.upbit.BTC-KRW"
+    pad = "p" * 1000
+    n = 300  # ~330 KB: five times the bound
+
+    async def go():
+        # The live reader takes it in steps that fit the bound.
+        witness = await fed_witness(f.port, "?channels=%s" % ch, feed, [msg(ch, i, pad=pad) for i in range(1, 21)])
+        for i in range(21, n + 1, 20):
+            feed(*[msg(ch, j, pad=pad) for j in range(i, i + 20)])
+            await data_through(witness, (ch, 1, i + 19))
+        c = await connect(f.port, max_queue=None)
+        r = await request(c, {"op": "subscribe", "channels": [ch], "since": {ch: at(1, 1)}, "id": 1})
+        assert r["recovered"] == {ch: True}, r
+        got = [(await recv(c, 20))["seq"] for _ in range(n - 1)]
+        assert got == list(range(2, n + 1))
+        feed(msg(ch, n + 1))
+        assert (await recv(c))["seq"] == n + 1
+
+    run(go(), timeout=60)

@@ -521,6 +521,112 @@ static void test_refusing_client_does_not_block_others(void **state)
     hub_free(h);
 }
 
+/* ---- paced replay: a resume bigger than the client's room ------------------------ */
+
+static size_t g_room;
+static int g_idle, g_wanted;
+
+static size_t fake_room(void *user, int *idle)
+{
+    (void)user;
+    *idle = g_idle;
+    return g_room;
+}
+
+static void fake_wanted(void)
+{
+    g_wanted++;
+}
+
+static void test_replay_paced_by_room(void **state)
+{
+    (void)state;
+    hub_opts_t o = {.history = 10};
+    hub_ops_t ops = {.send = fake_send, .room = fake_room, .replay_wanted = fake_wanted};
+    hub_t *h = hub_new(&o, &ops);
+    const char *ch = "trade.x.A-B";
+    for (int i = 1; i <= 6; i++)
+        pub(h, ch, i, 1);
+    size_t frame = 0;
+    {
+        fake_t probe = {0};
+        hub_client_t *cp = hub_client_new(h, &probe);
+        g_room = SIZE_MAX;
+        hub_since_t s = at(ch, 1, 5);
+        hub_subscribe(cp, ch, &s, 1);
+        assert_int_equal(probe.n, 1);
+        frame = strlen(probe.text[0]) + 2; /* a frame: text and a 2-byte header */
+        hub_client_free(cp);
+        fake_reset(&probe);
+    }
+    /* Room for two frames: two now, the rest waits, live messages too. */
+    fake_t a = {0};
+    hub_client_t *ca = hub_client_new(h, &a);
+    g_room = 2 * frame + frame / 2;
+    g_idle = 0;
+    g_wanted = 0;
+    hub_since_t s = at(ch, 1, 1);
+    assert_int_equal(hub_resume_check(ca, ch, &s.pos), 1);
+    assert_int_equal(hub_subscribe(ca, ch, &s, 1), 0);
+    assert_string_equal(positions(&a, 0), "1:2 1:3");
+    assert_int_equal(g_wanted, 1);
+    assert_int_equal(pub(h, ch, 7, 1), HUB_ACCEPTED);
+    assert_int_equal(a.n, 2); /* 7 waits in the history behind 4..6 */
+    assert_int_equal(hub_replay_step(h), 1);
+    assert_string_equal(positions(&a, 0), "1:2 1:3 1:4 1:5");
+    g_room = 0; /* nothing read: nothing more, still waiting */
+    assert_int_equal(hub_replay_step(h), 1);
+    assert_int_equal(a.n, 4);
+    /* An empty queue takes one frame even when it is bigger than the room. */
+    g_room = 1;
+    g_idle = 1;
+    assert_int_equal(hub_replay_step(h), 1);
+    assert_string_equal(positions(&a, 0), "1:2 1:3 1:4 1:5 1:6");
+    g_room = SIZE_MAX;
+    g_idle = 0;
+    assert_int_equal(hub_replay_step(h), 0); /* caught up: live from here */
+    assert_int_equal(pub(h, ch, 8, 1), HUB_ACCEPTED);
+    assert_string_equal(positions(&a, 0), "1:2 1:3 1:4 1:5 1:6 1:7 1:8");
+    assert_int_equal(hub_stats(h)->replay_gaps, 0);
+
+    /* A reader so slow that the history moves past it: the jump is counted
+     * and the client gets what is left, in order. */
+    fake_t b = {0};
+    hub_client_t *cb = hub_client_new(h, &b);
+    g_room = 0;
+    s = at(ch, 1, 3);
+    assert_int_equal(hub_subscribe(cb, ch, &s, 1), 0);
+    assert_int_equal(b.n, 0);
+    for (int i = 9; i <= 20; i++)
+        pub(h, ch, i, 1);
+    assert_int_equal(b.n, 0);
+    g_room = SIZE_MAX;
+    assert_int_equal(hub_replay_step(h), 0);
+    assert_int_equal(hub_stats(h)->replay_gaps, 1);
+    assert_string_equal(positions(&b, 0), "1:11 1:12 1:13 1:14 1:15 1:16 1:17 1:18 1:19 1:20");
+    assert_int_equal(a.n, 7 + 12); /* the live reader got every one */
+
+    /* Unsubscribed or gone while waiting: the replay goes with it. */
+    fake_t c = {0};
+    hub_client_t *cc = hub_client_new(h, &c), *cd = hub_client_new(h, &c);
+    g_room = 0;
+    s = at(ch, 1, 12);
+    hub_subscribe(cc, ch, &s, 1);
+    hub_subscribe(cd, ch, &s, 1);
+    assert_int_equal(hub_replay_step(h), 2);
+    assert_int_equal(hub_unsubscribe(cc, ch), 0);
+    assert_int_equal(hub_replay_step(h), 1);
+    hub_client_free(cd);
+    assert_int_equal(hub_replay_step(h), 0);
+    assert_int_equal(c.n, 0);
+    hub_client_free(cc);
+    hub_client_free(cb);
+    hub_client_free(ca);
+    fake_reset(&a);
+    fake_reset(&b);
+    hub_free(h);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -537,6 +643,7 @@ int main(void)
         cmocka_unit_test(test_resume_on_a_channel_already_covered),
         cmocka_unit_test(test_max_subscriptions),
         cmocka_unit_test(test_refusing_client_does_not_block_others),
+        cmocka_unit_test(test_replay_paced_by_room),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -23,6 +23,7 @@ typedef struct {
     metric_t *dropped;  /* family, reason= */
     metric_t *drop_fenced, *drop_duplicate, *drop_conflated, *drop_invalid, *drop_mismatch;
     metric_t *slow_closes;
+    metric_t *replay_gaps; /* counter: resume replays overtaken by the history */
     metric_t *queue_bytes; /* gauge */
     metric_t *channels;    /* gauge */
     metric_t *latency_ts, *latency_recv;
@@ -57,13 +58,14 @@ typedef struct fanout_s {
     int draining;
     int drain_total, drain_per_tick;
     uv_timer_t drain_timer, deadline_timer, sync_timer;
+    uv_timer_t replay_timer; /* runs hub_replay_step while a resume replay waits for room */
     int timers_init;
     fanout_metrics_t m;
     struct iplimits_s *limits; /* per-IP connection limits (iplimits.h) */
     tls_ctx_t *tls;            /* wss:// serving ([tls] cert), read at start */
     /* last values copied from wss/hub stats into counters */
     uint64_t synced_frames, synced_bytes, synced_conflated;
-    uint64_t synced_dclients, synced_deflated, synced_zframes, synced_inflated;
+    uint64_t synced_dclients, synced_deflated, synced_zframes, synced_inflated, synced_replay_gaps;
 } fanout_t;
 
 void fanout_metrics_init(fanout_metrics_t *m);
@@ -74,6 +76,11 @@ void server_drain(fanout_t *f, int drain_ms);
 void server_stop(fanout_t *f);
 /* hub_ops_t.send for connected clients. */
 int server_client_send(void *user, rbuf_t *frame, const void *tag);
+/* hub_ops_t.room, and what its replay_wanted does: a resume replay queues at
+ * most half of [fanout] client_queue_bytes at a time, the rest once the
+ * client read it (a timer steps the hub while replays wait). */
+size_t server_client_room(void *user, int *idle);
+void server_replay_wanted(fanout_t *f);
 /* Copy hot counters (kept as plain integers) into the metrics registry. */
 void server_sync_metrics(fanout_t *f);
 

@@ -26,10 +26,18 @@ typedef struct edge_s {
     hub_client_t *c;
     hub_channel_t *ch;
     int count;
-    int ci;    /* index in ch->subs */
-    int ki;    /* index in c->edges */
-    int gated; /* the client has a floor on ch (c->floors) */
+    int ci;                  /* index in ch->subs */
+    int ki;                  /* index in c->edges */
+    unsigned char gated;     /* the client has a floor on ch (c->floors) */
+    unsigned char replaying; /* a resume replay waits for room (h->replays): live waits in the history */
 } edge_t;
+
+/* A resume replay waiting for room on its client: the position the client
+ * has on the edge's channel. */
+typedef struct {
+    edge_t *e;
+    int64_t epoch, seq;
+} replay_t;
 
 typedef struct {
     rbuf_t *b;
@@ -95,6 +103,8 @@ struct hub_s {
     int npats, cappats;
     int64_t max_epoch;
     int has_epoch;
+    replay_t *replays;
+    int nreplays, capreplays;
 };
 
 /* ---- small helpers -------------------------------------------------------- */
@@ -239,10 +249,21 @@ static int edge_attach(hub_client_t *c, hub_channel_t *ch, edge_t **out)
 }
 
 /* Removes one cover (all of them with all=1). */
+static void replay_drop(hub_t *h, const edge_t *e)
+{
+    for (int i = 0; i < h->nreplays; i++)
+        if (h->replays[i].e == e) {
+            h->replays[i] = h->replays[--h->nreplays];
+            return;
+        }
+}
+
 static void edge_detach(hub_t *h, edge_t *e, int all)
 {
     if (!all && --e->count > 0)
         return;
+    if (e->replaying)
+        replay_drop(h, e);
     hub_channel_t *ch = e->ch;
     hub_client_t *c = e->c;
     ch->subs[e->ci] = ch->subs[--ch->nsubs];
@@ -284,6 +305,7 @@ void hub_free(hub_t *h)
     free(h->chans);
     strmap_free(&h->names);
     free(h->pats);
+    free(h->replays);
     free(h);
 }
 
@@ -481,6 +503,8 @@ int hub_publish(hub_t *h, const char *json, size_t len, const hub_route_t *route
     const void *tag = ch->snap ? ch : NULL;
     for (int i = 0; i < ch->nsubs; i++) {
         edge_t *e = ch->subs[i];
+        if (e->replaying)
+            continue; /* in the history now: its replay reaches it */
         if (e->gated && !gate_pass(e, m.epoch, m.seq))
             continue;
         deliver(h, e, frame, tag);
@@ -658,14 +682,99 @@ static void deliver_at(hub_t *h, edge_t *e, rbuf_t *frame, const void *tag, int6
 
 /* since on a channel: ahead of this instance (or on a channel without data
  * here) it is the connection's floor there. Returns the resume plan, or -1
- * for a since that gives no position (legacy, no data here). */
-static int apply_since(hub_t *h, edge_t *e, const hub_since_t *since, int *from)
+ * for a since that gives no position (legacy, no data here); epoch and seq
+ * get the position since names. */
+static int apply_since(hub_t *h, edge_t *e, const hub_since_t *since, int *from, int64_t *epoch, int64_t *seq)
 {
-    int64_t epoch, seq;
-    int plan = since_plan(h, e->ch, &since->pos, &epoch, &seq, from);
+    int plan = since_plan(h, e->ch, &since->pos, epoch, seq, from);
     if (plan == RESUME_AHEAD || plan == RESUME_NONE)
-        floor_set(e, epoch, seq);
+        floor_set(e, *epoch, *seq);
     return plan;
+}
+
+/* ---- paced replay ------------------------------------------------------------- */
+
+/* Index of the first history entry after (epoch, seq): the history is in
+ * position order (a channel only moves forward). */
+static int hist_after(const hub_t *h, const hub_channel_t *ch, int64_t epoch, int64_t seq)
+{
+    int lo = 0, hi = ch->hlen;
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+        const hist_t *x = hist_at(h, ch, mid);
+        if (pos_cmp(x->epoch, x->seq, epoch, seq) <= 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Queue r's history while its client has room. 1 when it reached the
+ * channel's newest message (the edge is live from now on), 0 when it waits
+ * for room. */
+static int replay_run(hub_t *h, replay_t *r)
+{
+    edge_t *e = r->e;
+    hub_channel_t *ch = e->ch;
+    int i = hist_after(h, ch, r->epoch, r->seq);
+    if (i < ch->hlen) {
+        /* The next one must follow the client's position, else the history
+         * moved past it while it read: the client sees the seq jump. */
+        const hist_t *x = hist_at(h, ch, i), *prev = i > 0 ? hist_at(h, ch, i - 1) : NULL;
+        int follows = (x->epoch == r->epoch && x->seq == r->seq + 1) ||
+                      (x->cont && prev != NULL && prev->epoch == r->epoch && prev->seq == r->seq);
+        if (!follows)
+            h->stats.replay_gaps++;
+    }
+    int idle = 0, sent = 0;
+    size_t room = h->ops.room ? h->ops.room(e->c->user, &idle) : SIZE_MAX;
+    for (; i < ch->hlen; i++) {
+        hist_t *x = hist_at(h, ch, i);
+        size_t n = x->b->len;
+        if (n > room && !(sent == 0 && idle))
+            return 0;
+        deliver_at(h, e, x->b, NULL, x->epoch, x->seq);
+        room = n < room ? room - n : 0;
+        r->epoch = x->epoch;
+        r->seq = x->seq;
+        sent++;
+    }
+    return 1;
+}
+
+/* A resume's replay from after (epoch, seq): what fits now, the rest when
+ * the client has read it. Without memory for the wait, all of it now. */
+static void replay_start(hub_t *h, edge_t *e, int64_t epoch, int64_t seq)
+{
+    replay_t r = {.e = e, .epoch = epoch, .seq = seq};
+    if (replay_run(h, &r))
+        return;
+    if (grow((void **)&h->replays, &h->capreplays, h->nreplays + 1, sizeof(*h->replays)) < 0) {
+        for (int i = hist_after(h, e->ch, r.epoch, r.seq); i < e->ch->hlen; i++) {
+            hist_t *x = hist_at(h, e->ch, i);
+            deliver_at(h, e, x->b, NULL, x->epoch, x->seq);
+        }
+        return;
+    }
+    e->replaying = 1;
+    h->replays[h->nreplays++] = r;
+    if (h->ops.replay_wanted)
+        h->ops.replay_wanted();
+}
+
+int hub_replay_step(hub_t *h)
+{
+    for (int i = h->nreplays - 1; i >= 0; i--) {
+        if (i >= h->nreplays)
+            continue;
+        replay_t *r = &h->replays[i];
+        if (replay_run(h, r)) {
+            r->e->replaying = 0;
+            h->replays[i] = h->replays[--h->nreplays];
+        }
+    }
+    return h->nreplays;
 }
 
 /* What a client gets when it starts covering a channel: with a since, the
@@ -675,14 +784,12 @@ static void send_initial(hub_t *h, edge_t *e, const hub_since_t *since)
 {
     hub_channel_t *ch = e->ch;
     int from;
-    int plan = since ? apply_since(h, e, since, &from) : -1;
+    int64_t epoch = 0, seq = 0;
+    int plan = since ? apply_since(h, e, since, &from, &epoch, &seq) : -1;
     if (!ch->known || plan == RESUME_AHEAD || plan == RESUME_NONE)
         return;
     if (plan == RESUME_REPLAY) {
-        for (int i = from; i < ch->hlen; i++) {
-            hist_t *x = hist_at(h, ch, i);
-            deliver_at(h, e, x->b, NULL, x->epoch, x->seq);
-        }
+        replay_start(h, e, epoch, seq);
         return;
     }
     if (ch->snap && ch->snapshot)
@@ -699,8 +806,9 @@ int hub_subscribe(hub_client_t *c, const char *pattern, const hub_since_t *since
         hub_channel_t *ch = s ? chan_find(h, pattern) : NULL;
         edge_t *e = ch ? edge_find(c, ch) : NULL;
         int from;
+        int64_t ep, sq;
         if (e != NULL)
-            (void)apply_since(h, e, s, &from);
+            (void)apply_since(h, e, s, &from, &ep, &sq);
         return 1;
     }
     if (h->opts.max_subscriptions > 0 && c->nsubs >= h->opts.max_subscriptions)
@@ -727,10 +835,11 @@ int hub_subscribe(hub_client_t *c, const char *pattern, const hub_since_t *since
         c->subs[c->nsubs++] = (sub_t){.pattern = dup, .wildcard = 0, .pi = -1};
         const hub_since_t *s = since_for(since, nsince, pattern);
         int from;
+        int64_t ep, sq;
         if (e != NULL)
             send_initial(h, e, s);
         else if (s != NULL && (e = edge_find(c, ch)) != NULL)
-            (void)apply_since(h, e, s, &from); /* a pattern already covers it */
+            (void)apply_since(h, e, s, &from, &ep, &sq); /* a pattern already covers it */
         return 0;
     }
     int si = c->nsubs++;

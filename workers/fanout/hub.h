@@ -24,6 +24,14 @@ typedef struct {
      * previous one without loss (seq jump, a new epoch not starting at 1, a
      * break the source reported). from_* is the previous position. */
     void (*gap)(const char *channel, int64_t from_epoch, int64_t from_seq, int64_t epoch, int64_t seq);
+    /* Optional: the bytes a resume's replay may queue on the client now
+     * (*idle = 1 when nothing is queued: then one frame goes even when it is
+     * bigger). NULL: every replay is queued at once. A replay that does not
+     * fit waits for hub_replay_step; live messages of that channel wait for
+     * it in the history, so the client sees them in order, none missed. */
+    size_t (*room)(void *user, int *idle);
+    /* Optional: a replay waits for room; call hub_replay_step soon. */
+    void (*replay_wanted)(void);
 } hub_ops_t;
 
 typedef struct {
@@ -73,6 +81,7 @@ typedef struct {
     uint64_t deliveries;    /* frames handed to clients */
     uint64_t conflated;     /* sends that replaced an older frame */
     uint64_t send_failures; /* sends refused (slow or closing clients) */
+    uint64_t replay_gaps;   /* replays that found the history moved past them (too slow a reader) */
 } hub_stats_t;
 
 hub_t *hub_new(const hub_opts_t *opts, const hub_ops_t *ops);
@@ -126,6 +135,9 @@ int hub_resume_check(const hub_client_t *c, const char *channel, const hub_pos_t
 int hub_subscribe(hub_client_t *c, const char *pattern, const hub_since_t *since, int n);
 /* 0, or -ENOENT when not subscribed. */
 int hub_unsubscribe(hub_client_t *c, const char *pattern);
+/* Continue the replays waiting for room (ops.room); returns how many still
+ * wait. */
+int hub_replay_step(hub_t *h);
 
 /* Channel slots 0..hub_channel_slots()-1; hub_channel_known() gives the name
  * of a slot's channel when it has data, else NULL (subscribed, no data yet). */

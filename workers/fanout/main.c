@@ -78,6 +78,11 @@ static void on_hub_gap(const char *channel, int64_t from_epoch, int64_t from_seq
              from_seq, epoch, seq);
 }
 
+static void on_replay_wanted(void)
+{
+    server_replay_wanted(&g_fanout);
+}
+
 static int fanout_start(worker_t *w)
 {
     fanout_t *f = w->data;
@@ -88,7 +93,10 @@ static int fanout_start(worker_t *w)
     fanout_metrics_init(&f->m);
     hub_opts_t ho = {.history = f->cfg->fanout.history,
                      .max_subscriptions = f->cfg->fanout.max_subscriptions};
-    hub_ops_t ops = {.send = server_client_send, .gap = on_hub_gap};
+    hub_ops_t ops = {.send = server_client_send,
+                     .gap = on_hub_gap,
+                     .room = server_client_room,
+                     .replay_wanted = on_replay_wanted};
     if ((f->hub = hub_new(&ho, &ops)) == NULL)
         return -ENOMEM;
     if ((r = server_start(f)) < 0)

@@ -24,6 +24,7 @@
 #define LISTEN_BACKLOG 1024
 #define ACCEPT_PAUSE_MS 250 /* after EMFILE/ENFILE: a retry 4 times a second, not a spin */
 #define ACCEPT_BATCH 64     /* accepts per readable event; the loop runs between batches */
+#define REPLAY_PACE_MS 2    /* resume replays waiting for room are stepped this often */
 
 struct client_s {
     fanout_t *f;
@@ -74,6 +75,10 @@ void fanout_metrics_init(fanout_metrics_t *m)
     m->drop_mismatch = metric_labels(m->dropped, "reason=\"key_mismatch\"");
     m->slow_closes = metric_counter("exchange_fanout_slow_client_closes_total",
                                     "Clients closed (1013) for exceeding client_queue_bytes");
+    m->replay_gaps =
+        metric_counter("exchange_fanout_replay_gaps_total",
+                       "Resume replays whose client read so slowly that the history moved past it "
+                       "(the client sees the seq jump)");
     m->queue_bytes = metric_gauge("exchange_fanout_queue_bytes", "Bytes queued for clients");
     m->channels = metric_gauge("exchange_fanout_channels", "Channels with data");
     m->latency_ts = metric_histogram("exchange_fanout_exchange_latency_seconds",
@@ -127,6 +132,9 @@ void server_sync_metrics(fanout_t *f)
     }
     metric_set(f->m.clients, f->nclients);
     if (f->hub != NULL) {
+        uint64_t rg = hub_stats(f->hub)->replay_gaps;
+        metric_add(f->m.replay_gaps, (double)(rg - f->synced_replay_gaps));
+        f->synced_replay_gaps = rg;
         metric_set(f->m.channels, hub_channel_count(f->hub));
         metric_set(f->m.max_epoch, (double)hub_max_epoch(f->hub));
     }
@@ -199,6 +207,32 @@ int server_client_send(void *user, rbuf_t *frame, const void *tag)
         wss_close(c->conn, 1013, "slow client: queue limit exceeded", 1);
     }
     return r;
+}
+
+size_t server_client_room(void *user, int *idle)
+{
+    client_t *c = user;
+    if (c->conn == NULL || !wss_conn_is_open(c->conn)) {
+        *idle = 1;
+        return SIZE_MAX; /* nothing will be queued: let the replay end */
+    }
+    size_t half = (size_t)c->f->cfg->fanout.client_queue_bytes / 2;
+    size_t queued = wss_queued_bytes(c->conn);
+    *idle = queued == 0;
+    return queued >= half ? 0 : half - queued;
+}
+
+static void on_replay_timer(uv_timer_t *t)
+{
+    fanout_t *f = t->data;
+    if (hub_replay_step(f->hub) == 0)
+        uv_timer_stop(t);
+}
+
+void server_replay_wanted(fanout_t *f)
+{
+    if (f->timers_init && !uv_is_active((uv_handle_t *)&f->replay_timer))
+        uv_timer_start(&f->replay_timer, on_replay_timer, REPLAY_PACE_MS, REPLAY_PACE_MS);
 }
 
 /* ---- wss callbacks ---------------------------------------------------------- */
@@ -676,7 +710,9 @@ int server_start(fanout_t *f)
     uv_timer_init(f->loop, &f->deadline_timer);
     uv_timer_init(f->loop, &f->sync_timer);
     uv_timer_init(f->loop, &f->accept_timer);
+    uv_timer_init(f->loop, &f->replay_timer);
     f->drain_timer.data = f->deadline_timer.data = f->sync_timer.data = f->accept_timer.data = f;
+    f->replay_timer.data = f;
     f->timers_init = 1;
     uv_timer_start(&f->sync_timer, on_sync_timer, 1000, 1000);
     uv_unref((uv_handle_t *)&f->sync_timer);
@@ -773,5 +809,6 @@ void server_stop(fanout_t *f)
         uv_timer_stop(&f->drain_timer);
         uv_timer_stop(&f->deadline_timer);
         uv_timer_stop(&f->sync_timer);
+        uv_timer_stop(&f->replay_timer);
     }
 }
