@@ -248,7 +248,7 @@ static int edge_attach(hub_client_t *c, hub_channel_t *ch, edge_t **out)
     return 0;
 }
 
-/* Removes one cover (all of them with all=1). */
+/* The replay of e, waiting for room, goes (e is detached). */
 static void replay_drop(hub_t *h, const edge_t *e)
 {
     for (int i = 0; i < h->nreplays; i++)
@@ -258,6 +258,7 @@ static void replay_drop(hub_t *h, const edge_t *e)
         }
 }
 
+/* Removes one cover (all of them with all=1). */
 static void edge_detach(hub_t *h, edge_t *e, int all)
 {
     if (!all && --e->count > 0)
