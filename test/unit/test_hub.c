@@ -538,11 +538,22 @@ static void fake_wanted(void)
     g_wanted++;
 }
 
+static char g_replay_gap[128];
+
+static void fake_replay_gap(void *user, const char *channel, int64_t epoch, int64_t seq, int64_t next_epoch,
+                            int64_t next_seq)
+{
+    (void)user;
+    snprintf(g_replay_gap, sizeof g_replay_gap, "%s %lld:%lld %lld:%lld", channel, (long long)epoch,
+             (long long)seq, (long long)next_epoch, (long long)next_seq);
+}
+
 static void test_replay_paced_by_room(void **state)
 {
     (void)state;
     hub_opts_t o = {.history = 10};
-    hub_ops_t ops = {.send = fake_send, .room = fake_room, .replay_wanted = fake_wanted};
+    hub_ops_t ops = {
+        .send = fake_send, .room = fake_room, .replay_wanted = fake_wanted, .replay_gap = fake_replay_gap};
     hub_t *h = hub_new(&o, &ops);
     const char *ch = "trade.x.A-B";
     for (int i = 1; i <= 6; i++)
@@ -588,6 +599,7 @@ static void test_replay_paced_by_room(void **state)
     assert_int_equal(pub(h, ch, 8, 1), HUB_ACCEPTED);
     assert_string_equal(positions(&a, 0), "1:2 1:3 1:4 1:5 1:6 1:7 1:8");
     assert_int_equal(hub_stats(h)->replay_gaps, 0);
+    assert_string_equal(g_replay_gap, "");
 
     /* A reader so slow that the history moves past it: the jump is counted
      * and the client gets what is left, in order. */
@@ -603,6 +615,7 @@ static void test_replay_paced_by_room(void **state)
     g_room = SIZE_MAX;
     assert_int_equal(hub_replay_step(h), 0);
     assert_int_equal(hub_stats(h)->replay_gaps, 1);
+    assert_string_equal(g_replay_gap, "trade.x.A-B 1:3 1:11");
     assert_string_equal(positions(&b, 0), "1:11 1:12 1:13 1:14 1:15 1:16 1:17 1:18 1:19 1:20");
     assert_int_equal(a.n, 7 + 12); /* the live reader got every one */
 

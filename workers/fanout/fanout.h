@@ -80,6 +80,8 @@ int server_client_send(void *user, rbuf_t *frame, const void *tag);
  * most half of [fanout] client_queue_bytes at a time, the rest once the
  * client read it (a timer steps the hub while replays wait). */
 size_t server_client_room(void *user, int *idle);
+void server_client_replay_gap(void *user, const char *channel, int64_t epoch, int64_t seq, int64_t next_epoch,
+                              int64_t next_seq);
 void server_replay_wanted(fanout_t *f);
 /* Copy hot counters (kept as plain integers) into the metrics registry. */
 void server_sync_metrics(fanout_t *f);

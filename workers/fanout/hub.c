@@ -725,8 +725,11 @@ static int replay_run(hub_t *h, replay_t *r)
         const hist_t *x = hist_at(h, ch, i), *prev = i > 0 ? hist_at(h, ch, i - 1) : NULL;
         int follows = (x->epoch == r->epoch && x->seq == r->seq + 1) ||
                       (x->cont && prev != NULL && prev->epoch == r->epoch && prev->seq == r->seq);
-        if (!follows)
+        if (!follows) {
             h->stats.replay_gaps++;
+            if (h->ops.replay_gap)
+                h->ops.replay_gap(e->c->user, ch->name, r->epoch, r->seq, x->epoch, x->seq);
+        }
     }
     int idle = 0, sent = 0;
     size_t room = h->ops.room ? h->ops.room(e->c->user, &idle) : SIZE_MAX;

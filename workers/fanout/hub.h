@@ -32,6 +32,10 @@ typedef struct {
     size_t (*room)(void *user, int *idle);
     /* Optional: a replay waits for room; call hub_replay_step soon. */
     void (*replay_wanted)(void);
+    /* Optional: the history moved past a waiting replay (its client read
+     * too slowly): after (epoch, seq) it gets (next_epoch, next_seq). */
+    void (*replay_gap)(void *user, const char *channel, int64_t epoch, int64_t seq, int64_t next_epoch,
+                       int64_t next_seq);
 } hub_ops_t;
 
 typedef struct {

@@ -96,6 +96,7 @@ static int fanout_start(worker_t *w)
     hub_ops_t ops = {.send = server_client_send,
                      .gap = on_hub_gap,
                      .room = server_client_room,
+                     .replay_gap = server_client_replay_gap,
                      .replay_wanted = on_replay_wanted};
     if ((f->hub = hub_new(&ho, &ops)) == NULL)
         return -ENOMEM;

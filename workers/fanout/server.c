@@ -222,6 +222,15 @@ size_t server_client_room(void *user, int *idle)
     return queued >= half ? 0 : half - queued;
 }
 
+void server_client_replay_gap(void *user, const char *channel, int64_t epoch, int64_t seq, int64_t next_epoch,
+                              int64_t next_seq)
+{
+    client_t *c = user;
+    log_info("resume replay overtaken by the history: the client sees a seq jump",
+             "peer=%s channel=%s after=%" PRId64 ":%" PRId64 " next=%" PRId64 ":%" PRId64,
+             c->conn ? wss_peer(c->conn) : "-", log_q(channel), epoch, seq, next_epoch, next_seq);
+}
+
 static void on_replay_timer(uv_timer_t *t)
 {
     fanout_t *f = t->data;
