@@ -219,6 +219,14 @@ int procs_spawn(procs_t *ps, proc_kind_t kind, int slot)
             o->want_restart = 0; /* superseded */
         }
     }
+    if (kind == PROC_INGEST && ps->ingest_carry.valid) {
+        p->restarts = ps->ingest_carry.restarts;
+        p->crashes_in_window = ps->ingest_carry.crashes_in_window;
+        p->window_start_ms = ps->ingest_carry.window_start_ms;
+        p->backoff.attempt = ps->ingest_carry.attempt;
+        p->crashloop = ps->ingest_carry.crashloop;
+        ps->ingest_carry.valid = 0;
+    }
     p->next = ps->list;
     ps->list = p;
     if ((r = ipc_open(ps->loop, sv[0], on_worker_msg, on_worker_close, p, &p->ipc)) < 0) {
@@ -314,6 +322,12 @@ static void on_restart_timer(uv_timer_t *t)
     if (p->kind == PROC_INGEST) {
         metric_inc(count_kind(ps->m_restarts, p));
         p->restarts++;
+        ps->ingest_carry.valid = 1;
+        ps->ingest_carry.restarts = p->restarts;
+        ps->ingest_carry.crashes_in_window = p->crashes_in_window;
+        ps->ingest_carry.window_start_ms = p->window_start_ms;
+        ps->ingest_carry.attempt = p->backoff.attempt;
+        ps->ingest_carry.crashloop = p->crashloop;
         if (ps->ev.restart_ingest != NULL)
             ps->ev.restart_ingest(ps, p); /* procs_spawn carries the history over */
         p->want_restart = 0;

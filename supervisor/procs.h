@@ -50,7 +50,8 @@ typedef struct {
      * the restart_ingest callback comes after the backoff (ingest). */
     void (*exited)(procs_t *ps, proc_t *p, int status, int crashed);
     /* A crashed ingest worker's backoff is over: the policy starts the next
-     * one (it needs an epoch first); procs_spawn carries the history over. */
+     * one (it needs an epoch first, so now or later); procs_spawn carries
+     * the history over (ingest_carry). */
     void (*restart_ingest)(procs_t *ps, proc_t *p);
 } procs_events_t;
 
@@ -68,6 +69,14 @@ struct procs_s {
     proc_t *list;
     procs_events_t ev;
     void *data; /* the policy's */
+    /* A crashed ingest's restart history, kept from its restart_ingest until
+     * the policy spawns the next one (after an epoch allocation, later):
+     * the backoff and crash-loop count go on across ingest processes. */
+    struct {
+        int valid, restarts, crashes_in_window, crashloop;
+        uint64_t window_start_ms;
+        unsigned attempt;
+    } ingest_carry;
     uv_signal_t sig_chld;
     metric_t *m_spawns, *m_exits, *m_restarts, *m_crashloops, *m_kills, *m_ingest_stops;
 };

@@ -3,6 +3,7 @@ import contextlib
 import errno
 import http.client
 import os
+import random
 import signal as _signal
 import socket
 import subprocess
@@ -14,12 +15,47 @@ import urllib.parse
 _LIVE = []
 
 
+def _ephemeral_range():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_GIVEN = set()
+_RNG = random.Random(os.getpid() ^ time.monotonic_ns())
+
+
 def free_port(host="127.0.0.1"):
-    """A TCP port that was free a moment ago (bind port 0, read it back)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A TCP port that is free now and that the kernel never gives to an
+    outgoing connection: it lies below the ephemeral range. (A port from
+    bind(0) is an ephemeral one, so any client connection made before the
+    server binds it, a Kafka or ZooKeeper client of the same test, can take
+    it: CI saw an ingest worker in a restart loop on "relay cannot listen:
+    address already in use".) Never the same port twice in this process;
+    random, so that concurrent test processes rarely meet."""
+    lo, _ = _ephemeral_range()
+    first = 20000 if lo > 21000 else 1024
+    if lo - first < 1000:  # no room below the range: fall back to bind(0)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, 0))
+            return s.getsockname()[1]
+    for _ in range(1000):
+        port = _RNG.randrange(first, lo)
+        if port in _GIVEN:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
+    raise RuntimeError("no free TCP port in %d-%d" % (first, lo - 1))
 
 
 def wait_until(predicate, timeout=10.0, interval=0.05, what="condition"):
