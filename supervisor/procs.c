@@ -166,6 +166,24 @@ static void proc_free(proc_t *p)
     uv_close((uv_handle_t *)&p->kill_timer, on_proc_handle_closed);
 }
 
+static proc_history_t history_of(const proc_t *p)
+{
+    return (proc_history_t){.restarts = p->restarts,
+                            .crashes_in_window = p->crashes_in_window,
+                            .crashloop = p->crashloop,
+                            .window_start_ms = p->window_start_ms,
+                            .attempt = p->backoff.attempt};
+}
+
+static void history_set(proc_t *p, const proc_history_t *h)
+{
+    p->restarts = h->restarts;
+    p->crashes_in_window = h->crashes_in_window;
+    p->crashloop = h->crashloop;
+    p->window_start_ms = h->window_start_ms;
+    p->backoff.attempt = h->attempt;
+}
+
 int procs_spawn(procs_t *ps, proc_kind_t kind, int slot)
 {
     int sv[2], r;
@@ -211,21 +229,14 @@ int procs_spawn(procs_t *ps, proc_kind_t kind, int slot)
     /* Carry the slot's restart history over from its previous process. */
     for (proc_t *o = ps->list; o != NULL; o = o->next) {
         if (o->kind == kind && o->slot == slot && o->state == PS_EXITED && o->want_restart) {
-            p->restarts = o->restarts;
-            p->crashes_in_window = o->crashes_in_window;
-            p->window_start_ms = o->window_start_ms;
-            p->backoff.attempt = o->backoff.attempt;
-            p->crashloop = o->crashloop;
+            proc_history_t hist = history_of(o);
+            history_set(p, &hist);
             o->want_restart = 0; /* superseded */
         }
     }
-    if (kind == PROC_INGEST && ps->ingest_carry.valid) {
-        p->restarts = ps->ingest_carry.restarts;
-        p->crashes_in_window = ps->ingest_carry.crashes_in_window;
-        p->window_start_ms = ps->ingest_carry.window_start_ms;
-        p->backoff.attempt = ps->ingest_carry.attempt;
-        p->crashloop = ps->ingest_carry.crashloop;
-        ps->ingest_carry.valid = 0;
+    if (kind == PROC_INGEST && ps->ingest_carry_valid) {
+        history_set(p, &ps->ingest_carry);
+        ps->ingest_carry_valid = 0;
     }
     p->next = ps->list;
     ps->list = p;
@@ -322,12 +333,8 @@ static void on_restart_timer(uv_timer_t *t)
     if (p->kind == PROC_INGEST) {
         metric_inc(count_kind(ps->m_restarts, p));
         p->restarts++;
-        ps->ingest_carry.valid = 1;
-        ps->ingest_carry.restarts = p->restarts;
-        ps->ingest_carry.crashes_in_window = p->crashes_in_window;
-        ps->ingest_carry.window_start_ms = p->window_start_ms;
-        ps->ingest_carry.attempt = p->backoff.attempt;
-        ps->ingest_carry.crashloop = p->crashloop;
+        ps->ingest_carry = history_of(p);
+        ps->ingest_carry_valid = 1;
         if (ps->ev.restart_ingest != NULL)
             ps->ev.restart_ingest(ps, p); /* procs_spawn carries the history over */
         p->want_restart = 0;

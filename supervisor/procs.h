@@ -41,6 +41,14 @@ typedef struct proc_s {
 
 typedef struct procs_s procs_t;
 
+/* A slot's restart history, carried from one process of the slot to the
+ * next. */
+typedef struct {
+    int restarts, crashes_in_window, crashloop;
+    uint64_t window_start_ms;
+    unsigned attempt; /* of the backoff */
+} proc_history_t;
+
 /* What the table reports; every callback is optional. */
 typedef struct {
     void (*spawned)(procs_t *ps, proc_t *p); /* its IPC channel is open: hand it its configuration */
@@ -72,11 +80,8 @@ struct procs_s {
     /* A crashed ingest's restart history, kept from its restart_ingest until
      * the policy spawns the next one (after an epoch allocation, later):
      * the backoff and crash-loop count go on across ingest processes. */
-    struct {
-        int valid, restarts, crashes_in_window, crashloop;
-        uint64_t window_start_ms;
-        unsigned attempt;
-    } ingest_carry;
+    proc_history_t ingest_carry;
+    int ingest_carry_valid;
     uv_signal_t sig_chld;
     metric_t *m_spawns, *m_exits, *m_restarts, *m_crashloops, *m_kills, *m_ingest_stops;
 };

@@ -600,6 +600,32 @@ int hub_client_send_text(hub_client_t *c, const char *text, size_t len)
 
 /* ---- resume ----------------------------------------------------------------- */
 
+/* Index of the first history entry after (epoch, seq): the history is in
+ * position order (a channel only moves forward). */
+static int hist_after(const hub_t *h, const hub_channel_t *ch, int64_t epoch, int64_t seq)
+{
+    int lo = 0, hi = ch->hlen;
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+        const hist_t *x = hist_at(h, ch, mid);
+        if (pos_cmp(x->epoch, x->seq, epoch, seq) <= 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Does history entry i follow (epoch, seq) with nothing missing: the next
+ * seq of its epoch, or an unbroken successor of that position itself
+ * (across an epoch change)? */
+static int hist_follows(const hub_t *h, const hub_channel_t *ch, int i, int64_t epoch, int64_t seq)
+{
+    const hist_t *x = hist_at(h, ch, i), *prev = i > 0 ? hist_at(h, ch, i - 1) : NULL;
+    return (x->epoch == epoch && x->seq == seq + 1) ||
+           (x->cont && prev != NULL && prev->epoch == epoch && prev->seq == seq);
+}
+
 enum {
     RESUME_NONE,   /* the channel has no data here */
     RESUME_REPLAY, /* history from index *from on fills the gap (maybe nothing) */
@@ -615,17 +641,10 @@ static int resume_plan(const hub_t *h, const hub_channel_t *ch, int64_t epoch, i
     int c = pos_cmp(epoch, seq, ch->epoch, ch->last_seq);
     if (c >= 0)
         return c > 0 ? RESUME_AHEAD : RESUME_REPLAY;
-    int n = ch->hlen, i = 0;
-    while (i < n && pos_cmp(hist_at(h, ch, i)->epoch, hist_at(h, ch, i)->seq, epoch, seq) <= 0)
-        i++;
+    int n = ch->hlen, i = hist_after(h, ch, epoch, seq);
     if (i == n)
-        return RESUME_GAP; /* no history */
-    /* The first entry after since must follow it: the next seq of its epoch,
-     * or an unbroken successor of since itself (across an epoch change). */
-    const hist_t *x = hist_at(h, ch, i), *prev = i > 0 ? hist_at(h, ch, i - 1) : NULL;
-    int follows = (x->epoch == epoch && x->seq == seq + 1) ||
-                  (prev != NULL && x->cont && prev->epoch == epoch && prev->seq == seq);
-    if (!follows)
+        return RESUME_GAP;                   /* no history */
+    if (!hist_follows(h, ch, i, epoch, seq)) /* the first entry after since must follow it */
         return RESUME_GAP;
     for (int k = i + 1; k < n; k++)
         if (!hist_at(h, ch, k)->cont)
@@ -695,22 +714,6 @@ static int apply_since(hub_t *h, edge_t *e, const hub_since_t *since, int *from,
 
 /* ---- paced replay ------------------------------------------------------------- */
 
-/* Index of the first history entry after (epoch, seq): the history is in
- * position order (a channel only moves forward). */
-static int hist_after(const hub_t *h, const hub_channel_t *ch, int64_t epoch, int64_t seq)
-{
-    int lo = 0, hi = ch->hlen;
-    while (lo < hi) {
-        int mid = lo + (hi - lo) / 2;
-        const hist_t *x = hist_at(h, ch, mid);
-        if (pos_cmp(x->epoch, x->seq, epoch, seq) <= 0)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
-}
-
 /* Queue r's history while its client has room. 1 when it reached the
  * channel's newest message (the edge is live from now on), 0 when it waits
  * for room. */
@@ -722,10 +725,8 @@ static int replay_run(hub_t *h, replay_t *r)
     if (i < ch->hlen) {
         /* The next one must follow the client's position, else the history
          * moved past it while it read: the client sees the seq jump. */
-        const hist_t *x = hist_at(h, ch, i), *prev = i > 0 ? hist_at(h, ch, i - 1) : NULL;
-        int follows = (x->epoch == r->epoch && x->seq == r->seq + 1) ||
-                      (x->cont && prev != NULL && prev->epoch == r->epoch && prev->seq == r->seq);
-        if (!follows) {
+        if (!hist_follows(h, ch, i, r->epoch, r->seq)) {
+            const hist_t *x = hist_at(h, ch, i);
             h->stats.replay_gaps++;
             if (h->ops.replay_gap)
                 h->ops.replay_gap(e->c->user, ch->name, r->epoch, r->seq, x->epoch, x->seq);
